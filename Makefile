@@ -1,0 +1,44 @@
+# The two commands of the README: `make run` and `make test`. Both create the
+# virtual environment and install what they need themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test install proto check lint typecheck unit integration bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A local cluster (etcd, scheduler, 3 agents) with the example app, in the foreground.
+run: install
+	$(BIN)/paas up --agents 3 --deploy examples/hello --scale web=3 worker=2
+
+# The whole test suite: stubs up to date, lint, types, unit and integration tests.
+test: install
+	# strict editable mode links files, so new modules need a fresh install
+	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(BIN)/python proto/generate.py --check
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+proto: install
+	$(BIN)/python proto/generate.py
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+bench: install
+	$(BIN)/python bench/scale.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

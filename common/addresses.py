@@ -1,0 +1,48 @@
+"""HOST:PORT lists, as --join, --scheduler and PAAS_SCHEDULER take them."""
+
+from __future__ import annotations
+
+import ipaddress
+
+DEFAULT_SCHEDULER = "127.0.0.1:7070"
+
+
+class AddressError(ValueError):
+    """An address that is not HOST:PORT."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, colon, port = text.strip().rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise AddressError(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7070")
+    return host.strip("[]"), int(port)
+
+
+def parse_address_list(text: str) -> list[str]:
+    """`a:1,b:2` -> ['a:1', 'b:2'], each checked."""
+    addresses = [part.strip() for part in text.split(",") if part.strip()]
+    if not addresses:
+        raise AddressError("no address given: expected HOST:PORT[,HOST:PORT]")
+    for address in addresses:
+        parse_address(address)
+    return addresses
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_warning(what: str, address: str) -> str | None:
+    """The warning to print when `what` listens beyond loopback, else None."""
+    host, _ = parse_address(address)
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: {what} listens on {address}, beyond loopback; its API is "
+        "unauthenticated until TLS arrives, so anyone who can reach it can control it"
+    )

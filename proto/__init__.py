@@ -1,0 +1,1 @@
+"""The gRPC contract (paas.proto) and its generated, committed stubs."""
