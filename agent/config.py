@@ -1,0 +1,21 @@
+"""Settings of one agent, as `paas agent` flags give them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    join: list[str]  # scheduler replicas, HOST:PORT each
+    name: str
+    listen: str = "127.0.0.1:7071"  # the agent's own gRPC server (log reading)
+    ports: tuple[int, int] = (5000, 5999)  # inclusive range handed to instances as $PORT
+    capacity: int = 256  # most instances this node runs at once
+    state_dir: Path = Path("/tmp/paas-agent")
+    labels: dict[str, str] = field(default_factory=dict)
+    stop_grace: float = 30.0  # SIGTERM -> SIGKILL, seconds
+    boot_timeout: float = 60.0  # a web instance must accept on $PORT within this
+    heartbeat_interval: float = 1.0
+    log_buffer_lines: int = 10_000  # kept per instance
