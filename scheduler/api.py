@@ -1,0 +1,528 @@
+"""The scheduler's gRPC service: the public API of the CLI and the agents' sessions.
+
+Every replica serves it; only the leader answers. A follower refuses with
+FAILED_PRECONDITION and names the leader in the `paas-leader` trailing
+metadata, which the CLI and the agents follow. Requests are validated here
+(the CLI is not the only gate) before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import NoReturn
+
+import grpc
+
+from paas.common.formation import (
+    Change,
+    FormationError,
+    Op,
+    apply_changes,
+    describe,
+)
+from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE
+from paas.common.names import NameError_, check_app_name
+from paas.common.procfile import ProcfileError, parse_procfile
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+from paas.scheduler.events import EventLog
+from paas.scheduler.leader import Leadership
+from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.sessions import AgentSession, Sessions
+from paas.scheduler.store import (
+    AppRecord,
+    ConflictError,
+    NodeRecord,
+    NotLeaderError,
+    ReleaseRecord,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_LINES = 100
+# An agent that sends nothing (not even a heartbeat) for this long is gone.
+SESSION_SILENCE_TIMEOUT = 5.0
+_FOLLOW_QUEUE = 10_000
+_CONFLICT_RETRIES = 5
+
+_OPS = {
+    pb.FormationChange.SET: Op.SET,
+    pb.FormationChange.ADD: Op.ADD,
+    pb.FormationChange.SUB: Op.SUB,
+}
+
+
+class SchedulerService(pb_grpc.SchedulerServicer):
+    """Answers the CLI and holds the agents' sessions, on the leader."""
+
+    def __init__(
+        self,
+        store: Store,
+        leadership: Leadership,
+        sessions: Sessions,
+        reconciler: Reconciler,
+        events: EventLog,
+    ) -> None:
+        self._store = store
+        self._leadership = leadership
+        self._sessions = sessions
+        self._reconciler = reconciler
+        self._events = events
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    # ------------------------------------------------------------ guards
+
+    async def _require_leader(self, context: grpc.aio.ServicerContext[object, object]) -> None:
+        if self._leadership.is_leader:
+            return
+        leader = self._leadership.leader_address
+        if leader:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"this scheduler replica is a follower; the leader is {leader}",
+                trailing_metadata=((LEADER_METADATA_KEY, leader),),
+            )
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, "no scheduler leader is elected yet; try again shortly"
+        )
+
+    async def _require_app(
+        self, name: str, context: grpc.aio.ServicerContext[object, object]
+    ) -> AppRecord:
+        if not name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no app given")
+        app = await self._store.app(name)
+        if app is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"unknown app {name!r} (`paas apps` lists them)"
+            )
+        return app
+
+    # ------------------------------------------------------------ apps
+
+    async def CreateApp(
+        self, request: pb.CreateAppRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.App:
+        await self._require_leader(context)
+        try:
+            check_app_name(request.name)
+        except NameError_ as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            record = await self._store.create_app(request.name)
+        except ConflictError:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, f"app {request.name!r} already exists"
+            )
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        self._events.add(request.name, "App created")
+        return pb.App(name=record.name, created_at=record.created_at)
+
+    async def ListApps(
+        self, request: pb.ListAppsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListAppsResponse:
+        await self._require_leader(context)
+        try:
+            apps = await self._store.apps()
+            result = []
+            for app in sorted(apps.values(), key=lambda a: a.name):
+                formation, _ = await self._store.formation(app.name)
+                release = await self._store.release(app.name, app.release) if app.release else None
+                result.append(
+                    pb.App(
+                        name=app.name,
+                        release=app.release,
+                        formation=formation,
+                        process_types=list(release.commands) if release else [],
+                        created_at=app.created_at,
+                    )
+                )
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        return pb.ListAppsResponse(apps=result)
+
+    async def Deploy(
+        self, request: pb.DeployRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.Release:
+        await self._require_leader(context)
+        try:
+            commands = parse_procfile(request.procfile)
+        except ProcfileError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not os.path.isabs(request.dir):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the app directory must be an absolute path, got {request.dir!r}",
+            )
+        for _ in range(_CONFLICT_RETRIES):
+            app = await self._require_app(request.app, context)
+            try:
+                formation, formation_rev = await self._store.formation(app.name)
+                if app.release == 0 and not formation and "web" in commands:
+                    formation = {"web": 1}  # as Heroku does on the first deploy
+                for type_ in commands:
+                    formation.setdefault(type_, 0)
+                release = ReleaseRecord(
+                    app=app.name,
+                    version=app.release + 1,
+                    dir=request.dir,
+                    commands=commands,
+                    env=dict(request.env),
+                    created_at=time.time(),
+                    description=f"Deploy of {request.dir}",
+                )
+                await self._store.add_release(app, release, formation, formation_rev)
+            except ConflictError:
+                continue
+            except StoreError as exc:
+                await _abort_store(context, exc)
+            self._events.add(
+                app.name, f"Release v{release.version} created ({', '.join(commands)})"
+            )
+            self._reconciler.kick()
+            return _release_pb(release)
+        await context.abort(
+            grpc.StatusCode.ABORTED, "the app changed concurrently too often; try again"
+        )
+
+    # ------------------------------------------------------------ formation
+
+    async def Scale(
+        self, request: pb.ScaleRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ScaleResponse:
+        await self._require_leader(context)
+        if not request.changes:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no formation change given")
+        for _ in range(_CONFLICT_RETRIES):
+            app = await self._require_app(request.app, context)
+            try:
+                formation, formation_rev = await self._store.formation(app.name)
+                release = await self._store.release(app.name, app.release) if app.release else None
+                changes = [_change(c) for c in request.changes]
+                types = list(release.commands) if release else []
+                new = apply_changes(formation, changes, types)
+                await self._store.set_formation(app, new, formation_rev)
+            except FormationError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except ConflictError:
+                continue
+            except StoreError as exc:
+                await _abort_store(context, exc)
+            self._events.add(app.name, f"Scaled to {describe(new)}")
+            self._reconciler.kick()
+            return pb.ScaleResponse(formation=new)
+        await context.abort(
+            grpc.StatusCode.ABORTED, "the formation changed concurrently too often; try again"
+        )
+
+    # ------------------------------------------------------------ status
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListInstancesResponse:
+        await self._require_leader(context)
+        if request.app:
+            await self._require_app(request.app, context)
+        try:
+            records = await self._store.instances()
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        views = []
+        for record in sorted(records, key=lambda r: (r.app, r.name)):
+            if request.app and record.app != request.app:
+                continue
+            view = pb.InstanceView(
+                app=record.app,
+                name=str(record.name),
+                type=record.name.type,
+                node=record.node,
+                state=pb.PENDING,
+                release=record.release,
+                incarnation=record.incarnation,
+            )
+            session = self._sessions.get(record.node)
+            status = session.reports.get((record.app, str(record.name))) if session else None
+            if not self._sessions.is_ready(record.node):
+                view.state = pb.LOST
+            elif status is not None and status.incarnation == record.incarnation:
+                view.state = status.state
+                view.pid = status.pid
+                view.port = status.port
+                view.restarts = status.restarts
+                view.last_exit = status.last_exit
+                view.since = status.since
+            views.append(view)
+        return pb.ListInstancesResponse(instances=views)
+
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListNodesResponse:
+        await self._require_leader(context)
+        try:
+            nodes = await self._store.nodes()
+            records = await self._store.instances()
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.node] = counts.get(record.node, 0) + 1
+        result = []
+        for node in sorted(nodes.values(), key=lambda n: n.name):
+            session = self._sessions.get(node.name)
+            if not self._sessions.is_ready(node.name):
+                state = "lost"
+            elif node.draining:
+                state = "draining"
+            else:
+                state = "ready"
+            result.append(
+                pb.Node(
+                    name=node.name,
+                    address=node.address,
+                    state=state,
+                    capacity=node.capacity,
+                    instances=counts.get(node.name, 0),
+                    last_seen=session.last_seen if session else 0.0,
+                    labels=node.labels,
+                )
+            )
+        return pb.ListNodesResponse(nodes=result)
+
+    # ------------------------------------------------------------ logs
+
+    async def Logs(
+        self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[pb.LogLine]:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        count = request.lines or DEFAULT_LOG_LINES
+        history_request = pb.LogsRequest(
+            app=request.app, lines=count, process=request.process, follow=False
+        )
+        sessions = self._sessions.connected()
+        batches = await asyncio.gather(
+            *(self._read_history(session, history_request) for session in sessions)
+        )
+        lines = [line for batch in batches for line in batch]
+        if request.process in ("", SCHEDULER_INSTANCE):
+            lines.extend(self._events.recent(request.app))
+        lines.sort(key=lambda line: line.timestamp)
+        seen: dict[tuple[str, str], int] = {}
+        for line in lines[-count:] if lines else []:
+            seen[(line.node, line.instance)] = max(
+                seen.get((line.node, line.instance), 0), line.seq
+            )
+            yield line
+        if not request.follow:
+            return
+        async for line in self._follow(request, seen):
+            yield line
+
+    async def _read_history(
+        self, session: AgentSession, request: pb.LogsRequest
+    ) -> list[pb.LogLine]:
+        try:
+            stub = pb_grpc.AgentStub(self._channel(session.address))
+            return [line async for line in stub.ReadLogs(request, timeout=10)]
+        except grpc.aio.AioRpcError as exc:
+            return [
+                _notice(request.app, f"logs of node {session.name} unavailable: {exc.details()}")
+            ]
+
+    async def _follow(
+        self, request: pb.LogsRequest, seen: dict[tuple[str, str], int]
+    ) -> AsyncIterator[pb.LogLine]:
+        """Live lines of every node, those that join later included; seq skips what the
+        history already gave."""
+        queue: asyncio.Queue[pb.LogLine] = asyncio.Queue(maxsize=_FOLLOW_QUEUE)
+        dropped = 0
+
+        def offer(line: pb.LogLine) -> None:
+            nonlocal dropped
+            try:
+                if dropped:
+                    queue.put_nowait(_notice(request.app, f"{dropped} lines dropped"))
+                    dropped = 0
+                queue.put_nowait(line)
+            except asyncio.QueueFull:
+                dropped += 1
+
+        live_request = pb.LogsRequest(
+            app=request.app, lines=_FOLLOW_QUEUE, process=request.process, follow=True
+        )
+
+        async def follow_node(session: AgentSession) -> None:
+            stub = pb_grpc.AgentStub(self._channel(session.address))
+            try:
+                async for line in stub.ReadLogs(live_request):
+                    key = (line.node, line.instance)
+                    if line.seq <= seen.get(key, 0):
+                        continue
+                    seen[key] = line.seq
+                    offer(line)
+            except grpc.aio.AioRpcError as exc:
+                offer(
+                    _notice(request.app, f"stopped following node {session.name}: {exc.details()}")
+                )
+
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        def start(session: AgentSession) -> None:
+            old = tasks.get(session.name)
+            if old is not None:
+                old.cancel()
+            tasks[session.name] = asyncio.create_task(follow_node(session))
+
+        joined = self._sessions.subscribe()
+        events = self._events.subscribe(request.app)
+        try:
+            for session in self._sessions.connected():
+                start(session)
+            while True:
+                getters: list[asyncio.Task[object]] = [
+                    asyncio.create_task(queue.get()),
+                    asyncio.create_task(joined.get()),
+                    asyncio.create_task(events.get()),
+                ]
+                done, pending = await asyncio.wait(getters, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                # A cancelled getter may still have taken an item: put nothing back,
+                # read the results of those that finished.
+                for task in getters:
+                    if task in done:
+                        item = task.result()
+                        if isinstance(item, AgentSession):
+                            start(item)
+                        elif isinstance(item, pb.LogLine):
+                            if item.instance == SCHEDULER_INSTANCE and request.process not in (
+                                "",
+                                SCHEDULER_INSTANCE,
+                            ):
+                                continue
+                            yield item
+        finally:
+            self._sessions.unsubscribe(joined)
+            self._events.unsubscribe(request.app, events)
+            for task in tasks.values():
+                task.cancel()
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    # ------------------------------------------------------------ agent sessions
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[pb.SchedulerMessage]:
+        await self._require_leader(context)
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), SESSION_SILENCE_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        session = AgentSession(first.hello)
+        try:
+            await self._register(session)
+        except NotLeaderError:
+            await self._require_leader(context)
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        self._sessions.attach(session)
+        log.info("agent %s connected from %s", session.name, context.peer())
+        reader = asyncio.create_task(self._read_session(session, request_iterator))
+        try:
+            async for message in session.outgoing():
+                yield message
+        finally:
+            reader.cancel()
+            self._sessions.detach(session)
+            log.info("agent %s disconnected", session.name)
+
+    async def _register(self, session: AgentSession) -> None:
+        nodes = await self._store.nodes()
+        known = nodes.get(session.name)
+        record = NodeRecord(
+            name=session.name,
+            address=session.address,
+            capacity=session.capacity,
+            labels=session.labels,
+            draining=known.draining if known else False,
+        )
+        if known != record:
+            await self._store.put_node(record)
+
+    async def _read_session(
+        self, session: AgentSession, messages: AsyncIterator[pb.AgentMessage]
+    ) -> None:
+        try:
+            while True:
+                message = await asyncio.wait_for(anext(messages), SESSION_SILENCE_TIMEOUT)
+                kind = message.WhichOneof("kind")
+                if kind == "status":
+                    session.report(message.status)
+                    self._reconciler.kick()
+                else:
+                    session.heartbeat()
+        except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            session.close()
+
+    def on_leadership(self, leading: bool) -> None:
+        if not leading:
+            # Agents must find the new leader: end every session now.
+            self._sessions.close_all()
+
+
+def _change(change: pb.FormationChange) -> Change:
+    if change.count < 0:
+        raise FormationError(f"invalid count {change.count} for {change.type}")
+    return Change(change.type, _OPS[change.op], change.count)
+
+
+def _release_pb(release: ReleaseRecord) -> pb.Release:
+    return pb.Release(
+        app=release.app,
+        version=release.version,
+        dir=release.dir,
+        commands=release.commands,
+        env=release.env,
+        created_at=release.created_at,
+        description=release.description,
+    )
+
+
+def _notice(app: str, text: str) -> pb.LogLine:
+    return pb.LogLine(
+        timestamp=time.time(), app=app, instance=SCHEDULER_INSTANCE, stream=PAAS_STREAM, text=text
+    )
+
+
+async def _abort_store(
+    context: grpc.aio.ServicerContext[object, object], exc: StoreError
+) -> NoReturn:
+    if isinstance(exc, NotLeaderError):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "this replica just lost leadership; retry")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    raise AssertionError("unreachable")  # abort raises

@@ -1,0 +1,143 @@
+"""Agent sessions and node liveness, as the leader sees them.
+
+One AgentSession per connected agent holds what that agent last reported and
+the desired set to send it next. Sessions owns the set of them and decides
+whether a node is ready: connected, or silent for less than the grace period.
+After a change of leader every node starts with a fresh grace period.
+It never writes etcd and never decides placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+from paas.proto import paas_pb2 as pb
+
+
+class AgentSession:
+    """One agent's stream: its reports in, its desired set out (level-triggered)."""
+
+    def __init__(self, hello: pb.Hello) -> None:
+        self.name = hello.name
+        self.address = hello.address
+        self.capacity = hello.capacity
+        self.labels = dict(hello.labels)
+        self.reports: dict[tuple[str, str], pb.InstanceStatus] = {
+            (status.app, status.name): status for status in hello.running
+        }
+        self.last_seen = time.time()
+        self._desired: list[pb.Assignment] | None = None
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    def report(self, status: pb.InstanceStatus) -> None:
+        self.last_seen = time.time()
+        key = (status.app, status.name)
+        if status.state == pb.STOPPED:
+            # A stopped instance is gone from the agent; forget it unless a newer
+            # incarnation has already reported.
+            current = self.reports.get(key)
+            if current is None or current.incarnation <= status.incarnation:
+                self.reports.pop(key, None)
+            return
+        self.reports[key] = status
+
+    def heartbeat(self) -> None:
+        self.last_seen = time.time()
+
+    def push(self, instances: list[pb.Assignment]) -> None:
+        """Send `instances` as the agent's desired set, unless it already has exactly that."""
+        if self._desired is not None and _same(self._desired, instances):
+            return
+        self._desired = instances
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def outgoing(self) -> AsyncIterator[pb.SchedulerMessage]:
+        """The messages to write to the agent, until the session closes."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._closed:
+                return
+            if self._desired is not None:
+                self._generation += 1
+                yield pb.SchedulerMessage(
+                    desired=pb.DesiredSet(generation=self._generation, instances=self._desired)
+                )
+
+
+def _same(a: list[pb.Assignment], b: list[pb.Assignment]) -> bool:
+    return len(a) == len(b) and all(x == y for x, y in zip(a, b, strict=True))
+
+
+class Sessions:
+    """The live sessions by node name, and each node's readiness."""
+
+    def __init__(self, grace: float, on_change: Callable[[], None]) -> None:
+        self._grace = grace
+        self._on_change = on_change
+        self._sessions: dict[str, AgentSession] = {}
+        self._gone_since: dict[str, float] = {}  # monotonic
+        self._fresh_since = time.monotonic()
+        self._listeners: set[asyncio.Queue[AgentSession]] = set()
+
+    def reset(self) -> None:
+        """A new term as leader: every node absent now gets a full grace period."""
+        self._fresh_since = time.monotonic()
+        self._gone_since.clear()
+        self._wake_after_grace()
+
+    def close_all(self) -> None:
+        for session in list(self._sessions.values()):
+            session.close()
+        self._sessions.clear()
+
+    def attach(self, session: AgentSession) -> None:
+        old = self._sessions.get(session.name)
+        if old is not None:
+            old.close()
+        self._sessions[session.name] = session
+        self._gone_since.pop(session.name, None)
+        for queue in self._listeners:
+            queue.put_nowait(session)
+        self._on_change()
+
+    def detach(self, session: AgentSession) -> None:
+        if self._sessions.get(session.name) is not session:
+            return  # already replaced by a newer session of the same agent
+        del self._sessions[session.name]
+        self._gone_since[session.name] = time.monotonic()
+        self._wake_after_grace()
+        self._on_change()
+
+    def _wake_after_grace(self) -> None:
+        # A timer, not a poll: reconcile runs again the moment a node may be lost.
+        asyncio.get_running_loop().call_later(self._grace + 0.05, self._on_change)
+
+    def get(self, name: str) -> AgentSession | None:
+        return self._sessions.get(name)
+
+    def connected(self) -> list[AgentSession]:
+        return list(self._sessions.values())
+
+    def is_ready(self, name: str) -> bool:
+        if name in self._sessions:
+            return True
+        since = max(self._gone_since.get(name, self._fresh_since), self._fresh_since)
+        return time.monotonic() - since < self._grace
+
+    def subscribe(self) -> asyncio.Queue[AgentSession]:
+        """A queue that receives every session attached from now on."""
+        queue: asyncio.Queue[AgentSession] = asyncio.Queue()
+        self._listeners.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[AgentSession]) -> None:
+        self._listeners.discard(queue)

@@ -1,0 +1,418 @@
+"""The etcd key layout and every read and write of the scheduler's durable state.
+
+This module owns the keys: nothing else builds one. Every write is a txn
+guarded by leadership (a compare on the create revision of the election key),
+so a deposed leader's writes fail instead of landing.
+
+Layout, under /paas/:
+
+    leader                       election key, value {"id", "address"}, on a lease
+    apps/APP                     {"name", "created_at", "release"}
+    formation/APP                {"web": 3, ...}
+    releases/APP/0000000007      {"version", "dir", "commands", "env", ...}
+    instances/APP/web.3          {"node", "release"}; its mod revision is the
+                                 assignment's incarnation
+    nodes/NAME                   {"address", "capacity", "labels", "draining"}
+
+It must never decide anything: it reads and writes what it is told.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aetcd
+import aetcd.exceptions
+import aetcd.transactions as tx
+
+from paas.common.names import InstanceName
+
+PREFIX = "/paas/"
+LEADER_KEY = PREFIX + "leader"
+# etcd refuses txns of more than 128 operations by default.
+_MAX_TXN_OPS = 120
+
+
+def _app_key(app: str) -> str:
+    return f"{PREFIX}apps/{app}"
+
+
+def _formation_key(app: str) -> str:
+    return f"{PREFIX}formation/{app}"
+
+
+def _release_key(app: str, version: int) -> str:
+    return f"{PREFIX}releases/{app}/{version:010d}"
+
+
+def _instance_key(app: str, name: InstanceName) -> str:
+    return f"{PREFIX}instances/{app}/{name}"
+
+
+def _node_key(name: str) -> str:
+    return f"{PREFIX}nodes/{name}"
+
+
+class StoreError(Exception):
+    """etcd could not be reached or refused the request."""
+
+
+class NotLeaderError(StoreError):
+    """The leadership guard failed: this replica is no longer the leader."""
+
+
+class ConflictError(StoreError):
+    """A compare other than leadership failed: someone changed the key first."""
+
+
+@dataclass(frozen=True)
+class AppRecord:
+    name: str
+    created_at: float
+    release: int  # current release version, 0 before the first deploy
+    mod_revision: int = 0
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    app: str
+    version: int
+    dir: str
+    commands: dict[str, str]
+    env: dict[str, str]
+    created_at: float
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    app: str
+    name: InstanceName
+    node: str
+    release: int
+    incarnation: int  # the key's mod revision: grows with every (re)assignment
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    name: str
+    address: str
+    capacity: int
+    labels: dict[str, str] = field(default_factory=dict)
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything durable the reconcile loop needs, read at one revision each."""
+
+    apps: dict[str, AppRecord]
+    formations: dict[str, dict[str, int]]
+    releases: dict[str, ReleaseRecord]  # app -> its current release
+    instances: list[InstanceRecord]
+    nodes: dict[str, NodeRecord]
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Write: (re)assign an instance. A new incarnation even if nothing else changed."""
+
+    app: str
+    name: InstanceName
+    node: str
+    release: int
+
+
+@dataclass(frozen=True)
+class Unassign:
+    app: str
+    name: InstanceName
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True).encode()
+
+
+def _etcd_target(endpoints: Sequence[str]) -> tuple[str, int]:
+    """aetcd dials f"{host}:{port}"; several IP endpoints become one gRPC ipv4: target
+    so that the channel fails over between members by itself."""
+    hosts = [endpoint.rsplit(":", 1) for endpoint in endpoints]
+    all_ips = True
+    for host, _ in hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            all_ips = False
+    if len(hosts) == 1 or not all_ips:
+        host, port = hosts[0]
+        return host, int(port)
+    head = ",".join(f"{host}:{port}" for host, port in hosts[:-1])
+    last_host, last_port = hosts[-1]
+    return f"ipv4:{head},{last_host}", int(last_port)
+
+
+class Store:
+    """The scheduler's only door to etcd."""
+
+    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+        host, port = _etcd_target(endpoints)
+        self.endpoints = list(endpoints)
+        self._client = aetcd.Client(host=host, port=port, timeout=timeout)
+        self._leader_revision = 0  # create revision of our election key, 0 = not leader
+
+    @property
+    def client(self) -> aetcd.Client:
+        """For leader.py, which owns the election key and its lease."""
+        return self._client
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def set_leadership(self, create_revision: int) -> None:
+        """Guard every later write on this election key revision (0: refuse all writes)."""
+        self._leader_revision = create_revision
+
+    # ------------------------------------------------------------ reads
+
+    async def _get_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        try:
+            result = await self._client.get_prefix(prefix.encode())
+        except aetcd.exceptions.ClientError as exc:
+            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+        return [(kv.key.decode(), kv.value, kv.mod_revision) for kv in result.kvs]
+
+    async def _get(self, key: str) -> tuple[bytes, int] | None:
+        try:
+            result = await self._client.get(key.encode())
+        except aetcd.exceptions.ClientError as exc:
+            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+        if result is None:
+            return None
+        return result.value, result.mod_revision
+
+    async def app(self, name: str) -> AppRecord | None:
+        found = await self._get(_app_key(name))
+        return None if found is None else _app_from(found[0], found[1])
+
+    async def apps(self) -> dict[str, AppRecord]:
+        rows = await self._get_prefix(f"{PREFIX}apps/")
+        return {record.name: record for record in (_app_from(v, rev) for _, v, rev in rows)}
+
+    async def formation(self, app: str) -> tuple[dict[str, int], int]:
+        """The formation and its key's mod revision (0 when it has none yet)."""
+        found = await self._get(_formation_key(app))
+        if found is None:
+            return {}, 0
+        return {str(k): int(v) for k, v in json.loads(found[0]).items()}, found[1]
+
+    async def release(self, app: str, version: int) -> ReleaseRecord | None:
+        found = await self._get(_release_key(app, version))
+        return None if found is None else _release_from(json.loads(found[0]))
+
+    async def nodes(self) -> dict[str, NodeRecord]:
+        rows = await self._get_prefix(f"{PREFIX}nodes/")
+        nodes = {}
+        for key, value, _ in rows:
+            data = json.loads(value)
+            name = key.rsplit("/", 1)[1]
+            nodes[name] = NodeRecord(
+                name=name,
+                address=str(data["address"]),
+                capacity=int(data["capacity"]),
+                labels=dict(data.get("labels", {})),
+                draining=bool(data.get("draining", False)),
+            )
+        return nodes
+
+    async def instances(self) -> list[InstanceRecord]:
+        rows = await self._get_prefix(f"{PREFIX}instances/")
+        records = []
+        for key, value, revision in rows:
+            app, name = key[len(f"{PREFIX}instances/") :].split("/", 1)
+            data = json.loads(value)
+            records.append(
+                InstanceRecord(
+                    app=app,
+                    name=InstanceName.parse(name),
+                    node=str(data["node"]),
+                    release=int(data["release"]),
+                    incarnation=revision,
+                )
+            )
+        return records
+
+    async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
+        """Read everything reconcile needs. Releases never change once written, so the
+        caller's cache spares re-reading them."""
+        apps = await self.apps()
+        formations = {}
+        for key, value, _ in await self._get_prefix(f"{PREFIX}formation/"):
+            formations[key.rsplit("/", 1)[1]] = {
+                str(k): int(v) for k, v in json.loads(value).items()
+            }
+        releases = {}
+        for app in apps.values():
+            if app.release == 0:
+                continue
+            cached = release_cache.get((app.name, app.release))
+            if cached is None:
+                cached = await self.release(app.name, app.release)
+                if cached is None:
+                    continue
+                release_cache[(app.name, app.release)] = cached
+            releases[app.name] = cached
+        return World(
+            apps=apps,
+            formations=formations,
+            releases=releases,
+            instances=await self.instances(),
+            nodes=await self.nodes(),
+        )
+
+    # ------------------------------------------------------------ writes
+
+    def _guard(self) -> list[Any]:
+        if not self._leader_revision:
+            raise NotLeaderError("this scheduler replica is not the leader")
+        return [tx.Create(LEADER_KEY) == self._leader_revision]
+
+    async def _txn(self, compare: list[Any], success: list[Any]) -> None:
+        """Run a guarded txn; tell a lost leadership apart from a lost race."""
+        guard = self._guard()
+        try:
+            ok, _ = await self._client.transaction(compare=guard + compare, success=success)
+            if ok:
+                return
+            guard_ok, _ = await self._client.transaction(compare=guard, success=[])
+        except aetcd.exceptions.ClientError as exc:
+            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+        if not guard_ok:
+            self._leader_revision = 0
+            raise NotLeaderError("lost leadership while writing")
+        raise ConflictError("the state changed while writing; try again")
+
+    async def create_app(self, name: str) -> AppRecord:
+        created_at = time.time()
+        record = {"name": name, "created_at": created_at, "release": 0}
+        key = _app_key(name)
+        await self._txn(
+            [tx.Version(key) == 0],
+            [
+                tx.Put(key.encode(), _dumps(record)),
+                tx.Put(_formation_key(name).encode(), _dumps({})),
+            ],
+        )
+        return AppRecord(name=name, created_at=created_at, release=0)
+
+    async def add_release(
+        self, app: AppRecord, release: ReleaseRecord, formation: dict[str, int], formation_rev: int
+    ) -> None:
+        """Write `release` as the app's current one and the formation beside it, if
+        neither the app nor its formation changed since they were read."""
+        app_value = {"name": app.name, "created_at": app.created_at, "release": release.version}
+        await self._txn(
+            [
+                tx.Mod(_app_key(app.name)) == app.mod_revision,
+                tx.Mod(_formation_key(app.name)) == formation_rev,
+            ],
+            [
+                tx.Put(
+                    _release_key(app.name, release.version).encode(), _dumps(_release_to(release))
+                ),
+                tx.Put(_app_key(app.name).encode(), _dumps(app_value)),
+                tx.Put(_formation_key(app.name).encode(), _dumps(formation)),
+            ],
+        )
+
+    async def set_formation(
+        self, app: AppRecord, formation: dict[str, int], formation_rev: int
+    ) -> None:
+        """Replace the formation, if it and the app are unchanged since read."""
+        await self._txn(
+            [
+                tx.Mod(_app_key(app.name)) == app.mod_revision,
+                tx.Mod(_formation_key(app.name)) == formation_rev,
+            ],
+            [tx.Put(_formation_key(app.name).encode(), _dumps(formation))],
+        )
+
+    async def put_node(self, node: NodeRecord) -> None:
+        value = {
+            "address": node.address,
+            "capacity": node.capacity,
+            "labels": node.labels,
+            "draining": node.draining,
+        }
+        await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
+
+    async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
+        """Commit assignment changes, in chunks that fit one etcd txn each."""
+        ops: list[Any] = []
+        for change in changes:
+            key = _instance_key(change.app, change.name).encode()
+            if isinstance(change, Assign):
+                ops.append(tx.Put(key, _dumps({"node": change.node, "release": change.release})))
+            else:
+                ops.append(tx.Delete(key))
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
+    # ------------------------------------------------------------ watch
+
+    async def changes(self) -> AsyncIterator[None]:
+        """Yield once per batch of changes under /paas/ (an event only says: look again).
+        Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
+        try:
+            watch = await self._client.watch_prefix(PREFIX.encode())
+        except aetcd.exceptions.ClientError as exc:
+            raise StoreError(f"cannot watch etcd: {exc}") from exc
+        try:
+            async for _event in watch:
+                yield None
+        except aetcd.exceptions.ClientError as exc:
+            # A compacted revision lands here too: the caller re-reads everything anyway.
+            raise StoreError(f"the etcd watch broke: {exc}") from exc
+        finally:
+            try:
+                await watch.cancel()
+            except Exception:
+                pass
+
+
+def _app_from(value: bytes, mod_revision: int) -> AppRecord:
+    data = json.loads(value)
+    return AppRecord(
+        name=str(data["name"]),
+        created_at=float(data["created_at"]),
+        release=int(data.get("release", 0)),
+        mod_revision=mod_revision,
+    )
+
+
+def _release_to(release: ReleaseRecord) -> dict[str, Any]:
+    return {
+        "app": release.app,
+        "version": release.version,
+        "dir": release.dir,
+        "commands": release.commands,
+        "env": release.env,
+        "created_at": release.created_at,
+        "description": release.description,
+    }
+
+
+def _release_from(data: dict[str, Any]) -> ReleaseRecord:
+    return ReleaseRecord(
+        app=str(data["app"]),
+        version=int(data["version"]),
+        dir=str(data["dir"]),
+        commands={str(k): str(v) for k, v in data["commands"].items()},
+        env={str(k): str(v) for k, v in data.get("env", {}).items()},
+        created_at=float(data["created_at"]),
+        description=str(data.get("description", "")),
+    )
