@@ -58,6 +58,7 @@ class Leadership:
                 won, _ = await client.transaction(
                     compare=[tx.Version(LEADER_KEY) == 0],
                     success=[tx.Put(LEADER_KEY.encode(), value, lease=lease.id)],
+                    failure=[],
                 )
                 if won:
                     current = await client.get(LEADER_KEY.encode())
@@ -69,6 +70,11 @@ class Leadership:
                     await self._follow()
             except aetcd.exceptions.ClientError as exc:
                 log.warning("election: etcd is unreachable (%s); retrying", exc)
+                self._set(False, None)
+                await asyncio.sleep(1.0)
+            except Exception:
+                # Never stop campaigning because of a bug: say so loudly and go on.
+                log.exception("election failed")
                 self._set(False, None)
                 await asyncio.sleep(1.0)
 

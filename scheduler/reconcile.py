@@ -60,6 +60,11 @@ class Reconciler:
                     log.warning("reconcile failed, retrying: %s", exc)
                     await asyncio.sleep(0.5)
                     self.kick()
+                except Exception:
+                    # A bug must not stop reconciling for good: say so loudly and go on.
+                    log.exception("reconcile pass failed")
+                    await asyncio.sleep(1.0)
+                    self.kick()
         finally:
             watcher.cancel()
 

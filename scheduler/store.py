@@ -285,10 +285,12 @@ class Store:
         """Run a guarded txn; tell a lost leadership apart from a lost race."""
         guard = self._guard()
         try:
-            ok, _ = await self._client.transaction(compare=guard + compare, success=success)
+            ok, _ = await self._client.transaction(
+                compare=guard + compare, success=success, failure=[]
+            )
             if ok:
                 return
-            guard_ok, _ = await self._client.transaction(compare=guard, success=[])
+            guard_ok, _ = await self._client.transaction(compare=guard, success=[], failure=[])
         except aetcd.exceptions.ClientError as exc:
             raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
         if not guard_ok:
