@@ -15,7 +15,10 @@ from paas.common.names import NameError_, check_process_type
 # A sane ceiling on instances of one type: beyond it a typo is likelier than intent.
 MAX_INSTANCES_PER_TYPE = 1000
 
-_WORD = re.compile(r"^(?P<type>[^=+\-][^=+]*?)(?P<op>=|\+|-)(?P<count>.*)$")
+# `=` splits at its first occurrence (so `web=-1` is a bad count); `+`/`-` at the
+# last, since process types may contain `-` (`my-type-1`).
+_SET = re.compile(r"^(?P<type>[^=]+)(?P<op>=)(?P<count>.*)$")
+_ADD_SUB = re.compile(r"^(?P<type>.+)(?P<op>[+-])(?P<count>[^+-]*)$")
 
 
 class FormationError(ValueError):
@@ -40,7 +43,7 @@ class Change:
 
 def parse_change(word: str) -> Change:
     """Parse one word: `web=10`, `worker+2`, `clock-1`."""
-    match = _WORD.match(word)
+    match = _SET.match(word) if "=" in word else _ADD_SUB.match(word)
     if not match:
         raise FormationError(
             f"invalid formation {word!r}: expected TYPE=N, TYPE+N or TYPE-N, e.g. web=2"
