@@ -480,8 +480,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 message = await asyncio.wait_for(anext(messages), SESSION_SILENCE_TIMEOUT)
                 kind = message.WhichOneof("kind")
                 if kind == "status":
+                    # Reports feed `paas ps`; placement does not read them, so no kick.
                     session.report(message.status)
-                    self._reconciler.kick()
                 else:
                     session.heartbeat()
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
