@@ -1,0 +1,279 @@
+"""The CLI's connection to the scheduler: one client over all its replicas.
+
+Owns which replica answers a call. It tries the addresses in turn, follows a
+follower's redirect to the leader once (FAILED_PRECONDITION with the leader's
+address in the `paas-leader` trailing metadata), waits briefly while no leader
+is elected, and turns gRPC failures into the two errors commands print:
+`SchedulerUnreachable` (nobody answered) and `SchedulerError` (a replica
+answered and refused). It never prints and never decides what a command means.
+
+    async with SchedulerClient(["127.0.0.1:7070"]) as client:
+        nodes = await client.list_nodes()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from paas.common.formation import Change, Op
+from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
+
+T = TypeVar("T")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_OPS = {
+    Op.SET: pb.FormationChange.SET,
+    Op.ADD: pb.FormationChange.ADD,
+    Op.SUB: pb.FormationChange.SUB,
+}
+
+
+class SchedulerError(Exception):
+    """A scheduler replica answered and refused; the message is its status details."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class SchedulerUnreachable(SchedulerError):
+    """No scheduler replica could be reached at all."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        super().__init__(
+            f"cannot reach the scheduler at {','.join(addresses)}: is it running? (`paas up`)",
+            grpc.StatusCode.UNAVAILABLE,
+        )
+        self.addresses = addresses
+
+
+class _Unreachable(Exception):
+    """This one address did not answer; try the next."""
+
+
+class _Busy(Exception):
+    """This replica answered but cannot serve yet (no leader); worth retrying."""
+
+    def __init__(self, error: SchedulerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class SchedulerClient:
+    """Calls the scheduler API on whichever replica can serve it."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        timeout: float = 30.0,
+        retry_for: float = 10.0,
+        options: list[tuple[str, int]] | None = None,
+    ) -> None:
+        """`timeout` bounds each unary call; `retry_for` how long to wait for a leader;
+        `options` are extra grpc channel options."""
+        if not addresses:
+            raise ValueError("no scheduler address given")
+        self.addresses = list(addresses)
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._options = CHANNEL_OPTIONS + list(options or [])
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def __aenter__(self) -> SchedulerClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(None)
+
+    # ------------------------------------------------------------ the API
+
+    async def create_app(self, name: str) -> pb.App:
+        request = pb.CreateAppRequest(name=name)
+        return await self._unary(lambda stub: stub.CreateApp, request)
+
+    async def list_apps(self) -> list[pb.App]:
+        response = await self._unary(lambda stub: stub.ListApps, pb.ListAppsRequest())
+        return list(response.apps)
+
+    async def deploy(
+        self, app: str, directory: str, procfile: str, env: dict[str, str]
+    ) -> pb.Release:
+        request = pb.DeployRequest(app=app, dir=directory, procfile=procfile, env=env)
+        return await self._unary(lambda stub: stub.Deploy, request)
+
+    async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
+        request = pb.ScaleRequest(
+            app=app,
+            changes=[
+                pb.FormationChange(type=change.type, op=_OPS[change.op], count=change.count)
+                for change in changes
+            ],
+        )
+        response = await self._unary(lambda stub: stub.Scale, request)
+        return dict(response.formation)
+
+    async def list_instances(self, app: str) -> list[pb.InstanceView]:
+        request = pb.ListInstancesRequest(app=app)
+        response = await self._unary(lambda stub: stub.ListInstances, request)
+        return list(response.instances)
+
+    async def list_nodes(self) -> list[pb.Node]:
+        response = await self._unary(lambda stub: stub.ListNodes, pb.ListNodesRequest())
+        return list(response.nodes)
+
+    async def logs(
+        self, app: str, lines: int = 0, process: str = "", follow: bool = False
+    ) -> AsyncIterator[pb.LogLine]:
+        """The app's log lines, oldest first; with `follow`, live ones until cancelled."""
+        request = pb.LogsRequest(app=app, lines=lines, process=process, follow=follow)
+        timeout = None if follow else self.timeout
+
+        async def open_stream(
+            address: str,
+        ) -> tuple[grpc.aio.UnaryStreamCall[pb.LogsRequest, pb.LogLine], pb.LogLine | None]:
+            call = self._stub(address).Logs(request, timeout=timeout)
+            stream = call.__aiter__()
+            try:
+                # Reading the first line is what surfaces a redirect or a refusal.
+                first: pb.LogLine | None = await anext(stream)
+            except StopAsyncIteration:
+                first = None
+            except BaseException:
+                call.cancel()
+                raise
+            return call, first
+
+        call, first = await self._with_replicas(open_stream)
+        try:
+            if first is None:
+                return
+            yield first
+            stream = call.__aiter__()
+            while True:
+                try:
+                    line = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    raise SchedulerError(
+                        f"the log stream broke: {exc.details() or exc.code().name}", exc.code()
+                    ) from None
+                yield line
+        finally:
+            call.cancel()
+
+    # ------------------------------------------------------------ replicas
+
+    def _stub(self, address: str) -> SchedulerAsyncStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
+        return pb_grpc.SchedulerStub(channel)
+
+    async def _unary(
+        self,
+        method: Callable[[SchedulerAsyncStub], grpc.aio.UnaryUnaryMultiCallable[Req, Resp]],
+        request: Req,
+    ) -> Resp:
+        async def attempt(address: str) -> Resp:
+            return await method(self._stub(address))(request, timeout=self.timeout)
+
+        return await self._with_replicas(attempt)
+
+    async def _with_replicas(self, attempt: Callable[[str], Awaitable[T]]) -> T:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_for
+        while True:
+            busy: _Busy | None = None
+            for address in self.addresses:
+                try:
+                    return await self._attempt_with_redirect(address, attempt)
+                except _Unreachable:
+                    continue
+                except _Busy as exc:
+                    busy = exc
+            if busy is None:
+                raise SchedulerUnreachable(self.addresses)
+            if loop.time() >= deadline:
+                raise busy.error
+            await asyncio.sleep(0.5)
+
+    async def _attempt_with_redirect(
+        self, address: str, attempt: Callable[[str], Awaitable[T]]
+    ) -> T:
+        try:
+            return await attempt(address)
+        except grpc.aio.AioRpcError as exc:
+            leader = _leader_of(exc)
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION or not leader:
+                raise self._classify(address, exc) from None
+        if leader == address:
+            raise _Busy(SchedulerError(f"the scheduler at {address} names itself as leader"))
+        try:
+            return await attempt(leader)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and _leader_of(exc):
+                # Replicas disagree who leads: an election is in progress.
+                raise _Busy(SchedulerError(exc.details() or "no settled leader")) from None
+            error = self._classify(leader, exc)
+            if isinstance(error, _Unreachable):
+                # The follower is alive but its idea of the leader is stale.
+                raise _Busy(
+                    SchedulerError(
+                        f"the scheduler leader at {leader} (named by {address}) cannot be reached",
+                        grpc.StatusCode.UNAVAILABLE,
+                    )
+                ) from None
+            raise error from None
+
+    def _classify(self, address: str, exc: grpc.aio.AioRpcError) -> Exception:
+        code = exc.code()
+        details = exc.details() or code.name
+        connected = self._connected(address)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if not connected:
+                return _Unreachable(address)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return _Busy(SchedulerError(details, code))
+            return SchedulerError(
+                f"the scheduler at {address} did not answer within {self.timeout:g} s", code
+            )
+        return SchedulerError(details, code)
+
+    def _connected(self, address: str) -> bool:
+        channel = self._channels.get(address)
+        if channel is None:
+            return False
+        return channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+def _leader_of(exc: grpc.aio.AioRpcError) -> str:
+    # grpc.aio gives a Metadata of (key, value) pairs; the stubs describe the sync API.
+    metadata: Any = exc.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == LEADER_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""

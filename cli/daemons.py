@@ -1,0 +1,89 @@
+"""`paas scheduler` and `paas agent`: flags to config, then serve until stopped.
+
+Owns only the translation from the command line to `SchedulerConfig` and
+`AgentConfig`, logging setup, and a clean exit on SIGINT/SIGTERM. The servers
+themselves live in paas.scheduler and paas.agent, imported lazily so the rest
+of the CLI works without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from paas.cli.errors import EXIT_OK, CommandError
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    try:
+        from paas.scheduler.config import SchedulerConfig
+        from paas.scheduler.server import run_scheduler as serve
+    except ImportError as exc:
+        raise CommandError(f"the scheduler cannot start: {exc}") from None
+    config = SchedulerConfig(
+        etcd=args.etcd,
+        listen=args.listen,
+        advertise=args.advertise or "",
+        node_grace=args.node_grace,
+        leader_ttl=args.leader_ttl,
+    )
+    _configure_logging(args.log_level)
+    return _serve(serve(config))
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    try:
+        from paas.agent.config import AgentConfig
+        from paas.agent.server import run_agent as serve  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise CommandError(f"the agent cannot start: {exc}") from None
+    # Flags left out keep AgentConfig's defaults, so those live in one place.
+    optional: dict[str, Any] = {}
+    if args.ports is not None:
+        optional["ports"] = args.ports
+    if args.capacity is not None:
+        optional["capacity"] = args.capacity
+    if args.state_dir is not None:
+        optional["state_dir"] = Path(args.state_dir).expanduser().resolve()
+    if args.stop_grace is not None:
+        optional["stop_grace"] = args.stop_grace
+    config = AgentConfig(
+        join=args.join,
+        name=args.name,
+        listen=args.listen,
+        labels=dict(args.label),
+        **optional,
+    )
+    _configure_logging(args.log_level)
+    return _serve(serve(config))
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _serve(server: Coroutine[Any, Any, None]) -> int:
+    """Run a server coroutine; SIGINT or SIGTERM cancels it and exits 0."""
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        # A server that installs its own handlers (for a graceful drain) replaces these.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return EXIT_OK

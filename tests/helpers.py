@@ -1,0 +1,105 @@
+"""Helpers for tests that drive a real cluster: run the real CLI, wait for a condition.
+
+result = await paas(cluster, "scale", "web=2", app="shop")
+assert result.returncode == 0, result.stderr
+await wait_for(lambda: web_is_up(), what="web.1 up")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from paas.cli.localcluster import LocalCluster
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished `paas` command left: like subprocess.CompletedProcess."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        """stdout parsed as JSON, after checking the command succeeded."""
+        assert self.returncode == 0, f"paas {' '.join(self.args)} failed: {self.stderr}"
+        return json.loads(self.stdout)
+
+
+async def paas(
+    cluster: LocalCluster | str,
+    *args: str,
+    app: str | None = None,
+    timeout: float = 60.0,  # noqa: ASYNC109 - a bound on the child process, not a wait
+    env: dict[str, str] | None = None,
+) -> Result:
+    """Run the real CLI (`python -m paas ARGS`) against `cluster` (or a scheduler address).
+
+    `app` becomes PAAS_APP; without it PAAS_APP is unset, so the command sees
+    exactly the app the test names.
+    """
+    address = cluster if isinstance(cluster, str) else cluster.scheduler_address
+    child_env = {k: v for k, v in os.environ.items() if k not in ("PAAS_APP", "PAAS_SCHEDULER")}
+    child_env["PAAS_SCHEDULER"] = address
+    child_env["NO_COLOR"] = "1"
+    if app is not None:
+        child_env["PAAS_APP"] = app
+    child_env.update(env or {})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "paas",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"paas {' '.join(args)} did not finish within {timeout:g} s") from None
+    assert process.returncode is not None
+    return Result(list(args), process.returncode, stdout.decode(), stderr.decode())
+
+
+async def wait_for(
+    condition: Callable[[], T | Awaitable[T]],
+    timeout: float = 30.0,  # noqa: ASYNC109 - the polling deadline is the point
+    interval: float = 0.05,
+    what: str = "the condition",
+) -> T:
+    """Poll `condition` (sync or async) until it returns something truthy; return that.
+
+    An exception from the condition counts as "not yet"; the last one is shown
+    if time runs out, with `what` naming what was awaited.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            last_error = None
+        except Exception as exc:
+            last_error = exc
+        if loop.time() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,226 @@
+"""The CLI client against fake scheduler replicas: trying each address, following a
+follower's redirect to the leader, and turning refusals into one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from paas.cli.client import SchedulerClient, SchedulerError, SchedulerUnreachable
+from paas.cli.localcluster import free_port
+from paas.common.grpcutil import LEADER_METADATA_KEY
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class FakeScheduler(pb_grpc.SchedulerServicer):
+    """A replica whose every call is answered by `refuse` first, if set."""
+
+    def __init__(self) -> None:
+        self.refuse: Callable[[Context], Awaitable[None]] | None = None
+        self.calls = 0
+        self.nodes = [pb.Node(name="node-1", address="127.0.0.2:7071", state="ready")]
+        self.instances = [
+            pb.InstanceView(app="shop", name="web.1", type="web", node="node-1", state=pb.UP,
+                            pid=123, port=20000, release=1),
+        ]  # fmt: skip
+        self.log_lines = [
+            pb.LogLine(timestamp=1.0, app="shop", instance="web.1", stream="stdout", text="a"),
+            pb.LogLine(timestamp=2.0, app="shop", instance="web.1", stream="stdout", text="b"),
+        ]
+
+    async def _gate(self, context: Context) -> None:
+        self.calls += 1
+        if self.refuse is not None:
+            await self.refuse(context)
+
+    async def CreateApp(self, request: pb.CreateAppRequest, context: Context) -> pb.App:
+        await self._gate(context)
+        return pb.App(name=request.name)
+
+    async def ListApps(self, request: pb.ListAppsRequest, context: Context) -> pb.ListAppsResponse:
+        await self._gate(context)
+        return pb.ListAppsResponse()
+
+    async def Deploy(self, request: pb.DeployRequest, context: Context) -> pb.Release:
+        await self._gate(context)
+        return pb.Release(app=request.app, version=1)
+
+    async def Scale(self, request: pb.ScaleRequest, context: Context) -> pb.ScaleResponse:
+        await self._gate(context)
+        return pb.ScaleResponse(formation={c.type: c.count for c in request.changes})
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: Context
+    ) -> pb.ListInstancesResponse:
+        await self._gate(context)
+        return pb.ListInstancesResponse(instances=self.instances)
+
+    async def ListNodes(
+        self, request: pb.ListNodesRequest, context: Context
+    ) -> pb.ListNodesResponse:
+        await self._gate(context)
+        return pb.ListNodesResponse(nodes=self.nodes)
+
+    async def Logs(  # type: ignore[override]
+        self, request: pb.LogsRequest, context: Context
+    ) -> AsyncIterator[pb.LogLine]:
+        await self._gate(context)
+        for line in self.log_lines:
+            yield line
+
+    async def Session(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.SchedulerMessage]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        yield pb.SchedulerMessage()
+
+
+class Replica:
+    def __init__(self) -> None:
+        self.fake = FakeScheduler()
+        self.server = grpc.aio.server()
+        pb_grpc.add_SchedulerServicer_to_server(self.fake, self.server)
+        self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[list[Replica]]:
+    started = [Replica(), Replica()]
+    for replica in started:
+        await replica.server.start()
+    yield started
+    for replica in started:
+        await replica.server.stop(None)
+
+
+def redirect_to(leader: str) -> Callable[[Context], Awaitable[None]]:
+    async def refuse(context: Context) -> None:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this scheduler replica is a follower; the leader is {leader}",
+            trailing_metadata=((LEADER_METADATA_KEY, leader),),
+        )
+
+    return refuse
+
+
+def refuse_with(code: grpc.StatusCode, details: str) -> Callable[[Context], Awaitable[None]]:
+    async def refuse(context: Context) -> None:
+        await context.abort(code, details)
+
+    return refuse
+
+
+async def test_a_follower_redirects_the_call_to_the_leader(replicas: list[Replica]) -> None:
+    follower, leader = replicas
+    follower.fake.refuse = redirect_to(leader.address)
+    async with SchedulerClient([follower.address]) as client:
+        nodes = await client.list_nodes()
+    assert [node.name for node in nodes] == ["node-1"]
+    assert (follower.fake.calls, leader.fake.calls) == (1, 1)
+
+
+async def test_a_log_stream_follows_the_redirect_too(replicas: list[Replica]) -> None:
+    follower, leader = replicas
+    follower.fake.refuse = redirect_to(leader.address)
+    async with SchedulerClient([follower.address]) as client:
+        lines = [line.text async for line in client.logs("shop")]
+    assert lines == ["a", "b"]
+
+
+async def test_an_unreachable_replica_is_skipped(replicas: list[Replica]) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    async with SchedulerClient([dead, replicas[0].address]) as client:
+        assert await client.create_app("shop") == pb.App(name="shop")
+
+
+async def test_a_refusal_is_an_error_carrying_the_schedulers_words(
+    replicas: list[Replica],
+) -> None:
+    first, second = replicas
+    first.fake.refuse = refuse_with(grpc.StatusCode.NOT_FOUND, "unknown app 'nope'")
+    async with SchedulerClient([first.address, second.address]) as client:
+        with pytest.raises(SchedulerError, match=r"^unknown app 'nope'$") as raised:
+            await client.list_instances("nope")
+    assert raised.value.code == grpc.StatusCode.NOT_FOUND
+    assert second.fake.calls == 0, "a refusal is an answer, not a reason to ask another replica"
+
+
+async def test_no_replica_reachable_names_them_all() -> None:
+    dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    async with SchedulerClient(dead) as client:
+        with pytest.raises(SchedulerUnreachable) as raised:
+            await client.list_nodes()
+    assert str(raised.value) == (
+        f"cannot reach the scheduler at {dead[0]},{dead[1]}: is it running? (`paas up`)"
+    )
+
+
+async def test_while_no_leader_is_elected_the_client_waits_then_gives_up(
+    replicas: list[Replica],
+) -> None:
+    replica = replicas[0]
+    replica.fake.refuse = refuse_with(grpc.StatusCode.UNAVAILABLE, "no scheduler leader yet")
+    async with SchedulerClient([replica.address], retry_for=1.0) as client:
+        with pytest.raises(SchedulerError, match="no scheduler leader yet"):
+            await client.list_nodes()
+    assert replica.fake.calls >= 2
+
+
+async def test_an_election_that_ends_while_waiting_is_invisible(replicas: list[Replica]) -> None:
+    replica = replicas[0]
+    replica.fake.refuse = refuse_with(grpc.StatusCode.UNAVAILABLE, "no scheduler leader yet")
+
+    async def elect() -> None:
+        await asyncio.sleep(0.7)
+        replica.fake.refuse = None
+
+    election = asyncio.create_task(elect())
+    async with SchedulerClient([replica.address], retry_for=10.0) as client:
+        assert len(await client.list_nodes()) == 1
+    await election
+
+
+async def paas(address: str, *args: str) -> tuple[int, str, str]:
+    env = dict(os.environ, PAAS_SCHEDULER=address, PAAS_APP="shop")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_the_real_program_prints_ps_and_nodes_as_json(replicas: list[Replica]) -> None:
+    follower, leader = replicas
+    follower.fake.refuse = redirect_to(leader.address)
+    code, out, err = await paas(follower.address, "ps", "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)[0] | {"name": "web.1", "state": "up", "pid": 123} == json.loads(out)[0]
+    code, out, err = await paas(follower.address, "nodes", "--json")
+    assert (code, err) == (0, "")
+    assert [node["name"] for node in json.loads(out)] == ["node-1"]
+
+
+async def test_the_real_program_turns_a_refusal_into_one_line_and_exit_1(
+    replicas: list[Replica],
+) -> None:
+    replicas[0].fake.refuse = refuse_with(
+        grpc.StatusCode.INVALID_ARGUMENT, "unknown process type 'wbe' (Procfile has: web)"
+    )
+    code, out, err = await paas(replicas[0].address, "scale", "wbe=2")
+    assert code == 1
+    assert out == ""
+    assert err == "error: unknown process type 'wbe' (Procfile has: web)\n"

@@ -1,0 +1,231 @@
+"""The command line's words, options and exit codes, for input no server is needed for.
+
+0 success, 1 a refused request or bad input, 2 a usage error; every expected
+error is one line on stderr starting with `error: `.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paas.cli.localcluster import free_port
+from paas.cli.main import build_parser, run
+from paas.cli.up import sanitise_app_name
+
+COMMANDS = [
+    [],
+    ["up"],
+    ["scheduler"],
+    ["agent"],
+    ["apps"],
+    ["apps", "create"],
+    ["deploy"],
+    ["scale"],
+    ["ps"],
+    ["nodes"],
+    ["logs"],
+]
+
+
+@pytest.fixture(autouse=True)
+def nowhere(monkeypatch: pytest.MonkeyPatch) -> str:
+    """No app from the environment, and a scheduler address where nobody listens."""
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.delenv("PAAS_APP", raising=False)
+    monkeypatch.setenv("PAAS_SCHEDULER", address)
+    return address
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("words", COMMANDS, ids=lambda words: " ".join(words) or "paas")
+def test_help_of_every_command_exits_0(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*words, "--help"]) == 0
+    assert "usage: paas" in capsys.readouterr().out
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["restart", "web"]) == 2
+    assert "invalid choice: 'restart'" in one_error_line(capsys.readouterr().err)
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["ps", "--bogus"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["web=abc"], "invalid count 'abc'"),
+        (["web=-1"], "invalid count '-1'"),
+        (["web"], "invalid formation 'web'"),
+        (["web=100000"], "over the maximum"),
+        (["web=1", "web+2"], "given more than once"),
+        (["we b=1"], "invalid process type"),
+    ],
+)
+def test_bad_formation_is_refused_before_anything_is_sent(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The scheduler is unreachable: a "cannot reach" error would mean a call was made.
+    assert run(["scale", "-a", "shop", *words]) == 1
+    captured = capsys.readouterr()
+    assert message in one_error_line(captured.err)
+    assert captured.out == ""
+
+
+def test_scale_without_words_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["scale", "-a", "shop"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("words", [["ps"], ["scale", "web=1"], ["logs"], ["deploy", "."]])
+def test_a_missing_app_is_an_error(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(words) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "error: no app given: use -a NAME or set PAAS_APP"
+
+
+def test_an_unreachable_scheduler_is_an_error_naming_it(
+    nowhere: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["nodes"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: cannot reach the scheduler at {nowhere}: is it running? (`paas up`)"
+
+
+def test_app_comes_from_paas_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PAAS_APP", "shop")
+    assert run(["ps"]) == 1
+    assert "cannot reach the scheduler" in one_error_line(capsys.readouterr().err)
+
+
+def test_options_may_come_before_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    assert run(["--scheduler", f"127.0.0.1:{port}", "-a", "shop", "ps"]) == 1
+    assert f"127.0.0.1:{port}" in one_error_line(capsys.readouterr().err)
+
+
+def test_every_replica_is_named_when_none_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    assert run(["nodes", "--scheduler", f"{first},{second}"]) == 1
+    assert f"at {first},{second}:" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bad_scheduler_address_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["nodes", "--scheduler", "nohost"]) == 2
+    assert "invalid address 'nohost'" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bad_procfile_is_refused_with_its_line_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "Procfile").write_text("web: ok\nthis line is wrong\n")
+    assert run(["deploy", "-a", "shop", str(tmp_path)]) == 1
+    assert f"{tmp_path / 'Procfile'}:2:" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_missing_procfile_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["deploy", "-a", "shop", str(tmp_path)]) == 1
+    assert "no Procfile in" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bad_app_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "create", "Bad_Name"]) == 1
+    assert "invalid app name 'Bad_Name'" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("process", ["web.x", "web.0", "we b"])
+def test_a_bad_process_filter_is_a_usage_error(
+    process: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["logs", "-a", "shop", "-p", process]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_up_scale_needs_deploy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["up", "--scale", "web=1"]) == 2
+    assert "--deploy" in one_error_line(capsys.readouterr().err)
+
+
+def test_up_checks_the_formation_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "Procfile").write_text("web: python3 -m http.server $PORT\n")
+    assert run(["up", "--deploy", str(tmp_path), "--scale", "web=x"]) == 1
+    assert "invalid count 'x'" in one_error_line(capsys.readouterr().err)
+
+
+def test_scheduler_flags_become_its_config() -> None:
+    args = build_parser().parse_args(
+        ["scheduler", "--etcd", "http://10.0.0.1:2379,10.0.0.2:2379/", "--listen", "0.0.0.0:7070"]
+    )
+    assert args.etcd == ["10.0.0.1:2379", "10.0.0.2:2379"]
+    assert args.listen == "0.0.0.0:7070"
+    assert args.node_grace == 10.0
+
+
+def test_agent_flags_become_its_config() -> None:
+    args = build_parser().parse_args(
+        ["agent", "--join", "a:7070,b:7070", "--name", "node-1", "--listen", "127.0.0.2:7071",
+         "--ports", "20000-20999", "--label", "zone=a", "--label", "disk=ssd"]
+    )  # fmt: skip
+    assert args.join == ["a:7070", "b:7070"]
+    assert args.ports == (20000, 20999)
+    assert dict(args.label) == {"zone": "a", "disk": "ssd"}
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--ports", "9-1"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--label", "nolabel"],
+        ["scheduler", "--etcd", "a:1", "--listen", "nowhere"],
+        ["up", "--agents", "0"],
+    ],
+)
+def test_bad_daemon_flags_are_usage_errors(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(words) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("directory", "app"),
+    [("hello", "hello"), ("My_App 2", "my-app-2"), ("2fast", "fast"), ("...", "app")],
+)
+def test_up_names_the_app_after_its_directory(directory: str, app: str) -> None:
+    assert sanitise_app_name(directory) == app
+
+
+def test_the_real_program_prints_one_line_and_no_traceback(nowhere: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "paas", "scale", "-a", "shop", "web=abc"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "invalid count 'abc'" in one_error_line(result.stderr)
+    assert result.stdout == ""
