@@ -10,12 +10,20 @@ line on stderr starting with `error: `; no tracebacks for them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from paas.cli import render
-from paas.cli.errors import EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_USAGE, CommandError, UsageError
+from paas.cli.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    CommandError,
+    UsageError,
+)
 from paas.common.addresses import DEFAULT_SCHEDULER
 
 
@@ -457,6 +465,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`paas logs | head`): not an error. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:

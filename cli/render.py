@@ -64,7 +64,7 @@ def console(file: TextIO | None = None) -> Console:
         highlight=False,
         width=None if terminal else _PIPED_WIDTH,
         force_terminal=terminal,
-        no_color=not terminal,
+        no_color=True if not terminal else None,  # None: rich honours $NO_COLOR
     )
 
 
