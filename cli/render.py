@@ -148,7 +148,7 @@ def instances(views: Iterable[pb.InstanceView], as_json: bool = False) -> None:
     if not ordered:
         info("no instances: scale the app up with e.g. `paas scale web=1`")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in (
         "name",
         "type",
@@ -205,7 +205,7 @@ def nodes(items: Iterable[pb.Node], as_json: bool = False) -> None:
     if not ordered:
         info("no nodes: start an agent with `paas agent --join SCHEDULER ...`")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("name", "state", "address", "instances", "capacity", "labels", "last seen"):
         table.add_column(
             column, justify="right" if column in ("instances", "capacity") else "left", no_wrap=True
@@ -245,7 +245,7 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
     if not ordered:
         info("no apps: create one with `paas apps create NAME`")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for column in ("name", "release", "formation", "process types"):
         table.add_column(column, no_wrap=True)
     for app in ordered:
