@@ -24,8 +24,7 @@ pytestmark = pytest.mark.integration
 def etcd(tmp_path: Path) -> Iterator[str]:
     client, peer = free_port(), free_port()
     endpoint = f"127.0.0.1:{client}"
-    process = subprocess.Popen(
-        [
+    argv = [
             etcd_binary(),
             "--data-dir", str(tmp_path / "etcd"),
             "--listen-client-urls", f"http://{endpoint}",
@@ -34,7 +33,9 @@ def etcd(tmp_path: Path) -> Iterator[str]:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
             "--initial-cluster", f"default=http://127.0.0.1:{peer}",
             "--unsafe-no-fsync",
-        ],  # fmt: skip
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=(tmp_path / "etcd.log").open("wb"),
     )

@@ -3,6 +3,7 @@ the real CLI, real processes. Deploy an app with two process types and scale it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import urllib.request
@@ -40,7 +41,9 @@ async def ps(cluster: LocalCluster, app: str) -> list[dict[str, Any]]:
     return rows
 
 
-async def wait_up(cluster: LocalCluster, app: str, expected: dict[str, int]) -> list[dict[str, Any]]:
+async def wait_up(
+    cluster: LocalCluster, app: str, expected: dict[str, int]
+) -> list[dict[str, Any]]:
     """Wait until exactly `expected` instances per type are up, and return ps."""
     rows: list[dict[str, Any]] = []
 
@@ -104,8 +107,12 @@ async def test_web_answers_http_on_its_port_and_logs_show_it(
     rows = await wait_up(cluster, "shop", {"web": 1, "worker": 1})
     web = next(row for row in rows if row["type"] == "web")
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{web['port']}/", timeout=10) as response:
-        assert response.status == 200
+    def get() -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web['port']}/", timeout=10) as response:
+            status: int = response.status
+            return status
+
+    assert await asyncio.to_thread(get) == 200
 
     async def request_logged() -> bool:
         logs = await paas(cluster, "logs", "-n", "200", "-p", "web", app="shop")
@@ -205,4 +212,3 @@ async def test_scaling_to_zero_leaves_no_process(cluster: LocalCluster, app_dir:
         return await ps(cluster, "shop") == []
 
     await wait_for(none_listed, timeout=30, what="`paas ps` to be empty")
-
