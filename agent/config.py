@@ -19,3 +19,10 @@ class AgentConfig:
     boot_timeout: float = 60.0  # a web instance must accept on $PORT within this
     heartbeat_interval: float = 1.0
     log_buffer_lines: int = 10_000  # kept per instance
+    # Where the scheduler reaches this agent's API; "" = listen (with its real port if 0).
+    advertise: str = ""
+    # Crash restarts: the first at once, then base doubling with jitter up to cap;
+    # an instance up for reset_after seconds starts again from the first.
+    restart_base: float = 1.0
+    restart_cap: float = 300.0
+    restart_reset_after: float = 600.0

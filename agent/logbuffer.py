@@ -1,0 +1,284 @@
+"""Instance output: reading it off the pipes, keeping it bounded, fanning it out.
+
+Owns the per-instance ring buffers (LogBuffer), the lines' per-instance
+sequence numbers, the set of buffers of this node (LogHub, including those of
+recently removed instances) and the live subscribers that follow them. Memory
+is bounded everywhere: a partial line is at most MAX_LINE characters, a buffer
+keeps its last N lines, a subscriber's queue is bounded. A slow reader never
+blocks the producer: its lines are dropped and counted, and it is told how many
+when it catches up. Loss is never silent.
+
+It never starts or stops processes and never decides what a line means; the
+supervisor feeds it lifecycle lines like any other.
+
+    hub = LogHub(node="node-1", lines=10_000)
+    buffer = hub.buffer("shop", "web.1")
+    buffer.append("paas", "State changed from starting to up")
+    subscription = hub.subscribe(lambda line: line.app == "shop")
+    line = await subscription.get()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from paas.common.logformat import PAAS_STREAM
+
+# A line longer than this (in characters) is split; the remainder starts a new line.
+MAX_LINE = 10 * 1024
+READ_CHUNK = 65536
+# Buffers of removed instances stay readable; this many of them, this many lines each.
+RETIRED_BUFFERS = 100
+RETIRED_LINES = 1000
+SUBSCRIBER_QUEUE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of one instance, as the Agent API's LogLine carries it."""
+
+    timestamp: float  # unix seconds
+    app: str
+    instance: str  # "web.3"
+    stream: str  # "stdout", "stderr" or "paas"
+    node: str
+    seq: int  # per instance, increasing from 1; 0 for notices about loss
+    text: str
+
+
+class LineSplitter:
+    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE each."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+        self._max_line = max_line
+
+    def feed(self, data: bytes) -> list[str]:
+        text = self._partial + self._decoder.decode(data)
+        *lines, self._partial = text.split("\n")
+        out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
+        while len(self._partial) >= self._max_line:
+            out.append(self._partial[: self._max_line])
+            self._partial = self._partial[self._max_line :]
+        return out
+
+    def flush(self) -> list[str]:
+        """What is left at end of stream (a last line without a newline)."""
+        rest = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return self._cut(rest) if rest else []
+
+    def _cut(self, line: str) -> list[str]:
+        if len(line) <= self._max_line:
+            return [line]
+        return [line[i : i + self._max_line] for i in range(0, len(line), self._max_line)]
+
+
+class LogBuffer:
+    """The last `limit` lines of one instance, with its sequence counter.
+
+    Each appended line is also handed to `publish` (the hub's fan-out).
+    `dropped` counts lines pushed out of the ring by newer ones.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        instance: str,
+        node: str,
+        limit: int,
+        publish: Callable[[LogLine], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.instance = instance
+        self.node = node
+        self.dropped = 0
+        self._lines: deque[LogLine] = deque(maxlen=max(1, limit))
+        self._seq = 0
+        self._publish = publish
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def append(self, stream: str, text: str) -> LogLine:
+        self._seq += 1
+        line = LogLine(time.time(), self.app, self.instance, stream, self.node, self._seq, text)
+        if len(self._lines) == self._lines.maxlen:
+            self.dropped += 1
+        self._lines.append(line)
+        if self._publish is not None:
+            self._publish(line)
+        return line
+
+    def tail(self, count: int) -> list[LogLine]:
+        """The last `count` lines; if more were asked for than kept, a notice of the loss first."""
+        if count <= 0:
+            return []
+        kept = len(self._lines)
+        lines = list(self._lines)[max(0, kept - count) :]
+        if count > kept and self.dropped:
+            first = lines[0].timestamp if lines else time.time()
+            lines.insert(
+                0,
+                LogLine(
+                    first,
+                    self.app,
+                    self.instance,
+                    PAAS_STREAM,
+                    self.node,
+                    0,
+                    f"{self.dropped} earlier lines dropped (the buffer keeps the last {kept})",
+                ),
+            )
+        return lines
+
+    def retire(self, keep: int) -> None:
+        """Shrink to the last `keep` lines and stop publishing: the instance is gone."""
+        if keep < len(self._lines):
+            self.dropped += len(self._lines) - keep
+        self._lines = deque(list(self._lines)[max(0, len(self._lines) - keep) :], maxlen=keep)
+        self._publish = None
+
+    def revive(self, limit: int, publish: Callable[[LogLine], None]) -> None:
+        """The instance is back on this node: grow again, publish again, keep counting seq."""
+        self._lines = deque(self._lines, maxlen=max(1, limit))
+        self._publish = publish
+
+
+class Subscription:
+    """One follower's bounded queue of live lines.
+
+    `offer` never blocks: when the queue is full the line is dropped and
+    counted; the follower then receives "N lines dropped" (stream "paas") where
+    the gap is, as soon as there is room again or it has read everything.
+    """
+
+    def __init__(
+        self,
+        wants: Callable[[LogLine], bool],
+        node: str,
+        app: str = "",
+        maxsize: int = SUBSCRIBER_QUEUE,
+    ) -> None:
+        self.wants = wants
+        self.app = app
+        self.dropped = 0  # lines lost and not yet reported
+        self.dropped_total = 0
+        self._node = node
+        self._queue: asyncio.Queue[LogLine] = asyncio.Queue(max(2, maxsize))
+
+    def offer(self, line: LogLine) -> None:
+        if not self.wants(line):
+            return
+        free = self._queue.maxsize - self._queue.qsize()
+        if self.dropped and free >= 2:
+            self._queue.put_nowait(self._notice(line.timestamp))
+            free -= 1
+        if free >= 1 and not self.dropped:
+            self._queue.put_nowait(line)
+        else:
+            self.dropped += 1
+            self.dropped_total += 1
+
+    async def get(self) -> LogLine:
+        if self._queue.empty() and self.dropped:
+            return self._notice(time.time())
+        return await self._queue.get()
+
+    def _notice(self, timestamp: float) -> LogLine:
+        count, self.dropped = self.dropped, 0
+        return LogLine(
+            timestamp,
+            self.app,
+            self._node,
+            PAAS_STREAM,
+            self._node,
+            0,
+            f"{count} lines dropped (this reader fell behind)",
+        )
+
+
+class LogHub:
+    """Every instance buffer of this node, live and recently removed, and the followers."""
+
+    def __init__(
+        self,
+        node: str,
+        lines: int,
+        retired_buffers: int = RETIRED_BUFFERS,
+        retired_lines: int = RETIRED_LINES,
+    ) -> None:
+        self.node = node
+        self._limit = lines
+        self._live: dict[tuple[str, str], LogBuffer] = {}
+        self._retired: OrderedDict[tuple[str, str], LogBuffer] = OrderedDict()
+        self._retired_buffers = retired_buffers
+        self._retired_lines = retired_lines
+        self._subscriptions: set[Subscription] = set()
+
+    def buffer(self, app: str, instance: str) -> LogBuffer:
+        """The live buffer of (app, instance), created (or revived) on first use."""
+        key = (app, instance)
+        found = self._live.get(key)
+        if found is not None:
+            return found
+        found = self._retired.pop(key, None)
+        if found is not None:
+            found.revive(self._limit, self._publish)
+        else:
+            found = LogBuffer(app, instance, self.node, self._limit, self._publish)
+        self._live[key] = found
+        return found
+
+    def retire(self, app: str, instance: str) -> None:
+        """(app, instance) left this node: keep its last lines readable for a while."""
+        found = self._live.pop((app, instance), None)
+        if found is None:
+            return
+        found.retire(self._retired_lines)
+        self._retired[(app, instance)] = found
+        while len(self._retired) > self._retired_buffers:
+            self._retired.popitem(last=False)
+
+    def buffers(self, app: str) -> list[LogBuffer]:
+        """Buffers of `app`, live and retired."""
+        return [
+            buffer
+            for buffer in (*self._live.values(), *self._retired.values())
+            if buffer.app == app
+        ]
+
+    def subscribe(
+        self, wants: Callable[[LogLine], bool], app: str = "", maxsize: int = SUBSCRIBER_QUEUE
+    ) -> Subscription:
+        """Live lines that `wants` accepts, from now on; `app` names the app in loss notices."""
+        subscription = Subscription(wants, self.node, app, maxsize)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscriptions.discard(subscription)
+
+    def _publish(self, line: LogLine) -> None:
+        for subscription in self._subscriptions:
+            subscription.offer(line)
+
+
+async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> None:
+    """Copy one pipe into `buffer` line by line until EOF; memory stays bounded."""
+    splitter = LineSplitter()
+    while chunk := await reader.read(READ_CHUNK):
+        for text in splitter.feed(chunk):
+            buffer.append(stream, text)
+    for text in splitter.flush():
+        buffer.append(stream, text)

@@ -1,0 +1,95 @@
+"""`paas agent`: one host's agent, wiring reaper, supervisor, log API and session.
+
+Owns the agent's start and its clean stop. On start it starts the reaper
+(which first ends what an earlier agent left), serves the Agent API, and
+holds the session with the scheduler. SIGTERM or SIGINT (or cancellation)
+stops it cleanly: no more desired sets are taken, every instance is stopped
+gracefully (SIGTERM to its group, SIGKILL after the grace) while the
+scheduler is still told, then the server and the reaper go. It leaves no
+process behind.
+
+It never decides what runs, and never serves a way to start a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import grpc
+
+from paas.agent.config import AgentConfig
+from paas.agent.logbuffer import LogHub
+from paas.agent.ports import PortPool
+from paas.agent.reaper import Reaper
+from paas.agent.servicer import AgentService
+from paas.agent.session import Session
+from paas.agent.supervisor import Supervisor, install_child_watcher
+from paas.common.addresses import parse_address, unauthenticated_warning
+from paas.common.grpcutil import SERVER_OPTIONS
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVER_STOP_GRACE = 1.0
+
+
+def _advertised(config: AgentConfig, port: int) -> str:
+    """Where the scheduler reaches this agent: --advertise, else listen with its bound port."""
+    if config.advertise:
+        return config.advertise
+    host, _ = parse_address(config.listen)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run_agent(config: AgentConfig) -> None:
+    """Run the agent until cancelled or SIGTERM/SIGINT; then stop every instance and return."""
+    warning = unauthenticated_warning("the agent", config.listen)
+    if warning:
+        print(warning, file=sys.stderr)
+    install_child_watcher()
+    loop = asyncio.get_running_loop()
+
+    reaper = Reaper(config.state_dir / config.name)
+    await reaper.start()
+    logs = LogHub(node=config.name, lines=config.log_buffer_lines)
+    supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    session_task: asyncio.Task[None] | None = None
+    handled: list[signal.Signals] = []
+    try:
+        pb_grpc.add_AgentServicer_to_server(AgentService(logs), server)
+        try:
+            port = server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the agent cannot listen on {config.listen}: {exc}") from None
+        if not port:
+            raise RuntimeError(f"the agent cannot listen on {config.listen}: the address is in use")
+        await server.start()
+        address = _advertised(config, port)
+        log.info("agent %s serving on %s, joining %s", config.name, address, ",".join(config.join))
+
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+        session = Session(config, supervisor, address)
+        session_task = asyncio.create_task(session.run(), name="scheduler session")
+        await stop.wait()
+        log.info("agent %s stopping: stopping every instance", config.name)
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        # Stop the workload while the session still reports it, then the rest.
+        await supervisor.close()
+        if session_task is not None:
+            session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session_task
+        await server.stop(SERVER_STOP_GRACE)
+        await reaper.close()
+        log.info("agent %s stopped", config.name)

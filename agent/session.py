@@ -1,0 +1,238 @@
+"""The agent's one long-lived stream to the scheduler leader.
+
+Owns the connection: dialling the --join addresses in turn, following a
+follower's redirect to the leader (FAILED_PRECONDITION with the `paas-leader`
+trailing metadata), reconnecting with a short capped backoff, and the
+messages of the stream: hello (with every instance this node runs), then
+heartbeats and a status for each instance change; desired sets in, handed
+to the Supervisor as they come.
+
+It never starts or stops a process itself, and a lost scheduler never stops
+the workload: while disconnected everything keeps running, and the next hello
+tells the scheduler what is there.
+
+    session = Session(config, supervisor, address="127.0.0.2:7071")
+    await session.run()   # until cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import grpc
+
+from paas.agent.config import AgentConfig
+from paas.agent.supervisor import Supervisor
+from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = 0.2
+RETRY_CAP = 2.0
+# While no scheduler answers, say so at most this often (each failure is DEBUG).
+QUIET_WARNING_EVERY = 30.0
+
+
+class _Outbox:
+    """Statuses waiting to be sent, the latest per instance, oldest change first."""
+
+    def __init__(self) -> None:
+        self._pending: OrderedDict[tuple[str, str], pb.InstanceStatus] = OrderedDict()
+        self._ready = asyncio.Event()
+
+    def put(self, status: pb.InstanceStatus) -> None:
+        key = (status.app, status.name)
+        self._pending.pop(key, None)
+        self._pending[key] = status
+        self._ready.set()
+
+    async def get(self, timeout: float) -> pb.InstanceStatus | None:  # noqa: ASYNC109
+        """The next status, or None after `timeout` seconds without one."""
+        if not self._pending:
+            self._ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), max(0.0, timeout))
+        if not self._pending:
+            return None
+        return self._pending.popitem(last=False)[1]
+
+
+def leader_of(error: grpc.aio.AioRpcError) -> str | None:
+    """The leader a follower named when it refused the session, if any."""
+    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    metadata: Any = error.trailing_metadata() or ()  # the stubs type it loosely
+    for key, value in metadata:
+        if key == LEADER_METADATA_KEY:
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            return text or None
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return repr(error)
+
+
+class Session:
+    """Holds the session with the scheduler leader for as long as the agent runs."""
+
+    def __init__(self, config: AgentConfig, supervisor: Supervisor, address: str = "") -> None:
+        if not config.join:
+            raise ValueError("no scheduler address to join: give --join HOST:PORT")
+        self.config = config
+        self.address = address or config.advertise or config.listen
+        self.supervisor = supervisor
+        self.scheduler: str | None = None  # the scheduler of the open session, if any
+        self._outbox: _Outbox | None = None
+        self._quiet_since: float | None = None
+        self._last_warning = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.scheduler is not None
+
+    async def run(self) -> None:
+        """Connect, serve the stream, reconnect; forever, until cancelled."""
+        self.supervisor.add_listener(self._on_status)
+        try:
+            await self._loop()
+        finally:
+            self.supervisor.remove_listener(self._on_status)
+
+    async def _loop(self) -> None:
+        join = list(self.config.join)
+        index = 0
+        delay = RETRY_FIRST
+        redirect: str | None = None
+        while True:
+            followed = redirect is not None
+            if redirect is not None:
+                address, redirect = redirect, None
+            else:
+                address = join[index % len(join)]
+                index += 1
+            error: BaseException | None = None
+            try:
+                await self._serve(address)
+            except grpc.aio.AioRpcError as exc:
+                error = exc
+                leader = leader_of(exc)
+                if leader and leader != address:
+                    log.info("scheduler %s is a follower; the leader is %s", address, leader)
+                    redirect = leader
+            except Exception as exc:  # never let the session end the agent
+                error = exc
+            finally:
+                opened, self.scheduler, self._outbox = self.scheduler, None, None
+            if opened:
+                log.warning(
+                    "session with scheduler %s ended (%s); reconnecting, the workload keeps "
+                    "running",
+                    opened,
+                    _describe(error) if error else "closed by the scheduler",
+                )
+                self._quiet_since = time.monotonic()
+                delay = RETRY_FIRST
+            elif error is not None and redirect is None:
+                self._complain(address, error)
+            if redirect is not None and not followed:
+                continue  # straight to the leader
+            await asyncio.sleep(delay)
+            delay = min(RETRY_CAP, delay * 2)
+
+    def _complain(self, address: str, error: BaseException) -> None:
+        now = time.monotonic()
+        if self._quiet_since is None:
+            self._quiet_since = now
+        log.debug("scheduler %s: %s", address, _describe(error))
+        if now - self._last_warning >= QUIET_WARNING_EVERY:
+            self._last_warning = now
+            log.warning(
+                "no scheduler session (tried %s; last: %s: %s); retrying, the workload keeps "
+                "running",
+                ", ".join(self.config.join),
+                address,
+                _describe(error),
+            )
+
+    async def _serve(self, address: str) -> None:
+        """One session with `address`, until it ends; a failure raises."""
+        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            # Called without a request iterator, the stream is driven by write() and read().
+            session: Any = pb_grpc.SchedulerStub(channel).Session
+            call: Any = session()
+            outbox = self._outbox = _Outbox()
+            self.supervisor.new_session()
+            reader = asyncio.create_task(self._read(call, address))
+            writer = asyncio.create_task(self._write(call, address, outbox))
+            try:
+                done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+                if reader not in done:
+                    # A failed write: the read side has the status the scheduler gave.
+                    await asyncio.wait({reader}, timeout=1.0)
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                call.cancel()
+                results = await asyncio.gather(reader, writer, return_exceptions=True)
+            for result in results:
+                if isinstance(result, grpc.aio.AioRpcError):
+                    raise result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+
+    async def _read(self, call: Any, address: str) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
+            self._opened(address)
+            if message.WhichOneof("kind") == "desired":
+                self.supervisor.apply(message.desired)
+
+    async def _write(self, call: Any, address: str, outbox: _Outbox) -> None:
+        loop = asyncio.get_running_loop()
+        await call.write(pb.AgentMessage(hello=self._hello()))
+        interval = self.config.heartbeat_interval
+        next_beat = loop.time() + interval
+        while True:
+            status = None
+            if loop.time() < next_beat:
+                status = await outbox.get(next_beat - loop.time())
+            if status is not None:
+                await call.write(pb.AgentMessage(status=status))
+                continue
+            await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
+            next_beat = loop.time() + interval
+            # A refusing follower would have ended the call by now.
+            self._opened(address)
+
+    def _opened(self, address: str) -> None:
+        if self.scheduler is None:
+            self.scheduler = address
+            log.info("session open with scheduler %s", address)
+            self._quiet_since = None
+            self._last_warning = 0.0
+
+    def _hello(self) -> pb.Hello:
+        return pb.Hello(
+            name=self.config.name,
+            address=self.address,
+            capacity=self.config.capacity,
+            labels=self.config.labels,
+            running=self.supervisor.statuses(),
+        )
+
+    def _on_status(self, status: pb.InstanceStatus) -> None:
+        if self._outbox is not None:
+            self._outbox.put(status)

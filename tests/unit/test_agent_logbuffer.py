@@ -1,0 +1,136 @@
+"""Log buffers: lines cut from raw pipe bytes, bounded ring buffers, followers that never block."""
+
+from __future__ import annotations
+
+import asyncio
+
+from paas.agent.logbuffer import MAX_LINE, LineSplitter, LogBuffer, LogHub, LogLine, pump
+
+
+def test_lines_are_cut_at_newlines_across_chunks() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"hel") == []
+    assert splitter.feed(b"lo\nwor") == ["hello"]
+    assert splitter.feed(b"ld\r\n\nlast") == ["world", ""]
+    assert splitter.flush() == ["last"]
+    assert splitter.flush() == []
+
+
+def test_bad_utf8_is_replaced_and_a_split_character_survives() -> None:
+    splitter = LineSplitter()
+    snowman = "☃".encode()
+    assert splitter.feed(b"a\xffb\n" + snowman[:1]) == ["a\ufffdb"]
+    assert splitter.feed(snowman[1:] + b"\n") == ["☃"]
+
+
+def test_a_long_line_is_split_and_the_partial_buffer_stays_bounded() -> None:
+    splitter = LineSplitter()
+    out: list[str] = []
+    for _ in range(30):
+        out += splitter.feed(b"x" * 1000)  # 30 000 characters and no newline
+        assert len(splitter._partial) < MAX_LINE
+    out += splitter.feed(b"\n")
+    assert [len(line) for line in out] == [MAX_LINE, MAX_LINE, 30000 - 2 * MAX_LINE]
+    whole = LineSplitter().feed(b"y" * (MAX_LINE * 2 + 5) + b"\n")
+    assert [len(line) for line in whole] == [MAX_LINE, MAX_LINE, 5]
+
+
+def test_a_buffer_keeps_its_last_lines_with_increasing_seq_and_counts_the_rest() -> None:
+    buffer = LogBuffer("shop", "web.1", "node-1", limit=3)
+    for i in range(5):
+        buffer.append("stdout", f"line {i}")
+    assert len(buffer) == 3
+    assert buffer.dropped == 2
+    assert [(line.seq, line.text) for line in buffer.tail(3)] == [
+        (3, "line 2"),
+        (4, "line 3"),
+        (5, "line 4"),
+    ]
+    assert [line.text for line in buffer.tail(1)] == ["line 4"]
+    notice, *rest = buffer.tail(10)
+    assert notice.stream == "paas" and notice.seq == 0
+    assert "2 earlier lines dropped" in notice.text
+    assert len(rest) == 3
+
+
+def test_the_hub_keeps_removed_instances_readable_and_bounded() -> None:
+    hub = LogHub("node-1", lines=100, retired_buffers=2, retired_lines=2)
+    for name in ("web.1", "web.2", "web.3"):
+        buffer = hub.buffer("shop", name)
+        for i in range(5):
+            buffer.append("stdout", f"{name} {i}")
+        hub.retire("shop", name)
+    names = sorted(b.instance for b in hub.buffers("shop"))
+    assert names == ["web.2", "web.3"]  # the oldest removed one is forgotten
+    web3 = next(b for b in hub.buffers("shop") if b.instance == "web.3")
+    assert [line.text for line in web3.tail(2)] == ["web.3 3", "web.3 4"]
+    assert hub.buffers("other") == []
+
+    back = hub.buffer("shop", "web.3")  # the instance returns: same buffer, seq goes on
+    assert back is web3
+    assert back.append("stdout", "again").seq == 6
+
+
+async def test_a_follower_gets_live_lines_of_what_it_wants() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: line.instance.startswith("web."), app="shop")
+    hub.buffer("shop", "worker.1").append("stdout", "not for it")
+    hub.buffer("shop", "web.1").append("stdout", "for it")
+    line = await asyncio.wait_for(follower.get(), 5)
+    assert (line.instance, line.text, line.node, line.seq) == ("web.1", "for it", "node-1", 1)
+    hub.unsubscribe(follower)
+    hub.buffer("shop", "web.1").append("stdout", "after")
+    assert follower._queue.empty()
+
+
+async def test_a_slow_follower_never_blocks_the_producer_and_is_told_what_it_lost() -> None:
+    hub = LogHub("node-1", lines=10_000)
+    slow = hub.subscribe(lambda line: True, app="shop", maxsize=4)
+    buffer = hub.buffer("shop", "web.1")
+    for i in range(100):
+        buffer.append("stdout", f"line {i}")  # never waits for the follower
+    assert len(buffer) == 100
+    received = [await asyncio.wait_for(slow.get(), 5) for _ in range(4)]
+    assert [line.text for line in received] == ["line 0", "line 1", "line 2", "line 3"]
+    assert slow.dropped == 96
+
+    notice = await asyncio.wait_for(slow.get(), 5)  # caught up: the loss is reported
+    assert notice.stream == "paas"
+    assert notice.text.startswith("96 lines dropped")
+    assert notice.app == "shop"
+
+    buffer.append("stdout", "line 100")
+    assert (await asyncio.wait_for(slow.get(), 5)).text == "line 100"
+    assert slow.dropped_total == 96
+
+
+async def test_the_loss_notice_sits_where_the_gap_is() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop", maxsize=2)
+    buffer = hub.buffer("shop", "web.1")
+    for i in range(4):
+        buffer.append("stdout", f"line {i}")  # 0 and 1 queued, 2 and 3 dropped
+    got: list[LogLine] = [await follower.get(), await follower.get()]
+    buffer.append("stdout", "line 4")  # room again: notice first, then the line
+    got += [await follower.get(), await follower.get()]
+    assert [line.text.split(" (")[0] for line in got] == [
+        "line 0",
+        "line 1",
+        "2 lines dropped",
+        "line 4",
+    ]
+
+
+async def test_pump_copies_a_pipe_line_by_line_until_eof() -> None:
+    reader = asyncio.StreamReader()
+    buffer = LogBuffer("shop", "worker.1", "node-1", limit=10)
+    task = asyncio.create_task(pump(reader, "stderr", buffer))
+    reader.feed_data(b"one\ntw")
+    reader.feed_data(b"o\nthree")
+    reader.feed_eof()
+    await asyncio.wait_for(task, 5)
+    assert [(line.stream, line.seq, line.text) for line in buffer.tail(10)] == [
+        ("stderr", 1, "one"),
+        ("stderr", 2, "two"),
+        ("stderr", 3, "three"),
+    ]
