@@ -25,8 +25,12 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     print(f"{DYNO} started, a task every {EVERY:g} s (pid {os.getpid()})", flush=True)
-    while not stop.wait(EVERY - time.time() % EVERY):  # on the wall-clock tick
-        print(f"{DYNO} tick at {time.strftime('%H:%M:%S')}", flush=True)
+    tick = (time.time() // EVERY + 1) * EVERY  # the next wall-clock multiple of EVERY
+    while not stop.wait(max(0.0, tick - time.time())):
+        if time.time() < tick:
+            continue  # woke a little early: wait out the rest
+        print(f"{DYNO} tick at {time.strftime('%H:%M:%S', time.localtime(tick))}", flush=True)
+        tick = (time.time() // EVERY + 1) * EVERY
     print(f"{DYNO} got SIGTERM, stopped", flush=True)
 
 
