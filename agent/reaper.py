@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="a restart for a live agent: do not end the groups in the state file",
+        help="a restart for a live agent: adopt the groups in the state file, do not end them",
     )
     args = parser.parse_args(argv)
     # The agent's terminal may send SIGINT to its whole group; this process must outlive it.
@@ -144,16 +144,22 @@ def main(argv: list[str] | None = None) -> int:
     except ReaperError as exc:
         print(f"paas-reaper: {exc}", file=sys.stderr)
         return 3
-    if not args.keep:
+    if args.keep:
+        # The groups listed are the live agent's own: watch them (it sends them again).
+        groups = read_state(path)
+    else:
         ended = end_leftovers(path)
         if ended:
             print(
                 f"paas-reaper: ended {ended} process group(s) an earlier agent left in {path}",
                 file=sys.stderr,
             )
-    groups: dict[int, float] = {}
+        groups = {}
     write_state(path, groups)
-    os.write(sys.stdout.fileno(), READY)
+    try:
+        os.write(sys.stdout.fileno(), READY)
+    except BrokenPipeError:
+        pass  # the agent is already gone: the read below sees EOF and ends its groups
 
     clean = False
     partial = b""

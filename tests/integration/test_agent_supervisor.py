@@ -1,0 +1,647 @@
+"""The supervisor with real processes and a real reaper, no scheduler: desired sets in,
+processes, states and log lines out. Every test ends with no process left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import pytest
+
+from paas.agent.config import AgentConfig
+from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.ports import PortPool, can_bind
+from paas.agent.reaper import STATE_FILE, Reaper, leader_create_time, read_state
+from paas.agent.supervisor import State, Supervisor, group_alive, install_child_watcher
+from paas.proto import paas_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+PY = sys.executable
+APP = "shop"
+WEB = f"exec {PY} -u -m http.server $PORT --bind 127.0.0.1"
+# A shell with two grandchildren in its process group.
+SLEEPERS = "echo sleepers up; sleep 1000 & sleep 1001 & wait"
+
+
+async def eventually(
+    condition: Callable[[], T | None], what: str, timeout: float = 20.0  # noqa: ASYNC109
+) -> T:
+    """Poll `condition` every 50 ms until it is truthy; fail naming `what` after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def forget_child_watcher() -> None:
+    """Let later tests (other loops) get asyncio's default watcher again."""
+    asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
+
+
+def live(pids: list[int]) -> list[int]:
+    """The pids that still run (zombies count as gone)."""
+    result = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                result.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def tree(pid: int) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_of(pid: int, size: int) -> list[int] | None:
+    """The process tree of `pid` once it has at least `size` processes."""
+    found = tree(pid)
+    return found if len(found) >= size else None
+
+
+def free_range(width: int = 20) -> tuple[int, int]:
+    rng = random.Random()
+    for _ in range(200):
+        low = rng.randrange(20000, 32000 - width)
+        if all(can_bind(port) for port in range(low, low + width)):
+            return low, low + width - 1
+    raise RuntimeError("no free port range found")
+
+
+def assignment(
+    name: str, command: str, incarnation: int = 1, env: dict[str, str] | None = None, **kw: Any
+) -> pb.Assignment:
+    return pb.Assignment(
+        app=APP,
+        name=name,
+        type=name.rpartition(".")[0],
+        incarnation=incarnation,
+        release=1,
+        command=command,
+        dir=kw.pop("dir", "/tmp"),
+        env=env or {},
+    )
+
+
+@dataclass
+class Node:
+    """A supervisor with its reaper, the statuses it reported and every group it ran."""
+
+    config: AgentConfig
+    supervisor: Supervisor
+    logs: LogHub
+    reaper: Reaper
+    statuses: list[pb.InstanceStatus] = field(default_factory=list)
+    pgids: set[int] = field(default_factory=set)
+    generation: int = 0
+
+    def on_status(self, status: pb.InstanceStatus) -> None:
+        self.statuses.append(status)
+        if status.pid:
+            self.pgids.add(status.pid)
+
+    def apply(self, *assignments: pb.Assignment) -> bool:
+        self.generation += 1
+        return self.supervisor.apply(
+            pb.DesiredSet(generation=self.generation, instances=list(assignments))
+        )
+
+    def status(self, name: str) -> pb.InstanceStatus | None:
+        instance = self.supervisor.instance(APP, name)
+        return instance.status() if instance else None
+
+    def state(self, name: str) -> State | None:
+        instance = self.supervisor.instance(APP, name)
+        return instance.state if instance else None
+
+    def lines(self, name: str) -> list[LogLine]:
+        return self.logs.buffer(APP, name).tail(10_000)
+
+    def texts(self, name: str) -> list[str]:
+        return [line.text for line in self.lines(name)]
+
+    async def up(self, name: str, timeout: float = 20.0) -> pb.InstanceStatus:  # noqa: ASYNC109
+        await eventually(lambda: self.state(name) is State.UP, f"{name} up", timeout)
+        status = self.status(name)
+        assert status is not None
+        return status
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Start nodes (supervisor + reaper) with short timings; at teardown stop them and
+    prove that no process of theirs is left."""
+    install_child_watcher()
+    nodes: list[Node] = []
+
+    async def start(**overrides: Any) -> Node:
+        settings: dict[str, Any] = {
+            "join": ["127.0.0.1:1"],
+            "name": f"node-{len(nodes) + 1}",
+            "state_dir": tmp_path / "state",
+            "ports": free_range(),
+            "stop_grace": 2.0,
+            "boot_timeout": 15.0,
+            "restart_base": 0.1,
+            "restart_cap": 0.4,
+            "log_buffer_lines": 1000,
+        }
+        settings.update(overrides)
+        config = AgentConfig(**settings)
+        reaper = Reaper(config.state_dir / config.name)
+        await reaper.start()
+        logs = LogHub(config.name, config.log_buffer_lines)
+        node = Node(config, Supervisor(config, logs, PortPool(*config.ports), reaper), logs, reaper)
+        node.supervisor.add_listener(node.on_status)
+        nodes.append(node)
+        return node
+
+    try:
+        yield start
+    finally:
+        for node in nodes:
+            await node.supervisor.close()
+            await node.reaper.close()
+        try:
+            for node in nodes:
+                await eventually(
+                    lambda node=node: not any(group_alive(pgid) for pgid in node.pgids),  # type: ignore[misc]
+                    "every process group to be gone",
+                )
+            await eventually(
+                lambda: not live([c.pid for c in psutil.Process().children(recursive=True)]),
+                "no child process of the test left",
+            )
+        finally:
+            for node in nodes:
+                for pgid in node.pgids:
+                    with_suppress_kill(pgid)
+            forget_child_watcher()
+
+
+def with_suppress_kill(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------- starting and output
+
+
+async def test_a_web_instance_comes_up_on_its_port_with_its_environment(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    command = (
+        'echo "PORT=$PORT DYNO=$DYNO PAAS_INSTANCE=$PAAS_INSTANCE PAAS_APP=$PAAS_APP '
+        'PAAS_PROCESS_TYPE=$PAAS_PROCESS_TYPE GREETING=$GREETING"; ' + WEB
+    )
+    assert node.apply(assignment("web.3", command, env={"GREETING": "hello"}))
+    status = await node.up("web.3")
+
+    low, high = node.config.ports
+    assert low <= status.port <= high
+    assert status.pid > 0 and status.incarnation == 1 and status.release == 1
+    assert status.state == pb.UP
+    texts = node.texts("web.3")
+    assert (
+        f"PORT={status.port} DYNO=web.3 PAAS_INSTANCE=web.3 PAAS_APP=shop "
+        "PAAS_PROCESS_TYPE=web GREETING=hello"
+    ) in texts
+    assert "State changed from starting to up" in texts
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", status.port)
+    writer.write(b"GET / HTTP/1.0\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"HTTP/1.0 200")
+    writer.close()
+    await writer.wait_closed()
+    await eventually(
+        lambda: any('"GET / HTTP/1.0" 200' in t for t in node.texts("web.3")),
+        "the request in the log",
+    )
+    lines = node.lines("web.3")
+    assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
+    assert {line.stream for line in lines} == {"paas", "stdout", "stderr"}
+    assert all(line.app == APP and line.node == node.config.name for line in lines)
+
+
+async def test_output_lines_land_in_the_buffer_in_order_with_increasing_seq(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    command = (
+        "i=1; while [ $i -le 200 ]; do echo out $i; i=$((i+1)); done; echo err >&2; sleep 1000"
+    )
+    node.apply(assignment("worker.1", command))
+    await eventually(lambda: "err" in node.texts("worker.1"), "the output")
+    out = [line for line in node.lines("worker.1") if line.stream == "stdout"]
+    assert [line.text for line in out] == [f"out {i}" for i in range(1, 201)]
+    seqs = [line.seq for line in node.lines("worker.1")]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# ---------------------------------------------------------------- crashes
+
+
+async def test_a_crashed_instance_is_restarted_on_the_same_port(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.apply(assignment("worker.1", "echo running on $PORT; exit 3"))
+    await eventually(
+        lambda: (s := node.status("worker.1")) is not None and s.restarts >= 3, "three restarts"
+    )
+    status = node.status("worker.1")
+    assert status is not None and status.last_exit == "exit 3"
+    texts = node.texts("worker.1")
+    assert "Process exited with status 3" in texts
+    assert "State changed from up to crashed" in texts
+    assert "Restarting now" in texts  # the first restart is at once
+    assert any(t.startswith("Restarting in ") for t in texts)  # then with backoff
+    ports = {s.port for s in node.statuses if s.name == "worker.1" and s.port}
+    assert ports == {status.port}
+    assert texts.count(f"running on {status.port}") >= 3
+    states = {s.state for s in node.statuses if s.name == "worker.1"}
+    assert {pb.STARTING, pb.UP, pb.CRASHED, pb.BACKOFF} <= states
+
+
+async def test_an_exit_0_counts_as_a_crash(start_node: NodeFactory) -> None:
+    node = await start_node()
+    node.apply(assignment("clock.1", "echo tick"))
+    await eventually(
+        lambda: (s := node.status("clock.1")) is not None and s.restarts >= 1, "a restart"
+    )
+    assert "Process exited with status 0" in node.texts("clock.1")
+
+
+async def test_what_a_crashed_leader_leaves_in_its_group_is_killed(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(restart_base=60.0)  # one immediate restart, then a long backoff
+    node.apply(assignment("worker.1", "sleep 1000 & echo child $!; sleep 0.2; exit 1"))
+
+    def children() -> list[int] | None:
+        pids = [int(t.split()[1]) for t in node.texts("worker.1") if t.startswith("child ")]
+        return pids[:2] if len(pids) >= 2 else None
+
+    sleeps = await eventually(children, "two runs")
+    await eventually(lambda: not live(sleeps), "the leftover sleeps to die")
+    await eventually(lambda: node.state("worker.1") is State.BACKOFF, "backoff")
+
+
+async def test_a_web_instance_that_never_listens_crashes_with_a_boot_timeout(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(boot_timeout=0.5, restart_base=60.0)
+    node.apply(assignment("web.1", "sleep 1000"))
+    await eventually(
+        lambda: any(s.state == pb.CRASHED for s in node.statuses), "a crash", timeout=20
+    )
+    crash = next(s for s in node.statuses if s.state == pb.CRASHED)
+    assert crash.reason == f"boot timeout: did not listen on {crash.port} within 0.5s"
+    assert crash.last_exit == "signal 9 (SIGKILL)"
+    assert not any(s.state == pb.UP for s in node.statuses)
+
+
+async def test_a_command_in_a_missing_directory_crashes_and_says_why(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await start_node(restart_base=60.0)
+    node.apply(assignment("worker.1", "true", dir=str(tmp_path / "missing")))
+    await eventually(lambda: node.state("worker.1") is State.BACKOFF, "backoff")
+    crash = next(s for s in node.statuses if s.state == pb.CRASHED)
+    assert crash.reason.startswith("cannot start:") and "missing" in crash.reason
+
+
+# ---------------------------------------------------------------- stopping
+
+
+async def test_stopping_kills_the_grandchildren_in_the_process_group(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.apply(assignment("worker.1", SLEEPERS))
+    status = await node.up("worker.1")
+    processes = await eventually(lambda: tree_of(status.pid, 3), "the shell and its two sleeps")
+
+    node.apply()  # worker.1 is no longer wanted here
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    assert not live(processes)
+    states = [s.state for s in node.statuses if s.name == "worker.1"]
+    assert states[-2:] == [pb.STOPPING, pb.STOPPED]
+    texts = node.texts("worker.1")
+    assert "Stopping all processes with SIGTERM" in texts
+    assert "State changed from stopping to stopped" in texts
+    assert "Stopping remaining processes with SIGKILL" not in texts  # the sleeps obeyed SIGTERM
+    assert node.supervisor.ports.held((APP, "worker.1")) is None
+
+
+async def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(stop_grace=0.5)
+    node.apply(assignment("worker.1", "trap '' TERM; echo stubborn; sleep 1000 & wait"))
+    status = await node.up("worker.1")
+    await eventually(lambda: "stubborn" in node.texts("worker.1"), "the first line")
+    processes = await eventually(lambda: tree_of(status.pid, 2), "the shell and its sleep")
+
+    started = time.monotonic()
+    node.apply()
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    assert time.monotonic() - started >= 0.5
+    assert not live(processes)
+    texts = node.texts("worker.1")
+    assert "Stopping remaining processes with SIGKILL" in texts
+    assert "Process exited on signal 9 (SIGKILL)" in texts
+
+
+async def test_close_stops_every_instance(start_node: NodeFactory) -> None:
+    node = await start_node()
+    node.apply(assignment("web.1", WEB), assignment("worker.1", SLEEPERS))
+    web, worker = await node.up("web.1"), await node.up("worker.1")
+    processes = tree(web.pid) + tree(worker.pid)
+    await node.supervisor.close()
+    assert not live(processes)
+    assert node.supervisor.statuses() == []
+    assert not node.apply(assignment("worker.2", SLEEPERS))  # closed: nothing starts any more
+
+
+# ---------------------------------------------------------------- incarnations and generations
+
+
+async def test_a_newer_incarnation_replaces_the_old_process_on_the_same_port(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.apply(assignment("web.1", WEB, incarnation=1))
+    old = await node.up("web.1")
+    node.apply(assignment("web.1", WEB, incarnation=2))
+    await eventually(
+        lambda: (s := node.status("web.1")) is not None and s.incarnation == 2 and s.state == pb.UP,
+        "incarnation 2 up",
+    )
+    new = node.status("web.1")
+    assert new is not None
+    assert new.port == old.port and new.pid != old.pid
+    assert not live([old.pid])
+    stopped = [s for s in node.statuses if s.state == pb.STOPPED]
+    assert [(s.incarnation, s.reason) for s in stopped] == [(1, "replaced by incarnation 2")]
+
+
+async def test_a_stale_incarnation_never_starts_a_process(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await start_node()
+    marker = tmp_path / "stale-started"
+    stale = f"touch {marker}; sleep 1000"
+    node.apply(assignment("worker.1", SLEEPERS, incarnation=5))
+    current = await node.up("worker.1")
+
+    node.apply(assignment("worker.1", stale, incarnation=3))  # an older order: keep incarnation 5
+    node.apply()  # worker.1 leaves this node
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    node.apply(assignment("worker.1", stale, incarnation=4))  # older than 5: must not start
+    node.apply(assignment("worker.1", stale, incarnation=4), assignment("worker.2", SLEEPERS))
+    await node.up("worker.2")  # the sets were applied in order, so worker.1 had its chance
+
+    assert not marker.exists()
+    assert node.supervisor.instance(APP, "worker.1") is None
+    assert {s.incarnation for s in node.statuses if s.name == "worker.1"} == {5}
+    assert current.pid in node.pgids
+
+
+async def test_an_older_generation_in_the_same_session_is_ignored(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    supervisor = node.supervisor
+    worker = assignment("worker.1", SLEEPERS)
+    assert supervisor.apply(pb.DesiredSet(generation=5, instances=[worker]))
+    await node.up("worker.1")
+    assert not supervisor.apply(pb.DesiredSet(generation=4, instances=[]))
+    assert node.state("worker.1") is State.UP
+
+    supervisor.new_session()  # a new session counts generations from 1 again
+    assert supervisor.apply(pb.DesiredSet(generation=1, instances=[]))
+    await eventually(lambda: supervisor.instance(APP, "worker.1") is None, "removal")
+
+
+# ---------------------------------------------------------------- the agent's own death
+
+AGENT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from pathlib import Path
+    from paas.agent.config import AgentConfig
+    from paas.agent.logbuffer import LogHub
+    from paas.agent.ports import PortPool
+    from paas.agent.reaper import Reaper
+    from paas.agent.supervisor import State, Supervisor, install_child_watcher
+    from paas.proto import paas_pb2 as pb
+
+    async def main() -> None:
+        install_child_watcher()
+        state, low, high = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+        config = AgentConfig(
+            join=["127.0.0.1:1"], name="victim", state_dir=state, ports=(low, high)
+        )
+        reaper = Reaper(state / "victim")
+        await reaper.start()
+        supervisor = Supervisor(config, LogHub("victim", 100), PortPool(low, high), reaper)
+        supervisor.apply(pb.DesiredSet(generation=1, instances=[
+            pb.Assignment(app="shop", name="web.1", type="web", incarnation=1, dir="/tmp",
+                          command=sys.executable + " -u -m http.server $PORT --bind 127.0.0.1"),
+            pb.Assignment(app="shop", name="worker.1", type="worker", incarnation=1, dir="/tmp",
+                          command="sleep 1000 & sleep 1001 & wait"),
+        ]))
+        while len(supervisor.instances()) < 2 or any(
+            i.state is not State.UP for i in supervisor.instances()
+        ):
+            await asyncio.sleep(0.05)
+        pids = [s.pid for s in supervisor.statuses()]
+        print(json.dumps({"reaper": reaper.pid, "pids": pids}), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+@dataclass
+class Victim:
+    process: asyncio.subprocess.Process
+    reaper: int
+    processes: list[int]  # every instance process with its descendants
+    pgids: list[int]
+    state_dir: Path
+
+
+def read_state_file(agent: Victim) -> dict[int, float]:
+    return read_state(agent.state_dir / "victim" / STATE_FILE)
+
+
+@pytest.fixture
+async def victim(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Victim]]]:
+    """Start a small agent (supervisor + reaper) as its own process, running a web and a
+    worker with two grandchildren; whatever a test does, nothing of it survives."""
+    script = tmp_path / "agent_script.py"
+    script.write_text(AGENT_SCRIPT)
+    started: list[Victim] = []
+
+    async def start() -> Victim:
+        low, high = free_range()
+        process = await asyncio.create_subprocess_exec(
+            PY, str(script), str(tmp_path / "state"), str(low), str(high),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
+        report = json.loads(line)
+        processes = [pid for leader in report["pids"] for pid in tree(leader)]
+        result = Victim(process, report["reaper"], processes, report["pids"], tmp_path / "state")
+        started.append(result)
+        return result
+
+    try:
+        yield start
+    finally:
+        for each in started:
+            for pid in [each.process.pid, each.reaper]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for pgid in each.pgids:
+                with_suppress_kill(pgid)
+            await each.process.wait()
+
+
+async def test_a_killed_agent_takes_its_children_and_grandchildren_with_it(
+    victim: Callable[[], Awaitable[Victim]],
+) -> None:
+    agent = await victim()
+    assert len(agent.processes) >= 4, "a web and a shell with two sleeps"
+    assert live(agent.processes) == agent.processes
+
+    agent.process.send_signal(signal.SIGKILL)
+    await agent.process.wait()
+
+    await eventually(lambda: not live(agent.processes), "the killed agent's processes to die")
+    await eventually(lambda: not live([agent.reaper]), "the reaper to exit")
+
+
+async def test_a_new_agent_ends_what_a_killed_agent_and_its_reaper_left(
+    victim: Callable[[], Awaitable[Victim]], tmp_path: Path
+) -> None:
+    agent = await victim()
+    # Both die at once: the reaper is frozen first, so it never sees the agent go.
+    os.kill(agent.reaper, signal.SIGSTOP)
+    agent.process.send_signal(signal.SIGKILL)
+    await agent.process.wait()
+    os.kill(agent.reaper, signal.SIGKILL)
+    await eventually(lambda: not live([agent.reaper]), "the reaper to die")
+    assert live(agent.processes) == agent.processes, "orphans, with nobody left to end them"
+
+    install_child_watcher()
+    try:
+        successor = Reaper(tmp_path / "state" / "victim")
+        await successor.start()
+        await eventually(lambda: not live(agent.processes), "the leftovers to be ended")
+        await successor.close()
+    finally:
+        forget_child_watcher()
+
+
+async def test_leftover_cleanup_spares_a_process_that_reused_a_recorded_pid(
+    tmp_path: Path,
+) -> None:
+    install_child_watcher()
+    stranger = await asyncio.create_subprocess_exec("sleep", "1000", start_new_session=True)
+    ours = await asyncio.create_subprocess_exec("sleep", "1001", start_new_session=True)
+    try:
+        state = tmp_path / "state" / "node-1"
+        state.mkdir(parents=True)
+        # The stranger has a recorded pid but a different start time: not ours.
+        (state / STATE_FILE).write_text(
+            f"{stranger.pid} 12345.0\n{ours.pid} {leader_create_time(ours.pid)!r}\n"
+        )
+        reaper = Reaper(state)
+        await reaper.start()
+        await reaper.close()
+        await asyncio.wait_for(ours.wait(), 20)
+        assert live([stranger.pid]) == [stranger.pid]
+        assert (state / STATE_FILE).read_text() == ""
+    finally:
+        for process in (stranger, ours):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+        forget_child_watcher()
+
+
+async def test_two_agents_cannot_share_a_state_directory(tmp_path: Path) -> None:
+    install_child_watcher()
+    first = Reaper(tmp_path / "node-1")
+    await first.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="did not start"):
+            await Reaper(tmp_path / "node-1").start()
+        assert time.monotonic() - started < 30
+    finally:
+        await first.close()
+        forget_child_watcher()
+
+
+async def test_a_reaper_that_dies_is_replaced_and_still_guards_the_groups(
+    victim: Callable[[], Awaitable[Victim]],
+) -> None:
+    agent = await victim()
+    os.kill(agent.reaper, signal.SIGKILL)
+
+    def successor() -> int | None:
+        for child in psutil.Process(agent.process.pid).children():
+            if child.pid != agent.reaper and "paas.agent.reaper" in child.cmdline():
+                return child.pid
+        return None
+
+    new_reaper = await eventually(successor, "a new reaper")
+    # It has the agent's groups (it writes the state file once it knows them all).
+    await eventually(lambda: len(read_state_file(agent)) == len(agent.pgids), "groups re-sent")
+
+    agent.process.send_signal(signal.SIGKILL)
+    await agent.process.wait()
+    await eventually(lambda: not live(agent.processes), "the killed agent's processes to die")
+    await eventually(lambda: not live([new_reaper]), "the new reaper to exit")
