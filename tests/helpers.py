@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -76,11 +76,11 @@ async def paas(
 
 
 async def wait_for(
-    condition: Callable[[], T | Awaitable[T]],
+    condition: Callable[[], Any],
     timeout: float = 30.0,  # noqa: ASYNC109 - the polling deadline is the point
     interval: float = 0.05,
     what: str = "the condition",
-) -> T:
+) -> Any:
     """Poll `condition` (sync or async) until it returns something truthy; return that.
 
     An exception from the condition counts as "not yet"; the last one is shown
@@ -95,7 +95,7 @@ async def wait_for(
             if inspect.isawaitable(value):
                 value = await value
             if value:
-                return value  # type: ignore[return-value]
+                return value
             last_error = None
         except Exception as exc:
             last_error = exc
