@@ -214,6 +214,27 @@ class Release(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SettingsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ProcessSettings: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ProcessSettings | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     APP_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     DIR_FIELD_NUMBER: _builtins.int
@@ -221,6 +242,7 @@ class Release(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     version: _builtins.int
     dir: _builtins.str
@@ -235,6 +257,10 @@ class Release(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """config vars of this release"""
 
+    @_builtins.property
+    def settings(self) -> _containers.MessageMap[_builtins.str, Global___ProcessSettings]:
+        """process type -> supervision settings"""
+
     def __init__(
         self,
         *,
@@ -245,10 +271,11 @@ class Release(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _builtins.float = ...,
         description: _builtins.str = ...,
+        settings: _abc.Mapping[_builtins.str, Global___ProcessSettings] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "settings", b"settings", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,10 +305,32 @@ class DeployRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SettingsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ProcessSettings: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ProcessSettings | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     APP_FIELD_NUMBER: _builtins.int
     DIR_FIELD_NUMBER: _builtins.int
     PROCFILE_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     dir: _builtins.str
     """absolute path, the processes' working directory"""
@@ -289,6 +338,10 @@ class DeployRequest(_message.Message):
     """the Procfile's text; the scheduler parses it again"""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def settings(self) -> _containers.MessageMap[_builtins.str, Global___ProcessSettings]:
+        """from DIR/paas.toml, per process type"""
+
     def __init__(
         self,
         *,
@@ -296,10 +349,11 @@ class DeployRequest(_message.Message):
         dir: _builtins.str = ...,
         procfile: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        settings: _abc.Mapping[_builtins.str, Global___ProcessSettings] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dir", b"dir", "env", b"env", "procfile", b"procfile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dir", b"dir", "env", b"env", "procfile", b"procfile", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -434,6 +488,13 @@ class InstanceStatus(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    NEXT_START_FIELD_NUMBER: _builtins.int
+    EXITED_AT_FIELD_NUMBER: _builtins.int
+    RAN_FOR_FIELD_NUMBER: _builtins.int
+    LAST_LINES_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     name: _builtins.str
     """"web.3" """
@@ -453,6 +514,22 @@ class InstanceStatus(_message.Message):
     release: _builtins.int
     reason: _builtins.str
     """why the last transition happened, free text"""
+    next_start: _builtins.float
+    """unix seconds of the next restart while in backoff, else 0"""
+    exited_at: _builtins.float
+    """unix seconds of the last exit, 0 if never exited"""
+    ran_for: _builtins.float
+    """seconds the last run lasted before it exited"""
+    cpu_percent: _builtins.float
+    """of the whole process tree, 100 = one core"""
+    rss_bytes: _builtins.int
+    """of the whole process tree"""
+    started_at: _builtins.float
+    """unix seconds the current (or last) run started"""
+    @_builtins.property
+    def last_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the last output lines of the last run that exited"""
+
     def __init__(
         self,
         *,
@@ -468,10 +545,17 @@ class InstanceStatus(_message.Message):
         since: _builtins.float = ...,
         release: _builtins.int = ...,
         reason: _builtins.str = ...,
+        next_start: _builtins.float = ...,
+        exited_at: _builtins.float = ...,
+        ran_for: _builtins.float = ...,
+        last_lines: _abc.Iterable[_builtins.str] | None = ...,
+        cpu_percent: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
+        started_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "incarnation", b"incarnation", "last_exit", b"last_exit", "name", b"name", "pid", b"pid", "port", b"port", "reason", b"reason", "release", b"release", "restarts", b"restarts", "since", b"since", "state", b"state", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cpu_percent", b"cpu_percent", "exited_at", b"exited_at", "incarnation", b"incarnation", "last_exit", b"last_exit", "last_lines", b"last_lines", "name", b"name", "next_start", b"next_start", "pid", b"pid", "port", b"port", "ran_for", b"ran_for", "reason", b"reason", "release", b"release", "restarts", b"restarts", "rss_bytes", b"rss_bytes", "since", b"since", "started_at", b"started_at", "state", b"state", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,6 +598,14 @@ class InstanceView(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
     INCARNATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NEXT_START_FIELD_NUMBER: _builtins.int
+    EXITED_AT_FIELD_NUMBER: _builtins.int
+    RAN_FOR_FIELD_NUMBER: _builtins.int
+    LAST_LINES_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -526,6 +618,15 @@ class InstanceView(_message.Message):
     since: _builtins.float
     release: _builtins.int
     incarnation: _builtins.int
+    reason: _builtins.str
+    next_start: _builtins.float
+    exited_at: _builtins.float
+    ran_for: _builtins.float
+    cpu_percent: _builtins.float
+    rss_bytes: _builtins.int
+    started_at: _builtins.float
+    @_builtins.property
+    def last_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -541,10 +642,18 @@ class InstanceView(_message.Message):
         since: _builtins.float = ...,
         release: _builtins.int = ...,
         incarnation: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        next_start: _builtins.float = ...,
+        exited_at: _builtins.float = ...,
+        ran_for: _builtins.float = ...,
+        last_lines: _abc.Iterable[_builtins.str] | None = ...,
+        cpu_percent: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
+        started_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "incarnation", b"incarnation", "last_exit", b"last_exit", "name", b"name", "node", b"node", "pid", b"pid", "port", b"port", "release", b"release", "restarts", b"restarts", "since", b"since", "state", b"state", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cpu_percent", b"cpu_percent", "exited_at", b"exited_at", "incarnation", b"incarnation", "last_exit", b"last_exit", "last_lines", b"last_lines", "name", b"name", "next_start", b"next_start", "node", b"node", "pid", b"pid", "port", b"port", "ran_for", b"ran_for", "reason", b"reason", "release", b"release", "restarts", b"restarts", "rss_bytes", b"rss_bytes", "since", b"since", "started_at", b"started_at", "state", b"state", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -569,6 +678,91 @@ class ListInstancesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInstancesResponse: _TypeAlias = ListInstancesResponse  # noqa: Y015
+
+@_typing.final
+class RestartRequest(_message.Message):
+    """Stop an instance or restart instances. A stopped instance is replaced per
+    the formation (as `heroku ps:stop`); a restart of a whole type is rolling.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    PROCESS_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    process: _builtins.str
+    """"" = every instance, "web" = a type, "web.3" = one instance"""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        process: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "process", b"process"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartRequest: _TypeAlias = RestartRequest  # noqa: Y015
+
+@_typing.final
+class RestartResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartResponse: _TypeAlias = RestartResponse  # noqa: Y015
+
+@_typing.final
+class StopRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    instance: _builtins.str
+    """"web.3" """
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopRequest: _TypeAlias = StopRequest  # noqa: Y015
+
+@_typing.final
+class StopResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopResponse: _TypeAlias = StopResponse  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
@@ -603,6 +797,8 @@ class Node(_message.Message):
     INSTANCES_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    CPU_PERCENT_FIELD_NUMBER: _builtins.int
+    RSS_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """the agent's own gRPC address"""
@@ -612,6 +808,10 @@ class Node(_message.Message):
     instances: _builtins.int
     last_seen: _builtins.float
     """unix seconds"""
+    cpu_percent: _builtins.float
+    """sum over the node's instances"""
+    rss_bytes: _builtins.int
+    """sum over the node's instances"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -624,10 +824,12 @@ class Node(_message.Message):
         instances: _builtins.int = ...,
         last_seen: _builtins.float = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cpu_percent: _builtins.float = ...,
+        rss_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "instances", b"instances", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "cpu_percent", b"cpu_percent", "instances", b"instances", "labels", b"labels", "last_seen", b"last_seen", "name", b"name", "rss_bytes", b"rss_bytes", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -681,6 +883,8 @@ class LogLine(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     timestamp: _builtins.float
     """unix seconds"""
     app: _builtins.str
@@ -692,6 +896,10 @@ class LogLine(_message.Message):
     seq: _builtins.int
     """per instance, increasing"""
     text: _builtins.str
+    continued: _builtins.bool
+    """a piece of an over-long line; the next piece follows"""
+    run: _builtins.int
+    """which run of the instance wrote it (restarts count up)"""
     def __init__(
         self,
         *,
@@ -702,14 +910,43 @@ class LogLine(_message.Message):
         node: _builtins.str = ...,
         seq: _builtins.int = ...,
         text: _builtins.str = ...,
+        continued: _builtins.bool = ...,
+        run: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "instance", b"instance", "node", b"node", "seq", b"seq", "stream", b"stream", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "continued", b"continued", "instance", b"instance", "node", b"node", "run", b"run", "seq", b"seq", "stream", b"stream", "text", b"text", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
+
+@_typing.final
+class LogCursor(_message.Message):
+    """Where a follower had got to, so a reconnect resumes without duplicates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    instance: _builtins.str
+    seq: _builtins.int
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "node", b"node", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogCursor: _TypeAlias = LogCursor  # noqa: Y015
 
 @_typing.final
 class LogsRequest(_message.Message):
@@ -719,12 +956,23 @@ class LogsRequest(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     PROCESS_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     lines: _builtins.int
     """the last N lines; 0 = the default (100)"""
     process: _builtins.str
     """"" = all, "web" = a type, "web.3" = one instance"""
     follow: _builtins.bool
+    since: _builtins.float
+    """unix seconds; 0 = no bound"""
+    previous: _builtins.bool
+    """only the last finished run of the instance (process = "web.3")"""
+    @_builtins.property
+    def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogCursor]:
+        """skip lines at or before these"""
+
     def __init__(
         self,
         *,
@@ -732,21 +980,82 @@ class LogsRequest(_message.Message):
         lines: _builtins.int = ...,
         process: _builtins.str = ...,
         follow: _builtins.bool = ...,
+        since: _builtins.float = ...,
+        previous: _builtins.bool = ...,
+        after: _abc.Iterable[Global___LogCursor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "follow", b"follow", "lines", b"lines", "process", b"process"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "app", b"app", "follow", b"follow", "lines", b"lines", "previous", b"previous", "process", b"process", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogsRequest: _TypeAlias = LogsRequest  # noqa: Y015
 
 @_typing.final
-class Assignment(_message.Message):
+class ProcessSettings(_message.Message):
     """---------------------------------------------------------------- agent session
 
-    One desired instance, as the scheduler assigns it to a node.
+    How the agent supervises one process type; zero values mean the agent's defaults.
     """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Check:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CheckEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ProcessSettings._Check.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CHECK_DEFAULT: ProcessSettings._Check.ValueType  # 0
+        """`web` is checked, other types are not"""
+        CHECK_PORT: ProcessSettings._Check.ValueType  # 1
+        """must accept a TCP connection on $PORT"""
+        CHECK_NONE: ProcessSettings._Check.ValueType  # 2
+        """up as soon as started"""
+
+    class Check(_Check, metaclass=_CheckEnumTypeWrapper): ...
+    CHECK_DEFAULT: ProcessSettings.Check.ValueType  # 0
+    """`web` is checked, other types are not"""
+    CHECK_PORT: ProcessSettings.Check.ValueType  # 1
+    """must accept a TCP connection on $PORT"""
+    CHECK_NONE: ProcessSettings.Check.ValueType  # 2
+    """up as soon as started"""
+
+    STOP_GRACE_FIELD_NUMBER: _builtins.int
+    BOOT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    BACKOFF_CAP_FIELD_NUMBER: _builtins.int
+    BACKOFF_RESET_FIELD_NUMBER: _builtins.int
+    stop_grace: _builtins.float
+    """SIGTERM -> SIGKILL, seconds"""
+    boot_timeout: _builtins.float
+    """to accept on $PORT, seconds"""
+    check: Global___ProcessSettings.Check.ValueType
+    backoff_cap: _builtins.float
+    """seconds"""
+    backoff_reset: _builtins.float
+    """seconds up after which the backoff starts over"""
+    def __init__(
+        self,
+        *,
+        stop_grace: _builtins.float = ...,
+        boot_timeout: _builtins.float = ...,
+        check: Global___ProcessSettings.Check.ValueType = ...,
+        backoff_cap: _builtins.float = ...,
+        backoff_reset: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "stop_grace", b"stop_grace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProcessSettings: _TypeAlias = ProcessSettings  # noqa: Y015
+
+@_typing.final
+class Assignment(_message.Message):
+    """One desired instance, as the scheduler assigns it to a node."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -778,6 +1087,7 @@ class Assignment(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     DIR_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -788,6 +1098,8 @@ class Assignment(_message.Message):
     dir: _builtins.str
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def settings(self) -> Global___ProcessSettings: ...
     def __init__(
         self,
         *,
@@ -799,10 +1111,11 @@ class Assignment(_message.Message):
         command: _builtins.str = ...,
         dir: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        settings: Global___ProcessSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "settings", b"settings", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

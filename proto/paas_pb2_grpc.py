@@ -64,6 +64,16 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/paas.v1.Scheduler/Restart',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RestartRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.RestartResponse.FromString,
+                _registered_method=True)
+        self.Stop = channel.unary_unary(
+                '/paas.v1.Scheduler/Stop',
+                request_serializer=paas_dot_proto_dot_paas__pb2.StopRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.StopResponse.FromString,
+                _registered_method=True)
         self.Logs = channel.unary_stream(
                 '/paas.v1.Scheduler/Logs',
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
@@ -115,6 +125,18 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Logs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -161,6 +183,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.ListNodesRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RestartRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.RestartResponse.SerializeToString,
+            ),
+            'Stop': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stop,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.StopRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.StopResponse.SerializeToString,
             ),
             'Logs': grpc.unary_stream_rpc_method_handler(
                     servicer.Logs,
@@ -335,6 +367,60 @@ class Scheduler:
             '/paas.v1.Scheduler/ListNodes',
             paas_dot_proto_dot_paas__pb2.ListNodesRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Restart',
+            paas_dot_proto_dot_paas__pb2.RestartRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.RestartResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Stop',
+            paas_dot_proto_dot_paas__pb2.StopRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.StopResponse.FromString,
             options,
             channel_credentials,
             insecure,

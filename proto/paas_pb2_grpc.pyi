@@ -43,6 +43,8 @@ class SchedulerStub:
     Scale: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]
     ListInstances: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]
+    Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
+    Stop: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]
     Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]
     Session: _grpc.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]
     """Agents only: hello first, then heartbeats and status changes; the
@@ -58,6 +60,8 @@ class SchedulerAsyncStub(SchedulerStub):
     Scale: _aio.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]  # type: ignore[assignment]
     ListInstances: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]  # type: ignore[assignment]
+    Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
+    Stop: _aio.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]  # type: ignore[assignment]
     Session: _aio.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]  # type: ignore[assignment]
     """Agents only: hello first, then heartbeats and status changes; the
@@ -106,6 +110,20 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.ListNodesResponse, _abc.Awaitable[_paas_pb2.ListNodesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _paas_pb2.RestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.RestartResponse, _abc.Awaitable[_paas_pb2.RestartResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Stop(
+        self,
+        request: _paas_pb2.StopRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.StopResponse, _abc.Awaitable[_paas_pb2.StopResponse]]: ...
 
     @_abc_1.abstractmethod
     def Logs(
