@@ -28,7 +28,7 @@ from paas.agent.reaper import Reaper
 from paas.agent.servicer import AgentService
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor, install_child_watcher
-from paas.common.addresses import parse_address, unauthenticated_warning
+from paas.common.addresses import unauthenticated_warning
 from paas.common.grpcutil import SERVER_OPTIONS
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -37,19 +37,17 @@ log = logging.getLogger(__name__)
 SERVER_STOP_GRACE = 1.0
 
 
-def _advertised(config: AgentConfig, port: int) -> str:
-    """Where the scheduler reaches this agent: --advertise, else listen with its bound port."""
-    if config.advertise:
-        return config.advertise
-    host, _ = parse_address(config.listen)
+def _bound(listen: str, port: int) -> str:
+    """`listen` with the port the server really bound (listen may ask for port 0)."""
+    host = listen.strip().rpartition(":")[0].strip("[]")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def run_agent(config: AgentConfig) -> None:
-    """Run the agent until cancelled or SIGTERM/SIGINT; then stop every instance and return."""
-    warning = unauthenticated_warning("the agent", config.listen)
-    if warning:
-        print(warning, file=sys.stderr)
+    """Run the agent until cancelled or SIGTERM/SIGINT; then stop every instance and return.
+
+    `config.listen` may have port 0 (any free port); hello then names the bound one.
+    """
     install_child_watcher()
     loop = asyncio.get_running_loop()
 
@@ -69,8 +67,12 @@ async def run_agent(config: AgentConfig) -> None:
         if not port:
             raise RuntimeError(f"the agent cannot listen on {config.listen}: the address is in use")
         await server.start()
-        address = _advertised(config, port)
-        log.info("agent %s serving on %s, joining %s", config.name, address, ",".join(config.join))
+        bound = _bound(config.listen, port)
+        warning = unauthenticated_warning("the agent", bound)
+        if warning:
+            print(warning, file=sys.stderr)
+        address = config.advertise or bound  # where the scheduler reaches this agent
+        log.info("agent %s serving on %s, joining %s", config.name, bound, ",".join(config.join))
 
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,426 @@
+"""The agent against a fake scheduler over real gRPC: hello, desired sets, statuses,
+heartbeats, the leader redirect, reconnecting, the log API and a clean stop on SIGTERM.
+Every test ends with no process left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import psutil
+import pytest
+
+from paas.agent.config import AgentConfig
+from paas.agent.logbuffer import LogHub
+from paas.agent.ports import PortPool, can_bind
+from paas.agent.reaper import Reaper
+from paas.agent.server import run_agent
+from paas.agent.session import Session
+from paas.agent.supervisor import Supervisor, group_alive, install_child_watcher
+from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+APP = "shop"
+# Says something every 0.1 s, so a follower of its logs always has something new.
+TICKER = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
+SLEEPERS = "echo sleepers up; sleep 1000 & sleep 1001 & wait"
+
+
+async def eventually(
+    condition: Callable[[], T | None], what: str, timeout: float = 20.0  # noqa: ASYNC109
+) -> T:
+    """Poll `condition` every 50 ms until it is truthy; fail naming `what` after `timeout`."""
+
+    async def check() -> T | None:
+        return condition()
+
+    return await eventually_async(check, what, timeout)
+
+
+async def eventually_async(
+    condition: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0  # noqa: ASYNC109
+) -> T:
+    """`eventually` for an async condition."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def live(pids: list[int]) -> list[int]:
+    result = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                result.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def free_range(width: int = 20) -> tuple[int, int]:
+    rng = random.Random()
+    for _ in range(200):
+        low = rng.randrange(20000, 32000 - width)
+        if all(can_bind(port) for port in range(low, low + width)):
+            return low, low + width - 1
+    raise RuntimeError("no free port range found")
+
+
+def worker(name: str, command: str, incarnation: int = 1) -> pb.Assignment:
+    return pb.Assignment(
+        app=APP,
+        name=name,
+        type=name.rpartition(".")[0],
+        incarnation=incarnation,
+        release=1,
+        command=command,
+        dir="/tmp",
+    )
+
+
+class FakeScheduler(pb_grpc.SchedulerServicer):
+    """Scheduler.Session only: records what agents send, sends what the test pushes.
+
+    With `leader` set it is a follower and refuses every session, naming the leader.
+    """
+
+    def __init__(self, leader: str = "") -> None:
+        self.leader = leader
+        self.hellos: list[pb.Hello] = []
+        self.messages: list[pb.AgentMessage] = []
+        self.refused = 0
+        self._outgoing: asyncio.Queue[pb.SchedulerMessage] = asyncio.Queue()
+
+    def push(self, *assignments: pb.Assignment, generation: int) -> None:
+        self._outgoing.put_nowait(
+            pb.SchedulerMessage(
+                desired=pb.DesiredSet(generation=generation, instances=list(assignments))
+            )
+        )
+
+    def statuses(self, name: str) -> list[pb.InstanceStatus]:
+        return [
+            m.status for m in self.messages if m.HasField("status") and m.status.name == name
+        ]
+
+    def reported(self, name: str, state: int) -> pb.InstanceStatus | None:
+        found = [s for s in self.statuses(name) if s.state == state]
+        return found[-1] if found else None
+
+    def hello(self) -> pb.Hello | None:
+        return self.hellos[-1] if self.hellos else None
+
+    def heartbeats(self) -> int:
+        return sum(m.HasField("heartbeat") for m in self.messages)
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Any
+    ) -> AsyncIterator[pb.SchedulerMessage]:
+        if self.leader:
+            self.refused += 1
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"not the leader; the leader is {self.leader}",
+                trailing_metadata=((LEADER_METADATA_KEY, self.leader),),
+            )
+        first = await anext(request_iterator)
+        assert first.HasField("hello"), first
+        self.hellos.append(first.hello)
+
+        async def read() -> None:
+            async for message in request_iterator:
+                self.messages.append(message)
+
+        reader = asyncio.create_task(read())
+        try:
+            while not reader.done():
+                getter = asyncio.create_task(self._outgoing.get())
+                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                yield getter.result()
+        finally:
+            reader.cancel()
+
+
+def fake_scheduler(leader: str = "") -> FakeScheduler:
+    return FakeScheduler(leader)  # type: ignore[abstract]  # only Session is served
+
+
+class Servers:
+    """Fake schedulers on 127.0.0.1, each stoppable and restartable on the same port."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, grpc.aio.Server] = {}
+
+    async def start(self, servicer: FakeScheduler, address: str = "127.0.0.1:0") -> str:
+        server = grpc.aio.server()
+        pb_grpc.add_SchedulerServicer_to_server(servicer, server)
+        port = server.add_insecure_port(address)
+        await server.start()
+        bound = f"127.0.0.1:{port}"
+        self.running[bound] = server
+        return bound
+
+    async def stop(self, address: str) -> None:
+        await self.running.pop(address).stop(0)
+
+    async def stop_all(self) -> None:
+        for address in list(self.running):
+            await self.stop(address)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    found = Servers()
+    try:
+        yield found
+    finally:
+        await found.stop_all()
+
+
+@pytest.fixture
+def config_for(tmp_path: Path) -> Callable[..., AgentConfig]:
+    def make(*join: str, **overrides: Any) -> AgentConfig:
+        settings: dict[str, Any] = {
+            "join": list(join),
+            "name": "node-1",
+            "listen": "127.0.0.1:0",
+            "state_dir": tmp_path / "state",
+            "ports": free_range(),
+            "stop_grace": 2.0,
+            "heartbeat_interval": 0.2,
+            "restart_base": 0.1,
+            "labels": {"zone": "a"},
+        }
+        settings.update(overrides)
+        return AgentConfig(**settings)
+
+    return make
+
+
+@pytest.fixture
+async def no_leftovers() -> AsyncIterator[set[int]]:
+    """A set for the test to fill with the pids it saw; at the end none of their groups runs."""
+    pgids: set[int] = set()
+    try:
+        yield pgids
+    finally:
+        try:
+            await eventually(
+                lambda: not any(group_alive(pgid) for pgid in pgids), "every group to be gone"
+            )
+            await eventually(
+                lambda: not live([c.pid for c in psutil.Process().children(recursive=True)]),
+                "no child process of the test left",
+            )
+        finally:
+            for pgid in pgids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+            asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
+
+
+async def read_logs(address: str, **request: Any) -> list[pb.LogLine]:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.AgentStub(channel)
+        return [line async for line in stub.ReadLogs(pb.LogsRequest(app=APP, **request))]
+
+
+async def test_the_agent_says_hello_runs_its_desired_set_and_serves_its_logs(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        assert hello.name == "node-1"
+        assert hello.capacity == 256 and dict(hello.labels) == {"zone": "a"}
+        assert hello.address.startswith("127.0.0.1:") and not hello.address.endswith(":0")
+        assert list(hello.running) == []
+
+        scheduler.push(
+            worker("worker.1", TICKER), worker("clock.1", "echo clock $DYNO; sleep 1000"),
+            generation=1,
+        )  # fmt: skip
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        clock = await eventually(lambda: scheduler.reported("clock.1", pb.UP), "clock.1 up")
+        no_leftovers.update({up.pid, clock.pid})
+        assert up.port and up.incarnation == 1
+        await eventually(lambda: scheduler.heartbeats() >= 2, "heartbeats")
+
+
+        async def five_lines() -> list[pb.LogLine] | None:
+            found = await read_logs(hello.address, lines=5, process="worker")
+            return found if len(found) == 5 else None
+
+        lines = await eventually_async(five_lines, "5 lines of worker")
+        assert {line.instance for line in lines} == {"worker.1"}
+        assert all(line.node == "node-1" and line.app == APP for line in lines)
+        stamps = [line.timestamp for line in lines]
+        assert stamps == sorted(stamps)
+
+        async def clock_said_hello() -> bool:
+            found = await read_logs(hello.address, process="clock.1")
+            return any(line.text == "clock clock.1" for line in found)
+
+        await eventually_async(clock_said_hello, "clock.1's line in ReadLogs")
+        everything = await read_logs(hello.address, lines=1000)
+        assert {line.instance for line in everything} == {"worker.1", "clock.1"}
+        assert all(line.instance == "clock.1" for line in await read_logs(
+            hello.address, process="clock"
+        ))  # fmt: skip
+
+        # Following: the backlog, then live lines with increasing seq.
+        async with grpc.aio.insecure_channel(hello.address, options=CHANNEL_OPTIONS) as channel:
+            stream = pb_grpc.AgentStub(channel).ReadLogs(
+                pb.LogsRequest(app=APP, process="worker.1", lines=1, follow=True)
+            )
+            seen: list[pb.LogLine] = []
+            async for line in stream:
+                seen.append(line)
+                if len(seen) == 4:
+                    break
+            stream.cancel()
+        seqs = [line.seq for line in seen]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 4
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_logs(hello.address, lines=-1)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+    assert not live([up.pid, clock.pid])
+    await eventually(lambda: scheduler.reported("worker.1", pb.STOPPED), "worker.1 stopped")
+
+
+async def test_a_follower_sends_the_agent_to_the_leader(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    leader = fake_scheduler()
+    leader_address = await servers.start(leader)
+    follower = fake_scheduler(leader=leader_address)
+    follower_address = await servers.start(follower)
+
+    install_child_watcher()
+    config = config_for(follower_address)
+    supervisor = Supervisor(config, LogHub(config.name, 100), PortPool(*config.ports))
+    session = Session(config, supervisor, "127.0.0.1:1")
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: leader.hellos, "hello at the leader")
+        await eventually(lambda: session.scheduler == leader_address, "the session to open")
+        assert follower.refused >= 1 and not follower.hellos
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()
+
+
+async def test_the_workload_keeps_running_while_the_scheduler_is_away(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    first = fake_scheduler()
+    address = await servers.start(first)
+    install_child_watcher()
+    config = config_for("127.0.0.1:1", address)  # the first address answers nothing
+    reaper = Reaper(config.state_dir / config.name)
+    await reaper.start()
+    supervisor = Supervisor(config, LogHub(config.name, 100), PortPool(*config.ports), reaper)
+    session = Session(config, supervisor, "127.0.0.1:1")
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: first.hellos, "hello")
+        first.push(worker("worker.1", SLEEPERS), generation=7)
+        up = await eventually(lambda: first.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+
+        await servers.stop(address)
+        await eventually(lambda: not session.connected, "the session to notice")
+        assert live([up.pid]) == [up.pid]
+
+        second = fake_scheduler()  # a new scheduler where the old one was
+        await servers.start(second, address)
+        hello = await eventually(second.hello, "hello again")
+        assert [(s.name, s.state, s.pid) for s in hello.running] == [("worker.1", pb.UP, up.pid)]
+
+        # Its generations start from 1 again; the same assignment keeps the same process.
+        second.push(worker("worker.1", SLEEPERS), worker("worker.2", SLEEPERS), generation=1)
+        other = await eventually(lambda: second.reported("worker.2", pb.UP), "worker.2 up")
+        no_leftovers.add(other.pid)
+        instance = supervisor.instance(APP, "worker.1")
+        assert instance is not None and instance.pid == up.pid
+
+        second.push(worker("worker.2", SLEEPERS), generation=2)
+        await eventually(lambda: second.reported("worker.1", pb.STOPPED), "worker.1 stopped")
+        assert not live([up.pid])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()
+        await reaper.close()
+
+
+async def test_paas_agent_stops_its_instances_on_sigterm_and_leaves_nothing(
+    servers: Servers, tmp_path: Path, no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    low, high = free_range()
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "agent",
+        "--join", address, "--name", "node-9", "--listen", f"127.0.0.1:{free_port()}",
+        "--ports", f"{low}-{high}", "--state-dir", str(tmp_path / "state"),
+        "--stop-grace", "5",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: scheduler.hellos, "hello", timeout=30)
+        scheduler.push(worker("worker.1", SLEEPERS), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        pids = [up.pid, *(p.pid for p in psutil.Process(up.pid).children(recursive=True))]
+        assert len(pids) >= 3
+
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == 0
+        assert not live(pids)
+        stopped = scheduler.reported("worker.1", pb.STOPPED)
+        assert stopped is not None and stopped.last_exit == "signal 15 (SIGTERM)"
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+
