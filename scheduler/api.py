@@ -26,7 +26,7 @@ from paas.common.formation import (
 )
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE
-from paas.common.names import NameError_, check_app_name
+from paas.common.names import InstanceName, NameError_, check_app_name
 from paas.common.procfile import ProcfileError, parse_procfile
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
@@ -36,12 +36,15 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import AgentSession, Sessions
 from paas.scheduler.store import (
     AppRecord,
+    Assign,
     ConflictError,
+    InstanceRecord,
     NodeRecord,
     NotLeaderError,
     ReleaseRecord,
     Store,
     StoreError,
+    Unassign,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ DEFAULT_LOG_LINES = 100
 SESSION_SILENCE_TIMEOUT = 5.0
 _FOLLOW_QUEUE = 10_000
 _CONFLICT_RETRIES = 5
+# A rolling restart waits this long for each instance to be up before the next.
+ROLLING_STEP_TIMEOUT = 120.0
 
 _OPS = {
     pb.FormationChange.SET: Op.SET,
@@ -76,8 +81,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self._reconciler = reconciler
         self._events = events
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
@@ -228,6 +236,88 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             grpc.StatusCode.ABORTED, "the formation changed concurrently too often; try again"
         )
 
+    # ------------------------------------------------------------ restart and stop
+
+    async def Restart(
+        self, request: pb.RestartRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.RestartResponse:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        try:
+            records = [r for r in await self._store.instances() if r.app == request.app]
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        chosen = _select(records, request.process)
+        if request.process and not chosen:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no instance of {request.app} matches {request.process!r} (`paas ps` lists them)",
+            )
+        if len(chosen) == 1:
+            try:
+                await self._reassign(chosen[0])
+            except StoreError as exc:
+                await _abort_store(context, exc)
+        elif chosen:
+            # Rolling: one instance at a time, the next once the last is up again.
+            task = asyncio.create_task(self._rolling_restart(request.app, chosen))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        names = [str(r.name) for r in chosen]
+        self._events.add(request.app, f"Restarting {', '.join(names) or 'nothing'}")
+        return pb.RestartResponse(instances=names)
+
+    async def _reassign(self, record: InstanceRecord) -> int:
+        """Give the instance a new incarnation on its node: the agent restarts it."""
+        await self._store.apply([Assign(record.app, record.name, record.node, record.release)])
+        self._reconciler.kick()
+        for current in await self._store.instances():
+            if current.app == record.app and current.name == record.name:
+                return current.incarnation
+        return 0
+
+    async def _rolling_restart(self, app: str, records: list[InstanceRecord]) -> None:
+        for record in records:
+            try:
+                incarnation = await self._reassign(record)
+            except StoreError as exc:
+                self._events.add(app, f"Rolling restart stopped at {record.name}: {exc}")
+                return
+            status = await self._sessions.wait_for_report(
+                record.node, app, str(record.name), incarnation, {pb.UP}, ROLLING_STEP_TIMEOUT
+            )
+            if status is None:
+                self._events.add(
+                    app,
+                    f"{record.name} was not up within {ROLLING_STEP_TIMEOUT:.0f}s of its "
+                    "restart; going on with the next",
+                )
+
+    async def Stop(
+        self, request: pb.StopRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.StopResponse:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        try:
+            name = InstanceName.parse(request.instance)
+        except NameError_ as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            records = await self._store.instances()
+            found = [r for r in records if r.app == request.app and r.name == name]
+            if not found:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no instance {request.instance} in {request.app} (`paas ps` lists them)",
+                )
+            # Unassigned, the agent stops it; the formation places it anew.
+            await self._store.apply([Unassign(request.app, name)])
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        self._events.add(request.app, f"Stopped {name}; the formation replaces it")
+        self._reconciler.kick()
+        return pb.StopResponse()
+
     # ------------------------------------------------------------ status
 
     async def ListInstances(
@@ -264,6 +354,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 view.restarts = status.restarts
                 view.last_exit = status.last_exit
                 view.since = status.since
+                view.reason = status.reason
+                view.next_start = status.next_start
+                view.exited_at = status.exited_at
+                view.ran_for = status.ran_for
+                view.last_lines.extend(status.last_lines)
+                view.cpu_percent = status.cpu_percent
+                view.rss_bytes = status.rss_bytes
+                view.started_at = status.started_at
             views.append(view)
         return pb.ListInstancesResponse(instances=views)
 
@@ -282,6 +380,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         result = []
         for node in sorted(nodes.values(), key=lambda n: n.name):
             session = self._sessions.get(node.name)
+            reports = list(session.reports.values()) if session else []
             if not self._sessions.is_ready(node.name):
                 state = "lost"
             elif node.draining:
@@ -297,6 +396,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                     instances=counts.get(node.name, 0),
                     last_seen=session.last_seen if session else 0.0,
                     labels=node.labels,
+                    cpu_percent=sum(r.cpu_percent for r in reports),
+                    rss_bytes=sum(r.rss_bytes for r in reports),
                 )
             )
         return pb.ListNodesResponse(nodes=result)
@@ -482,6 +583,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 if kind == "status":
                     # Reports feed `paas ps`; placement does not read them, so no kick.
                     session.report(message.status)
+                    self._sessions.notify_report()
                 else:
                     session.heartbeat()
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
@@ -493,6 +595,16 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()
+
+
+def _select(records: list[InstanceRecord], process: str) -> list[InstanceRecord]:
+    """The instances `process` names: all, a type, or one instance."""
+    ordered = sorted(records, key=lambda r: r.name)
+    if not process:
+        return ordered
+    if "." in process:
+        return [r for r in ordered if str(r.name) == process]
+    return [r for r in ordered if r.name.type == process]
 
 
 def _change(change: pb.FormationChange) -> Change:

@@ -87,6 +87,7 @@ class Sessions:
         self._gone_since: dict[str, float] = {}  # monotonic
         self._fresh_since = time.monotonic()
         self._listeners: set[asyncio.Queue[AgentSession]] = set()
+        self._reported = asyncio.Event()
 
     def reset(self) -> None:
         """A new term as leader: every node absent now gets a full grace period."""
@@ -132,6 +133,29 @@ class Sessions:
             return True
         since = max(self._gone_since.get(name, self._fresh_since), self._fresh_since)
         return time.monotonic() - since < self._grace
+
+    def notify_report(self) -> None:
+        """An agent reported a status: wake whoever waits on one."""
+        self._reported.set()
+        self._reported = asyncio.Event()
+
+    async def wait_for_report(
+        self, node: str, app: str, name: str, incarnation: int, states: set[int], within: float
+    ) -> pb.InstanceStatus | None:
+        """The report of that incarnation once it is in one of `states`; None on timeout."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            session = self._sessions.get(node)
+            status = session.reports.get((app, name)) if session else None
+            if status is not None and status.incarnation >= incarnation and status.state in states:
+                return status
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._reported.wait(), remaining)
+            except TimeoutError:
+                return None
 
     def subscribe(self) -> asyncio.Queue[AgentSession]:
         """A queue that receives every session attached from now on."""
