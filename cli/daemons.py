@@ -40,7 +40,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
 def run_agent(args: argparse.Namespace) -> int:
     try:
         from paas.agent.config import AgentConfig
-        from paas.agent.server import run_agent as serve  # type: ignore[import-not-found]
+        from paas.agent.server import run_agent as serve
     except ImportError as exc:
         raise CommandError(f"the agent cannot start: {exc}") from None
     # Flags left out keep AgentConfig's defaults, so those live in one place.
@@ -51,6 +51,8 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["capacity"] = args.capacity
     if args.state_dir is not None:
         optional["state_dir"] = Path(args.state_dir).expanduser().resolve()
+    if args.advertise is not None:
+        optional["advertise"] = args.advertise
     if args.stop_grace is not None:
         optional["stop_grace"] = args.stop_grace
     config = AgentConfig(

@@ -136,6 +136,7 @@ class LocalCluster:
         self._agents: dict[str, _Part] = {}
         self._started = False
         self._stopping = False
+        self._killed = False
 
     # ------------------------------------------------------------ where things are
 
@@ -145,6 +146,11 @@ class LocalCluster:
         if directory is None:
             raise RuntimeError("the cluster has not been started")
         return directory
+
+    @property
+    def keeps_data(self) -> bool:
+        """Whether data and logs outlive stop() (a data_dir or log_to was given)."""
+        return self._given_data_dir is not None or self._given_log_to is not None
 
     @property
     def logs_dir(self) -> Path:
@@ -298,7 +304,7 @@ class LocalCluster:
             "--name", name,
             "--listen", address,
             "--ports", f"{low}-{low + PORTS_PER_AGENT - 1}",
-            "--state-dir", str(self.data_dir / "agents" / name),
+            "--state-dir", str(self.data_dir / "agents"),  # the agent keeps DIR/NAME
             "--stop-grace", f"{self.stop_grace:g}",
         ]  # fmt: skip
         return _Part(name, argv, self.log_path(name), address=address)
@@ -315,7 +321,7 @@ class LocalCluster:
                     if not part.running:
                         returncode = part.process.returncode if part.process else None
                         raise ClusterError(
-                            f"agent {name}", f"exited with status {returncode}", part.log_path
+                            f"agent {name}", describe_exit(returncode), part.log_path
                         )
                 try:
                     nodes = {node.name: node for node in await client.list_nodes()}
@@ -361,7 +367,7 @@ class LocalCluster:
             if not part.running:
                 returncode = part.process.returncode if part.process else None
                 raise ClusterError(
-                    part.name, f"exited with status {returncode} while starting", part.log_path
+                    part.name, f"{describe_exit(returncode)} while starting", part.log_path
                 )
             if time.monotonic() > deadline:
                 raise ClusterError(part.name, f"{problem} within {self.ready_timeout:g} s",
@@ -427,6 +433,7 @@ class LocalCluster:
 
     def kill(self) -> None:
         """SIGKILL every part's process group at once: the impatient second Ctrl-C."""
+        self._killed = True
         for part in self._parts():
             if part.running and part.process is not None:
                 for proc in _descendants(part):
@@ -448,9 +455,7 @@ class LocalCluster:
                 await asyncio.Event().wait()  # stopping on purpose: never report
             for future in done:
                 part = waits[future]
-                return ClusterError(
-                    part.name, f"exited with status {future.result()}", part.log_path
-                )
+                return ClusterError(part.name, describe_exit(future.result()), part.log_path)
 
     def _parts(self) -> list[_Part]:
         parts = list(self._agents.values())
@@ -476,6 +481,11 @@ class LocalCluster:
         leftovers = [proc for proc in part.descendants if _alive(proc)]
         if not leftovers:
             return
+        if self._killed:  # kill() got them already; they may just not be reaped yet
+            for proc in leftovers:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            return
         # A safety net, not the mechanism: the agent must stop its instances itself.
         log.warning(
             "agent %s left %d processes behind (%s); killing them",
@@ -489,6 +499,19 @@ class LocalCluster:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def describe_exit(returncode: int | None) -> str:
+    """`exited with status 1`, `was killed by signal 9 (SIGKILL)`."""
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = f" ({signal.Signals(-returncode).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {-returncode}{name}"
+    return f"exited with status {returncode}"
 
 
 def etcd_binary() -> str:

@@ -210,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to serve the agent's own API (log reading)",
     )
     agent.add_argument(
+        "--advertise",
+        type=_address,
+        default=None,
+        metavar="HOST:PORT",
+        help="where the scheduler reaches this agent (default: --listen)",
+    )
+    agent.add_argument(
         "--ports",
         type=_port_range,
         default=None,

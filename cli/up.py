@@ -94,6 +94,7 @@ async def _up(cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
         render.info(
             f"paas: cluster up: scheduler at {cluster.scheduler_address}, "
             f"nodes {', '.join(cluster.agent_names)}; logs in {cluster.logs_dir}"
+            + ("" if cluster.keeps_data else " (removed on exit)")
         )
         work: asyncio.Task[object] = asyncio.create_task(
             _deploy_and_follow(cluster, deploy) if deploy else _show_usage(cluster)
@@ -101,6 +102,9 @@ async def _up(cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
         failed: asyncio.Task[object] = asyncio.create_task(cluster.wait_exit())
         tasks = [work, failed]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if failed not in done and work.exception() is not None:
+            # A broken log stream is usually the symptom of a part that died: say which.
+            done, _ = await asyncio.wait([failed], timeout=1.0)
         if failed in done:
             error = failed.result()
             assert isinstance(error, ClusterError)
