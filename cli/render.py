@@ -113,7 +113,7 @@ def _instance_order(view: pb.InstanceView) -> tuple[str, str, int, str]:
 
 
 def instance_dict(view: pb.InstanceView) -> dict[str, Any]:
-    """One `ps --json` object; `pid` and `port` are 0 when there is none."""
+    """One `ps --json` object; numbers are 0 and strings "" when there is none."""
     return {
         "app": view.app,
         "name": view.name,
@@ -127,6 +127,14 @@ def instance_dict(view: pb.InstanceView) -> dict[str, Any]:
         "since": view.since,
         "release": view.release,
         "incarnation": view.incarnation,
+        "reason": view.reason,
+        "started_at": view.started_at,
+        "exited_at": view.exited_at,
+        "ran_for": view.ran_for,
+        "next_start": view.next_start,
+        "last_lines": list(view.last_lines),
+        "cpu_percent": view.cpu_percent,
+        "rss_bytes": view.rss_bytes,
     }
 
 
@@ -194,6 +202,8 @@ def node_dict(node: pb.Node) -> dict[str, Any]:
         "capacity": node.capacity,
         "last_seen": node.last_seen,
         "labels": dict(node.labels),
+        "cpu_percent": node.cpu_percent,
+        "rss_bytes": node.rss_bytes,
     }
 
 

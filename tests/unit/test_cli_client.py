@@ -72,6 +72,14 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await self._gate(context)
         return pb.ListNodesResponse(nodes=self.nodes)
 
+    async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:
+        await self._gate(context)
+        return pb.RestartResponse()
+
+    async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
+        await self._gate(context)
+        return pb.StopResponse()
+
     async def Logs(  # type: ignore[override]
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
