@@ -26,3 +26,5 @@ class AgentConfig:
     restart_base: float = 1.0
     restart_cap: float = 300.0
     restart_reset_after: float = 600.0
+    # How often CPU and memory of each instance are sampled (and reported on change); 0 = never.
+    usage_interval: float = 5.0

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from paas.common.logformat import PAAS_STREAM
 
@@ -49,35 +50,49 @@ class LogLine:
     node: str
     seq: int  # per instance, increasing from 1; 0 for notices about loss
     text: str
+    run: int = 0  # which run (process start) of the instance wrote it, from 1
+    continued: bool = False  # a piece of an over-long line; the next piece follows
+
+
+class Piece(NamedTuple):
+    """A line, or a piece of an over-long one (`continued`: more of it follows)."""
+
+    text: str
+    continued: bool = False
 
 
 class LineSplitter:
-    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE each."""
+    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE each.
+
+    A longer line comes out in pieces, each but the last marked `continued`.
+    """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
         self._max_line = max_line
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[Piece]:
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
         out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
         while len(self._partial) >= self._max_line:
-            out.append(self._partial[: self._max_line])
+            out.append(Piece(self._partial[: self._max_line], True))
             self._partial = self._partial[self._max_line :]
         return out
 
-    def flush(self) -> list[str]:
+    def flush(self) -> list[Piece]:
         """What is left at end of stream (a last line without a newline)."""
         rest = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
         return self._cut(rest) if rest else []
 
-    def _cut(self, line: str) -> list[str]:
+    def _cut(self, line: str) -> list[Piece]:
         if len(line) <= self._max_line:
-            return [line]
-        return [line[i : i + self._max_line] for i in range(0, len(line), self._max_line)]
+            return [Piece(line)]
+        size = self._max_line
+        starts = range(0, len(line), size)
+        return [Piece(line[i : i + size], i + size < len(line)) for i in starts]
 
 
 class LogBuffer:
@@ -99,6 +114,8 @@ class LogBuffer:
         self.instance = instance
         self.node = node
         self.dropped = 0
+        self.run = 0  # the run lines are written by now; 0 before the first start
+        self.finished_run = 0  # the last run whose process has exited
         self._lines: deque[LogLine] = deque(maxlen=max(1, limit))
         self._seq = 0
         self._publish = publish
@@ -110,9 +127,28 @@ class LogBuffer:
     def last_seq(self) -> int:
         return self._seq
 
-    def append(self, stream: str, text: str) -> LogLine:
+    def begin_run(self) -> int:
+        """A new process of the instance starts: lines from now on belong to the next run."""
+        self.run += 1
+        return self.run
+
+    def end_run(self) -> None:
+        """The current run's process has exited (its last lines may still come)."""
+        self.finished_run = self.run
+
+    def append(self, stream: str, text: str, continued: bool = False) -> LogLine:
         self._seq += 1
-        line = LogLine(time.time(), self.app, self.instance, stream, self.node, self._seq, text)
+        line = LogLine(
+            time.time(),
+            self.app,
+            self.instance,
+            stream,
+            self.node,
+            self._seq,
+            text,
+            self.run,
+            continued,
+        )
         if len(self._lines) == self._lines.maxlen:
             self.dropped += 1
         self._lines.append(line)
@@ -120,26 +156,57 @@ class LogBuffer:
             self._publish(line)
         return line
 
+    def lines(self) -> list[LogLine]:
+        """Every kept line, oldest first."""
+        return list(self._lines)
+
+    def last_output(self, run: int, count: int) -> list[str]:
+        """The last `count` stdout/stderr lines of `run` that are still kept."""
+        found: list[str] = []
+        for line in reversed(self._lines):
+            if line.run < run or len(found) >= count:
+                break
+            if line.run == run and line.stream != PAAS_STREAM:
+                found.append(line.text)
+        return found[::-1]
+
     def tail(self, count: int) -> list[LogLine]:
         """The last `count` lines; if more were asked for than kept, a notice of the loss first."""
+        return self.select(count)
+
+    def select(self, count: int, keep: Callable[[LogLine], bool] | None = None) -> list[LogLine]:
+        """The last `count` lines that `keep` accepts (all by default).
+
+        When fewer are found and lines were dropped that might have matched (the
+        oldest kept line matches), a notice of the loss comes first.
+        """
         if count <= 0:
             return []
-        kept = len(self._lines)
-        lines = list(self._lines)[max(0, kept - count) :]
-        if count > kept and self.dropped:
-            first = lines[0].timestamp if lines else time.time()
-            lines.insert(
+        lines: list[LogLine] = []
+        for line in reversed(self._lines):
+            if len(lines) >= count:
+                break
+            if keep is None or keep(line):
+                lines.append(line)
+        lines.reverse()
+        oldest = self._lines[0] if self._lines else None
+        if (
+            len(lines) < count
+            and self.dropped
+            and oldest is not None
+            and (keep is None or keep(oldest))
+        ):
+            notice = LogLine(
+                oldest.timestamp,
+                self.app,
+                self.instance,
+                PAAS_STREAM,
+                self.node,
                 0,
-                LogLine(
-                    first,
-                    self.app,
-                    self.instance,
-                    PAAS_STREAM,
-                    self.node,
-                    0,
-                    f"{self.dropped} earlier lines dropped (the buffer keeps the last {kept})",
-                ),
+                f"{self.dropped} earlier lines dropped (the buffer keeps the last {len(self)})",
+                oldest.run,
             )
+            lines.insert(0, notice)
         return lines
 
     def retire(self, keep: int) -> None:
@@ -278,7 +345,7 @@ async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> 
     """Copy one pipe into `buffer` line by line until EOF; memory stays bounded."""
     splitter = LineSplitter()
     while chunk := await reader.read(READ_CHUNK):
-        for text in splitter.feed(chunk):
-            buffer.append(stream, text)
-    for text in splitter.flush():
-        buffer.append(stream, text)
+        for piece in splitter.feed(chunk):
+            buffer.append(stream, piece.text, piece.continued)
+    for piece in splitter.flush():
+        buffer.append(stream, piece.text, piece.continued)

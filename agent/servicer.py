@@ -41,6 +41,8 @@ def to_proto(line: LogLine) -> pb.LogLine:
         node=line.node,
         seq=line.seq,
         text=line.text,
+        continued=line.continued,
+        run=line.run,
     )
 
 
@@ -62,21 +64,48 @@ class AgentService(pb_grpc.AgentServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"invalid line count {request.lines}: expected 0 (the default) or more",
             )
+        if request.previous and not _is_instance(request.process):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "previous needs one instance (process like web.3), not "
+                f"{request.process or 'every process'!r}",
+            )
         app = request.app
         count = request.lines or DEFAULT_LINES
         matches = process_matcher(request.process)
+        since = request.since
+        # Cursors of a follower that reconnects: lines up to them were delivered.
+        sent = {
+            cursor.instance: cursor.seq
+            for cursor in request.after
+            if cursor.node in ("", self._logs.node)
+        }
+
+        def wanted(line: LogLine) -> bool:
+            return line.timestamp >= since and line.seq > sent.get(line.instance, 0)
+
         # Subscribe before taking the backlog, so no line falls between the two.
+        follow = request.follow and not request.previous
         subscription = (
             self._logs.subscribe(lambda line: line.app == app and matches(line.instance), app)
-            if request.follow
+            if follow
             else None
         )
         try:
-            buffers = [b for b in self._logs.buffers(app) if matches(b.instance)]
-            sent = {b.instance: b.last_seq for b in buffers}
-            backlog = list(
-                heapq.merge(*(b.tail(count) for b in buffers), key=lambda line: line.timestamp)
-            )
+            selections = []
+            for buffer in self._logs.buffers(app):
+                if not matches(buffer.instance):
+                    continue
+                keep = wanted
+                if request.previous:
+                    finished = buffer.finished_run
+
+                    def keep(line: LogLine, finished: int = finished) -> bool:
+                        return finished > 0 and line.run == finished and wanted(line)
+
+                selections.append(buffer.select(count, keep))
+                sent[buffer.instance] = max(sent.get(buffer.instance, 0), buffer.last_seq)
+            backlog = list(heapq.merge(*selections, key=lambda line: line.timestamp))
             for line in backlog[-count:]:
                 yield to_proto(line)
             if subscription is None:
@@ -84,8 +113,18 @@ class AgentService(pb_grpc.AgentServicer):
             while True:
                 line = await subscription.get()
                 if line.seq and line.seq <= sent.get(line.instance, 0):
-                    continue  # already in the backlog
+                    continue  # already in the backlog, or before the follower's cursor
+                if line.timestamp < since:
+                    continue
                 yield to_proto(line)
         finally:
             if subscription is not None:
                 self._logs.unsubscribe(subscription)
+
+
+def _is_instance(process: str) -> bool:
+    try:
+        InstanceName.parse(process)
+    except NameError_:
+        return False
+    return True

@@ -42,6 +42,7 @@ from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogBuffer, LogHub, pump
 from paas.agent.ports import PortPool, PortsExhausted
 from paas.agent.reaper import Reaper
+from paas.agent.usage import UsageSampler
 from paas.common.logformat import PAAS_STREAM
 from paas.proto import paas_pb2 as pb
 
@@ -50,6 +51,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (app, instance name)
 
 WEB_TYPE = "web"  # the process type that gets traffic, so must listen on $PORT
+LAST_LINES = 10  # output lines of a run kept with its exit, for `paas ps`
+# Resource use is reported when CPU moves by this many points or RSS by this fraction.
+USAGE_CPU_CHANGE = 1.0
+USAGE_RSS_CHANGE = 0.05
 HEALTH_INTERVAL = 0.05
 GROUP_POLL_INTERVAL = 0.1
 # After the leader exits, how long its output pipes may stay open (held by an
@@ -218,14 +223,30 @@ class Instance:
         self.port = 0
         self.restarts = 0
         self.last_exit = ""
+        self.started_at = 0.0  # unix seconds the current (or last) run started
+        self.exited_at = 0.0
+        self.ran_for = 0.0
+        self.last_lines: list[str] = []  # output of the last run that exited
+        self.next_start = 0.0  # unix seconds, while in backoff
+        self.cpu_percent = 0.0
+        self.rss_bytes = 0
         self.buffer = buffer
-        self._config = config
+        # Per process type settings from the release; zero values mean the agent's.
+        settings = assignment.settings
+        self.stop_grace = settings.stop_grace or config.stop_grace
+        self.boot_timeout = settings.boot_timeout or config.boot_timeout
+        if settings.check == pb.ProcessSettings.CHECK_DEFAULT:
+            self.port_check = self.type == WEB_TYPE
+        else:
+            self.port_check = settings.check == pb.ProcessSettings.CHECK_PORT
         self._port_for = port_for
         self._base_env = base_env
         self._reaper = reaper
         self._report = report
         self._backoff = Backoff(
-            config.restart_base, config.restart_cap, config.restart_reset_after
+            config.restart_base,
+            settings.backoff_cap or config.restart_cap,
+            settings.backoff_reset or config.restart_reset_after,
         )
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -248,6 +269,13 @@ class Instance:
             since=self.since,
             release=self.assignment.release,
             reason=self.reason,
+            next_start=self.next_start,
+            exited_at=self.exited_at,
+            ran_for=self.ran_for,
+            last_lines=self.last_lines,
+            cpu_percent=self.cpu_percent,
+            rss_bytes=self.rss_bytes,
+            started_at=self.started_at,
         )
 
     def start(self) -> None:
@@ -284,6 +312,7 @@ class Instance:
                 break
             delay = self._backoff.next_delay(uptime)
             if delay > 0:
+                self.next_start = time.time() + delay
                 self._to(State.BACKOFF, f"restarting in {_seconds(delay)}s")
                 self._line(f"Restarting in {_seconds(delay)}s")
                 deadline = loop.time() + delay
@@ -299,11 +328,14 @@ class Instance:
     async def _run_once(self) -> float:
         """Start the process and supervise it until it ends; how long it was up."""
         loop = asyncio.get_running_loop()
+        self.next_start = 0.0
+        run = self.buffer.begin_run()
         self._to(State.STARTING)
         try:
             self.port = self._port_for()
         except PortsExhausted as exc:
             self._crash(str(exc))
+            self.buffer.end_run()
             return 0.0
         self._line(f"Starting process with command `{self.assignment.command}`")
         try:
@@ -321,7 +353,9 @@ class Instance:
             )
         except OSError as exc:
             self._crash(f"cannot start: {exc}")
+            self.buffer.end_run()
             return 0.0
+        self.started_at = time.time()
         pgid = transport.get_pid()  # start_new_session: the leader's pid is the group id
         if self._reaper is not None:
             self._reaper.track(pgid)
@@ -352,6 +386,11 @@ class Instance:
         assert returncode is not None
         self.last_exit = describe_exit(returncode)
         self.pid = 0
+        self.exited_at = time.time()
+        self.ran_for = round(self.exited_at - self.started_at, 3)
+        self.last_lines = self.buffer.last_output(run, LAST_LINES)
+        self.cpu_percent, self.rss_bytes = 0.0, 0
+        self.buffer.end_run()
         if returncode < 0:
             self._line(f"Process exited on {self.last_exit}")
         else:
@@ -368,7 +407,7 @@ class Instance:
         loop = asyncio.get_running_loop()
         stopping = asyncio.create_task(self._stop.wait())
         try:
-            if self.type == WEB_TYPE:
+            if self.port_check:
                 health = asyncio.create_task(self._until_listening(self.port))
                 waits: set[asyncio.Future[Any]] = {exited, stopping, health}
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -380,7 +419,7 @@ class Instance:
                     if not health.result():
                         failure = (
                             f"boot timeout: did not listen on {self.port} within "
-                            f"{_seconds(self._config.boot_timeout)}s"
+                            f"{_seconds(self.boot_timeout)}s"
                         )
                         self._line(failure)
                         signal_group(pgid, signal.SIGKILL)
@@ -402,7 +441,7 @@ class Instance:
     async def _until_listening(self, port: int) -> bool:
         """Whether 127.0.0.1:`port` accepts a connection within the boot timeout."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.boot_timeout
+        deadline = loop.time() + self.boot_timeout
         while True:
             remaining = deadline - loop.time()
             try:
@@ -422,7 +461,7 @@ class Instance:
     async def _terminate(self, exited: asyncio.Future[None], pgid: int) -> None:
         """SIGTERM the group; SIGKILL what is left of it after the grace."""
         loop = asyncio.get_running_loop()
-        grace = self._config.stop_grace
+        grace = self.stop_grace
         self._to(State.STOPPING, self._stop_reason)
         self._line("Stopping all processes with SIGTERM")
         signal_group(pgid, signal.SIGTERM)
@@ -525,6 +564,7 @@ class Supervisor:
         self._closing = False
         self._listeners: list[Callable[[pb.InstanceStatus], None]] = []
         self._base_env = dict(os.environ)
+        self._sampler: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ observing
 
@@ -566,6 +606,8 @@ class Supervisor:
             )
             return False
         self._generation = desired.generation
+        if self._sampler is None and self.config.usage_interval > 0:
+            self._sampler = asyncio.create_task(self._sample_usage(), name="usage sampler")
         wanted: dict[Key, pb.Assignment] = {}
         for assignment in desired.instances:
             key = (assignment.app, assignment.name)
@@ -609,6 +651,8 @@ class Supervisor:
     async def close(self) -> None:
         """Stop every instance gracefully (in parallel) and accept no desired set after."""
         self._closing = True
+        if self._sampler is not None:
+            self._sampler.cancel()
         for slot in self._slots.values():
             slot.desired = None
             slot.wake.set()
@@ -658,6 +702,30 @@ class Supervisor:
                 del self._slots[slot.key]
             self.ports.release(slot.key)
             self.logs.retire(app, name)
+
+    async def _sample_usage(self) -> None:
+        """Every usage_interval, CPU and RSS of each running group; a notable change is reported."""
+        sampler = UsageSampler()
+        while True:
+            await asyncio.sleep(self.config.usage_interval)
+            running = {instance.pid: instance for instance in self.instances() if instance.pid}
+            if not running:
+                continue
+            try:
+                usage = await sampler.sample(set(running))
+            except Exception:
+                log.exception("sampling resource use failed")
+                continue
+            for pgid, found in usage.items():
+                instance = running[pgid]
+                if instance.pid != pgid:
+                    continue  # it exited (or restarted) meanwhile
+                notable = abs(found.cpu_percent - instance.cpu_percent) >= USAGE_CPU_CHANGE or abs(
+                    found.rss_bytes - instance.rss_bytes
+                ) > USAGE_RSS_CHANGE * max(instance.rss_bytes, 1)
+                instance.cpu_percent, instance.rss_bytes = found.cpu_percent, found.rss_bytes
+                if notable:
+                    self._report(instance)
 
     def _report(self, instance: Instance) -> None:
         status = instance.status()

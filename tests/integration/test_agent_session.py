@@ -424,3 +424,68 @@ async def test_paas_agent_stops_its_instances_on_sigterm_and_leaves_nothing(
             agent.kill()
             await agent.wait()
 
+
+
+async def test_read_logs_serves_the_previous_run_lines_since_a_time_and_after_a_cursor(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    tmp_path: Path,
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address, restart_base=60.0)))
+    marker = tmp_path / "ran-once"
+    # The first run says so and crashes; the second one keeps running.
+    command = (
+        f"if [ -e {marker} ]; then echo second run; {TICKER}; "
+        f"else touch {marker}; echo first run; exit 1; fi"
+    )
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", command), generation=1)
+
+        async def second_run_lines() -> list[pb.LogLine] | None:
+            found = await read_logs(hello.address, process="worker.1", lines=1000)
+            return found if any(line.text == "tick 2" for line in found) else None
+
+        everything = await eventually_async(second_run_lines, "the second run's ticks")
+        no_leftovers.update(s.pid for s in scheduler.statuses("worker.1") if s.pid)
+        assert {line.node for line in everything} == {"node-1"}
+
+        previous = await read_logs(hello.address, process="worker.1", previous=True)
+        texts = [line.text for line in previous]
+        assert "first run" in texts and "Process exited with status 1" in texts
+        assert "second run" not in texts
+        assert {line.run for line in previous} == {1}
+
+        second = next(line for line in everything if line.text == "second run")
+        since = await read_logs(hello.address, process="worker.1", since=second.timestamp)
+        assert since[0].text == "second run" and "first run" not in [x.text for x in since]
+
+        cursor = pb.LogCursor(node="node-1", instance="worker.1", seq=second.seq)
+        after = await read_logs(hello.address, process="worker.1", after=[cursor])
+        assert after[0].seq == second.seq + 1
+
+        # A follower resuming at its cursor gets only what came after it.
+        last = everything[-1]
+        async with grpc.aio.insecure_channel(hello.address, options=CHANNEL_OPTIONS) as channel:
+            stream = pb_grpc.AgentStub(channel).ReadLogs(
+                pb.LogsRequest(
+                    app=APP,
+                    process="worker.1",
+                    follow=True,
+                    after=[pb.LogCursor(node="node-1", instance="worker.1", seq=last.seq)],
+                )
+            )
+            first = await anext(aiter(stream))
+            stream.cancel()
+        assert first.seq > last.seq
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_logs(hello.address, process="worker", previous=True)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent

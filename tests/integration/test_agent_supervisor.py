@@ -92,7 +92,12 @@ def free_range(width: int = 20) -> tuple[int, int]:
 
 
 def assignment(
-    name: str, command: str, incarnation: int = 1, env: dict[str, str] | None = None, **kw: Any
+    name: str,
+    command: str,
+    incarnation: int = 1,
+    env: dict[str, str] | None = None,
+    dir: str = "/tmp",
+    settings: pb.ProcessSettings | None = None,
 ) -> pb.Assignment:
     return pb.Assignment(
         app=APP,
@@ -101,8 +106,9 @@ def assignment(
         incarnation=incarnation,
         release=1,
         command=command,
-        dir=kw.pop("dir", "/tmp"),
+        dir=dir,
         env=env or {},
+        settings=settings,
     )
 
 
@@ -290,6 +296,63 @@ async def test_a_crashed_instance_is_restarted_on_the_same_port(
     assert texts.count(f"running on {status.port}") >= 3
     states = {s.state for s in node.statuses if s.name == "worker.1"}
     assert {pb.STARTING, pb.UP, pb.CRASHED, pb.BACKOFF} <= states
+
+
+async def test_a_crash_keeps_its_forensics_for_ps(start_node: NodeFactory) -> None:
+    node = await start_node(restart_base=60.0)
+    command = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo line $i; done; echo oops >&2; exit 2"
+    before = time.time()
+    node.apply(assignment("worker.1", command))
+    backoff = await eventually(
+        lambda: next((s for s in node.statuses if s.state == pb.BACKOFF), None), "backoff"
+    )
+    assert backoff.last_exit == "exit 2"
+    assert list(backoff.last_lines) == [f"line {i}" for i in range(4, 13)] + ["oops"]
+    assert before <= backoff.started_at <= backoff.exited_at <= time.time()
+    assert backoff.ran_for == pytest.approx(backoff.exited_at - backoff.started_at, abs=0.01)
+    assert backoff.next_start > backoff.exited_at  # the immediate restart came first
+    assert backoff.restarts == 1
+    runs = {line.run for line in node.lines("worker.1") if line.stream == "stdout"}
+    assert runs == {1, 2}
+
+
+async def test_per_type_settings_override_the_agent_defaults(start_node: NodeFactory) -> None:
+    node = await start_node(stop_grace=60.0, boot_timeout=60.0)
+    quick_stop = pb.ProcessSettings(stop_grace=0.3)
+    no_check = pb.ProcessSettings(check=pb.ProcessSettings.CHECK_NONE)
+    port_check = pb.ProcessSettings(check=pb.ProcessSettings.CHECK_PORT, boot_timeout=0.3)
+    node.apply(
+        assignment("web.1", "sleep 1000", settings=no_check),  # up without listening
+        assignment("worker.1", "trap '' TERM; sleep 1000 & wait", settings=quick_stop),
+        assignment("api.1", "sleep 1000", settings=port_check),  # must listen, never does
+    )
+    await node.up("web.1")
+    await node.up("worker.1")
+    crash = await eventually(
+        lambda: next((s for s in node.statuses if s.state == pb.CRASHED), None), "api.1 crash"
+    )
+    assert crash.name == "api.1" and crash.reason.startswith("boot timeout")
+
+    started = time.monotonic()
+    node.apply(assignment("web.1", "sleep 1000", settings=no_check))
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "worker.1 gone")
+    assert time.monotonic() - started < 30  # its own 0.3 s grace, not the agent's 60 s
+    assert "Stopping remaining processes with SIGKILL" in node.texts("worker.1")
+
+
+async def test_resource_use_of_the_process_group_is_reported(start_node: NodeFactory) -> None:
+    node = await start_node(usage_interval=0.2)
+    # A child that holds 64 MiB: the whole group counts, not just the leader.
+    hog = f"{PY} -c 'import time; x = bytearray(64 << 20); time.sleep(1000)' & wait"
+    node.apply(assignment("worker.1", hog))
+    await node.up("worker.1")
+    report = await eventually(
+        lambda: next(
+            (s for s in node.statuses if s.name == "worker.1" and s.rss_bytes > 64 << 20), None
+        ),
+        "a report with the child's memory",
+    )
+    assert report.state == pb.UP and report.cpu_percent >= 0
 
 
 async def test_an_exit_0_counts_as_a_crash(start_node: NodeFactory) -> None:

@@ -4,35 +4,57 @@ from __future__ import annotations
 
 import asyncio
 
-from paas.agent.logbuffer import MAX_LINE, LineSplitter, LogBuffer, LogHub, LogLine, pump
+from paas.agent.logbuffer import (
+    MAX_LINE,
+    LineSplitter,
+    LogBuffer,
+    LogHub,
+    LogLine,
+    Piece,
+    pump,
+)
+
+
+def texts(pieces: list[Piece]) -> list[str]:
+    return [piece.text for piece in pieces]
 
 
 def test_lines_are_cut_at_newlines_across_chunks() -> None:
     splitter = LineSplitter()
     assert splitter.feed(b"hel") == []
-    assert splitter.feed(b"lo\nwor") == ["hello"]
-    assert splitter.feed(b"ld\r\n\nlast") == ["world", ""]
-    assert splitter.flush() == ["last"]
+    assert texts(splitter.feed(b"lo\nwor")) == ["hello"]
+    assert texts(splitter.feed(b"ld\r\n\nlast")) == ["world", ""]
+    assert splitter.flush() == [Piece("last", False)]
     assert splitter.flush() == []
 
 
 def test_bad_utf8_is_replaced_and_a_split_character_survives() -> None:
     splitter = LineSplitter()
     snowman = "☃".encode()
-    assert splitter.feed(b"a\xffb\n" + snowman[:1]) == ["a\ufffdb"]
-    assert splitter.feed(snowman[1:] + b"\n") == ["☃"]
+    assert texts(splitter.feed(b"a\xffb\n" + snowman[:1])) == ["a\ufffdb"]
+    assert texts(splitter.feed(snowman[1:] + b"\n")) == ["☃"]
 
 
-def test_a_long_line_is_split_and_the_partial_buffer_stays_bounded() -> None:
+def test_a_long_line_is_split_into_continued_pieces_and_the_partial_stays_bounded() -> None:
     splitter = LineSplitter()
-    out: list[str] = []
+    out: list[Piece] = []
     for _ in range(30):
         out += splitter.feed(b"x" * 1000)  # 30 000 characters and no newline
         assert len(splitter._partial) < MAX_LINE
     out += splitter.feed(b"\n")
-    assert [len(line) for line in out] == [MAX_LINE, MAX_LINE, 30000 - 2 * MAX_LINE]
+    assert [(len(p.text), p.continued) for p in out] == [
+        (MAX_LINE, True),
+        (MAX_LINE, True),
+        (30000 - 2 * MAX_LINE, False),
+    ]
     whole = LineSplitter().feed(b"y" * (MAX_LINE * 2 + 5) + b"\n")
-    assert [len(line) for line in whole] == [MAX_LINE, MAX_LINE, 5]
+    assert [(len(p.text), p.continued) for p in whole] == [
+        (MAX_LINE, True),
+        (MAX_LINE, True),
+        (5, False),
+    ]
+    exact = LineSplitter().feed(b"z" * MAX_LINE + b"\n")
+    assert [(len(p.text), p.continued) for p in exact] == [(MAX_LINE, False)]
 
 
 def test_a_buffer_keeps_its_last_lines_with_increasing_seq_and_counts_the_rest() -> None:
@@ -51,6 +73,37 @@ def test_a_buffer_keeps_its_last_lines_with_increasing_seq_and_counts_the_rest()
     assert notice.stream == "paas" and notice.seq == 0
     assert "2 earlier lines dropped" in notice.text
     assert len(rest) == 3
+
+
+def test_lines_carry_their_run_and_the_last_output_of_a_run_is_at_hand() -> None:
+    buffer = LogBuffer("shop", "web.1", "node-1", limit=100)
+    buffer.append("paas", "State changed from pending to starting")
+    assert buffer.begin_run() == 1
+    for i in range(15):
+        buffer.append("stdout" if i % 2 else "stderr", f"first {i}")
+    buffer.end_run()
+    buffer.append("paas", "Process exited with status 1")
+    buffer.begin_run()
+    buffer.append("stdout", "second 0")
+    assert [line.run for line in buffer.lines()][:2] == [0, 1]
+    assert buffer.lines()[-1].run == 2
+    assert buffer.finished_run == 1
+    assert buffer.last_output(1, 3) == ["first 12", "first 13", "first 14"]
+    assert buffer.last_output(2, 10) == ["second 0"]
+    assert buffer.last_output(3, 10) == []
+
+
+def test_select_filters_and_reports_loss_only_when_it_may_have_mattered() -> None:
+    buffer = LogBuffer("shop", "web.1", "node-1", limit=4)
+    for i in range(6):
+        buffer.append("stdout", f"line {i}")
+    odd = buffer.select(10, lambda line: line.seq % 2 == 1)  # seq 3 is the oldest kept
+    assert [line.text for line in odd][1:] == ["line 2", "line 4"]
+    assert odd[0].seq == 0 and "2 earlier lines dropped" in odd[0].text
+    even = buffer.select(10, lambda line: line.seq % 2 == 0)
+    assert [line.text for line in even] == ["line 3", "line 5"]  # seq 3 did not match: no notice
+    late = buffer.select(10, lambda line: line.seq > 4)
+    assert [line.text for line in late] == ["line 4", "line 5"]  # nothing lost that it wanted
 
 
 def test_the_hub_keeps_removed_instances_readable_and_bounded() -> None:
