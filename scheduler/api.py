@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
+from google.protobuf import json_format
 
 from paas.common.formation import (
     Change,
@@ -34,6 +35,7 @@ from paas.scheduler.events import EventLog
 from paas.scheduler.leader import Leadership
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import AgentSession, Sessions
+from paas.scheduler.settings import settings_from, settings_problem
 from paas.scheduler.store import (
     AppRecord,
     Assign,
@@ -170,6 +172,20 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             commands = parse_procfile(request.procfile)
         except ProcfileError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        unknown = sorted(set(request.settings) - set(commands))
+        if unknown:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"settings name unknown process type(s) {', '.join(unknown)} "
+                f"(Procfile has: {', '.join(sorted(commands))})",
+            )
+        for type_, wanted in request.settings.items():
+            problem = settings_problem(wanted)
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type_}: {problem}")
+        settings = {
+            type_: json_format.MessageToDict(wanted) for type_, wanted in request.settings.items()
+        }
         if not os.path.isabs(request.dir):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -191,6 +207,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                     env=dict(request.env),
                     created_at=time.time(),
                     description=f"Deploy of {request.dir}",
+                    settings=settings,
                 )
                 await self._store.add_release(app, release, formation, formation_rev)
             except ConflictError:
@@ -622,6 +639,7 @@ def _release_pb(release: ReleaseRecord) -> pb.Release:
         env=release.env,
         created_at=release.created_at,
         description=release.description,
+        settings={t: settings_from(v) for t, v in release.settings.items()},
     )
 
 

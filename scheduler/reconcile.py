@@ -16,6 +16,7 @@ from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
 from paas.scheduler.plan import AppDesired, NodeView, Placed, Plan, plan
 from paas.scheduler.sessions import Sessions
+from paas.scheduler.settings import settings_from
 from paas.scheduler.store import (
     Assign,
     NotLeaderError,
@@ -145,6 +146,7 @@ class Reconciler:
                     command=release.commands.get(record.name.type, ""),
                     dir=release.dir,
                     env=release.env,
+                    settings=settings_from(release.settings.get(record.name.type, {})),
                 )
             )
         for session in self._sessions.connected():

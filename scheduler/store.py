@@ -87,6 +87,8 @@ class ReleaseRecord:
     env: dict[str, str]
     created_at: float
     description: str = ""
+    # process type -> supervision settings, as ProcessSettings fields (JSON names)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,7 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
         "env": release.env,
         "created_at": release.created_at,
         "description": release.description,
+        "settings": release.settings,
     }
 
 
@@ -417,4 +420,5 @@ def _release_from(data: dict[str, Any]) -> ReleaseRecord:
         env={str(k): str(v) for k, v in data.get("env", {}).items()},
         created_at=float(data["created_at"]),
         description=str(data.get("description", "")),
+        settings={str(k): dict(v) for k, v in data.get("settings", {}).items()},
     )

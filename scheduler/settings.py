@@ -1,0 +1,38 @@
+"""Per process type supervision settings of a release: checked, stored as JSON, sent on.
+
+Pure: the JSON form is ProcessSettings' own (protobuf's JSON mapping), so what
+the CLI sends is what the agent receives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from paas.proto import paas_pb2 as pb
+
+# Generous ceilings: past them a typo is likelier than intent.
+MAX_GRACE = 3600.0
+MAX_BOOT = 3600.0
+MAX_BACKOFF = 86400.0
+
+
+def settings_from(data: dict[str, Any]) -> pb.ProcessSettings:
+    settings = pb.ProcessSettings()
+    json_format.ParseDict(data, settings)
+    return settings
+
+
+def settings_problem(settings: pb.ProcessSettings) -> str | None:
+    """What is wrong with `settings`, or None."""
+    bounds = [
+        ("stop_grace", settings.stop_grace, MAX_GRACE),
+        ("boot_timeout", settings.boot_timeout, MAX_BOOT),
+        ("backoff_cap", settings.backoff_cap, MAX_BACKOFF),
+        ("backoff_reset", settings.backoff_reset, MAX_BACKOFF),
+    ]
+    for name, value, ceiling in bounds:
+        if not 0 <= value <= ceiling:
+            return f"{name} must be between 0 and {ceiling:g} seconds, got {value:g}"
+    return None
