@@ -428,17 +428,32 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         await self._require_app(request.app, context)
         count = request.lines or DEFAULT_LOG_LINES
         history_request = pb.LogsRequest(
-            app=request.app, lines=count, process=request.process, follow=False
+            app=request.app,
+            lines=count,
+            process=request.process,
+            since=request.since,
+            previous=request.previous,
+            after=request.after,
         )
+        # A follower that reconnects says where it had got to; nothing before that again.
+        seen = {(c.node, c.instance): c.seq for c in request.after}
+        started = time.time()
         sessions = self._sessions.connected()
         batches = await asyncio.gather(
             *(self._read_history(session, history_request) for session in sessions)
         )
         lines = [line for batch in batches for line in batch]
-        if request.process in ("", SCHEDULER_INSTANCE):
-            lines.extend(self._events.recent(request.app))
+        if request.process in ("", SCHEDULER_INSTANCE) and not request.previous:
+            lines.extend(
+                line for line in self._events.recent(request.app) if line.timestamp >= request.since
+            )
+        # seq 0 marks notices (drops, unreachable nodes): never skipped.
+        lines = [
+            line
+            for line in lines
+            if line.seq == 0 or line.seq > seen.get((line.node, line.instance), 0)
+        ]
         lines.sort(key=lambda line: line.timestamp)
-        seen: dict[tuple[str, str], int] = {}
         for line in lines[-count:] if lines else []:
             seen[(line.node, line.instance)] = max(
                 seen.get((line.node, line.instance), 0), line.seq
@@ -446,7 +461,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             yield line
         if not request.follow:
             return
-        async for line in self._follow(request, seen):
+        # Live lines are those written since the history was read (seq drops the overlap).
+        async for line in self._follow(request, seen, started):
             yield line
 
     async def _read_history(
@@ -461,7 +477,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             ]
 
     async def _follow(
-        self, request: pb.LogsRequest, seen: dict[tuple[str, str], int]
+        self, request: pb.LogsRequest, seen: dict[tuple[str, str], int], since: float
     ) -> AsyncIterator[pb.LogLine]:
         """Live lines of every node, those that join later included; seq skips what the
         history already gave."""
@@ -479,7 +495,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 dropped += 1
 
         live_request = pb.LogsRequest(
-            app=request.app, lines=_FOLLOW_QUEUE, process=request.process, follow=True
+            app=request.app,
+            lines=_FOLLOW_QUEUE,
+            process=request.process,
+            follow=True,
+            since=max(since, request.since),
         )
 
         async def follow_node(session: AgentSession) -> None:
@@ -487,7 +507,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             try:
                 async for line in stub.ReadLogs(live_request):
                     key = (line.node, line.instance)
-                    if line.seq <= seen.get(key, 0):
+                    if line.seq and line.seq <= seen.get(key, 0):
                         continue
                     seen[key] = line.seq
                     offer(line)
