@@ -35,6 +35,7 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVER_STOP_GRACE = 1.0
+SESSION_LEAVE_TIMEOUT = 3.0
 
 
 def _bound(listen: str, port: int) -> str:
@@ -56,6 +57,7 @@ async def run_agent(config: AgentConfig) -> None:
     logs = LogHub(node=config.name, lines=config.log_buffer_lines)
     supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    session: Session | None = None
     session_task: asyncio.Task[None] | None = None
     handled: list[signal.Signals] = []
     try:
@@ -86,10 +88,14 @@ async def run_agent(config: AgentConfig) -> None:
     finally:
         for signum in handled:
             loop.remove_signal_handler(signum)
-        # Stop the workload while the session still reports it, then the rest.
+        # Stop the workload while the session still reports it, then leave cleanly.
         await supervisor.close()
-        if session_task is not None:
-            session_task.cancel()
+        if session is not None and session_task is not None:
+            session.leave()
+            try:
+                await asyncio.wait_for(asyncio.shield(session_task), SESSION_LEAVE_TIMEOUT)
+            except TimeoutError:
+                session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
         await server.stop(SERVER_STOP_GRACE)

@@ -38,6 +38,8 @@ RETRY_FIRST = 0.2
 RETRY_CAP = 2.0
 # While no scheduler answers, say so at most this often (each failure is DEBUG).
 QUIET_WARNING_EVERY = 30.0
+# On leaving, how long to wait for the scheduler to end the half-closed stream.
+LEAVE_TIMEOUT = 1.0
 
 
 class _Outbox:
@@ -46,6 +48,10 @@ class _Outbox:
     def __init__(self) -> None:
         self._pending: OrderedDict[tuple[str, str], pb.InstanceStatus] = OrderedDict()
         self._ready = asyncio.Event()
+        self.closed = False  # the agent is leaving: send what is pending, then end
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
     def put(self, status: pb.InstanceStatus) -> None:
         key = (status.app, status.name)
@@ -53,9 +59,13 @@ class _Outbox:
         self._pending[key] = status
         self._ready.set()
 
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
     async def get(self, timeout: float) -> pb.InstanceStatus | None:  # noqa: ASYNC109
-        """The next status, or None after `timeout` seconds without one."""
-        if not self._pending:
+        """The next status, or None after `timeout` seconds without one (at once if closed)."""
+        if not self._pending and not self.closed:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), max(0.0, timeout))
@@ -95,25 +105,36 @@ class Session:
         self._outbox: _Outbox | None = None
         self._quiet_since: float | None = None
         self._last_warning = 0.0
+        self._leaving = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self.scheduler is not None
 
     async def run(self) -> None:
-        """Connect, serve the stream, reconnect; forever, until cancelled."""
+        """Connect, serve the stream, reconnect; until `leave()` (or cancellation)."""
         self.supervisor.add_listener(self._on_status)
         try:
             await self._loop()
         finally:
             self.supervisor.remove_listener(self._on_status)
 
+    def leave(self) -> None:
+        """End the session cleanly: send the statuses still pending, half-close, return.
+
+        `run()` returns once the scheduler has ended the stream (or at once when
+        there is no session); the caller bounds the wait.
+        """
+        self._leaving.set()
+        if self._outbox is not None:
+            self._outbox.close()
+
     async def _loop(self) -> None:
         join = list(self.config.join)
         index = 0
         delay = RETRY_FIRST
         redirect: str | None = None
-        while True:
+        while not self._leaving.is_set():
             followed = redirect is not None
             if redirect is not None:
                 address, redirect = redirect, None
@@ -133,6 +154,10 @@ class Session:
                 error = exc
             finally:
                 opened, self.scheduler, self._outbox = self.scheduler, None, None
+            if self._leaving.is_set():
+                if opened:
+                    log.info("session with scheduler %s closed", opened)
+                return
             if opened:
                 log.warning(
                     "session with scheduler %s ended (%s); reconnecting, the workload keeps "
@@ -146,7 +171,8 @@ class Session:
                 self._complain(address, error)
             if redirect is not None and not followed:
                 continue  # straight to the leader
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leaving.wait(), delay)
             delay = min(RETRY_CAP, delay * 2)
 
     def _complain(self, address: str, error: BaseException) -> None:
@@ -171,14 +197,17 @@ class Session:
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()
             outbox = self._outbox = _Outbox()
+            if self._leaving.is_set():
+                outbox.close()
             self.supervisor.new_session()
             reader = asyncio.create_task(self._read(call, address))
             writer = asyncio.create_task(self._write(call, address, outbox))
             try:
                 done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
                 if reader not in done:
-                    # A failed write: the read side has the status the scheduler gave.
-                    await asyncio.wait({reader}, timeout=1.0)
+                    # Half-closed on leaving: the scheduler ends the stream. A failed
+                    # write: the read side has the status the scheduler gave.
+                    await asyncio.wait({reader}, timeout=LEAVE_TIMEOUT)
             finally:
                 for task in (reader, writer):
                     task.cancel()
@@ -212,6 +241,9 @@ class Session:
             if status is not None:
                 await call.write(pb.AgentMessage(status=status))
                 continue
+            if outbox.closed:
+                await call.done_writing()
+                return
             await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
             next_beat = loop.time() + interval
             # A refusing follower would have ended the call by now.

@@ -210,6 +210,7 @@ class Instance:
         base_env: dict[str, str],
         reaper: Reaper | None,
         report: Callable[[Instance], None],
+        spawn_lock: asyncio.Lock | None = None,
     ) -> None:
         self.assignment = assignment
         self.app = assignment.app
@@ -243,6 +244,7 @@ class Instance:
         self._base_env = base_env
         self._reaper = reaper
         self._report = report
+        self._spawn_lock = spawn_lock or asyncio.Lock()
         self._backoff = Backoff(
             config.restart_base,
             settings.backoff_cap or config.restart_cap,
@@ -339,18 +341,21 @@ class Instance:
             return 0.0
         self._line(f"Starting process with command `{self.assignment.command}`")
         try:
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _ChildProtocol(PIPE_LIMIT, loop),
-                "/bin/sh",
-                "-c",
-                self.assignment.command,
-                cwd=self.assignment.dir or None,
-                env=self._env(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            # The fork runs on the loop's thread: one at a time, so that a burst of
+            # starts lets the loop turn between forks instead of stalling for all.
+            async with self._spawn_lock:
+                transport, protocol = await loop.subprocess_exec(
+                    lambda: _ChildProtocol(PIPE_LIMIT, loop),
+                    "/bin/sh",
+                    "-c",
+                    self.assignment.command,
+                    cwd=self.assignment.dir or None,
+                    env=self._env(),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                )
         except OSError as exc:
             self._crash(f"cannot start: {exc}")
             self.buffer.end_run()
@@ -453,9 +458,14 @@ class Instance:
                     return False
                 await asyncio.sleep(HEALTH_INTERVAL)
                 continue
+            local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+            if local == peer:
+                # A TCP self-connect (port in the ephemeral range, nobody listening).
+                await asyncio.sleep(HEALTH_INTERVAL)
+                continue
             return True
 
     async def _terminate(self, exited: asyncio.Future[None], pgid: int) -> None:
@@ -565,6 +575,7 @@ class Supervisor:
         self._listeners: list[Callable[[pb.InstanceStatus], None]] = []
         self._base_env = dict(os.environ)
         self._sampler: asyncio.Task[None] | None = None
+        self._spawn_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ observing
 
@@ -689,6 +700,7 @@ class Supervisor:
                         base_env=self._base_env,
                         reaper=self.reaper,
                         report=self._report,
+                        spawn_lock=self._spawn_lock,
                     )
                     current.start()
                 await slot.wake.wait()
