@@ -42,6 +42,7 @@ import psutil
 log = logging.getLogger(__name__)
 
 READY = b"ready\n"
+FAILED = "error "
 BYE = "bye"
 STATE_FILE = "pgids"
 LOCK_FILE = "lock"
@@ -142,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _lock(state_dir)  # held until this process exits
     except ReaperError as exc:
-        print(f"paas-reaper: {exc}", file=sys.stderr)
+        # Instead of "ready", the reason, for the agent to report.
+        with contextlib.suppress(BrokenPipeError):
+            os.write(sys.stdout.fileno(), f"{FAILED}{exc}\n".encode())
         return 3
     if args.keep:
         # The groups listed are the live agent's own: watch them (it sends them again).
@@ -267,6 +270,9 @@ class Reaper:
             if process.returncode is None:
                 process.kill()
             code = await process.wait()
+            reason = ready.decode(errors="replace").strip()
+            if reason.startswith(FAILED):
+                raise ReaperError(reason.removeprefix(FAILED))
             raise ReaperError(
                 f"the reaper sidecar did not start (exit status {code}); see its message above"
             )

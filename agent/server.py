@@ -24,7 +24,7 @@ import grpc
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
 from paas.agent.ports import PortPool
-from paas.agent.reaper import Reaper
+from paas.agent.reaper import Reaper, ReaperError
 from paas.agent.servicer import AgentService
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor, install_child_watcher
@@ -35,6 +35,11 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVER_STOP_GRACE = 1.0
+
+
+class AgentError(RuntimeError):
+    """The agent cannot start; the message says why and what to do (one line)."""
+
 SESSION_LEAVE_TIMEOUT = 3.0
 
 
@@ -47,13 +52,19 @@ def _bound(listen: str, port: int) -> str:
 async def run_agent(config: AgentConfig) -> None:
     """Run the agent until cancelled or SIGTERM/SIGINT; then stop every instance and return.
 
+    A second SIGTERM/SIGINT during that graceful stop ends the agent at once (the
+    signal's default action); its reaper then SIGKILLs whatever is left.
     `config.listen` may have port 0 (any free port); hello then names the bound one.
+    Raises AgentError if it cannot start (state directory or address in use).
     """
     install_child_watcher()
     loop = asyncio.get_running_loop()
 
     reaper = Reaper(config.state_dir / config.name)
-    await reaper.start()
+    try:
+        await reaper.start()
+    except ReaperError as exc:
+        raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines)
     supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
     server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -64,10 +75,13 @@ async def run_agent(config: AgentConfig) -> None:
         pb_grpc.add_AgentServicer_to_server(AgentService(logs), server)
         try:
             port = server.add_insecure_port(config.listen)
-        except RuntimeError as exc:
-            raise RuntimeError(f"the agent cannot listen on {config.listen}: {exc}") from None
+        except RuntimeError:
+            port = 0
         if not port:
-            raise RuntimeError(f"the agent cannot listen on {config.listen}: the address is in use")
+            raise AgentError(
+                f"the agent cannot listen on {config.listen}: the address is in use or not "
+                "this host's; choose another --listen"
+            )
         await server.start()
         bound = _bound(config.listen, port)
         warning = unauthenticated_warning("the agent", bound)

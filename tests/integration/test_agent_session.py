@@ -23,7 +23,7 @@ from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
 from paas.agent.ports import PortPool, can_bind
 from paas.agent.reaper import Reaper
-from paas.agent.server import run_agent
+from paas.agent.server import AgentError, run_agent
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor, group_alive, install_child_watcher
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
@@ -489,3 +489,46 @@ async def test_read_logs_serves_the_previous_run_lines_since_a_time_and_after_a_
         agent.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await agent
+
+
+async def test_a_second_sigterm_ends_the_agent_at_once_and_the_reaper_ends_the_rest(
+    servers: Servers, tmp_path: Path, no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    low, high = free_range()
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "agent",
+        "--join", address, "--name", "node-9", "--listen", f"127.0.0.1:{free_port()}",
+        "--ports", f"{low}-{high}", "--state-dir", str(tmp_path / "state"),
+        "--stop-grace", "600",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(scheduler.hello, "hello", timeout=30)
+        scheduler.push(worker("worker.1", "trap '' TERM; sleep 1000 & wait"), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        pids = [up.pid, *(p.pid for p in psutil.Process(up.pid).children(recursive=True))]
+
+        agent.send_signal(signal.SIGTERM)  # a graceful stop that would take 600 s
+        await eventually(lambda: scheduler.reported("worker.1", pb.STOPPING), "stopping")
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == -signal.SIGTERM
+        await eventually(lambda: not live(pids), "the reaper to end the rest")
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+
+
+async def test_an_agent_that_cannot_listen_says_so(
+    config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = config_for("127.0.0.1:1", listen=f"127.0.0.1:{port}")
+        with pytest.raises(AgentError, match=f"cannot listen on 127.0.0.1:{port}"):
+            await asyncio.wait_for(run_agent(config), 30)

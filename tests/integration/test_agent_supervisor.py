@@ -22,7 +22,13 @@ import pytest
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.ports import PortPool, can_bind
-from paas.agent.reaper import STATE_FILE, Reaper, leader_create_time, read_state
+from paas.agent.reaper import (
+    STATE_FILE,
+    Reaper,
+    ReaperError,
+    leader_create_time,
+    read_state,
+)
 from paas.agent.supervisor import State, Supervisor, group_alive, install_child_watcher
 from paas.proto import paas_pb2 as pb
 
@@ -680,7 +686,7 @@ async def test_two_agents_cannot_share_a_state_directory(tmp_path: Path) -> None
     await first.start()
     try:
         started = time.monotonic()
-        with pytest.raises(Exception, match="did not start"):
+        with pytest.raises(ReaperError, match="is in use by another agent: give each agent"):
             await Reaper(tmp_path / "node-1").start()
         assert time.monotonic() - started < 30
     finally:
