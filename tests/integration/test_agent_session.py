@@ -245,7 +245,8 @@ async def no_leftovers() -> AsyncIterator[set[int]]:
             for pgid in pgids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pgid, signal.SIGKILL)
-            asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
+            if sys.version_info < (3, 12):  # asyncio's default watcher again for later tests
+                asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
 
 
 async def read_logs(address: str, **request: Any) -> list[pb.LogLine]:

@@ -58,8 +58,9 @@ async def eventually(
 
 
 def forget_child_watcher() -> None:
-    """Let later tests (other loops) get asyncio's default watcher again."""
-    asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
+    """Let later tests (other loops) get asyncio's default watcher again (Python 3.11)."""
+    if sys.version_info < (3, 12):
+        asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
 
 
 def live(pids: list[int]) -> list[int]:
