@@ -35,7 +35,9 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.2
-RETRY_CAP = 2.0
+# Well under any node grace: after a change of leader, every node must be back within
+# its fresh grace period, or its work would be moved for nothing.
+RETRY_CAP = 1.0
 # While no scheduler answers, say so at most this often (each failure is DEBUG).
 QUIET_WARNING_EVERY = 30.0
 # On leaving, how long to wait for the scheduler to end the half-closed stream.

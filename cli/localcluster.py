@@ -116,10 +116,19 @@ class LocalCluster:
         *,
         port_base: int = DEFAULT_PORT_BASE,
         ready_timeout: float = READY_TIMEOUT,
+        schedulers: int = 1,
+        leader_ttl: int = 5,
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
+        if not 1 <= schedulers <= 5:
+            raise ValueError(f"schedulers must be from 1 to 5, got {schedulers}")
         self.agents = agents
+        self.schedulers = schedulers
+        self.leader_ttl = leader_ttl
+        # Every replica, as agents' --join and PAAS_SCHEDULER take them; the first leads
+        # at start.
+        self.scheduler_addresses: list[str] = []
         self.node_grace = node_grace
         self.stop_grace = stop_grace
         self.port_base = port_base
@@ -132,7 +141,7 @@ class LocalCluster:
         self._given_log_to = Path(log_to).expanduser().resolve() if log_to else None
         self._temp_dir: Path | None = None
         self._etcd: _Part | None = None
-        self._scheduler: _Part | None = None
+        self._replicas: list[_Part] = []
         self._agents: dict[str, _Part] = {}
         self._started = False
         self._stopping = False
@@ -165,6 +174,24 @@ class LocalCluster:
         if process is None:
             raise RuntimeError(f"agent {name} has not been started")
         return process
+
+    @property
+    def _scheduler(self) -> _Part | None:
+        return self._replicas[0] if self._replicas else None
+
+    def scheduler_process(self, index: int = 0) -> asyncio.subprocess.Process:
+        """The process of replica `index` (0 = the first, which leads at start)."""
+        process = self._replicas[index].process
+        if process is None:
+            raise RuntimeError(f"scheduler replica {index} has not been started")
+        return process
+
+    async def restart_scheduler(self, index: int) -> None:
+        """Start a stopped or killed replica again with the same settings."""
+        part = self._replicas[index]
+        if part.process is not None and part.process.returncode is None:
+            raise RuntimeError(f"scheduler replica {index} is still running; kill it first")
+        await self._spawn(part)
 
     def agent_address(self, name: str) -> str:
         return self._agent(name).address
@@ -270,29 +297,35 @@ class LocalCluster:
         return b'"health":"true"' in answer
 
     async def _start_scheduler(self) -> None:
-        port = self._scheduler_port or free_port()
-        self.scheduler_address = f"127.0.0.1:{port}"
-        argv = [
-            sys.executable, "-m", "paas", "scheduler",
-            "--etcd", self.etcd_endpoint,
-            "--listen", self.scheduler_address,
-            "--node-grace", f"{self.node_grace:g}",
-        ]  # fmt: skip
-        self._scheduler = _Part(
-            "scheduler", argv, self.log_path("scheduler"), address=self.scheduler_address
-        )
-        await self._spawn(self._scheduler)
+        ports = [self._scheduler_port or free_port()]
+        ports += [free_port() for _ in range(self.schedulers - 1)]
+        self.scheduler_addresses = [f"127.0.0.1:{port}" for port in ports]
+        self.scheduler_address = ",".join(self.scheduler_addresses)
+        for index, address in enumerate(self.scheduler_addresses):
+            name = "scheduler" if index == 0 else f"scheduler-{index + 1}"
+            argv = [
+                sys.executable, "-m", "paas", "scheduler",
+                "--etcd", self.etcd_endpoint,
+                "--listen", address,
+                "--node-grace", f"{self.node_grace:g}",
+                "--leader-ttl", f"{self.leader_ttl}",
+            ]  # fmt: skip
+            part = _Part(name, argv, self.log_path(name), address=address)
+            self._replicas.append(part)
+            await self._spawn(part)
+            if index > 0:
+                continue
+            # The first replica answers before the others start, so it is the leader.
+            async with self._client() as client:
 
-        async with self._client() as client:
+                async def answers() -> bool:
+                    try:
+                        await client.list_nodes()
+                    except SchedulerError:
+                        return False
+                    return True
 
-            async def answers() -> bool:
-                try:
-                    await client.list_nodes()
-                except SchedulerError:
-                    return False
-                return True
-
-            await self._poll(self._scheduler, answers, "did not answer `paas nodes`")
+                await self._poll(part, answers, "did not answer `paas nodes`")
 
     def _agent_part(self, index: int, name: str) -> _Part:
         host = f"127.0.0.{index + 1}"
@@ -300,7 +333,7 @@ class LocalCluster:
         low = self.port_base + (index - 1) * PORTS_PER_AGENT
         argv = [
             sys.executable, "-m", "paas", "agent",
-            "--join", self.scheduler_address,
+            "--join", ",".join(self.scheduler_addresses),
             "--name", name,
             "--listen", address,
             "--ports", f"{low}-{low + PORTS_PER_AGENT - 1}",
@@ -342,10 +375,9 @@ class LocalCluster:
 
             deadline = time.monotonic() + self.ready_timeout
             while not await all_ready():
-                assert self._scheduler is not None
-                if not self._scheduler.running:
+                if not any(part.running for part in self._replicas):
                     raise ClusterError(
-                        "scheduler", "exited while agents were joining", self._scheduler.log_path
+                        "scheduler", "exited while agents were joining", self._replicas[0].log_path
                     )
                 if time.monotonic() > deadline:
                     first = self._agents[pending[0]]
@@ -358,7 +390,7 @@ class LocalCluster:
 
     def _client(self) -> SchedulerClient:
         return SchedulerClient(
-            [self.scheduler_address], timeout=2.0, retry_for=0.0, options=_FAST_RECONNECT
+            self.scheduler_addresses, timeout=2.0, retry_for=0.0, options=_FAST_RECONNECT
         )
 
     async def _poll(self, part: _Part, ready: Callable[[], Awaitable[bool]], problem: str) -> None:
@@ -424,8 +456,7 @@ class LocalCluster:
         )
         for part in agents:
             self._kill_leftovers(part)
-        if self._scheduler is not None:
-            await self._terminate(self._scheduler, TERMINATE_TIMEOUT)
+        await asyncio.gather(*(self._terminate(part, TERMINATE_TIMEOUT) for part in self._replicas))
         if self._etcd is not None:
             await self._terminate(self._etcd, TERMINATE_TIMEOUT)
         if self._temp_dir is not None:
@@ -459,7 +490,8 @@ class LocalCluster:
 
     def _parts(self) -> list[_Part]:
         parts = list(self._agents.values())
-        parts += [part for part in (self._scheduler, self._etcd) if part is not None]
+        parts += self._replicas
+        parts += [self._etcd] if self._etcd is not None else []
         return parts
 
     async def _terminate(self, part: _Part, patience: float) -> None:

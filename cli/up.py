@@ -155,7 +155,7 @@ async def _deploy_and_follow(
     cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
 ) -> None:
     app, source, changes = deploy
-    async with SchedulerClient([cluster.scheduler_address]) as client:
+    async with SchedulerClient(cluster.scheduler_addresses) as client:
         try:
             await client.create_app(app)
             render.info(f"paas: created app {app}")
