@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
@@ -83,3 +84,81 @@ async def test_killing_the_leader_restarts_nothing_and_the_follower_takes_over(
 
     nodes = json.loads((await paas(replicated, "nodes", "--json")).stdout)
     assert [n["state"] for n in nodes] == ["ready"] * 3, "no node was declared lost"
+
+
+async def deploy(cluster: LocalCluster, tmp_path: Path, *formation: str) -> None:
+    (tmp_path / "app").mkdir(exist_ok=True)
+    (tmp_path / "app" / "Procfile").write_text(PROCFILE)
+    assert (await paas(cluster, "apps", "create", "shop")).returncode == 0
+    assert (await paas(cluster, "deploy", str(tmp_path / "app"), app="shop")).returncode == 0
+    assert (await paas(cluster, "scale", *formation, app="shop")).returncode == 0
+
+
+async def test_a_paused_leader_that_wakes_up_cannot_write(
+    replicated: LocalCluster, tmp_path: Path
+) -> None:
+    await deploy(replicated, tmp_path, "web=1", "worker=2")
+    await all_up(replicated, 3)
+    old_leader = replicated.scheduler_process(0)
+    old_leader.send_signal(signal.SIGSTOP)
+    try:
+        # Only the second replica can answer now.
+        follower = replicated.scheduler_addresses[1]
+
+        async def scaled() -> bool:
+            result = await paas(follower, "scale", "worker=1", app="shop", timeout=20)
+            return result.returncode == 0
+
+        await wait_for(scaled, timeout=30, what="the second replica to lead and scale")
+    finally:
+        old_leader.send_signal(signal.SIGCONT)
+    survivors = await all_up(replicated, 2)
+    assert sorted(r["name"] for r in survivors) == ["web.1", "worker.1"]
+
+    # The woken replica must have stepped down: a scale through it is redirected or
+    # refused, and the formation stays what the new leader wrote.
+    async def settled() -> bool:
+        rows = await ps(replicated)
+        return sorted(r["name"] for r in rows) == ["web.1", "worker.1"] and all(
+            r["state"] == "up" for r in rows
+        )
+
+    await wait_for(settled, timeout=30, what="the formation to stay web=1 worker=1")
+    log = replicated.log_path("scheduler").read_text()
+    assert "leadership lost" in log or "lost leadership" in log
+
+
+async def test_an_agent_paused_past_its_grace_runs_nothing_twice_when_it_wakes(
+    replicated: LocalCluster, tmp_path: Path
+) -> None:
+    await deploy(replicated, tmp_path, "web=0", "worker=3")
+    rows = await all_up(replicated, 3)
+    victim = rows[0]["node"]
+    paused = replicated.agent_process(victim)
+    paused.send_signal(signal.SIGSTOP)
+    try:
+
+        async def moved() -> bool:
+            current = await ps(replicated)
+            return len(current) == 3 and all(
+                r["node"] != victim and r["state"] == "up" for r in current
+            )
+
+        await wait_for(moved, timeout=60, what="the paused node's work to move")
+    finally:
+        paused.send_signal(signal.SIGCONT)
+
+    # Awake again, the agent learns its desired set is empty and stops its copy.
+
+    def no_duplicates() -> bool:
+        names = []
+        for proc in psutil.process_iter(["environ"]):
+            try:
+                env = proc.info["environ"] or {}
+            except psutil.Error:
+                continue
+            if env.get("PAAS_APP") == "shop" and proc.name() == "sleep":
+                names.append(env.get("PAAS_INSTANCE"))
+        return sorted(names) == ["worker.1", "worker.2", "worker.3"]
+
+    await wait_for(no_duplicates, timeout=60, what="one live process per instance name")
