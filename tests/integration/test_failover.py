@@ -151,14 +151,14 @@ async def test_an_agent_paused_past_its_grace_runs_nothing_twice_when_it_wakes(
     # Awake again, the agent learns its desired set is empty and stops its copy.
 
     def no_duplicates() -> bool:
-        names = []
+        names: list[str] = []
         for proc in psutil.process_iter(["environ"]):
             try:
                 env = proc.info["environ"] or {}
             except psutil.Error:
                 continue
             if env.get("PAAS_APP") == "shop" and proc.name() == "sleep":
-                names.append(env.get("PAAS_INSTANCE"))
+                names.append(str(env.get("PAAS_INSTANCE")))
         return sorted(names) == ["worker.1", "worker.2", "worker.3"]
 
     await wait_for(no_duplicates, timeout=60, what="one live process per instance name")
