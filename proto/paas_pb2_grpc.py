@@ -74,6 +74,11 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.StopRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.StopResponse.FromString,
                 _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/paas.v1.Scheduler/Drain',
+                request_serializer=paas_dot_proto_dot_paas__pb2.DrainRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Node.FromString,
+                _registered_method=True)
         self.Logs = channel.unary_stream(
                 '/paas.v1.Scheduler/Logs',
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
@@ -137,6 +142,12 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Logs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -193,6 +204,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.StopRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.StopResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.DrainRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Node.SerializeToString,
             ),
             'Logs': grpc.unary_stream_rpc_method_handler(
                     servicer.Logs,
@@ -421,6 +437,33 @@ class Scheduler:
             '/paas.v1.Scheduler/Stop',
             paas_dot_proto_dot_paas__pb2.StopRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.StopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Drain',
+            paas_dot_proto_dot_paas__pb2.DrainRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Node.FromString,
             options,
             channel_credentials,
             insecure,

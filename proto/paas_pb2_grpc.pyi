@@ -45,6 +45,7 @@ class SchedulerStub:
     ListNodes: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]
     Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
     Stop: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]
+    Drain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]
     Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]
     Session: _grpc.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]
     """Agents only: hello first, then heartbeats and status changes; the
@@ -62,6 +63,7 @@ class SchedulerAsyncStub(SchedulerStub):
     ListNodes: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]  # type: ignore[assignment]
     Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
     Stop: _aio.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]  # type: ignore[assignment]
+    Drain: _aio.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]  # type: ignore[assignment]
     Session: _aio.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]  # type: ignore[assignment]
     """Agents only: hello first, then heartbeats and status changes; the
@@ -124,6 +126,13 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.StopRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.StopResponse, _abc.Awaitable[_paas_pb2.StopResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Drain(
+        self,
+        request: _paas_pb2.DrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Node, _abc.Awaitable[_paas_pb2.Node]]: ...
 
     @_abc_1.abstractmethod
     def Logs(

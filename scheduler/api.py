@@ -9,6 +9,7 @@ metadata, which the CLI and the agents follow. Requests are validated here
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -419,6 +420,33 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             )
         return pb.ListNodesResponse(nodes=result)
 
+    async def Drain(
+        self, request: pb.DrainRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.Node:
+        await self._require_leader(context)
+        try:
+            nodes = await self._store.nodes()
+            node = nodes.get(request.node)
+            if node is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"unknown node {request.node!r} (`paas nodes` lists them)",
+                )
+            if node.draining != request.drain:
+                node = dataclasses.replace(node, draining=request.drain)
+                await self._store.put_node(node)
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        self._reconciler.kick()
+        log.info("node %s %s", node.name, "draining" if node.draining else "undrained")
+        return pb.Node(
+            name=node.name,
+            address=node.address,
+            state="draining" if node.draining else "ready",
+            capacity=node.capacity,
+            labels=node.labels,
+        )
+
     # ------------------------------------------------------------ logs
 
     async def Logs(
@@ -621,6 +649,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                     # Reports feed `paas ps`; placement does not read them, so no kick.
                     session.report(message.status)
                     self._sessions.notify_report()
+                    self._reconciler.on_report()
                 else:
                     session.heartbeat()
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):

@@ -19,6 +19,7 @@ from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from
 from paas.scheduler.store import (
     Assign,
+    InstanceRecord,
     NotLeaderError,
     ReleaseRecord,
     Store,
@@ -40,6 +41,9 @@ class Reconciler:
         self._dirty = asyncio.Event()
         self._releases: dict[tuple[str, int], ReleaseRecord] = {}
         self.world: World | None = None  # as of the last pass, for the API
+        # Instances moving off a draining node: (app, name) -> the old node and the
+        # assignment it keeps running until the new copy is up elsewhere.
+        self._handoffs: dict[tuple[str, str], tuple[str, pb.Assignment]] = {}
 
     def kick(self) -> None:
         """Say: look again."""
@@ -109,6 +113,7 @@ class Reconciler:
         result = plan(desired, nodes, placed)
         if not result.empty:
             self._announce(result, world)
+            self._hand_off(result, world)
             await self._store.apply(
                 [Assign(p.app, p.name, p.node, p.release) for p in result.place]
                 + [Unassign(app, name) for app, name in result.stop]
@@ -129,25 +134,68 @@ class Reconciler:
         for (app, type_), count in sorted(result.unplaced.items()):
             self._events.add(app, f"No room for {count} {type_} instance(s): every node is full")
 
+    def _hand_off(self, result: Plan, world: World) -> None:
+        """Remember instances that leave a draining node that still runs them: it keeps
+        them until their new copies are up (new before old, as a drain promises)."""
+        draining = {name for name, node in world.nodes.items() if node.draining}
+        current = {(i.app, str(i.name)): i for i in world.instances}
+        for placed in result.place:
+            before = current.get((placed.app, str(placed.name)))
+            if before is None or before.node == placed.node or before.node not in draining:
+                continue
+            if self._sessions.get(before.node) is None:
+                continue
+            assignment = _assignment(before, world)
+            if assignment is not None:
+                self._handoffs[(placed.app, str(placed.name))] = (before.node, assignment)
+
     def _push(self, world: World) -> None:
         """Send every connected agent its whole desired set."""
         by_node: dict[str, list[pb.Assignment]] = defaultdict(list)
+        records = {(r.app, str(r.name)): r for r in world.instances}
         for record in sorted(world.instances, key=lambda i: (i.app, i.name)):
-            release = world.releases.get(record.app)
-            if release is None or release.version != record.release:
-                continue  # its release is being replaced; the next pass sends the new one
-            by_node[record.node].append(
-                pb.Assignment(
-                    app=record.app,
-                    name=str(record.name),
-                    type=record.name.type,
-                    incarnation=record.incarnation,
-                    release=record.release,
-                    command=release.commands.get(record.name.type, ""),
-                    dir=release.dir,
-                    env=release.env,
-                    settings=settings_from(release.settings.get(record.name.type, {})),
+            assignment = _assignment(record, world)
+            if assignment is not None:
+                by_node[record.node].append(assignment)
+        for key, (old_node, old) in list(self._handoffs.items()):
+            moved = records.get(key)
+            session = self._sessions.get(moved.node) if moved else None
+            report = session.reports.get(key) if session else None
+            done = (
+                moved is None
+                or self._sessions.get(old_node) is None
+                or (
+                    report is not None
+                    and moved is not None
+                    and report.incarnation == moved.incarnation
+                    and report.state == pb.UP
                 )
             )
+            if done:
+                del self._handoffs[key]
+            else:
+                by_node[old_node].append(old)
         for session in self._sessions.connected():
             session.push(by_node.get(session.name, []))
+
+    def on_report(self) -> None:
+        """An agent reported: a drain waiting for a new copy to be up may go on."""
+        if self._handoffs and self.world is not None:
+            self._push(self.world)
+
+
+def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:
+    release = world.releases.get(record.app)
+    if release is None or release.version != record.release:
+        return None  # its release is being replaced; the next pass sends the new one
+    return pb.Assignment(
+        app=record.app,
+        name=str(record.name),
+        type=record.name.type,
+        incarnation=record.incarnation,
+        release=record.release,
+        command=release.commands.get(record.name.type, ""),
+        dir=release.dir,
+        env=release.env,
+        settings=settings_from(release.settings.get(record.name.type, {})),
+    )

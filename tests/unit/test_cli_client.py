@@ -80,6 +80,10 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await self._gate(context)
         return pb.StopResponse()
 
+    async def Drain(self, request: pb.DrainRequest, context: Context) -> pb.Node:
+        await self._gate(context)
+        return pb.Node(name=request.node, state="draining" if request.drain else "ready")
+
     async def Logs(  # type: ignore[override]
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
