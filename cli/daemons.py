@@ -63,7 +63,12 @@ def run_agent(args: argparse.Namespace) -> int:
         **optional,
     )
     _configure_logging(args.log_level)
-    return _serve(serve(config))
+    from paas.agent.server import AgentError
+
+    try:
+        return _serve(serve(config))
+    except AgentError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _configure_logging(level: str) -> None:
