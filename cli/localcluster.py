@@ -193,6 +193,22 @@ class LocalCluster:
             raise RuntimeError(f"scheduler replica {index} is still running; kill it first")
         await self._spawn(part)
 
+    def etcd_process(self) -> asyncio.subprocess.Process:
+        if self._etcd is None or self._etcd.process is None:
+            raise RuntimeError("etcd has not been started")
+        return self._etcd.process
+
+    async def restart_etcd(self) -> None:
+        """Start a stopped or killed etcd again on the same ports and data; return once
+        it is healthy."""
+        part = self._etcd
+        if part is None:
+            raise RuntimeError("etcd has not been started")
+        if part.process is not None and part.process.returncode is None:
+            raise RuntimeError("etcd is still running; kill it first")
+        await self._spawn(part)
+        await self._poll(part, self._etcd_healthy, "did not become healthy")
+
     def agent_address(self, name: str) -> str:
         return self._agent(name).address
 

@@ -162,3 +162,30 @@ async def test_an_agent_paused_past_its_grace_runs_nothing_twice_when_it_wakes(
         return sorted(names) == ["worker.1", "worker.2", "worker.3"]
 
     await wait_for(no_duplicates, timeout=60, what="one live process per instance name")
+
+
+async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    await deploy(cluster, tmp_path, "web=1", "worker=2")
+    before = {r["name"]: r["pid"] for r in await all_up(cluster, 3)}
+    processes = [psutil.Process(pid) for pid in before.values()]
+
+    etcd = cluster.etcd_process()
+    etcd.send_signal(signal.SIGKILL)
+    await etcd.wait()
+
+    # While etcd is down the API refuses with a clear error, and nothing stops.
+    refused = await paas(cluster, "scale", "worker=3", app="shop", timeout=30)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.splitlines()) == 1
+    assert all(p.is_running() for p in processes)
+
+    await cluster.restart_etcd()
+
+    async def scaled() -> bool:
+        return (await paas(cluster, "scale", "worker=3", app="shop", timeout=20)).returncode == 0
+
+    await wait_for(scaled, timeout=60, what="the API to work again after etcd restarted")
+    after = await all_up(cluster, 4)
+    assert {r["name"]: r["pid"] for r in after if r["name"] in before} == before
