@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from paas.agent.config import AgentConfig
+from paas.agent.fencing import Fence
 from paas.agent.supervisor import Supervisor
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
@@ -108,6 +109,7 @@ class Session:
         self._quiet_since: float | None = None
         self._last_warning = 0.0
         self._leaving = asyncio.Event()
+        self._fence = Fence(supervisor.apply)
 
     @property
     def connected(self) -> bool:
@@ -168,6 +170,7 @@ class Session:
                     _describe(error) if error else "closed by the scheduler",
                 )
                 self._quiet_since = time.monotonic()
+                self._fence.disconnected()
                 delay = RETRY_FIRST
             elif error is not None and redirect is None:
                 self._complain(address, error)
@@ -229,6 +232,7 @@ class Session:
                 return
             self._opened(address)
             if message.WhichOneof("kind") == "desired":
+                self._fence.desired(message.desired)
                 self.supervisor.apply(message.desired)
 
     async def _write(self, call: Any, address: str, outbox: _Outbox) -> None:
@@ -255,6 +259,7 @@ class Session:
         if self.scheduler is None:
             self.scheduler = address
             log.info("session open with scheduler %s", address)
+            self._fence.connected()
             self._quiet_since = None
             self._last_warning = 0.0
 

@@ -1052,6 +1052,7 @@ class ProcessSettings(_message.Message):
     CHECK_FIELD_NUMBER: _builtins.int
     BACKOFF_CAP_FIELD_NUMBER: _builtins.int
     BACKOFF_RESET_FIELD_NUMBER: _builtins.int
+    STOP_AFTER_DISCONNECTED_FIELD_NUMBER: _builtins.int
     stop_grace: _builtins.float
     """SIGTERM -> SIGKILL, seconds"""
     boot_timeout: _builtins.float
@@ -1061,6 +1062,11 @@ class ProcessSettings(_message.Message):
     """seconds"""
     backoff_reset: _builtins.float
     """seconds up after which the backoff starts over"""
+    stop_after_disconnected: _builtins.float
+    """Seconds an agent cut off from the scheduler keeps running this type before it
+    stops it; 0 = keep running (the default: an outage never stops the workload).
+    For types that must never run twice, such as a clock singleton.
+    """
     def __init__(
         self,
         *,
@@ -1069,10 +1075,11 @@ class ProcessSettings(_message.Message):
         check: Global___ProcessSettings.Check.ValueType = ...,
         backoff_cap: _builtins.float = ...,
         backoff_reset: _builtins.float = ...,
+        stop_after_disconnected: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "stop_grace", b"stop_grace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "stop_after_disconnected", b"stop_after_disconnected", "stop_grace", b"stop_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -181,7 +181,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 f"(Procfile has: {', '.join(sorted(commands))})",
             )
         for type_, wanted in request.settings.items():
-            problem = settings_problem(wanted)
+            problem = settings_problem(wanted, self._sessions.grace)
             if problem:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type_}: {problem}")
         settings = {

@@ -89,6 +89,10 @@ class Sessions:
         self._listeners: set[asyncio.Queue[AgentSession]] = set()
         self._reported = asyncio.Event()
 
+    @property
+    def grace(self) -> float:
+        return self._grace
+
     def reset(self) -> None:
         """A new term as leader: every node absent now gets a full grace period."""
         self._fresh_since = time.monotonic()

@@ -24,15 +24,22 @@ def settings_from(data: dict[str, Any]) -> pb.ProcessSettings:
     return settings
 
 
-def settings_problem(settings: pb.ProcessSettings) -> str | None:
+def settings_problem(settings: pb.ProcessSettings, node_grace: float) -> str | None:
     """What is wrong with `settings`, or None."""
     bounds = [
         ("stop_grace", settings.stop_grace, MAX_GRACE),
         ("boot_timeout", settings.boot_timeout, MAX_BOOT),
         ("backoff_cap", settings.backoff_cap, MAX_BACKOFF),
         ("backoff_reset", settings.backoff_reset, MAX_BACKOFF),
+        ("stop_after_disconnected", settings.stop_after_disconnected, MAX_BACKOFF),
     ]
     for name, value, ceiling in bounds:
         if not 0 <= value <= ceiling:
             return f"{name} must be between 0 and {ceiling:g} seconds, got {value:g}"
+    if settings.stop_after_disconnected >= node_grace:
+        # Only a limit below the grace stops the old copy before the new one starts.
+        return (
+            f"stop_after_disconnected must be below the node grace ({node_grace:g}s) to "
+            f"guarantee at most one copy, got {settings.stop_after_disconnected:g}"
+        )
     return None

@@ -12,7 +12,10 @@ from typing import Any
 import psutil
 import pytest
 
+from paas.cli.client import SchedulerClient
 from paas.cli.localcluster import LocalCluster
+from paas.common.formation import parse_changes
+from paas.proto import paas_pb2 as pb
 from tests.helpers import paas, wait_for
 
 pytestmark = pytest.mark.integration
@@ -189,3 +192,29 @@ async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(
     await wait_for(scaled, timeout=60, what="the API to work again after etcd restarted")
     after = await all_up(cluster, 4)
     assert {r["name"]: r["pid"] for r in after if r["name"] in before} == before
+
+
+async def test_a_singleton_stops_when_its_agent_is_cut_off_and_others_keep_running(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "app").mkdir()
+    procfile = "clock: exec sleep 1001\nworker: exec sleep 1002\n"
+    (tmp_path / "app" / "Procfile").write_text(procfile)
+    fenced = {"clock": pb.ProcessSettings(stop_after_disconnected=1.0)}
+    async with SchedulerClient(cluster.scheduler_addresses) as client:
+        await client.create_app("shop")
+        await client.deploy("shop", str(tmp_path / "app"), procfile, {}, fenced)
+        await client.scale("shop", parse_changes(["clock=1", "worker=3"]))
+    rows = await all_up(cluster, 4)
+    clock = psutil.Process(next(r["pid"] for r in rows if r["type"] == "clock"))
+    workers = [psutil.Process(r["pid"]) for r in rows if r["type"] == "worker"]
+
+    cluster.scheduler_process(0).send_signal(signal.SIGKILL)
+    await wait_for(lambda: not clock.is_running(), timeout=30, what="the cut-off clock to stop")
+    assert all(w.is_running() for w in workers), "types without the limit keep running"
+
+    await cluster.restart_scheduler(0)
+    after = await all_up(cluster, 4)
+    assert sorted(r["pid"] for r in after if r["type"] == "worker") == sorted(
+        w.pid for w in workers
+    )

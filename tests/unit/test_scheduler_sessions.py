@@ -70,6 +70,8 @@ async def test_wait_for_report_gives_up_after_its_time() -> None:
 def test_settings_round_trip_and_bounds() -> None:
     settings = settings_from({"stopGrace": 60.0, "check": "CHECK_NONE"})
     assert settings.stop_grace == 60.0 and settings.check == pb.ProcessSettings.CHECK_NONE
-    assert settings_problem(settings) is None
-    assert "stop_grace" in (settings_problem(pb.ProcessSettings(stop_grace=-1)) or "")
-    assert "boot_timeout" in (settings_problem(pb.ProcessSettings(boot_timeout=1e9)) or "")
+    assert settings_problem(settings, 10) is None
+    assert "stop_grace" in (settings_problem(pb.ProcessSettings(stop_grace=-1), 10) or "")
+    assert "boot_timeout" in (settings_problem(pb.ProcessSettings(boot_timeout=1e9), 10) or "")
+    fence = pb.ProcessSettings(stop_after_disconnected=10)
+    assert "below the node grace" in (settings_problem(fence, 10) or "")
