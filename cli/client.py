@@ -14,7 +14,7 @@ answered and refused). It never prints and never decides what a command means.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,24 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+# `paas logs -f` reconnects after 0.2 s, then waits twice as long each time, up to 2 s.
+RECONNECT_FIRST = 0.2
+RECONNECT_MAX = 2.0
+# What a resumed history may hold: every line written during the outage, within
+# what the agents still keep.
+RESUME_LINES = 100_000
+
+# Refusals a reconnecting follower gives up on: asking again cannot change them.
+_FINAL_CODES = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 _OPS = {
     Op.SET: pb.FormationChange.SET,
@@ -118,9 +136,16 @@ class SchedulerClient:
         return list(response.apps)
 
     async def deploy(
-        self, app: str, directory: str, procfile: str, env: dict[str, str]
+        self,
+        app: str,
+        directory: str,
+        procfile: str,
+        env: dict[str, str],
+        settings: Mapping[str, pb.ProcessSettings] | None = None,
     ) -> pb.Release:
-        request = pb.DeployRequest(app=app, dir=directory, procfile=procfile, env=env)
+        request = pb.DeployRequest(
+            app=app, dir=directory, procfile=procfile, env=env, settings=settings or {}
+        )
         return await self._unary(lambda stub: stub.Deploy, request)
 
     async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
@@ -143,12 +168,108 @@ class SchedulerClient:
         response = await self._unary(lambda stub: stub.ListNodes, pb.ListNodesRequest())
         return list(response.nodes)
 
+    async def restart(self, app: str, process: str = "") -> list[str]:
+        """Restart every instance (""), a type ("web", rolling) or one ("web.3");
+        the names of those that restart."""
+        request = pb.RestartRequest(app=app, process=process)
+        response = await self._unary(lambda stub: stub.Restart, request)
+        return list(response.instances)
+
+    async def stop(self, app: str, instance: str) -> None:
+        request = pb.StopRequest(app=app, instance=instance)
+        await self._unary(lambda stub: stub.Stop, request)
+
     async def logs(
-        self, app: str, lines: int = 0, process: str = "", follow: bool = False
+        self,
+        app: str,
+        lines: int = 0,
+        process: str = "",
+        follow: bool = False,
+        since: float = 0.0,
+        previous: bool = False,
     ) -> AsyncIterator[pb.LogLine]:
-        """The app's log lines, oldest first; with `follow`, live ones until cancelled."""
-        request = pb.LogsRequest(app=app, lines=lines, process=process, follow=follow)
-        timeout = None if follow else self.timeout
+        """The app's log lines, oldest first; with `follow`, live ones until cancelled.
+
+        A broken stream raises SchedulerError; `follow_logs` resumes instead.
+        """
+        request = pb.LogsRequest(
+            app=app, lines=lines, process=process, follow=follow, since=since, previous=previous
+        )
+        async for line in self._log_stream(request):
+            yield line
+
+    async def follow_logs(
+        self,
+        app: str,
+        lines: int = 0,
+        process: str = "",
+        since: float = 0.0,
+        on_break: Callable[[str], None] | None = None,
+        on_resume: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[pb.LogLine, None]:
+        """Recent lines, then live ones until cancelled, across broken streams.
+
+        When the stream breaks (a scheduler restart, a new leader, a network
+        blip) it reconnects to any replica, forever, waiting 0.2 s doubling to
+        2 s between tries, and resumes after the last line it had of each (node,
+        instance): nothing twice. `on_break` hears why it broke (once per
+        outage), `on_resume` that lines flow again. A refusal that retrying
+        cannot change (an unknown app) still raises SchedulerError.
+        """
+        cursors: dict[tuple[str, str], int] = {}
+        skip: dict[tuple[str, str], int] = {}  # the cursors sent with the current request
+        oldest = 0.0  # of the lines yielded: a resumed history starts no earlier
+        request = pb.LogsRequest(app=app, lines=lines, process=process, follow=True, since=since)
+        delay = RECONNECT_FIRST
+        established = broken = False
+        while True:
+            try:
+                async for line in self._log_stream(request):
+                    established = True
+                    if broken:
+                        broken, delay = False, RECONNECT_FIRST
+                        if on_resume is not None:
+                            on_resume()
+                    key = (line.node, line.instance)
+                    if line.seq and line.seq <= skip.get(key, 0):
+                        continue  # the scheduler skips these; never yield one twice anyway
+                    if line.seq:
+                        cursors[key] = max(cursors.get(key, 0), line.seq)
+                    if not oldest or line.timestamp < oldest:
+                        oldest = line.timestamp
+                    yield line
+                problem = "the scheduler ended the log stream"
+            except SchedulerError as exc:
+                # Before any line came, the first answer stands, as for any command.
+                if not established or exc.code in _FINAL_CODES:
+                    raise
+                problem = str(exc)
+            if not broken and on_break is not None:
+                on_break(problem)
+            broken = True
+            # Fresh channels: one to a restarted replica would otherwise wait out
+            # grpc's own reconnect backoff (up to minutes).
+            await self.close()
+            await asyncio.sleep(delay)
+            delay = min(RECONNECT_MAX, delay * 2)
+            # History from where it had got to: a line at or before a cursor was
+            # yielded; an instance without one had nothing newer than `oldest`
+            # then, or it would have been in the history (the last N lines).
+            skip = dict(cursors)
+            request = pb.LogsRequest(
+                app=app,
+                lines=RESUME_LINES,
+                process=process,
+                follow=True,
+                since=max(since, oldest),
+                after=[
+                    pb.LogCursor(node=node, instance=instance, seq=seq)
+                    for (node, instance), seq in sorted(cursors.items())
+                ],
+            )
+
+    async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogLine]:
+        timeout = None if request.follow else self.timeout
 
         async def open_stream(
             address: str,

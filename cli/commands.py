@@ -1,4 +1,4 @@
-"""The API commands: apps, apps create, deploy, scale, ps, nodes, logs.
+"""The API commands: apps, apps create, deploy, scale, ps, restart, stop, nodes, logs.
 
 Each handler checks its input locally first (formation words, Procfile, app
 name) so a mistake is a one-line error with nothing sent, then makes its call
@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from paas.cli import render
+from paas.cli.appconfig import FILENAME as APP_CONFIG
+from paas.cli.appconfig import AppConfigError, parse_app_config
 from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
+from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER
 from paas.common.formation import FormationError, parse_changes
-from paas.common.names import NameError_, check_app_name
+from paas.common.names import InstanceName, NameError_, check_app_name, check_process_type
 from paas.common.procfile import ProcfileError, parse_procfile
+from paas.proto import paas_pb2 as pb
 
 Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
 
@@ -41,6 +47,10 @@ def run(handler: str, args: argparse.Namespace) -> int:
         asyncio.run(call())
     except SchedulerError as exc:
         raise CommandError(str(exc)) from None
+    except KeyboardInterrupt:
+        if handler == "logs" and args.follow:
+            return EXIT_OK  # Ctrl-C is how `paas logs -f` ends
+        raise
     return EXIT_OK
 
 
@@ -96,17 +106,83 @@ def _prepare_deploy(args: argparse.Namespace) -> None:
     args.source = read_app_dir(Path(args.dir))
 
 
-class AppSource:
-    """What `paas deploy` sends: the directory, its Procfile text and .env vars."""
+def _prepare_ps(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    if args.process:
+        args.process = _process_or_instance(args.process)
 
-    def __init__(self, directory: Path, procfile: str, env: dict[str, str]) -> None:
+
+def _prepare_restart(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    if args.process:
+        args.process = _process_or_instance(args.process)
+
+
+def _prepare_stop(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    args.instance = _instance(args.instance, hint="to stop them all: `paas scale {}=0`")
+
+
+def _prepare_logs(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    if args.previous is not None:
+        if args.follow:
+            raise UsageError("--previous shows a run that has ended: it cannot be followed (-f)")
+        if args.process:
+            raise UsageError("--previous names the instance itself: leave out -p")
+        try:
+            args.previous = _instance(args.previous)
+        except CommandError as exc:
+            raise CommandError(f"--previous: {exc}") from None
+    args.since_unix = 0.0
+    if args.since is not None:
+        try:
+            args.since_unix = parse_since(args.since, time.time())
+        except TimeSpecError as exc:
+            raise CommandError(f"--since: {exc}") from None
+
+
+def _process_or_instance(text: str) -> str:
+    """`web` or `web.3`, checked; a bad one is a CommandError."""
+    try:
+        if "." in text:
+            return str(InstanceName.parse(text))
+        return check_process_type(text)
+    except NameError_ as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _instance(text: str, hint: str = "") -> str:
+    """`web.3`, checked; for a bare type `hint` (formatted with it) says what may help."""
+    try:
+        return str(InstanceName.parse(text))
+    except NameError_ as exc:
+        if hint and "." not in text:
+            with contextlib.suppress(NameError_):
+                raise CommandError(f"{exc} ({hint.format(check_process_type(text))})") from None
+        raise CommandError(str(exc)) from None
+
+
+class AppSource:
+    """What `paas deploy` sends: the directory, its Procfile text, .env vars and the
+    per type settings of paas.toml."""
+
+    def __init__(
+        self,
+        directory: Path,
+        procfile: str,
+        env: dict[str, str],
+        settings: dict[str, pb.ProcessSettings] | None = None,
+    ) -> None:
         self.directory = directory
         self.procfile = procfile
         self.env = env
+        self.settings = settings or {}
 
 
 def read_app_dir(directory: Path) -> AppSource:
-    """Read and check DIR/Procfile and DIR/.env; raise CommandError naming the problem."""
+    """Read and check DIR/Procfile, DIR/.env and DIR/paas.toml; raise CommandError
+    naming the problem."""
     from dotenv import dotenv_values
 
     directory = directory.expanduser().resolve()
@@ -122,7 +198,7 @@ def read_app_dir(directory: Path) -> AppSource:
     except (OSError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read {procfile}: {exc}") from None
     try:
-        parse_procfile(text, source=str(procfile))
+        commands = parse_procfile(text, source=str(procfile))
     except ProcfileError as exc:
         raise CommandError(str(exc)) from None
     env: dict[str, str] = {}
@@ -130,7 +206,18 @@ def read_app_dir(directory: Path) -> AppSource:
     if dotenv.is_file():
         # A bare `KEY` line has no value (None): it sets nothing, as in honcho.
         env = {key: value for key, value in dotenv_values(dotenv).items() if value is not None}
-    return AppSource(directory, text, env)
+    settings: dict[str, pb.ProcessSettings] = {}
+    config = directory / APP_CONFIG
+    if config.exists():
+        try:
+            config_text = config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read {config}: {exc}") from None
+        try:
+            settings = parse_app_config(config_text, commands, source=str(config))
+        except AppConfigError as exc:
+            raise CommandError(str(exc)) from None
+    return AppSource(directory, text, env, settings)
 
 
 # ------------------------------------------------------------------ handlers
@@ -147,9 +234,18 @@ async def _apps_create(client: SchedulerClient, args: argparse.Namespace) -> Non
 
 async def _deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
     source: AppSource = args.source
-    release = await client.deploy(args.app, str(source.directory), source.procfile, source.env)
+    release = await client.deploy(
+        args.app, str(source.directory), source.procfile, source.env, source.settings
+    )
     types = ", ".join(release.commands) or "no process types"
-    render.out(f"Deployed {args.app} v{release.version} from {source.directory} ({types})")
+    settings = (
+        f"; {APP_CONFIG} settings for {', '.join(sorted(source.settings))}"
+        if source.settings
+        else ""
+    )
+    render.out(
+        f"Deployed {args.app} v{release.version} from {source.directory} ({types}){settings}"
+    )
 
 
 async def _scale(client: SchedulerClient, args: argparse.Namespace) -> None:
@@ -158,7 +254,23 @@ async def _scale(client: SchedulerClient, args: argparse.Namespace) -> None:
 
 
 async def _ps(client: SchedulerClient, args: argparse.Namespace) -> None:
-    render.instances(await client.list_instances(args.app), as_json=args.json)
+    views = await client.list_instances(args.app)
+    wanted: str | None = args.process
+    if wanted:
+        views = [view for view in views if wanted in (view.name, view.type)]
+        if not views and "." in wanted:
+            raise CommandError(f"no instance {wanted} in {args.app} (`paas ps` lists them)")
+    render.instances(views, as_json=args.json, verbose=args.verbose)
+
+
+async def _restart(client: SchedulerClient, args: argparse.Namespace) -> None:
+    names = await client.restart(args.app, args.process)
+    render.out(render.restarting(args.app, names))
+
+
+async def _stop(client: SchedulerClient, args: argparse.Namespace) -> None:
+    await client.stop(args.app, args.instance)
+    render.out(render.stopping(args.app, args.instance))
 
 
 async def _nodes(client: SchedulerClient, args: argparse.Namespace) -> None:
@@ -166,11 +278,27 @@ async def _nodes(client: SchedulerClient, args: argparse.Namespace) -> None:
 
 
 async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
-    printer = render.LogPrinter(flush_each=args.follow)
+    printer = render.LogPrinter(flush_each=args.follow, as_json=args.json)
+    lines: AsyncIterator[pb.LogLine]
+    if args.follow:
+        lines = client.follow_logs(
+            args.app,
+            lines=args.num,
+            process=args.process or "",
+            since=args.since_unix,
+            on_break=lambda problem: render.info(f"paas: {problem}; reconnecting..."),
+            on_resume=lambda: render.info("paas: reconnected; the log stream goes on"),
+        )
+    else:
+        lines = client.logs(
+            args.app,
+            lines=args.num,
+            process=args.previous or args.process or "",
+            since=args.since_unix,
+            previous=args.previous is not None,
+        )
     try:
-        async for line in client.logs(
-            args.app, lines=args.num, process=args.process or "", follow=args.follow
-        ):
+        async for line in lines:
             printer.print(line)
     finally:
         printer.flush()
@@ -182,6 +310,8 @@ _HANDLERS: dict[str, Handler] = {
     "deploy": _deploy,
     "scale": _scale,
     "ps": _ps,
+    "restart": _restart,
+    "stop": _stop,
     "nodes": _nodes,
     "logs": _logs,
 }
@@ -190,6 +320,8 @@ _PREPARE: dict[str, Callable[[argparse.Namespace], None]] = {
     "apps create": _prepare_create,
     "deploy": _prepare_deploy,
     "scale": _prepare_scale,
-    "ps": _prepare_app,
-    "logs": _prepare_app,
+    "ps": _prepare_ps,
+    "restart": _prepare_restart,
+    "stop": _prepare_stop,
+    "logs": _prepare_logs,
 }

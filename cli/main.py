@@ -306,11 +306,65 @@ def build_parser() -> argparse.ArgumentParser:
         "ps",
         parents=app_api,
         help="the app's instances",
-        description="One line per instance: name, type, state, node, pid, port, "
-        "restarts, last exit, since.",
+        description="One line per instance: name, type, node, pid, port, CPU (100 = one "
+        "core), resident memory, and its state as a person reads it: `up 3m`, `starting "
+        "4s`, `crashed 4\N{MULTIPLICATION SIGN}, exit 1 after 2s, next start in 40s`. "
+        "With -v, also each "
+        "instance's forensics: why its state changed, when its last run started and "
+        "exited, and the last lines that run wrote.",
+        formatter_class=_FORMATTER,
+        epilog="examples:\n  paas ps\n  paas ps -v web.3\n  paas ps --json",
     )
-    ps.add_argument("--json", action="store_true", help="print a JSON array")
+    ps.add_argument(
+        "process",
+        metavar="TYPE|INSTANCE",
+        nargs="?",
+        default=None,
+        help="only this process type (web) or instance (web.3)",
+    )
+    ps.add_argument(
+        "-v", "--verbose", action="store_true", help="also each instance's forensics and output"
+    )
+    ps.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (forensics included: reason, last_lines, ...)",
+    )
     ps.set_defaults(handler="ps")
+
+    # -------------------------------------------------------------- restart and stop
+    restart = commands.add_parser(
+        "restart",
+        parents=app_api,
+        help="restart all instances, those of a type, or one",
+        description="Restart instances: with no argument every instance of the app, with "
+        "a process type (web) each of its instances, with an instance name (web.3) just "
+        "that one. More than one restart one at a time (rolling): the scheduler restarts "
+        "the next once the last is up again.",
+        formatter_class=_FORMATTER,
+        epilog="examples:\n  paas restart\n  paas restart web\n  paas restart web.3",
+    )
+    restart.add_argument(
+        "process",
+        metavar="TYPE|INSTANCE",
+        nargs="?",
+        default="",
+        help="a process type (web) or an instance (web.3); default: every instance",
+    )
+    restart.set_defaults(handler="restart")
+
+    stop = commands.add_parser(
+        "stop",
+        parents=app_api,
+        help="stop one instance; the formation starts a new one",
+        description="Stop one instance (SIGTERM to its process group, SIGKILL after the "
+        "stop grace). As with `heroku ps:stop`, the formation is unchanged, so a new "
+        "instance takes its place; to run fewer, use `paas scale`.",
+        formatter_class=_FORMATTER,
+        epilog="example:\n  paas stop web.3",
+    )
+    stop.add_argument("instance", metavar="INSTANCE", help="the instance, e.g. web.3")
+    stop.set_defaults(handler="stop")
 
     # -------------------------------------------------------------- nodes
     nodes = commands.add_parser(
@@ -329,7 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=app_api,
         help="the app's log lines",
         description="The app's recent log lines, merged across instances, in Heroku's "
-        "format; with -f, then live ones until Ctrl-C.",
+        "format; with -f, then live ones until Ctrl-C. A following `paas logs -f` "
+        "outlives a broken stream, a scheduler restart or a new leader: it reconnects "
+        "and goes on where it was, printing no line twice.",
+        formatter_class=_FORMATTER,
+        epilog="examples:\n"
+        "  paas logs -n 200 -p web\n"
+        "  paas logs -f --since 10m\n"
+        "  paas logs --previous web.3      # why did web.3 crash?\n"
+        "  paas logs --json | jq -r 'select(.stream == \"stderr\") | .text'",
     )
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument(
@@ -347,6 +409,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="TYPE|INSTANCE",
         help="only this process type (web) or instance (web.3)",
+    )
+    logs.add_argument(
+        "--since",
+        metavar="WHEN",
+        default=None,
+        help="only lines from then on: a duration back from now (30s, 10m, 1h, 2d, 1h30m) "
+        "or an ISO-8601 time (2026-01-31T12:00:00Z; without a zone, local time)",
+    )
+    logs.add_argument(
+        "--previous",
+        metavar="INSTANCE",
+        default=None,
+        help="the lines of the instance's last finished run (e.g. web.3), as "
+        "`kubectl logs --previous`: what it wrote before it crashed or stopped",
+    )
+    logs.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line (NDJSON, not an array): timestamp (ISO-8601, UTC), "
+        "app, instance, stream (stdout, stderr, paas), node, seq, run, continued (a piece "
+        "of an over-long line; the next piece follows), text",
     )
     logs.set_defaults(handler="logs")
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from paas.common.formation import describe
-from paas.common.logformat import format_line
+from paas.common.logformat import format_line, timestamp
 from paas.common.names import InstanceName, NameError_
 from paas.proto import paas_pb2 as pb
 
@@ -40,6 +40,9 @@ _STATE_STYLES = {
     "ready": "green",
     "draining": "yellow",
 }
+
+# `crashed 4x` is written with the multiplication sign.
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 # Per-instance colours for log prefixes, as honcho and foreman do it.
 _LOG_COLOURS = [
@@ -138,17 +141,94 @@ def instance_dict(view: pb.InstanceView) -> dict[str, Any]:
     }
 
 
+def duration(seconds: float) -> str:
+    """`42s`, `3m`, `2h5m`, `3d4h`: short, to the unit a person cares about."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    big, small, rest = (86400, "d", "h") if whole >= 86400 else (3600, "h", "m")
+    count, remainder = divmod(whole, big)
+    part = remainder // (3600 if small == "d" else 60)
+    return f"{count}{small}{part}{rest}" if part else f"{count}{small}"
+
+
 def ago(unix: float, now: float | None = None) -> str:
     if unix <= 0:
         return ""
-    seconds = max(0, int((now if now is not None else time.time()) - unix))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"
+    return f"{duration((now if now is not None else time.time()) - unix)} ago"
 
 
-def instances(views: Iterable[pb.InstanceView], as_json: bool = False) -> None:
+def _exit_text(view: pb.InstanceView) -> str:
+    """`exit 1 after 2s`: how the last run ended and how long it had run."""
+    if not view.last_exit:
+        return ""
+    if not view.ran_for:
+        return view.last_exit
+    # Under 10 s the tenths tell a crash on start (0.1s) from one a little later.
+    ran = f"{view.ran_for:.1f}s" if view.ran_for < 10 else duration(view.ran_for)
+    return f"{view.last_exit} after {ran}"
+
+
+def status_text(view: pb.InstanceView, now: float) -> str:
+    """The instance's state the way a person reads it: `up 3m`,
+    `crashed 4x, exit 1 after 2s, next start in 40s` (with a real times sign),
+    `starting 5s`.
+
+    The agent counts `restarts` when it starts the process again, so while
+    crashed or backing off the crash that just happened is not counted yet.
+    """
+    state = state_name(view.state)
+    exit_text = _exit_text(view)
+    if state == "up":
+        return f"up {duration(now - (view.started_at or view.since))}" + _earlier(view)
+    if state in ("backoff", "crashed"):
+        parts = [f"crashed {view.restarts + 1}{TIMES}"]
+        if exit_text:
+            parts.append(exit_text)
+        if state == "crashed" and view.reason and view.reason != view.last_exit:
+            parts.append(view.reason)
+        if state == "backoff" and view.next_start:
+            wait = view.next_start - now
+            parts.append(f"next start in {duration(wait)}" if wait >= 1 else "next start now")
+        return ", ".join(parts)
+    if state == "starting":
+        text = f"starting {duration(now - view.since)}" if view.since else "starting"
+        return text + _earlier(view)
+    if state == "stopping":
+        text = f"stopping {duration(now - view.since)}" if view.since else "stopping"
+        return f"{text} ({view.reason})" if view.reason else text
+    if state == "stopped":
+        text = f"stopped {ago(view.since, now)}".rstrip()
+        return f"{text}, {exit_text}" if exit_text else text
+    if state == "lost":
+        return f"lost: node {view.node} is not reporting" if view.node else "lost"
+    if state == "pending":
+        return f"pending ({view.reason})" if view.reason else "pending"
+    return state
+
+
+def _earlier(view: pb.InstanceView) -> str:
+    """` (crashed 2x, last exit 1 after 3s)` for a running instance that crashed before."""
+    if not view.restarts:
+        return ""
+    exit_text = _exit_text(view)
+    return f" (crashed {view.restarts}{TIMES}" + (f", last {exit_text})" if exit_text else ")")
+
+
+def _cpu(percent: float, running: bool) -> str:
+    return f"{percent:.1f}" if running else "-"
+
+
+def _mib(rss: int) -> str:
+    return f"{rss / 2**20:.1f}" if rss > 0 else "-"
+
+
+def instances(
+    views: Iterable[pb.InstanceView], as_json: bool = False, verbose: bool = False
+) -> None:
+    """`paas ps`: a table, or a JSON array; `verbose` adds each instance's forensics."""
     ordered = sorted(views, key=_instance_order)
     if as_json:
         print_json([instance_dict(view) for view in ordered])
@@ -157,37 +237,58 @@ def instances(views: Iterable[pb.InstanceView], as_json: bool = False) -> None:
         info("no instances: scale the app up with e.g. `paas scale web=1`")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for column in (
-        "name",
-        "type",
-        "state",
-        "node",
-        "pid",
-        "port",
-        "restarts",
-        "last exit",
-        "since",
-    ):
-        table.add_column(
-            column,
-            justify="right" if column in ("pid", "port", "restarts") else "left",
-            no_wrap=True,
-        )
+    right = ("pid", "port", "cpu%", "rss MiB")
+    for column in ("name", "type", "node", "pid", "port", "cpu%", "rss MiB", "state"):
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     now = time.time()
     for view in ordered:
         state = state_name(view.state)
         table.add_row(
             view.name,
             view.type,
-            Text(state, style=_STATE_STYLES.get(state, "")),
             view.node or "-",
             str(view.pid) if view.pid else "-",
             str(view.port) if view.port else "-",
-            str(view.restarts),
-            view.last_exit or "-",
-            ago(view.since, now) or "-",
+            _cpu(view.cpu_percent, view.pid > 0),
+            _mib(view.rss_bytes),
+            Text(status_text(view, now), style=_STATE_STYLES.get(state, "")),
         )
-    console().print(table)
+    stdout = console()
+    stdout.print(table)
+    if verbose:
+        for view in ordered:
+            stdout.print(details(view, now), soft_wrap=True)
+
+
+def details(view: pb.InstanceView, now: float) -> Text:
+    """`paas ps -v`: one instance's forensics, its last run's output included."""
+    rows: list[tuple[str, str]] = [
+        ("state", f"{state_name(view.state)}"
+         + (f" for {duration(now - view.since)}" if view.since else "")
+         + (f": {view.reason}" if view.reason else "")),
+        ("release", f"v{view.release}, incarnation {view.incarnation}"),
+    ]  # fmt: skip
+    if view.started_at:
+        rows.append(("started", f"{timestamp(view.started_at)} ({ago(view.started_at, now)})"))
+    if view.exited_at:
+        rows.append(
+            ("last exit", f"{_exit_text(view) or '-'}, {timestamp(view.exited_at)} "
+                          f"({ago(view.exited_at, now)})")
+        )  # fmt: skip
+    if view.next_start:
+        rows.append(("next start", f"{timestamp(view.next_start)}"))
+    text = Text(f"\n{view.name}", style="bold")
+    text.append(f" on {view.node}\n" if view.node else "\n")
+    for label, value in rows:
+        text.append(f"  {label + ':':<12}{value}\n")
+    if view.last_lines:
+        text.append("  last output of the run that exited:\n")
+        for line in view.last_lines:
+            text.append(f"    | {line}\n")
+    elif view.exited_at:
+        text.append("  last output: none\n")
+    text.rstrip()
+    return text
 
 
 # ---------------------------------------------------------------- nodes
@@ -216,10 +317,11 @@ def nodes(items: Iterable[pb.Node], as_json: bool = False) -> None:
         info("no nodes: start an agent with `paas agent --join SCHEDULER ...`")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for column in ("name", "state", "address", "instances", "capacity", "labels", "last seen"):
-        table.add_column(
-            column, justify="right" if column in ("instances", "capacity") else "left", no_wrap=True
-        )
+    right = ("instances", "capacity", "cpu%", "rss MiB")
+    columns = ("name", "state", "address", "instances", "capacity", "cpu%", "rss MiB", "labels",
+               "last seen")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     now = time.time()
     for node in ordered:
         table.add_row(
@@ -228,6 +330,8 @@ def nodes(items: Iterable[pb.Node], as_json: bool = False) -> None:
             node.address,
             str(node.instances),
             str(node.capacity),
+            _cpu(node.cpu_percent, node.instances > 0),
+            _mib(node.rss_bytes),
             ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "-",
             ago(node.last_seen, now) or "-",
         )
@@ -272,18 +376,119 @@ def formation(app: str, counts: Mapping[str, int]) -> str:
     return f"Scaled {app} to {describe(dict(counts))}"
 
 
+def restarting(app: str, names: list[str]) -> str:
+    """What `paas restart` says: which instances restart, and how."""
+    if not names:
+        return f"Nothing to restart: {app} has no instances"
+    if len(names) == 1:
+        return f"Restarting {names[0]} of {app}"
+    return (
+        f"Restarting {len(names)} instances of {app} one at a time, each once the one "
+        f"before is up again: {', '.join(names)}"
+    )
+
+
+def stopping(app: str, instance: str) -> str:
+    """What `paas stop` says: the instance goes, the formation brings a new one."""
+    type_ = instance.rpartition(".")[0]
+    return f"Stopping {instance} of {app}; the formation starts a new {type_} in its place"
+
+
 # ---------------------------------------------------------------- logs
 
 
-class LogPrinter:
-    """Writes log lines in Heroku's format; coloured per instance on a terminal."""
+# A line longer than this is printed in pieces even when the agent marked them
+# `continued`: the CLI's memory is bounded too.
+MAX_JOINED = 1024 * 1024
 
-    def __init__(self, file: TextIO | None = None, flush_each: bool = True) -> None:
+
+class LineJoiner:
+    """Rejoins the pieces of over-long lines (`LogLine.continued`) per instance.
+
+    A piece waits until the rest of its line arrives from the same (node,
+    instance); the joined line keeps the first piece's time and the last's seq.
+    """
+
+    def __init__(self, limit: int = MAX_JOINED) -> None:
+        self._limit = limit
+        self._pending: dict[tuple[str, str], list[pb.LogLine]] = {}
+
+    def feed(self, line: pb.LogLine) -> pb.LogLine | None:
+        """The whole line once `line` completes it, else None (it waits)."""
+        key = (line.node, line.instance)
+        pieces = self._pending.get(key)
+        if pieces is None:
+            if not line.continued:
+                return line
+            pieces = self._pending[key] = []
+        pieces.append(line)
+        if line.continued and sum(len(piece.text) for piece in pieces) < self._limit:
+            return None
+        del self._pending[key]
+        return _joined(pieces)
+
+    def flush(self) -> list[pb.LogLine]:
+        """Lines still waiting for their rest (the stream ended), as they are."""
+        lines = [_joined(pieces) for pieces in self._pending.values()]
+        self._pending.clear()
+        return sorted(lines, key=lambda line: line.timestamp)
+
+
+def _joined(pieces: list[pb.LogLine]) -> pb.LogLine:
+    line = pb.LogLine()
+    line.CopyFrom(pieces[0])
+    line.text = "".join(piece.text for piece in pieces)
+    line.seq = pieces[-1].seq
+    line.continued = False
+    return line
+
+
+def log_dict(line: pb.LogLine) -> dict[str, Any]:
+    """One `paas logs --json` object."""
+    return {
+        "timestamp": timestamp(line.timestamp),
+        "app": line.app,
+        "instance": line.instance,
+        "stream": line.stream,
+        "node": line.node,
+        "seq": line.seq,
+        "run": line.run,
+        "continued": line.continued,
+        "text": line.text,
+    }
+
+
+class LogPrinter:
+    """Writes log lines in Heroku's format, coloured per instance on a terminal, with
+    over-long lines rejoined; or, `as_json`, one JSON object per line (NDJSON), pieces
+    of over-long lines as they came (`continued`)."""
+
+    def __init__(
+        self, file: TextIO | None = None, flush_each: bool = True, as_json: bool = False
+    ) -> None:
         self._file = file if file is not None else sys.stdout
         self._flush_each = flush_each
-        self._console = console(self._file) if self._file.isatty() else None
+        self._as_json = as_json
+        self._joiner = LineJoiner()
+        self._console = console(self._file) if self._file.isatty() and not as_json else None
 
     def print(self, line: pb.LogLine) -> None:
+        if self._as_json:
+            self._file.write(json.dumps(log_dict(line), ensure_ascii=False) + "\n")
+            if self._flush_each:
+                self._file.flush()
+            return
+        whole = self._joiner.feed(line)
+        if whole is not None:
+            self._write(whole)
+
+    def flush(self) -> None:
+        """Print what waits for the rest of a line, and flush the stream."""
+        for line in self._joiner.flush():
+            self._write(line)
+        self._file.flush()
+
+    def _write(self, line: pb.LogLine) -> None:
         instance = line.instance or "?"
         if self._console is None:
             self._file.write(format_line(line.timestamp, line.stream, instance, line.text) + "\n")
@@ -294,9 +499,6 @@ class LogPrinter:
         text = Text(prefix, style=self._colour(line))
         text.append(line.text)
         self._console.print(text, soft_wrap=True)
-
-    def flush(self) -> None:
-        self._file.flush()
 
     @staticmethod
     def _colour(line: pb.LogLine) -> str:

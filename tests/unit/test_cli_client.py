@@ -19,6 +19,7 @@ from paas.cli.localcluster import free_port
 from paas.common.grpcutil import LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
+from tests.helpers import wait_for
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -38,6 +39,9 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             pb.LogLine(timestamp=1.0, app="shop", instance="web.1", stream="stdout", text="a"),
             pb.LogLine(timestamp=2.0, app="shop", instance="web.1", stream="stdout", text="b"),
         ]
+        self.log_requests: list[pb.LogsRequest] = []
+        # Serves Logs instead of log_lines when set.
+        self.logs: Callable[[pb.LogsRequest, Context], AsyncIterator[pb.LogLine]] | None = None
 
     async def _gate(self, context: Context) -> None:
         self.calls += 1
@@ -88,6 +92,11 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogLine]:
         await self._gate(context)
+        self.log_requests.append(request)
+        if self.logs is not None:
+            async for line in self.logs(request, context):
+                yield line
+            return
         for line in self.log_lines:
             yield line
 
@@ -236,3 +245,98 @@ async def test_the_real_program_turns_a_refusal_into_one_line_and_exit_1(
     assert code == 1
     assert out == ""
     assert err == "error: unknown process type 'wbe' (Procfile has: web)\n"
+
+
+def line(node: str, instance: str, seq: int, timestamp: float) -> pb.LogLine:
+    return pb.LogLine(timestamp=timestamp, app="shop", instance=instance, stream="stdout",
+                      node=node, seq=seq, text=f"{instance} {seq}")  # fmt: skip
+
+
+async def test_a_follower_resumes_a_broken_stream_after_the_last_line_it_had(
+    replicas: list[Replica],
+) -> None:
+    first, second = replicas
+    calls = 0
+
+    async def logs(request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogLine]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            yield line("node-1", "web.1", 7, 10.0)
+            yield line("node-2", "web.2", 3, 11.0)
+            yield line("node-1", "web.1", 8, 12.0)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is going away")
+        # A replica that ignored the cursors: the client still prints nothing twice.
+        yield line("node-1", "web.1", 8, 12.0)
+        yield line("node-1", "web.1", 9, 13.0)
+        await asyncio.Event().wait()
+
+    first.fake.logs = second.fake.logs = logs
+    breaks: list[str] = []
+    resumes: list[bool] = []
+    texts: list[str] = []
+    async with SchedulerClient([first.address, second.address]) as client:
+        follow = client.follow_logs(
+            "shop", lines=5, on_break=breaks.append, on_resume=lambda: resumes.append(True)
+        )
+        async for got in follow:
+            texts.append(got.text)
+            if len(texts) == 4:
+                break
+        await follow.aclose()
+    assert texts == ["web.1 7", "web.2 3", "web.1 8", "web.1 9"]
+    assert breaks == ["the log stream broke: the scheduler is going away"]
+    assert resumes == [True]
+    resumed = first.fake.log_requests[1]
+    assert [(c.node, c.instance, c.seq) for c in resumed.after] == [
+        ("node-1", "web.1", 8),
+        ("node-2", "web.2", 3),
+    ]
+    assert resumed.follow and resumed.since == 10.0, "no line older than those it had printed"
+
+
+async def test_a_follower_keeps_trying_while_no_replica_answers(replicas: list[Replica]) -> None:
+    replica = replicas[0]
+    port = int(replica.address.rpartition(":")[2])
+    served = asyncio.Event()
+
+    async def logs(request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogLine]:
+        yield line("node-1", "web.1", len(request.after) + 1, 1.0)
+        served.set()
+        await asyncio.Event().wait()
+
+    replica.fake.logs = logs
+    got: list[pb.LogLine] = []
+
+    async def follow() -> None:
+        async with SchedulerClient([replica.address]) as client:
+            async for each in client.follow_logs("shop"):
+                got.append(each)
+
+    task = asyncio.create_task(follow())
+    await asyncio.wait_for(served.wait(), 10)
+    await replica.server.stop(None)  # the stream breaks; nobody answers for a while
+    await asyncio.sleep(1.5)
+    assert not task.done(), "an unreachable scheduler is not the end of a follower"
+    restarted = Replica()
+    restarted.fake.logs = logs
+    assert restarted.server.add_insecure_port(f"127.0.0.1:{port}") == port
+    await restarted.server.start()
+    try:
+        await wait_for(lambda: len(got) == 2, timeout=10, what="the second line")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await restarted.server.stop(None)
+    assert restarted.fake.log_requests[0].after[0].seq == 1
+
+
+async def test_a_follower_gives_up_on_a_refusal_retrying_cannot_change(
+    replicas: list[Replica],
+) -> None:
+    replica = replicas[0]
+    replica.fake.refuse = refuse_with(grpc.StatusCode.NOT_FOUND, "unknown app 'shop'")
+    async with SchedulerClient([replica.address]) as client:
+        with pytest.raises(SchedulerError, match="unknown app 'shop'"):
+            async for _ in client.follow_logs("shop"):
+                pass

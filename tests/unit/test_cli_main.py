@@ -26,6 +26,8 @@ COMMANDS = [
     ["deploy"],
     ["scale"],
     ["ps"],
+    ["restart"],
+    ["stop"],
     ["nodes"],
     ["logs"],
 ]
@@ -56,8 +58,8 @@ def test_help_of_every_command_exits_0(
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["restart", "web"]) == 2
-    assert "invalid choice: 'restart'" in one_error_line(capsys.readouterr().err)
+    assert run(["frobnicate", "web"]) == 2
+    assert "invalid choice: 'frobnicate'" in one_error_line(capsys.readouterr().err)
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,7 +98,10 @@ def test_scale_without_words_is_a_usage_error(capsys: pytest.CaptureFixture[str]
     one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("words", [["ps"], ["scale", "web=1"], ["logs"], ["deploy", "."]])
+@pytest.mark.parametrize(
+    "words",
+    [["ps"], ["scale", "web=1"], ["logs"], ["deploy", "."], ["restart"], ["stop", "web.1"]],
+)
 def test_a_missing_app_is_an_error(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert run(words) == 1
     line = one_error_line(capsys.readouterr().err)
@@ -160,6 +165,63 @@ def test_a_bad_process_filter_is_a_usage_error(
 ) -> None:
     assert run(["logs", "-a", "shop", "-p", process]) == 2
     one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["stop", "web"], "error: invalid instance name 'web': expected TYPE.N, e.g. web.3 "
+                          "(to stop them all: `paas scale web=0`)"),
+        (["stop", "web.0"], "error: invalid instance name 'web.0': expected TYPE.N, e.g. web.3"),
+        (["stop", "we b.1"], "error: invalid process type 'we b': use letters, digits, '_' "
+                             "and '-' (at most 63)"),
+        (["restart", "web.x"], "error: invalid instance name 'web.x': expected TYPE.N, e.g. web.3"),
+        (["restart", "we!b"], "error: invalid process type 'we!b': use letters, digits, '_' "
+                              "and '-' (at most 63)"),
+        (["ps", "web.0"], "error: invalid instance name 'web.0': expected TYPE.N, e.g. web.3"),
+        (["logs", "--since", "soon"], "error: --since: invalid time 'soon': expected a duration "
+         "like 30s, 10m, 1h, 2d or an ISO-8601 time like 2026-01-31T12:00:00Z"),
+        (["logs", "--since", "2999-01-01"], "error: --since: invalid time '2999-01-01': it is "
+                                            "in the future"),
+        (["logs", "--previous", "web"], "error: --previous: invalid instance name 'web': "
+                                        "expected TYPE.N, e.g. web.3"),
+    ],
+)  # fmt: skip
+def test_a_bad_instance_or_time_is_refused_before_anything_is_sent(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The scheduler is unreachable: a "cannot reach" error would mean a call was made.
+    assert run([*words, "-a", "shop"]) == 1
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err) == message
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["logs", "--previous", "web.1", "-f"], "cannot be followed (-f)"),
+        (["logs", "--previous", "web.1", "-p", "web"], "leave out -p"),
+        (["stop"], "the following arguments are required: INSTANCE"),
+        (["restart", "web", "worker"], "unrecognized arguments: worker"),
+    ],
+)
+def test_contradictory_or_missing_words_are_usage_errors(
+    words: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*words, "-a", "shop"]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_a_bad_paas_toml_is_refused_naming_the_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "Procfile").write_text("web: python3 -m http.server $PORT\n")
+    (tmp_path / "paas.toml").write_text("[types.web]\nstop_grace = -5\n")
+    assert run(["deploy", "-a", "shop", str(tmp_path)]) == 1
+    assert one_error_line(capsys.readouterr().err) == (
+        f"error: {tmp_path / 'paas.toml'}: types.web.stop_grace: must not be negative, got -5"
+    )
 
 
 def test_up_scale_needs_deploy(capsys: pytest.CaptureFixture[str]) -> None:

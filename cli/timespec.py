@@ -1,0 +1,42 @@
+"""Times given on the command line: `paas logs --since 10m` or an ISO-8601 moment.
+
+Pure: text and the current time in, unix seconds out, or a `TimeSpecError`
+whose message says what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# 90s, 10m, 1.5h, 2d, and sums of them: 1h30m.
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+class TimeSpecError(ValueError):
+    """A time that does not parse; the message shows the forms that do."""
+
+
+def parse_since(text: str, now: float) -> float:
+    """`10m` -> ten minutes before `now`; `2026-01-31T12:00:00Z` -> that moment.
+
+    An ISO time without a zone is local time. A moment after `now` is refused:
+    it would select nothing.
+    """
+    spec = text.strip()
+    if _DURATION.match(spec):
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(spec))
+        return now - seconds
+    try:
+        moment = datetime.fromisoformat(spec)
+    except ValueError:
+        raise TimeSpecError(
+            f"invalid time {text!r}: expected a duration like 30s, 10m, 1h, 2d "
+            "or an ISO-8601 time like 2026-01-31T12:00:00Z"
+        ) from None
+    unix = moment.timestamp()  # naive: local time, as a person at this terminal means it
+    if unix > now:
+        raise TimeSpecError(f"invalid time {text!r}: it is in the future")
+    return unix

@@ -1,0 +1,93 @@
+"""DIR/paas.toml: per process type supervision settings, checked before anything is sent."""
+
+from __future__ import annotations
+
+import pytest
+
+from paas.cli.appconfig import AppConfigError, parse_app_config
+from paas.proto import paas_pb2 as pb
+
+TYPES = ["web", "worker"]
+
+
+def test_every_key_becomes_its_process_setting() -> None:
+    settings = parse_app_config(
+        """
+        [types.web]
+        stop_grace = 60
+        boot_timeout = 120.5
+        check = "port"
+        backoff_cap = 300
+        backoff_reset = 600
+
+        [types.worker]
+        check = "none"
+        stop_after_disconnected = 2
+        """,
+        TYPES,
+    )
+    assert settings == {
+        "web": pb.ProcessSettings(
+            stop_grace=60,
+            boot_timeout=120.5,
+            check=pb.ProcessSettings.CHECK_PORT,
+            backoff_cap=300,
+            backoff_reset=600,
+        ),
+        "worker": pb.ProcessSettings(
+            check=pb.ProcessSettings.CHECK_NONE, stop_after_disconnected=2
+        ),
+    }
+
+
+@pytest.mark.parametrize("text", ["", "# nothing here\n", "[types]\n"])
+def test_an_empty_file_sets_nothing(text: str) -> None:
+    assert parse_app_config(text, TYPES) == {}
+
+
+def test_a_type_may_leave_keys_out_for_the_agents_defaults() -> None:
+    settings = parse_app_config("[types.web]\nstop_grace = 5\n", TYPES)
+    assert settings["web"] == pb.ProcessSettings(stop_grace=5)
+    assert settings["web"].check == pb.ProcessSettings.CHECK_DEFAULT
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[types.web]\nstop_grace = -1\n",
+         "paas.toml: types.web.stop_grace: must not be negative, got -1"),
+        ("[types.web]\nboot_timeout = \"2m\"\n",
+         'paas.toml: types.web.boot_timeout: expected a number of seconds, got "2m"'),
+        ("[types.web]\nbackoff_cap = true\n",
+         "paas.toml: types.web.backoff_cap: expected a number of seconds, got true"),
+        ("[types.web]\nbackoff_reset = inf\n",
+         "paas.toml: types.web.backoff_reset: expected a finite number of seconds, got inf"),
+        ("[types.web]\nstop_grace = 0\n",
+         "paas.toml: types.web.stop_grace: must be above 0 (leave it out for the default)"),
+        ("[types.web]\ncheck = \"http\"\n",
+         'paas.toml: types.web.check: expected "port" or "none", got "http"'),
+        ("[types.web]\ncheck = 1\n",
+         'paas.toml: types.web.check: expected "port" or "none", got 1'),
+        ("[types.web]\nstop_grase = 5\n",
+         "paas.toml: types.web.stop_grase: unknown key (known: stop_grace, boot_timeout, check, "
+         "backoff_cap, backoff_reset, stop_after_disconnected)"),
+        ("[types.wbe]\nstop_grace = 5\n",
+         "paas.toml: types.wbe: no process type 'wbe' in the Procfile (it has: web, worker)"),
+        ("[web]\nstop_grace = 5\n",
+         "paas.toml: web: unknown key (a paas.toml has only [types.TYPE] tables)"),
+        ("types = 3\n", "paas.toml: types: expected tables like [types.web]"),
+        ("[types]\nweb = 3\n", "paas.toml: types.web: expected a table [types.web], got 3"),
+    ],
+)  # fmt: skip
+def test_a_mistake_is_one_line_naming_the_file_the_key_and_the_problem(
+    text: str, message: str
+) -> None:
+    with pytest.raises(AppConfigError) as raised:
+        parse_app_config(text, TYPES)
+    assert str(raised.value) == message
+
+
+def test_bad_toml_names_the_file_and_the_line() -> None:
+    with pytest.raises(AppConfigError, match=r"^/app/paas.toml: not valid TOML: .*line 2") as err:
+        parse_app_config("[types.web]\nstop_grace = = 5\n", TYPES, source="/app/paas.toml")
+    assert "\n" not in str(err.value)
