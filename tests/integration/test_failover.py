@@ -218,3 +218,39 @@ async def test_a_singleton_stops_when_its_agent_is_cut_off_and_others_keep_runni
     assert sorted(r["pid"] for r in after if r["type"] == "worker") == sorted(
         w.pid for w in workers
     )
+
+
+async def test_drain_moves_work_off_a_node_and_undrain_takes_it_back(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    await deploy(cluster, tmp_path, "web=0", "worker=3")
+    rows = await all_up(cluster, 3)
+    victim = rows[0]["node"]
+    old = [psutil.Process(r["pid"]) for r in rows if r["node"] == victim]
+
+    drained = await paas(cluster, "nodes", "drain", victim)
+    assert drained.returncode == 0, drained.stderr
+
+    async def moved() -> bool:
+        current = await ps(cluster)
+        return len(current) == 3 and all(
+            r["node"] != victim and r["state"] == "up" for r in current
+        )
+
+    await wait_for(moved, timeout=60, what="the drained node's work to move")
+    await wait_for(lambda: not any(p.is_running() for p in old), timeout=30, what="old copies")
+    nodes = {n["name"]: n for n in json.loads((await paas(cluster, "nodes", "--json")).stdout)}
+    assert nodes[victim]["state"] == "draining"
+
+    assert (await paas(cluster, "scale", "worker=6", app="shop")).returncode == 0
+    rows = await all_up(cluster, 6)
+    assert all(r["node"] != victim for r in rows), "nothing new lands on a draining node"
+
+    undrained = await paas(cluster, "nodes", "undrain", victim)
+    assert undrained.returncode == 0, undrained.stderr
+    assert (await paas(cluster, "scale", "worker=7", app="shop")).returncode == 0
+    rows = await all_up(cluster, 7)
+    assert any(r["node"] == victim for r in rows), "an undrained node takes work again"
+
+    unknown = await paas(cluster, "nodes", "drain", "no-such-node")
+    assert unknown.returncode == 1 and "unknown node" in unknown.stderr
