@@ -162,7 +162,9 @@ async def _deploy_and_follow(
         except SchedulerError as exc:
             if exc.code != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        release = await client.deploy(app, str(source.directory), source.procfile, source.env)
+        release = await client.deploy(
+            app, str(source.directory), source.procfile, source.env, source.settings
+        )
         render.info(f"paas: deployed {app} v{release.version} from {source.directory}")
         if changes:
             formation = await client.scale(app, changes)
