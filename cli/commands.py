@@ -297,11 +297,18 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
             since=args.since_unix,
             previous=args.previous is not None,
         )
+    printed = 0
     try:
         async for line in lines:
             printer.print(line)
+            printed += 1
     finally:
         printer.flush()
+    if args.previous and not printed:
+        render.info(
+            f"no finished run of {args.previous} is kept: it has not exited yet, or the "
+            "agent's buffer no longer holds its lines"
+        )
 
 
 _HANDLERS: dict[str, Handler] = {
