@@ -179,6 +179,11 @@ class SchedulerClient:
         request = pb.StopRequest(app=app, instance=instance)
         await self._unary(lambda stub: stub.Stop, request)
 
+    async def drain(self, node: str, drain: bool) -> pb.Node:
+        """Drain a node (drain=True) or take it back into use."""
+        request = pb.DrainRequest(node=node, drain=drain)
+        return await self._unary(lambda stub: stub.Drain, request)
+
     async def logs(
         self,
         app: str,

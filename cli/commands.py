@@ -277,6 +277,16 @@ async def _nodes(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.nodes(await client.list_nodes(), as_json=args.json)
 
 
+async def _drain(client: SchedulerClient, args: argparse.Namespace) -> None:
+    node = await client.drain(args.node, drain=True)
+    render.out(f"Draining {node.name}: its instances move to other nodes, new ones stay off")
+
+
+async def _undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
+    node = await client.drain(args.node, drain=False)
+    render.out(f"{node.name} takes instances again")
+
+
 async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     printer = render.LogPrinter(flush_each=args.follow, as_json=args.json)
     lines: AsyncIterator[pb.LogLine]
@@ -320,6 +330,8 @@ _HANDLERS: dict[str, Handler] = {
     "restart": _restart,
     "stop": _stop,
     "nodes": _nodes,
+    "nodes drain": _drain,
+    "nodes undrain": _undrain,
     "logs": _logs,
 }
 

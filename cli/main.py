@@ -376,6 +376,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nodes.add_argument("--json", action="store_true", help="print a JSON array")
     nodes.set_defaults(handler="nodes")
+    nodes_commands = nodes.add_subparsers(
+        dest="nodes_command", metavar="COMMAND", parser_class=_Parser
+    )
+    for word, text in (
+        (
+            "drain",
+            "Move the node's instances to other nodes (each new copy is up before its old "
+            "one stops) and keep new instances off it, e.g. before maintenance.",
+        ),
+        ("undrain", "Let the node take instances again."),
+    ):
+        command = nodes_commands.add_parser(
+            word, parents=global_api, help=text.split(" (")[0].split(", e.g.")[0],
+            description=text,
+        )  # fmt: skip
+        command.add_argument("node", metavar="NAME", help="the node, as `paas nodes` names it")
+        command.set_defaults(handler=f"nodes {word}")
 
     # -------------------------------------------------------------- logs
     logs = commands.add_parser(

@@ -220,7 +220,7 @@ async def test_a_singleton_stops_when_its_agent_is_cut_off_and_others_keep_runni
     )
 
 
-async def test_drain_moves_work_off_a_node_and_undrain_takes_it_back(
+async def test_drain_moves_work_new_copies_first_and_undrain_takes_the_node_back(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     await deploy(cluster, tmp_path, "web=0", "worker=3")
@@ -241,6 +241,28 @@ async def test_drain_moves_work_off_a_node_and_undrain_takes_it_back(
     await wait_for(lambda: not any(p.is_running() for p in old), timeout=30, what="old copies")
     nodes = {n["name"]: n for n in json.loads((await paas(cluster, "nodes", "--json")).stdout)}
     assert nodes[victim]["state"] == "draining"
+
+    # New before old: each moved instance was up on its new node before the old copy
+    # was told to stop.
+    logs = await paas(cluster, "logs", "--json", "-n", "1000", app="shop")
+    events = [json.loads(line) for line in logs.stdout.splitlines()]
+    for instance in {r["name"] for r in rows if r["node"] == victim}:
+        up = [
+            e["timestamp"]
+            for e in events
+            if e["instance"] == instance
+            and e["node"] != victim
+            and e["text"] == "State changed from starting to up"
+        ]
+        stopping = [
+            e["timestamp"]
+            for e in events
+            if e["instance"] == instance
+            and e["node"] == victim
+            and e["text"].startswith("Stopping")
+        ]
+        assert up and stopping, f"{instance}: both copies' lifecycle lines are in the log"
+        assert max(up) <= min(stopping), f"{instance}: the old copy stopped first"
 
     assert (await paas(cluster, "scale", "worker=6", app="shop")).returncode == 0
     rows = await all_up(cluster, 6)
