@@ -118,6 +118,7 @@ class LocalCluster:
         ready_timeout: float = READY_TIMEOUT,
         schedulers: int = 1,
         leader_ttl: int = 5,
+        scheduler_host: str = "127.0.0.1",
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
@@ -126,6 +127,9 @@ class LocalCluster:
         self.agents = agents
         self.schedulers = schedulers
         self.leader_ttl = leader_ttl
+        # Where replicas listen; clients and local agents always dial 127.0.0.1. Tests
+        # that put an agent in a network namespace make it "0.0.0.0".
+        self.scheduler_host = scheduler_host
         # Every replica, as agents' --join and PAAS_SCHEDULER take them; the first leads
         # at start.
         self.scheduler_addresses: list[str] = []
@@ -322,7 +326,8 @@ class LocalCluster:
             argv = [
                 sys.executable, "-m", "paas", "scheduler",
                 "--etcd", self.etcd_endpoint,
-                "--listen", address,
+                "--listen", address.replace("127.0.0.1", self.scheduler_host, 1),
+                "--advertise", address,
                 "--node-grace", f"{self.node_grace:g}",
                 "--leader-ttl", f"{self.leader_ttl}",
             ]  # fmt: skip
