@@ -19,6 +19,11 @@ class AgentConfig:
     boot_timeout: float = 60.0  # a web instance must accept on $PORT within this
     heartbeat_interval: float = 1.0
     log_buffer_lines: int = 10_000  # kept per instance
+    # The on-disk log spool (STATE_DIR/NAME/logs): rotated files of every line, and
+    # how many bytes of lines may wait for its writer thread before lines are dropped.
+    log_spool_file_bytes: int = 64 << 20
+    log_spool_files: int = 4
+    log_spool_backlog_bytes: int = 16 << 20
     # Where the scheduler reaches this agent's API; "" = listen (with its real port if 0).
     advertise: str = ""
     # Crash restarts: the first at once, then base doubling with jitter up to cap;

@@ -2,11 +2,13 @@
 
 Owns the per-instance ring buffers (LogBuffer), the lines' per-instance
 sequence numbers, the set of buffers of this node (LogHub, including those of
-recently removed instances) and the live subscribers that follow them. Memory
-is bounded everywhere: a partial line is at most MAX_LINE characters, a buffer
-keeps its last N lines, a subscriber's queue is bounded. A slow reader never
-blocks the producer: its lines are dropped and counted, and it is told how many
-when it catches up. Loss is never silent.
+recently removed instances) and the live subscribers that follow them. Every
+line also goes to the hub's on-disk spool (spool.py), if it has one, which keeps
+what the ring buffers no longer hold. Memory is bounded everywhere: a partial
+line is at most MAX_LINE characters, a buffer keeps its last N lines, a
+subscriber's queue is bounded. A slow reader never blocks the producer: its
+lines are dropped and counted, and it is told how many when it catches up.
+Loss is never silent.
 
 It never starts or stops processes and never decides what a line means; the
 supervisor feeds it lifecycle lines like any other.
@@ -25,10 +27,13 @@ import codecs
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from paas.agent.logline import LogLine as LogLine  # re-exported: readers import it from here
 from paas.common.logformat import PAAS_STREAM
+
+if TYPE_CHECKING:
+    from paas.agent.spool import Spool
 
 # A line longer than this (in characters) is split; the remainder starts a new line.
 MAX_LINE = 10 * 1024
@@ -36,22 +41,9 @@ READ_CHUNK = 65536
 # Buffers of removed instances stay readable; this many of them, this many lines each.
 RETIRED_BUFFERS = 100
 RETIRED_LINES = 1000
+# Sequence and run counters of instances whose buffers were forgotten, so they go on.
+FORGOTTEN_COUNTERS = 10_000
 SUBSCRIBER_QUEUE = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """One line of one instance, as the Agent API's LogLine carries it."""
-
-    timestamp: float  # unix seconds
-    app: str
-    instance: str  # "web.3"
-    stream: str  # "stdout", "stderr" or "paas"
-    node: str
-    seq: int  # per instance, increasing from 1; 0 for notices about loss
-    text: str
-    run: int = 0  # which run (process start) of the instance wrote it, from 1
-    continued: bool = False  # a piece of an over-long line; the next piece follows
 
 
 class Piece(NamedTuple):
@@ -109,15 +101,19 @@ class LogBuffer:
         node: str,
         limit: int,
         publish: Callable[[LogLine], None] | None = None,
+        *,
+        seq: int = 0,
+        run: int = 0,
     ) -> None:
+        """`seq` and `run`: where an earlier buffer of the instance stopped (they go on)."""
         self.app = app
         self.instance = instance
         self.node = node
         self.dropped = 0
-        self.run = 0  # the run lines are written by now; 0 before the first start
-        self.finished_run = 0  # the last run whose process has exited
+        self.run = run  # the run lines are written by now; 0 before the first start
+        self.finished_run = run  # the last run whose process has exited
         self._lines: deque[LogLine] = deque(maxlen=max(1, limit))
-        self._seq = 0
+        self._seq = seq
         self._publish = publish
 
     def __len__(self) -> int:
@@ -126,6 +122,11 @@ class LogBuffer:
     @property
     def last_seq(self) -> int:
         return self._seq
+
+    @property
+    def oldest_seq(self) -> int:
+        """The seq of the oldest line kept; with nothing kept, the seq the next line gets."""
+        return self._lines[0].seq if self._lines else self._seq + 1
 
     def begin_run(self) -> int:
         """A new process of the instance starts: lines from now on belong to the next run."""
@@ -284,14 +285,29 @@ class LogHub:
         lines: int,
         retired_buffers: int = RETIRED_BUFFERS,
         retired_lines: int = RETIRED_LINES,
+        spool: Spool | None = None,
     ) -> None:
+        """`spool`, if given, gets every line; the hub opens and closes it (`open`, `close`)."""
         self.node = node
+        self.spool = spool
         self._limit = lines
         self._live: dict[tuple[str, str], LogBuffer] = {}
         self._retired: OrderedDict[tuple[str, str], LogBuffer] = OrderedDict()
         self._retired_buffers = retired_buffers
         self._retired_lines = retired_lines
+        # (seq, run) of instances whose retired buffers were forgotten.
+        self._forgotten: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
         self._subscriptions: set[Subscription] = set()
+
+    async def open(self) -> None:
+        """Open the spool (its index tells where each instance's seq and run go on)."""
+        if self.spool is not None:
+            await self.spool.open()
+
+    async def close(self) -> None:
+        """Write what the spool still holds, and close it."""
+        if self.spool is not None:
+            await self.spool.close()
 
     def buffer(self, app: str, instance: str) -> LogBuffer:
         """The live buffer of (app, instance), created (or revived) on first use."""
@@ -303,7 +319,12 @@ class LogHub:
         if found is not None:
             found.revive(self._limit, self._publish)
         else:
-            found = LogBuffer(app, instance, self.node, self._limit, self._publish)
+            seq, run = self._forgotten.pop(key, (0, 0))
+            if not seq and self.spool is not None:
+                seq, run = self.spool.last(app, instance)
+            found = LogBuffer(
+                app, instance, self.node, self._limit, self._publish, seq=seq, run=run
+            )
         self._live[key] = found
         return found
 
@@ -315,7 +336,10 @@ class LogHub:
         found.retire(self._retired_lines)
         self._retired[(app, instance)] = found
         while len(self._retired) > self._retired_buffers:
-            self._retired.popitem(last=False)
+            key, forgotten = self._retired.popitem(last=False)
+            self._forgotten[key] = (forgotten.last_seq, forgotten.run)
+        while len(self._forgotten) > FORGOTTEN_COUNTERS:
+            self._forgotten.popitem(last=False)
 
     def buffers(self, app: str) -> list[LogBuffer]:
         """Buffers of `app`, live and retired."""
@@ -337,6 +361,8 @@ class LogHub:
         self._subscriptions.discard(subscription)
 
     def _publish(self, line: LogLine) -> None:
+        if self.spool is not None:
+            self.spool.write(line)
         for subscription in self._subscriptions:
             subscription.offer(line)
 

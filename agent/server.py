@@ -21,6 +21,7 @@ import sys
 
 import grpc
 
+from paas.agent import spool
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
 from paas.agent.ports import PortPool
@@ -65,13 +66,17 @@ async def run_agent(config: AgentConfig) -> None:
         await reaper.start()
     except ReaperError as exc:
         raise AgentError(f"the agent cannot start: {exc}") from None
-    logs = LogHub(node=config.name, lines=config.log_buffer_lines)
+    logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     session: Session | None = None
     session_task: asyncio.Task[None] | None = None
     handled: list[signal.Signals] = []
     try:
+        try:
+            await logs.open()
+        except spool.SpoolError as exc:
+            raise AgentError(f"the agent cannot start: {exc}") from None
         pb_grpc.add_AgentServicer_to_server(AgentService(logs), server)
         try:
             port = server.add_insecure_port(config.listen)
@@ -113,5 +118,6 @@ async def run_agent(config: AgentConfig) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
         await server.stop(SERVER_STOP_GRACE)
+        await logs.close()
         await reaper.close()
         log.info("agent %s stopped", config.name)

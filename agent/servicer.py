@@ -9,16 +9,21 @@ the desired set that arrives over the session the agent dialled).
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.spool import Query, Verdict
+from paas.common.logformat import PAAS_STREAM
 from paas.common.names import InstanceName, NameError_
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
 DEFAULT_LINES = 100
+# The most lines one request reads back (per instance, and in all).
+MAX_LINES = 100_000
 
 
 def process_matcher(process: str) -> Callable[[str], bool]:
@@ -47,7 +52,7 @@ def to_proto(line: LogLine) -> pb.LogLine:
 
 
 class AgentService(pb_grpc.AgentServicer):
-    """ReadLogs over this node's LogHub."""
+    """ReadLogs over this node's LogHub (its buffers, then its spool for older lines)."""
 
     def __init__(self, logs: LogHub) -> None:
         self._logs = logs
@@ -71,18 +76,15 @@ class AgentService(pb_grpc.AgentServicer):
                 f"{request.process or 'every process'!r}",
             )
         app = request.app
-        count = request.lines or DEFAULT_LINES
+        count = min(request.lines or DEFAULT_LINES, MAX_LINES)
         matches = process_matcher(request.process)
-        since = request.since
         # Cursors of a follower that reconnects: lines up to them were delivered.
         sent = {
             cursor.instance: cursor.seq
             for cursor in request.after
             if cursor.node in ("", self._logs.node)
         }
-
-        def wanted(line: LogLine) -> bool:
-            return line.timestamp >= since and line.seq > sent.get(line.instance, 0)
+        since = request.since
 
         # Subscribe before taking the backlog, so no line falls between the two.
         follow = request.follow and not request.previous
@@ -92,24 +94,15 @@ class AgentService(pb_grpc.AgentServicer):
             else None
         )
         try:
-            selections = []
-            for buffer in self._logs.buffers(app):
-                if not matches(buffer.instance):
-                    continue
-                keep = wanted
-                if request.previous:
-                    finished = buffer.finished_run
-
-                    def keep(line: LogLine, finished: int = finished) -> bool:
-                        return finished > 0 and line.run == finished and wanted(line)
-
-                selections.append(buffer.select(count, keep))
-                sent[buffer.instance] = max(sent.get(buffer.instance, 0), buffer.last_seq)
-            backlog = list(heapq.merge(*selections, key=lambda line: line.timestamp))
-            for line in backlog[-count:]:
+            backlog, last = await read_history(
+                self._logs, app, matches, count, since, request.previous, sent
+            )
+            for line in backlog:
                 yield to_proto(line)
             if subscription is None:
                 return
+            for instance, seq in last.items():
+                sent[instance] = max(sent.get(instance, 0), seq)
             while True:
                 line = await subscription.get()
                 if line.seq and line.seq <= sent.get(line.instance, 0):
@@ -120,6 +113,145 @@ class AgentService(pb_grpc.AgentServicer):
         finally:
             if subscription is not None:
                 self._logs.unsubscribe(subscription)
+
+
+async def read_history(
+    logs: LogHub,
+    app: str,
+    matches: Callable[[str], bool],
+    count: int,
+    since: float = 0.0,
+    previous: bool = False,
+    after: dict[str, int] | None = None,
+) -> tuple[list[LogLine], dict[str, int]]:
+    """The last `count` lines of `app`'s instances that `matches` selects, in time order,
+    and the last seq of each instance at the time (live lines come after it).
+
+    Each instance's lines come from its buffer and, for what the buffer no longer
+    holds, from the spool. Only lines at or after `since` and after the cursor in
+    `after` (instance -> seq) count; with `previous`, only those of the instance's
+    last finished run. Where older lines that might have been wanted are gone (the
+    spool rotated them away, or lost them), a notice says so.
+    """
+    after = after or {}
+    buffers = {b.instance: b for b in logs.buffers(app) if matches(b.instance)}
+    spool = logs.spool
+    on_disk = spool.instances(app) if spool is not None else {}
+    found: dict[str, list[LogLine]] = {}
+    last: dict[str, int] = {}
+    verdicts: dict[str, Callable[[LogLine], Verdict]] = {}
+    for instance in sorted(set(buffers) | {i for i in on_disk if matches(i)}):
+        buffer = buffers.get(instance)
+        finished = buffer.finished_run if buffer else on_disk[instance].last_run
+        if previous and not finished:
+            continue  # no run of it has finished here
+        verdict = _verdict(since, after.get(instance, 0), finished if previous else 0)
+        lines: list[LogLine] = []
+        complete = False
+        if buffer is not None:
+            last[instance] = buffer.last_seq
+            lines, complete = _scan(buffer.lines(), count, verdict)
+            complete = complete or buffer.oldest_seq <= 1  # nothing older ever existed
+        found[instance] = lines
+        if not complete:
+            verdicts[instance] = verdict
+    queries: list[Query] = []
+    if verdicts and spool is not None:
+        await spool.flush()  # what the buffers no longer hold may still be on its way
+        on_disk = spool.instances(app)
+    for instance, verdict in verdicts.items():
+        buffer = buffers.get(instance)
+        below = buffer.oldest_seq if buffer is not None else 0
+        span = on_disk.get(instance)
+        if span is not None and (not below or (span.first_seq and span.first_seq < below)):
+            queries.append(Query(app, instance, below, count - len(found[instance]), verdict))
+        else:
+            found[instance] = _with_loss_notice(
+                found[instance], app, instance, below, after, previous, logs.node
+            )
+    if queries and spool is not None:
+        read = await spool.read(queries)
+        for query in queries:
+            older = read[(app, query.instance)]
+            lines = older.lines + found[query.instance]
+            if not older.complete:
+                lines = _with_loss_notice(
+                    lines, app, query.instance, query.below, after, previous, logs.node
+                )
+            found[query.instance] = lines
+        if spool.failure:
+            found[""] = [_notice(app, logs.node, spool.failure)]
+    merged = list(heapq.merge(*found.values(), key=lambda line: line.timestamp))
+    return merged[-count:], last
+
+
+def _verdict(since: float, after: int, run: int) -> Callable[[LogLine], Verdict]:
+    """What a reader going back in time makes of each line, for these bounds (run 0: any)."""
+
+    def verdict(line: LogLine) -> Verdict:
+        if line.seq and line.seq <= after:
+            return Verdict.STOP
+        if line.timestamp < since:
+            return Verdict.STOP
+        if run and line.run != run:
+            return Verdict.SKIP if line.run > run else Verdict.STOP
+        return Verdict.KEEP
+
+    return verdict
+
+
+def _scan(
+    lines: list[LogLine], count: int, verdict: Callable[[LogLine], Verdict]
+) -> tuple[list[LogLine], bool]:
+    """The last `count` lines that `verdict` keeps, oldest first, and whether that is all."""
+    kept: list[LogLine] = []
+    for line in reversed(lines):
+        decision = verdict(line)
+        if decision is Verdict.STOP:
+            return kept[::-1], True
+        if decision is Verdict.KEEP:
+            kept.append(line)
+            if len(kept) >= count:
+                return kept[::-1], True
+    return kept[::-1], False
+
+
+def _with_loss_notice(
+    lines: list[LogLine],
+    app: str,
+    instance: str,
+    below: int,
+    after: dict[str, int],
+    previous: bool,
+    node: str,
+) -> list[LogLine]:
+    """`lines`, after a notice of the older lines that are gone, if any are."""
+    seqs = [line.seq for line in lines if line.seq]
+    first = seqs[0] if seqs else below
+    lost = first - 1 - after.get(instance, 0)
+    if lost <= 0:
+        return lines
+    oldest = lines[0] if lines else None
+    text = (
+        f"earlier lines of {instance} are no longer kept"
+        if previous
+        else f"{lost} earlier lines of {instance} are no longer kept"
+    )
+    notice = LogLine(
+        oldest.timestamp if oldest else 0.0,
+        app,
+        instance,
+        PAAS_STREAM,
+        node,
+        0,
+        text,
+        oldest.run if oldest else 0,
+    )
+    return [notice, *lines]
+
+
+def _notice(app: str, node: str, text: str) -> LogLine:
+    return LogLine(time.time(), app, node, PAAS_STREAM, node, 0, text)
 
 
 def _is_instance(process: str) -> bool:

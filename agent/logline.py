@@ -1,0 +1,20 @@
+"""One line of one instance: the record the log buffers, the spool and the Agent API share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of one instance, as the Agent API's LogLine carries it."""
+
+    timestamp: float  # unix seconds
+    app: str
+    instance: str  # "web.3"
+    stream: str  # "stdout", "stderr" or "paas"
+    node: str
+    seq: int  # per instance, increasing from 1; 0 for notices about loss
+    text: str
+    run: int = 0  # which run (process start) of the instance wrote it, from 1
+    continued: bool = False  # a piece of an over-long line; the next piece follows

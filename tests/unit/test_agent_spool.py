@@ -1,0 +1,192 @@
+"""The on-disk log spool: lines written off the loop, rotated, read back, recovered after a
+restart; and history that goes past the in-memory buffer into it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from paas.agent.logbuffer import LogHub
+from paas.agent.logline import LogLine
+from paas.agent.servicer import process_matcher, read_history
+from paas.agent.spool import Query, Spool, Verdict, decode, encode
+
+
+def line(seq: int, text: str = "", instance: str = "web.1", run: int = 1) -> LogLine:
+    return LogLine(
+        time.time(), "shop", instance, "stdout", "node-1", seq, text or f"line {seq}", run
+    )
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    opened = Spool(tmp_path / "logs", "node-1")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def test_a_record_keeps_every_field_and_any_text() -> None:
+    for text in ["plain", "tabs\tin\tit", "new\nline", "bad \ufffd bytes", "", "back\\slash\\n"]:
+        original = LogLine(1.5, "shop", "web.3", "stderr", "n", 7, text, 2, True)
+        assert decode(encode(original).encode()[:-1], "n") == original
+    assert decode(b"torn\trecord", "n") is None
+
+
+async def test_lines_written_on_the_loop_are_read_back_newest_last(spool: Spool) -> None:
+    for seq in range(1, 101):
+        spool.write(line(seq))
+    spool.write(line(1, instance="worker.1"))
+    found = await spool.read([Query("shop", "web.1", below=91, count=5)])
+    assert [x.seq for x in found[("shop", "web.1")].lines] == [86, 87, 88, 89, 90]
+    assert found[("shop", "web.1")].complete
+    everything = await spool.read([Query("shop", "web.1", count=1000)])
+    assert len(everything[("shop", "web.1")].lines) == 100
+    assert not everything[("shop", "web.1")].complete  # it ran out before 1000
+    assert spool.last("shop", "web.1") == (100, 1)
+    assert set(spool.instances("shop")) == {"web.1", "worker.1"}
+
+
+async def test_a_verdict_skips_and_stops(spool: Spool) -> None:
+    for seq in range(1, 31):
+        spool.write(line(seq, run=1 + seq // 10))  # runs 1, 2, 3 (seq 30 is run 4)
+
+    def run_2(found: LogLine) -> Verdict:
+        if found.run > 2:
+            return Verdict.SKIP
+        return Verdict.KEEP if found.run == 2 else Verdict.STOP
+
+    found = (await spool.read([Query("shop", "web.1", count=100, verdict=run_2)]))[
+        ("shop", "web.1")
+    ]
+    assert [x.seq for x in found.lines] == list(range(10, 20))
+    assert found.complete
+
+
+async def test_files_rotate_and_the_spool_stays_within_its_size(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "logs", "node-1", file_bytes=10_000, files=3)
+    await spool.open()
+    try:
+        for seq in range(1, 2001):
+            spool.write(line(seq, "x" * 50))
+            if seq % 100 == 0:
+                await spool.flush()
+        await spool.flush()
+        files = sorted(path.name for path in (tmp_path / "logs").glob("*.log"))
+        assert len(files) == 3
+        assert spool.size <= 3 * (10_000 + 100 * 100)
+        found = (await spool.read([Query("shop", "web.1", count=5000)]))[("shop", "web.1")]
+        assert not found.complete  # the oldest lines are gone
+        seqs = [x.seq for x in found.lines]
+        assert seqs == list(range(seqs[0], 2001)) and seqs[0] > 1
+    finally:
+        await spool.close()
+
+
+async def test_a_new_spool_finds_where_each_instance_stopped_and_cuts_a_torn_end(
+    tmp_path: Path,
+) -> None:
+    first = Spool(tmp_path / "logs", "node-1", file_bytes=5_000, files=4)
+    await first.open()
+    for seq in range(1, 201):
+        first.write(line(seq, run=3))
+    await first.close()
+    current = max((tmp_path / "logs").glob("*.log"))
+    with current.open("ab") as file:
+        file.write(b"shop\tweb.1\t12.0\tstdout\t201\t3\t0\thalf a rec")  # the agent died here
+
+    second = Spool(tmp_path / "logs", "node-1", file_bytes=5_000, files=4)
+    await second.open()
+    try:
+        assert second.last("shop", "web.1") == (200, 3)
+        second.write(line(201, "after the restart", run=4))
+        found = (await second.read([Query("shop", "web.1", count=3)]))[("shop", "web.1")]
+        assert [x.text for x in found.lines] == ["line 199", "line 200", "after the restart"]
+    finally:
+        await second.close()
+
+
+async def test_a_full_backlog_drops_lines_counts_them_and_the_spool_says_where(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "logs", "node-1", backlog_bytes=2_000)
+    await spool.open()
+    try:
+        for seq in range(1, 101):  # in one loop turn: the writer gets nothing until we yield
+            spool.write(line(seq))
+        assert spool.dropped_total > 0
+        kept = 100 - spool.dropped_total
+        spool.write(line(101))  # dropped as well: the backlog is still full
+        await spool.flush()
+        spool.write(line(102))
+        found = (await spool.read([Query("shop", "web.1", count=1000)]))[("shop", "web.1")]
+        texts = [x.text for x in found.lines]
+        assert texts[:kept] == [f"line {seq}" for seq in range(1, kept + 1)]
+        assert texts[kept:] == [
+            f"{101 - kept} lines not written to disk (the disk writer fell behind)",
+            "line 102",
+        ]
+        assert found.lines[kept].seq == 0
+    finally:
+        await spool.close()
+
+
+async def test_history_goes_past_the_buffer_into_the_spool(spool: Spool) -> None:
+    hub = LogHub("node-1", lines=10, spool=spool)
+    buffer = hub.buffer("shop", "web.1")
+    buffer.begin_run()
+    for i in range(1, 51):
+        buffer.append("stdout", f"line {i}")
+    lines, last = await read_history(hub, "shop", process_matcher(""), 30)
+    assert [x.text for x in lines] == [f"line {i}" for i in range(21, 51)]
+    assert last == {"web.1": 50}
+    everything, _ = await read_history(hub, "shop", process_matcher(""), 1000)
+    assert [x.seq for x in everything] == list(range(1, 51))  # no notice: nothing is lost
+
+
+async def test_previous_reads_the_last_finished_run_from_disk_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    first = Spool(tmp_path / "logs", "node-1")
+    hub = LogHub("node-1", lines=5, spool=first)
+    await hub.open()
+    buffer = hub.buffer("shop", "web.3")
+    for run in (1, 2):
+        buffer.begin_run()
+        for i in range(20):
+            buffer.append("stdout", f"run {run} line {i}")
+        buffer.end_run()
+    await hub.close()
+
+    second = Spool(tmp_path / "logs", "node-1")
+    hub = LogHub("node-1", lines=5, spool=second)  # the agent restarted: memory is empty
+    await hub.open()
+    try:
+        lines, _ = await read_history(hub, "shop", process_matcher("web.3"), 100, previous=True)
+        assert [x.text for x in lines] == [f"run 2 line {i}" for i in range(20)]
+        again = hub.buffer("shop", "web.3")
+        assert (again.last_seq, again.begin_run()) == (40, 3)  # seq and run go on
+    finally:
+        await hub.close()
+
+
+async def test_history_says_when_older_lines_are_gone(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "logs", "node-1", file_bytes=2_000, files=2)
+    hub = LogHub("node-1", lines=10, spool=spool)
+    await hub.open()
+    try:
+        buffer = hub.buffer("shop", "web.1")
+        for i in range(1, 301):
+            buffer.append("stdout", f"line {i:03}")
+            if i % 20 == 0:
+                await spool.flush()
+        lines, _ = await read_history(hub, "shop", process_matcher(""), 1000)
+        notice, first, *rest = lines
+        assert notice.seq == 0 and notice.instance == "web.1"
+        assert notice.text == f"{first.seq - 1} earlier lines of web.1 are no longer kept"
+        assert [x.seq for x in [first, *rest]] == list(range(first.seq, 301))
+    finally:
+        await hub.close()
