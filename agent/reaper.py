@@ -9,8 +9,14 @@ them (STATE_DIR/pgids). Two halves of one protocol live here:
 - `main`, the sidecar: keeps the live groups (with each leader's create time)
   and mirrors them to STATE_DIR/pgids. When its stdin reaches EOF without a
   "bye" first - the agent died, however it died - it SIGKILLs every group it
-  knows and exits. On start it first ends the groups a previous agent's file
-  still lists (an agent and its sidecar both killed), then signals "ready".
+  knows, then every process that carries the agent's token (PAAS_AGENT_ID,
+  see orphans.py: that catches processes that left their group, which the
+  dead agent can no longer catch as their subreaper) and exits. After a "bye"
+  it does the same with whatever is left. On start it first ends what a
+  previous agent left (an agent and its sidecar both killed): the groups its
+  file still lists and the processes with its token; then it signals
+  "ready AGENT_ID". The agent id (`NAME-UUID`) is kept in STATE_DIR/agent-id,
+  so the next agent on this state directory has the same one.
 
 Processes are ended, never re-adopted: an agent that starts where an earlier
 one left processes kills them and lets the scheduler place them again. A group
@@ -39,12 +45,15 @@ from pathlib import Path
 
 import psutil
 
+from paas.agent.orphans import AGENT_ID_VAR, kill_carriers, new_token, own_children
+
 log = logging.getLogger(__name__)
 
-READY = b"ready\n"
+READY = "ready"
 FAILED = "error "
 BYE = "bye"
 STATE_FILE = "pgids"
+AGENT_ID_FILE = "agent-id"
 LOCK_FILE = "lock"
 # A previous sidecar may still be killing its groups; wait this long for its lock.
 LOCK_WAIT = 10.0
@@ -110,6 +119,25 @@ def end_leftovers(path: Path) -> int:
     return sum(end_group(pgid, created) for pgid, created in read_state(path).items())
 
 
+def agent_id(state_dir: Path) -> str:
+    """The id of the agent on `state_dir`, made (NAME-UUID) the first time."""
+    path = state_dir / AGENT_ID_FILE
+    with contextlib.suppress(FileNotFoundError):
+        found = path.read_text().strip()
+        if found:
+            return found
+    made = new_token(state_dir.name)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(made + "\n")
+    os.replace(temporary, path)
+    return made
+
+
+def end_carriers(agent: str) -> int:
+    """Kill every process carrying the token of agent `agent`; how many."""
+    return len(kill_carriers(AGENT_ID_VAR, [agent]))
+
+
 def _lock(state_dir: Path) -> int:
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + LOCK_WAIT
@@ -147,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(BrokenPipeError):
             os.write(sys.stdout.fileno(), f"{FAILED}{exc}\n".encode())
         return 3
+    agent = agent_id(state_dir)
     if args.keep:
         # The groups listed are the live agent's own: watch them (it sends them again).
         groups = read_state(path)
@@ -157,10 +186,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"paas-reaper: ended {ended} process group(s) an earlier agent left in {path}",
                 file=sys.stderr,
             )
+        escaped = end_carriers(agent)
+        if escaped:
+            print(
+                f"paas-reaper: ended {escaped} process(es) with {AGENT_ID_VAR}={agent} "
+                "an earlier agent left",
+                file=sys.stderr,
+            )
         groups = {}
     write_state(path, groups)
     try:
-        os.write(sys.stdout.fileno(), READY)
+        os.write(sys.stdout.fileno(), f"{READY} {agent}\n".encode())
     except BrokenPipeError:
         pass  # the agent is already gone: the read below sees EOF and ends its groups
 
@@ -185,10 +221,19 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     ended = sum(end_group(pgid, created) for pgid, created in groups.items())
+    escaped = end_carriers(agent)
     if not clean:
-        print(f"paas-reaper: the agent is gone; ended {ended} process group(s)", file=sys.stderr)
-    elif ended:
-        print(f"paas-reaper: ended {ended} process group(s) left at exit", file=sys.stderr)
+        print(
+            f"paas-reaper: the agent is gone; ended {ended} process group(s) and "
+            f"{escaped} process(es) outside them",
+            file=sys.stderr,
+        )
+    elif ended or escaped:
+        print(
+            f"paas-reaper: ended {ended} process group(s) and {escaped} process(es) outside "
+            "them left at exit",
+            file=sys.stderr,
+        )
     write_state(path, {})
     return 0
 
@@ -211,6 +256,7 @@ class Reaper:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self.agent_id = ""  # known once started: every instance carries it (PAAS_AGENT_ID)
         self._pgids: set[int] = set()
         self._process: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Task[None] | None = None
@@ -250,38 +296,45 @@ class Reaper:
         except TimeoutError:
             process.kill()
             await process.wait()
+        own_children.discard(process.pid)
 
     async def _spawn(self, keep: bool) -> asyncio.subprocess.Process:
         argv = [sys.executable, "-m", "paas.agent.reaper", str(self.state_dir)]
         if keep:
             argv.append("--keep")
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        with own_children.spawning():  # asyncio waits for it, never the orphan reaper
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            own_children.add(process.pid)
         assert process.stdout is not None
         try:
             ready = await asyncio.wait_for(process.stdout.readline(), LOCK_WAIT + 30.0)
         except TimeoutError:
             ready = b""
-        if ready != READY:
+        word, _, agent = ready.decode(errors="replace").strip().partition(" ")
+        if word != READY or not agent:
             if process.returncode is None:
                 process.kill()
             code = await process.wait()
+            own_children.discard(process.pid)
             reason = ready.decode(errors="replace").strip()
             if reason.startswith(FAILED):
                 raise ReaperError(reason.removeprefix(FAILED))
             raise ReaperError(
                 f"the reaper sidecar did not start (exit status {code}); see its message above"
             )
+        self.agent_id = agent
         return process
 
     async def _respawn_on_death(self) -> None:
         while not self._closing:
             assert self._process is not None
             code = await self._process.wait()
+            own_children.discard(self._process.pid)
             if self._closing:
                 return
             log.error("the reaper sidecar exited (status %s); starting a new one", code)

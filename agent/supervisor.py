@@ -11,8 +11,13 @@ session).
 It never decides what should run (that is the scheduler's desired set), never
 starts an assignment older than one it has seen, never talks gRPC and never
 leaves a process behind: stopping ends the whole process group, a crashed
-leader's leftovers are killed, and the reaper is told every group so that even
-the agent's own death ends them.
+leader's leftovers are killed, what escaped the group is killed by the run's
+token (orphans.py says which mechanism catches what), and the reaper is told
+every group so that even the agent's own death ends them.
+
+Commands run with `/bin/bash -c` where bash exists, else `/bin/sh -c`: bash
+execs a lone simple command itself (dash forks it), so the pid `paas ps` shows
+is the app's own process, not a wrapper shell.
 
     supervisor = Supervisor(config, LogHub("node-1", 10_000), PortPool(5000, 5999), reaper)
     supervisor.add_listener(lambda status: print(status.name, status.state))
@@ -40,6 +45,7 @@ import psutil
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogBuffer, LogHub, pump
+from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, Carrier, Sweeper, new_token, own_children
 from paas.agent.ports import PortPool, PortsExhausted
 from paas.agent.reaper import Reaper
 from paas.agent.usage import UsageSampler
@@ -61,6 +67,7 @@ GROUP_POLL_INTERVAL = 0.1
 # escaped process) before they are closed anyway.
 DRAIN_TIMEOUT = 2.0
 PIPE_LIMIT = 2**16
+SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 
 
 class State(Enum):
@@ -122,6 +129,16 @@ def describe_exit(returncode: int) -> str:
     except ValueError:
         return f"signal {number}"
     return f"signal {number} ({name})"
+
+
+def exit_reason(returncode: int) -> str:
+    """Why a run ended, for InstanceStatus.reason: the exit, and what the shell's codes mean."""
+    described = describe_exit(returncode)
+    if returncode == 127:
+        return f"{described}: command not found (its last output says which)"
+    if returncode == 126:
+        return f"{described}: command not executable"
+    return described
 
 
 def _seconds(value: float) -> str:
@@ -211,6 +228,8 @@ class Instance:
         reaper: Reaper | None,
         report: Callable[[Instance], None],
         spawn_lock: asyncio.Lock | None = None,
+        sweeper: Sweeper | None = None,
+        agent_id: str = "",
     ) -> None:
         self.assignment = assignment
         self.app = assignment.app
@@ -245,6 +264,10 @@ class Instance:
         self._reaper = reaper
         self._report = report
         self._spawn_lock = spawn_lock or asyncio.Lock()
+        self._sweeper = sweeper or Sweeper()
+        self._agent_id = agent_id or new_token(config.name)
+        self._run_prefix = config.name
+        self.run_id = ""  # PAAS_RUN_ID of the current (or last) run
         self._backoff = Backoff(
             config.restart_base,
             settings.backoff_cap or config.restart_cap,
@@ -340,28 +363,32 @@ class Instance:
             self.buffer.end_run()
             return 0.0
         self._line(f"Starting process with command `{self.assignment.command}`")
+        self.run_id = new_token(self._run_prefix)
         try:
             # The fork runs on the loop's thread: one at a time, so that a burst of
             # starts lets the loop turn between forks instead of stalling for all.
             async with self._spawn_lock:
-                transport, protocol = await loop.subprocess_exec(
-                    lambda: _ChildProtocol(PIPE_LIMIT, loop),
-                    "/bin/sh",
-                    "-c",
-                    self.assignment.command,
-                    cwd=self.assignment.dir or None,
-                    env=self._env(),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )
+                with own_children.spawning():  # asyncio waits for the leader
+                    transport, protocol = await loop.subprocess_exec(
+                        lambda: _ChildProtocol(PIPE_LIMIT, loop),
+                        SHELL,
+                        "-c",
+                        self.assignment.command,
+                        cwd=self.assignment.dir or None,
+                        env=self._env(),
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.PIPE,
+                        start_new_session=True,
+                    )
+                    pgid = transport.get_pid()  # start_new_session: the group id
+                    own_children.add(pgid)
+                    own_children.add_group(pgid)
         except OSError as exc:
             self._crash(f"cannot start: {exc}")
             self.buffer.end_run()
             return 0.0
         self.started_at = time.time()
-        pgid = transport.get_pid()  # start_new_session: the leader's pid is the group id
         if self._reaper is not None:
             self._reaper.track(pgid)
         self.pid = pgid
@@ -383,12 +410,14 @@ class Instance:
         if not stopping:
             # Whatever the crashed leader left in its group dies with it.
             signal_group(pgid, signal.SIGKILL)
+        await self._sweep(pgid)
         await self._drain(pumps)
         transport.close()
         if self._reaper is not None:
             self._reaper.untrack(pgid)
         returncode = transport.get_returncode()
         assert returncode is not None
+        own_children.discard(pgid)  # asyncio has its exit status
         self.last_exit = describe_exit(returncode)
         self.pid = 0
         self.exited_at = time.time()
@@ -401,7 +430,7 @@ class Instance:
         else:
             self._line(f"Process exited with status {returncode}")
         if not stopping:
-            self._to(State.CRASHED, failure or self.last_exit)
+            self._to(State.CRASHED, failure or exit_reason(returncode))
         return loop.time() - up_at if up_at is not None else 0.0
 
     async def _supervise(self, exited: asyncio.Future[None], pgid: int) -> tuple[str, float | None]:
@@ -492,6 +521,22 @@ class Instance:
             signal_group(pgid, signal.SIGKILL)
         await asyncio.shield(exited)
 
+    async def _sweep(self, pgid: int) -> None:
+        """Kill what is left of this run outside its group (a daemon's double fork)."""
+        try:
+            killed: list[Carrier] = await self._sweeper.sweep(self.run_id)
+        except Exception:
+            log.exception("%s/%s: sweeping for escaped processes failed", self.app, self.name)
+            return
+        escaped = [carrier for carrier in killed if carrier.pgid != pgid]
+        if escaped:
+            pids = ", ".join(str(carrier.pid) for carrier in escaped[:10])
+            more = f" and {len(escaped) - 10} more" if len(escaped) > 10 else ""
+            self._line(
+                f"Killed {len(escaped)} process(es) that had left the process group "
+                f"(pid {pids}{more})"
+            )
+
     async def _drain(self, pumps: list[asyncio.Task[None]]) -> None:
         """Let the readers take the last output; an escaped holder of the pipe is cut off."""
         _, pending = await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT)
@@ -513,6 +558,9 @@ class Instance:
             PAAS_INSTANCE=self.name,
             DYNO=self.name,
         )
+        # Last, so no release config can hide a process from the sweeps (orphans.py).
+        env[AGENT_ID_VAR] = self._agent_id
+        env[RUN_ID_VAR] = self.run_id
         return env
 
     def _crash(self, reason: str) -> None:
@@ -576,6 +624,9 @@ class Supervisor:
         self._base_env = dict(os.environ)
         self._sampler: asyncio.Task[None] | None = None
         self._spawn_lock = asyncio.Lock()
+        self._sweeper = Sweeper()
+        # Every instance carries it; the reaper sidecar kills by it when the agent dies.
+        self.agent_id = reaper.agent_id if reaper and reaper.agent_id else new_token(config.name)
 
     # ------------------------------------------------------------ observing
 
@@ -701,6 +752,8 @@ class Supervisor:
                         reaper=self.reaper,
                         report=self._report,
                         spawn_lock=self._spawn_lock,
+                        sweeper=self._sweeper,
+                        agent_id=self.agent_id,
                     )
                     current.start()
                 await slot.wake.wait()
