@@ -33,3 +33,8 @@ class AgentConfig:
     restart_reset_after: float = 600.0
     # How often CPU and memory of each instance are sampled (and reported on change); 0 = never.
     usage_interval: float = 5.0
+    # Every child of this process is the agent's (`paas agent`), so the orphan reaper
+    # may wait for any zombie child it did not spawn. False when the agent runs inside
+    # a process with children of its own (tests, benches): then it waits only for
+    # zombies known to be an instance's (see orphans.py).
+    own_all_children: bool = True

@@ -1,7 +1,9 @@
 """`paas agent`: one host's agent, wiring reaper, supervisor, log API and session.
 
-Owns the agent's start and its clean stop. On start it starts the reaper
-(which first ends what an earlier agent left), serves the Agent API, and
+Owns the agent's start and its clean stop. On start it makes itself a child
+subreaper with an orphan reaper (so processes that escape their group come
+back to it, see orphans.py), starts the reaper sidecar (which first ends what
+an earlier agent left), serves the Agent API, and
 holds the session with the scheduler. SIGTERM or SIGINT (or cancellation)
 stops it cleanly: no more desired sets are taken, every instance is stopped
 gracefully (SIGTERM to its group, SIGKILL after the grace) while the
@@ -24,6 +26,7 @@ import grpc
 from paas.agent import spool
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
+from paas.agent.orphans import OrphanReaper
 from paas.agent.ports import PortPool
 from paas.agent.reaper import Reaper, ReaperError
 from paas.agent.servicer import AgentService
@@ -40,6 +43,7 @@ SERVER_STOP_GRACE = 1.0
 
 class AgentError(RuntimeError):
     """The agent cannot start; the message says why and what to do (one line)."""
+
 
 SESSION_LEAVE_TIMEOUT = 3.0
 
@@ -61,10 +65,13 @@ async def run_agent(config: AgentConfig) -> None:
     install_child_watcher()
     loop = asyncio.get_running_loop()
 
+    orphans = OrphanReaper(own_all_children=config.own_all_children)
+    orphans.start()
     reaper = Reaper(config.state_dir / config.name)
     try:
         await reaper.start()
     except ReaperError as exc:
+        await orphans.close()
         raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
@@ -120,4 +127,5 @@ async def run_agent(config: AgentConfig) -> None:
         await server.stop(SERVER_STOP_GRACE)
         await logs.close()
         await reaper.close()
+        await orphans.close()
         log.info("agent %s stopped", config.name)

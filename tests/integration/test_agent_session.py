@@ -219,6 +219,7 @@ def config_for(tmp_path: Path) -> Callable[..., AgentConfig]:
             "heartbeat_interval": 0.2,
             "restart_base": 0.1,
             "labels": {"zone": "a"},
+            "own_all_children": False,  # pytest has children of its own
         }
         settings.update(overrides)
         return AgentConfig(**settings)
