@@ -21,6 +21,7 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, OrphanReaper, is_subreaper
 from paas.agent.ports import PortPool, can_bind
 from paas.agent.reaper import (
     STATE_FILE,
@@ -40,10 +41,27 @@ APP = "shop"
 WEB = f"exec {PY} -u -m http.server $PORT --bind 127.0.0.1"
 # A shell with two grandchildren in its process group.
 SLEEPERS = "echo sleepers up; sleep 1000 & sleep 1001 & wait"
+# A daemon's double fork: it leaves the process group and session, and appends its
+# pid to the file it is given once it is on its own.
+DAEMON = textwrap.dedent(
+    """
+    import os, sys, time
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    with open(sys.argv[1], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(1000)
+    """
+)
 
 
 async def eventually(
-    condition: Callable[[], T | None], what: str, timeout: float = 20.0  # noqa: ASYNC109
+    condition: Callable[[], T | None],
+    what: str,
+    timeout: float = 20.0,  # noqa: ASYNC109
 ) -> T:
     """Poll `condition` every 50 ms until it is truthy; fail naming `what` after `timeout`."""
     loop = asyncio.get_running_loop()
@@ -169,8 +187,11 @@ NodeFactory = Callable[..., Awaitable[Node]]
 @pytest.fixture
 async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     """Start nodes (supervisor + reaper) with short timings; at teardown stop them and
-    prove that no process of theirs is left."""
+    prove that no process of theirs is left. The test process is a child subreaper
+    meanwhile, with an orphan reaper, as `paas agent` is."""
     install_child_watcher()
+    orphans = OrphanReaper(own_all_children=False)  # pytest has children of its own
+    orphans.start()
     nodes: list[Node] = []
 
     async def start(**overrides: Any) -> Node:
@@ -215,7 +236,33 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             for node in nodes:
                 for pgid in node.pgids:
                     with_suppress_kill(pgid)
+            await orphans.close()
             forget_child_watcher()
+
+
+def gone(pids: list[int]) -> bool:
+    """None of `pids` exists any more, not even as a zombie: someone waited for each."""
+    return not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def zombie_children() -> list[int]:
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                found.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def read_pids(path: Path, count: int) -> list[int] | None:
+    """The pids written to `path`, once there are `count` of them."""
+    try:
+        pids = [int(line) for line in path.read_text().split()]
+    except (FileNotFoundError, ValueError):
+        return None
+    return pids if len(pids) >= count else None
 
 
 def with_suppress_kill(pgid: int) -> None:
@@ -278,6 +325,34 @@ async def test_output_lines_land_in_the_buffer_in_order_with_increasing_seq(
     assert [line.text for line in out] == [f"out {i}" for i in range(1, 201)]
     seqs = [line.seq for line in node.lines("worker.1")]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_the_pid_is_the_apps_own_process_not_a_wrapper_shell(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.apply(assignment("worker.1", "sleep 1000"))
+    status = await node.up("worker.1")
+    process = psutil.Process(status.pid)
+    assert process.cmdline() == ["sleep", "1000"]  # bash ran it in its own place
+    assert os.getpgid(status.pid) == status.pid and os.getsid(status.pid) == status.pid
+    environ = process.environ()
+    assert environ[AGENT_ID_VAR] == node.supervisor.agent_id == node.reaper.agent_id
+    assert environ[AGENT_ID_VAR].startswith(f"{node.config.name}-")
+    assert environ[RUN_ID_VAR].startswith(f"{node.config.name}-")
+    assert environ[RUN_ID_VAR] != environ[AGENT_ID_VAR]
+
+
+async def test_each_run_carries_its_own_run_token(start_node: NodeFactory) -> None:
+    node = await start_node()
+    node.apply(assignment("worker.1", f'echo "run ${RUN_ID_VAR} of ${AGENT_ID_VAR}"; exit 1'))
+    await eventually(
+        lambda: (s := node.status("worker.1")) is not None and s.restarts >= 2, "two restarts"
+    )
+    runs = [t.split() for t in node.texts("worker.1") if t.startswith("run ")]
+    assert len(runs) >= 3
+    assert len({run[1] for run in runs}) == len(runs)  # a new token for every run
+    assert {run[3] for run in runs} == {node.supervisor.agent_id}
 
 
 # ---------------------------------------------------------------- crashes
@@ -384,6 +459,54 @@ async def test_what_a_crashed_leader_leaves_in_its_group_is_killed(
     sleeps = await eventually(children, "two runs")
     await eventually(lambda: not live(sleeps), "the leftover sleeps to die")
     await eventually(lambda: node.state("worker.1") is State.BACKOFF, "backoff")
+    # They had re-parented to the agent (a subreaper), which waited for them.
+    await eventually(lambda: gone(sleeps), "the leftover sleeps to be reaped, not zombies")
+
+
+async def test_a_command_that_is_not_found_crashes_with_a_clear_reason_and_backs_off(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(restart_base=60.0)
+    node.apply(assignment("worker.1", "no-such-command-paas-test --serve"))
+    await eventually(lambda: node.state("worker.1") is State.BACKOFF, "backoff")
+    crashes = [s for s in node.statuses if s.state == pb.CRASHED]
+    assert len(crashes) == 2  # the first restart is at once, then the backoff
+    crash = crashes[-1]
+    assert crash.last_exit == "exit 127"
+    assert crash.reason.startswith("exit 127: command not found")
+    assert any("no-such-command-paas-test: command not found" in t for t in crash.last_lines)
+    backoff = node.status("worker.1")
+    assert backoff is not None and backoff.reason.startswith("restarting in ")
+
+
+async def test_backoff_grows_to_its_cap_and_starts_over_after_a_long_enough_run(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await start_node(restart_base=0.2, restart_cap=0.8, restart_reset_after=1.0)
+    count = tmp_path / "runs"
+    # Runs 1-4 and 6-7 crash at once; run 5 stays up past restart_reset_after first.
+    command = (
+        f"n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}; "
+        "echo run $n; if [ $n -eq 5 ]; then sleep 1.5; fi; exit 1"
+    )
+    node.apply(assignment("worker.1", command))
+    await eventually(lambda: "run 7" in node.texts("worker.1"), "seven runs")
+    node.apply()
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+
+    # restarts = the run number - 1; the wait after each run that crashed:
+    waits: dict[int, float] = {}
+    for status in node.statuses:
+        if status.name == "worker.1" and status.state == pb.BACKOFF:
+            waits.setdefault(status.restarts, status.next_start - status.exited_at)
+    assert 0 not in waits  # after run 1: at once
+    assert 0.15 <= waits[1] <= 0.3  # run 2: the base, +-20 % jitter
+    assert 0.3 <= waits[2] <= 0.55  # run 3: doubled
+    assert 0.6 <= waits[3] <= 0.85  # run 4: the cap
+    assert 4 not in waits  # run 5 was up for 1.5 s: at once again
+    assert 0.15 <= waits[5] <= 0.3  # run 6: the base again
+    texts = node.texts("worker.1")
+    assert texts.count("Restarting now") == 2
 
 
 async def test_a_web_instance_that_never_listens_crashes_with_a_boot_timeout(
@@ -461,6 +584,65 @@ async def test_close_stops_every_instance(start_node: NodeFactory) -> None:
     assert not live(processes)
     assert node.supervisor.statuses() == []
     assert not node.apply(assignment("worker.2", SLEEPERS))  # closed: nothing starts any more
+
+
+# ---------------------------------------------------------------- escaping the group
+
+
+async def test_a_double_forked_daemon_is_caught_on_stop(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    pidfile = tmp_path / "daemon.pids"
+    node = await start_node()
+    node.apply(assignment("worker.1", f"{PY} {script} {pidfile}; exec sleep 1000"))
+    status = await node.up("worker.1")
+    [daemon] = await eventually(lambda: read_pids(pidfile, 1), "the daemon")
+    assert os.getsid(daemon) != status.pid and os.getpgid(daemon) != status.pid  # it escaped
+    if is_subreaper():
+        assert psutil.Process(daemon).ppid() == os.getpid()  # it came back to the agent
+
+    node.apply()
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    assert not live([daemon])
+    assert f"Killed 1 process(es) that had left the process group (pid {daemon})" in node.texts(
+        "worker.1"
+    )
+    if is_subreaper():
+        await eventually(lambda: gone([daemon]), "the daemon to be reaped")
+        await eventually(lambda: not zombie_children(), "no zombie left with the agent")
+
+
+async def test_a_double_forked_daemon_is_caught_when_its_run_crashes(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(DAEMON)
+    pidfile = tmp_path / "daemon.pids"
+    node = await start_node(restart_base=60.0)  # one immediate restart, then a long backoff
+    node.apply(assignment("worker.1", f"{PY} {script} {pidfile}; sleep 0.3; exit 1"))
+    await eventually(lambda: node.state("worker.1") is State.BACKOFF, "backoff after two runs")
+    daemons = await eventually(lambda: read_pids(pidfile, 2), "a daemon from each run")
+    assert not live(daemons)
+    killed = [t for t in node.texts("worker.1") if t.startswith("Killed 1 process(es)")]
+    assert len(killed) == 2
+    # The first daemon was gone before the second run started.
+    texts = node.texts("worker.1")
+    assert texts.index(killed[0]) < texts.index("Restarting now")
+
+
+async def test_a_process_that_forks_a_hundred_children_loses_them_all_on_stop(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.apply(assignment("worker.1", "for i in $(seq 100); do sleep 1000 & done; wait"))
+    status = await node.up("worker.1")
+    processes = await eventually(lambda: tree_of(status.pid, 101), "the shell and 100 sleeps")
+    node.apply()
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    assert not live(processes)
+    await eventually(lambda: gone(processes), "all of them reaped")
 
 
 # ---------------------------------------------------------------- incarnations and generations
