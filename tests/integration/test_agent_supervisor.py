@@ -713,6 +713,7 @@ AGENT_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from paas.agent.config import AgentConfig
     from paas.agent.logbuffer import LogHub
+    from paas.agent.orphans import OrphanReaper
     from paas.agent.ports import PortPool
     from paas.agent.reaper import Reaper
     from paas.agent.supervisor import State, Supervisor, install_child_watcher
@@ -721,9 +722,11 @@ AGENT_SCRIPT = textwrap.dedent(
     async def main() -> None:
         install_child_watcher()
         state, low, high = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+        daemon, pidfile = sys.argv[4], Path(sys.argv[5])
         config = AgentConfig(
             join=["127.0.0.1:1"], name="victim", state_dir=state, ports=(low, high)
         )
+        OrphanReaper(own_all_children=True).start()  # as paas agent does
         reaper = Reaper(state / "victim")
         await reaper.start()
         supervisor = Supervisor(config, LogHub("victim", 100), PortPool(low, high), reaper)
@@ -732,13 +735,16 @@ AGENT_SCRIPT = textwrap.dedent(
                           command=sys.executable + " -u -m http.server $PORT --bind 127.0.0.1"),
             pb.Assignment(app="shop", name="worker.1", type="worker", incarnation=1, dir="/tmp",
                           command="sleep 1000 & sleep 1001 & wait"),
+            pb.Assignment(app="shop", name="daemon.1", type="daemon", incarnation=1, dir="/tmp",
+                          command=f"{sys.executable} {daemon} {pidfile}; exec sleep 1000"),
         ]))
-        while len(supervisor.instances()) < 2 or any(
+        while len(supervisor.instances()) < 3 or any(
             i.state is not State.UP for i in supervisor.instances()
-        ):
+        ) or not pidfile.exists() or not pidfile.read_text().endswith("\\n"):
             await asyncio.sleep(0.05)
         pids = [s.pid for s in supervisor.statuses()]
-        print(json.dumps({"reaper": reaper.pid, "pids": pids}), flush=True)
+        escaped = int(pidfile.read_text())
+        print(json.dumps({"reaper": reaper.pid, "pids": pids, "daemon": escaped}), flush=True)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -753,6 +759,7 @@ class Victim:
     processes: list[int]  # every instance process with its descendants
     pgids: list[int]
     state_dir: Path
+    daemon: int  # a double-forked daemon that left its instance's group and session
 
 
 def read_state_file(agent: Victim) -> dict[int, float]:
@@ -761,16 +768,21 @@ def read_state_file(agent: Victim) -> dict[int, float]:
 
 @pytest.fixture
 async def victim(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Victim]]]:
-    """Start a small agent (supervisor + reaper) as its own process, running a web and a
-    worker with two grandchildren; whatever a test does, nothing of it survives."""
+    """Start a small agent (supervisor + reaper + orphan reaper) as its own process,
+    running a web, a worker with two grandchildren and an instance that leaves a
+    double-forked daemon; whatever a test does, nothing of it survives."""
     script = tmp_path / "agent_script.py"
     script.write_text(AGENT_SCRIPT)
+    daemon = tmp_path / "daemon.py"
+    daemon.write_text(DAEMON)
     started: list[Victim] = []
 
     async def start() -> Victim:
         low, high = free_range()
+        pidfile = tmp_path / f"daemon-{len(started)}.pids"
         process = await asyncio.create_subprocess_exec(
             PY, str(script), str(tmp_path / "state"), str(low), str(high),
+            str(daemon), str(pidfile),
             stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert process.stdout is not None
@@ -782,7 +794,10 @@ async def victim(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Victim]
             raise
         report = json.loads(line)
         processes = [pid for leader in report["pids"] for pid in tree(leader)]
-        result = Victim(process, report["reaper"], processes, report["pids"], tmp_path / "state")
+        result = Victim(
+            process, report["reaper"], processes, report["pids"], tmp_path / "state",
+            report["daemon"],
+        )  # fmt: skip
         started.append(result)
         return result
 
@@ -790,7 +805,7 @@ async def victim(tmp_path: Path) -> AsyncIterator[Callable[[], Awaitable[Victim]
         yield start
     finally:
         for each in started:
-            for pid in [each.process.pid, each.reaper]:
+            for pid in [each.process.pid, each.reaper, each.daemon]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -806,11 +821,16 @@ async def test_a_killed_agent_takes_its_children_and_grandchildren_with_it(
     agent = await victim()
     assert len(agent.processes) >= 4, "a web and a shell with two sleeps"
     assert live(agent.processes) == agent.processes
+    assert os.getsid(agent.daemon) not in agent.pgids, "the daemon left its group and session"
+    if sys.platform == "linux":  # the agent is a child subreaper there
+        assert psutil.Process(agent.daemon).ppid() == agent.process.pid
 
     agent.process.send_signal(signal.SIGKILL)
     await agent.process.wait()
 
     await eventually(lambda: not live(agent.processes), "the killed agent's processes to die")
+    # No group leads to the daemon: the reaper finds it by the agent's token.
+    await eventually(lambda: not live([agent.daemon]), "the escaped daemon to die")
     await eventually(lambda: not live([agent.reaper]), "the reaper to exit")
 
 
@@ -825,12 +845,14 @@ async def test_a_new_agent_ends_what_a_killed_agent_and_its_reaper_left(
     os.kill(agent.reaper, signal.SIGKILL)
     await eventually(lambda: not live([agent.reaper]), "the reaper to die")
     assert live(agent.processes) == agent.processes, "orphans, with nobody left to end them"
+    assert live([agent.daemon]) == [agent.daemon]
 
     install_child_watcher()
     try:
         successor = Reaper(tmp_path / "state" / "victim")
         await successor.start()
         await eventually(lambda: not live(agent.processes), "the leftovers to be ended")
+        await eventually(lambda: not live([agent.daemon]), "the escaped daemon to be ended")
         await successor.close()
     finally:
         forget_child_watcher()
@@ -896,4 +918,5 @@ async def test_a_reaper_that_dies_is_replaced_and_still_guards_the_groups(
     agent.process.send_signal(signal.SIGKILL)
     await agent.process.wait()
     await eventually(lambda: not live(agent.processes), "the killed agent's processes to die")
+    await eventually(lambda: not live([agent.daemon]), "the escaped daemon to die")
     await eventually(lambda: not live([new_reaper]), "the new reaper to exit")
