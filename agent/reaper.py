@@ -41,6 +41,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import psutil
@@ -133,9 +134,9 @@ def agent_id(state_dir: Path) -> str:
     return made
 
 
-def end_carriers(agent: str) -> int:
-    """Kill every process carrying the token of agent `agent`; how many."""
-    return len(kill_carriers(AGENT_ID_VAR, [agent]))
+def end_carriers(agent: str, groups: Collection[int] = ()) -> int:
+    """Kill every process carrying the token of agent `agent`; how many were outside `groups`."""
+    return sum(carrier.pgid not in groups for carrier in kill_carriers(AGENT_ID_VAR, [agent]))
 
 
 def _lock(state_dir: Path) -> int:
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     ended = sum(end_group(pgid, created) for pgid, created in groups.items())
-    escaped = end_carriers(agent)
+    escaped = end_carriers(agent, groups)
     if not clean:
         print(
             f"paas-reaper: the agent is gone; ended {ended} process group(s) and "

@@ -67,6 +67,9 @@ GROUP_POLL_INTERVAL = 0.1
 # escaped process) before they are closed anyway.
 DRAIN_TIMEOUT = 2.0
 PIPE_LIMIT = 2**16
+# The most output bytes one read of a pipe hands on before the loop gets a turn: a
+# process that floods its output must not starve the agent's loop (~8 ms of lines).
+FAIR_READ = 4096
 SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 
 
@@ -193,8 +196,23 @@ class Backoff:
         return float(min(self.cap, delay))
 
 
+class _FairReader(asyncio.StreamReader):
+    """A pipe reader that lets the loop turn before every read and hands on at most
+    FAIR_READ bytes each time.
+
+    A StreamReader with data buffered returns it without suspending, and one turn
+    of the loop may buffer 256 KiB of a flooding pipe: read by the log pump in
+    64 KiB chunks, that held the loop for half a second at a time.
+    """
+
+    async def read(self, n: int = -1) -> bytes:
+        await asyncio.sleep(0)
+        return await super().read(FAIR_READ if n > FAIR_READ else n)
+
+
 class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's own subprocess protocol, plus a future for the leader's exit alone.
+    """asyncio's own subprocess protocol, with fair pipe readers and a future for the
+    leader's exit alone.
 
     Process.wait() on Python 3.11 also waits for the pipes to close, which a
     grandchild may hold open; the instance must notice its leader's exit at once.
@@ -203,6 +221,23 @@ class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
     def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(limit=limit, loop=loop)
         self.exited: asyncio.Future[None] = loop.create_future()
+        self._reader_limit = limit
+        self._reader_loop = loop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        # No data has arrived yet: swap asyncio's readers for fair ones.
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is None:
+                continue
+            reader = _FairReader(limit=self._reader_limit, loop=self._reader_loop)
+            reader.set_transport(pipe)
+            if fd == 1:
+                self.stdout = reader
+            else:
+                self.stderr = reader
 
     def process_exited(self) -> None:
         super().process_exited()
@@ -429,8 +464,11 @@ class Instance:
             self._line(f"Process exited on {self.last_exit}")
         else:
             self._line(f"Process exited with status {returncode}")
+        reason = failure or exit_reason(returncode)
         if not stopping:
-            self._to(State.CRASHED, failure or exit_reason(returncode))
+            if reason != self.last_exit and not failure:
+                self._line(reason)  # what the shell's code means
+            self._to(State.CRASHED, reason)
         return loop.time() - up_at if up_at is not None else 0.0
 
     async def _supervise(self, exited: asyncio.Future[None], pgid: int) -> tuple[str, float | None]:

@@ -40,7 +40,9 @@ SLEEPERS = "echo sleepers up; sleep 1000 & sleep 1001 & wait"
 
 
 async def eventually(
-    condition: Callable[[], T | None], what: str, timeout: float = 20.0  # noqa: ASYNC109
+    condition: Callable[[], T | None],
+    what: str,
+    timeout: float = 20.0,  # noqa: ASYNC109
 ) -> T:
     """Poll `condition` every 50 ms until it is truthy; fail naming `what` after `timeout`."""
 
@@ -51,7 +53,9 @@ async def eventually(
 
 
 async def eventually_async(
-    condition: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0  # noqa: ASYNC109
+    condition: Callable[[], Awaitable[T | None]],
+    what: str,
+    timeout: float = 20.0,  # noqa: ASYNC109
 ) -> T:
     """`eventually` for an async condition."""
     loop = asyncio.get_running_loop()
@@ -125,9 +129,7 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         )
 
     def statuses(self, name: str) -> list[pb.InstanceStatus]:
-        return [
-            m.status for m in self.messages if m.HasField("status") and m.status.name == name
-        ]
+        return [m.status for m in self.messages if m.HasField("status") and m.status.name == name]
 
     def reported(self, name: str, state: int) -> pb.InstanceStatus | None:
         found = [s for s in self.statuses(name) if s.state == state]
@@ -279,7 +281,6 @@ async def test_the_agent_says_hello_runs_its_desired_set_and_serves_its_logs(
         assert up.port and up.incarnation == 1
         await eventually(lambda: scheduler.heartbeats() >= 2, "heartbeats")
 
-
         async def five_lines() -> list[pb.LogLine] | None:
             found = await read_logs(hello.address, lines=5, process="worker")
             return found if len(found) == 5 else None
@@ -427,7 +428,6 @@ async def test_paas_agent_stops_its_instances_on_sigterm_and_leaves_nothing(
             await agent.wait()
 
 
-
 async def test_read_logs_serves_the_previous_run_lines_since_a_time_and_after_a_cursor(
     servers: Servers,
     config_for: Callable[..., AgentConfig],
@@ -534,3 +534,129 @@ async def test_an_agent_that_cannot_listen_says_so(
         config = config_for("127.0.0.1:1", listen=f"127.0.0.1:{port}")
         with pytest.raises(AgentError, match=f"cannot listen on 127.0.0.1:{port}"):
             await asyncio.wait_for(run_agent(config), 30)
+
+
+# ---------------------------------------------------------------- hostile commands
+
+# Commands a careless or hostile Procfile may hold, one instance each.
+HOSTILE = {
+    "missing.1": "no-such-command-paas-test --serve",  # exit 127, every time
+    "quick.1": "exit 1",  # exits at once, every time
+    "flood.1": "timeout 5 yes; exec sleep 1000",  # a few seconds of output as fast as it goes
+    "stubborn.1": "trap '' TERM; sleep 1000 & wait",  # ignores SIGTERM, its child too
+    "forker.1": "for i in $(seq 100); do sleep 1000 & done; wait",  # a hundred children
+}
+STUBBORN_GRACE = 1.0
+# What the agent's resident memory may grow by while it runs them: its buffers are
+# bounded (10 000 lines per instance, a 16 MiB spool backlog); a few MiB here.
+RSS_GROWTH_LIMIT = 64 << 20
+
+
+def hostile(name: str, command: str) -> pb.Assignment:
+    assignment = worker(name, command)
+    if name.startswith("stubborn"):
+        assignment.settings.stop_grace = STUBBORN_GRACE
+    return assignment
+
+
+def processes_of(pid: int, at_least: int = 1) -> list[int] | None:
+    """`pid` and its descendants, once they are `at_least` processes."""
+    try:
+        found = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return None
+    return found if len(found) >= at_least else None
+
+
+async def test_hostile_commands_leave_the_agent_responsive_and_its_memory_bounded(
+    servers: Servers, tmp_path: Path, no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    low, high = free_range()
+    listen = f"127.0.0.1:{free_port()}"
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "agent",
+        "--join", address, "--name", "node-9", "--listen", listen,
+        "--ports", f"{low}-{high}", "--state-dir", str(tmp_path / "state"),
+        "--stop-grace", "10",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(scheduler.hello, "hello", timeout=30)
+        memory = psutil.Process(agent.pid)
+        before = memory.memory_info().rss
+        scheduler.push(*(hostile(name, cmd) for name, cmd in HOSTILE.items()), generation=1)
+
+        flood = await eventually(lambda: scheduler.reported("flood.1", pb.UP), "flood.1 up")
+        stubborn = await eventually(lambda: scheduler.reported("stubborn.1", pb.UP), "stubborn")
+        forker = await eventually(lambda: scheduler.reported("forker.1", pb.UP), "forker.1 up")
+        no_leftovers.update({flood.pid, stubborn.pid, forker.pid})
+        forked = await eventually(
+            lambda: processes_of(forker.pid, 101),
+            "the shell and its hundred sleeps",
+        )
+        stubborn_processes = await eventually(
+            lambda: processes_of(stubborn.pid, 2),
+            "the stubborn shell and its sleep",
+        )
+
+        # While `yes` floods, every ReadLogs answers within a second and memory stays bounded.
+        def flooding() -> bool:
+            return (
+                any("yes" in p.name() for p in psutil.Process(flood.pid).children(recursive=True))
+                or psutil.Process(flood.pid).name() == "yes"
+            )
+
+        latencies: list[float] = []
+        peak = before
+        flood_seqs: list[int] = []
+        loop = asyncio.get_running_loop()
+        while flooding() or len(latencies) < 5:
+            started = loop.time()
+            lines = await asyncio.wait_for(
+                read_logs(listen, process="flood.1", lines=1), timeout=10
+            )
+            latencies.append(loop.time() - started)
+            if lines:
+                flood_seqs.append(lines[-1].seq)
+            peak = max(peak, memory.memory_info().rss)
+        assert max(latencies) < 1.0, f"ReadLogs took up to {max(latencies):.2f} s"
+        assert flood_seqs[-1] > 100_000, "the flood was read"
+        assert peak - before < RSS_GROWTH_LIMIT, f"RSS grew by {(peak - before) >> 20} MiB"
+
+        # The crashing ones are handled by the rules: crashed with a reason, backing off.
+        missing = await eventually(
+            lambda: scheduler.reported("missing.1", pb.BACKOFF), "missing.1 backing off"
+        )
+        assert missing.last_exit == "exit 127"
+        assert any("no-such-command-paas-test: command not found" in t for t in missing.last_lines)
+        texts = [line.text for line in await read_logs(listen, process="missing.1")]
+        assert any(t.startswith("exit 127: command not found") for t in texts)
+
+        def quick_backing_off() -> pb.InstanceStatus | None:
+            found = scheduler.reported("quick.1", pb.BACKOFF)
+            return found if found is not None and found.restarts >= 2 else None
+
+        quick = await eventually(quick_backing_off, "quick.1 restarted with backoff")
+        assert quick.reason.startswith("restarting in ") and quick.last_exit == "exit 1"
+        assert len(await read_logs(listen, process="quick.1", lines=5)) == 5
+
+        # Stopping ends every one of them; the stubborn one by SIGKILL after its grace.
+        stopping = loop.time()
+        scheduler.push(generation=2)
+        for name in HOSTILE:
+            await eventually(lambda n=name: scheduler.reported(n, pb.STOPPED), f"{name} stopped")  # type: ignore[misc]
+        assert loop.time() - stopping >= STUBBORN_GRACE
+        assert not live(forked) and not live(stubborn_processes)
+        texts = [line.text for line in await read_logs(listen, process="stubborn.1")]
+        assert "Stopping remaining processes with SIGKILL" in texts
+        stopped = scheduler.reported("stubborn.1", pb.STOPPED)
+        assert stopped is not None and stopped.last_exit == "signal 9 (SIGKILL)"
+
+        agent.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(agent.wait(), 30) == 0
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
