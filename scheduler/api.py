@@ -9,10 +9,13 @@ metadata, which the CLI and the agents follow. Requests are validated here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import heapq
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -56,6 +59,10 @@ DEFAULT_LOG_LINES = 100
 # An agent that sends nothing (not even a heartbeat) for this long is gone.
 SESSION_SILENCE_TIMEOUT = 5.0
 _FOLLOW_QUEUE = 10_000
+# Live lines wait this long (seconds) so that those of several nodes go out in time order.
+FOLLOW_REORDER = 0.15
+# A follow stream of a node that broke while its session stayed up is resumed after this.
+FOLLOW_RETRY = 1.0
 _CONFLICT_RETRIES = 5
 # A rolling restart waits this long for each instance to be up before the next.
 ROLLING_STEP_TIMEOUT = 120.0
@@ -454,6 +461,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> AsyncIterator[pb.LogLine]:
         await self._require_leader(context)
         await self._require_app(request.app, context)
+        if request.previous and not _is_instance(request.process):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "previous needs one instance (process like web.3), not "
+                f"{request.process or 'every process'!r}",
+            )
         count = request.lines or DEFAULT_LOG_LINES
         history_request = pb.LogsRequest(
             app=request.app,
@@ -470,6 +483,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         batches = await asyncio.gather(
             *(self._read_history(session, history_request) for session in sessions)
         )
+        if request.previous:
+            batches = _latest_run(batches)
         lines = [line for batch in batches for line in batch]
         if request.process in ("", SCHEDULER_INSTANCE) and not request.previous:
             lines.extend(
@@ -482,15 +497,29 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             if line.seq == 0 or line.seq > seen.get((line.node, line.instance), 0)
         ]
         lines.sort(key=lambda line: line.timestamp)
-        for line in lines[-count:] if lines else []:
+        # Lines read now but older than the last `count` are history not asked for:
+        # the live part must not bring them back.
+        for line in lines:
             seen[(line.node, line.instance)] = max(
                 seen.get((line.node, line.instance), 0), line.seq
             )
-            yield line
-        if not request.follow:
+        lines = lines[-count:]
+        if not request.follow or request.previous:
+            for line in lines:
+                yield line
             return
-        # Live lines are those written since the history was read (seq drops the overlap).
-        async for line in self._follow(request, seen, started):
+        # Live lines are those written since the history was read (seq drops the
+        # overlap). A reader that resumes (it has cursors) also wants what a node that
+        # rejoins late wrote meanwhile: its cursors and its own `since` bound that.
+        live_since = request.since if request.after else max(started, request.since)
+        # History lines that live ones may precede (the nodes were read each at its own
+        # moment) go out merged with them, in time order.
+        recent = next(
+            (i for i, line in enumerate(lines) if line.timestamp >= live_since), len(lines)
+        )
+        for line in lines[:recent]:
+            yield line
+        async for line in self._follow(request, seen, live_since, lines[recent:]):
             yield line
 
     async def _read_history(
@@ -505,44 +534,78 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             ]
 
     async def _follow(
-        self, request: pb.LogsRequest, seen: dict[tuple[str, str], int], since: float
+        self,
+        request: pb.LogsRequest,
+        seen: dict[tuple[str, str], int],
+        since: float,
+        recent: list[pb.LogLine],
     ) -> AsyncIterator[pb.LogLine]:
-        """Live lines of every node, those that join later included; seq skips what the
-        history already gave."""
-        queue: asyncio.Queue[pb.LogLine] = asyncio.Queue(maxsize=_FOLLOW_QUEUE)
+        """Live lines (stamped from `since` on) of every node, those that join later
+        included, in time order.
+
+        Each node is followed from where `seen` says this reader is (so a node that
+        comes back sends what it wrote meanwhile, and nothing twice). Lines are held
+        for FOLLOW_REORDER seconds and released in timestamp order, so the lines of
+        several nodes interleave as they were written; a lagging reader gets a notice
+        of what it lost instead of making anyone wait. `recent` (history lines newer
+        than `since`) goes out merged with them.
+        """
+        loop = asyncio.get_running_loop()
+        inbox: deque[pb.LogLine] = deque(recent)  # the newest of the history go with them
+        arrived = asyncio.Event()
         dropped = 0
 
         def offer(line: pb.LogLine) -> None:
             nonlocal dropped
-            try:
-                if dropped:
-                    queue.put_nowait(_notice(request.app, f"{dropped} lines dropped"))
-                    dropped = 0
-                queue.put_nowait(line)
-            except asyncio.QueueFull:
+            if len(inbox) >= _FOLLOW_QUEUE:
                 dropped += 1
+                return
+            if dropped:
+                inbox.append(
+                    _notice(request.app, f"{dropped} lines dropped (this reader fell behind)")
+                )
+                dropped = 0
+            inbox.append(line)
+            arrived.set()
 
-        live_request = pb.LogsRequest(
-            app=request.app,
-            lines=_FOLLOW_QUEUE,
-            process=request.process,
-            follow=True,
-            since=max(since, request.since),
-        )
+        def live_request(node: str) -> pb.LogsRequest:
+            return pb.LogsRequest(
+                app=request.app,
+                lines=_FOLLOW_QUEUE,
+                process=request.process,
+                follow=True,
+                since=since,
+                after=[
+                    pb.LogCursor(node=name, instance=instance, seq=seq)
+                    for (name, instance), seq in seen.items()
+                    if name == node
+                ],
+            )
 
         async def follow_node(session: AgentSession) -> None:
             stub = pb_grpc.AgentStub(self._channel(session.address))
-            try:
-                async for line in stub.ReadLogs(live_request):
-                    key = (line.node, line.instance)
-                    if line.seq and line.seq <= seen.get(key, 0):
-                        continue
-                    seen[key] = line.seq
-                    offer(line)
-            except grpc.aio.AioRpcError as exc:
-                offer(
-                    _notice(request.app, f"stopped following node {session.name}: {exc.details()}")
-                )
+            while True:
+                try:
+                    async for line in stub.ReadLogs(live_request(session.name)):
+                        key = (line.node, line.instance)
+                        if line.seq:
+                            if line.seq <= seen.get(key, 0):
+                                continue
+                            seen[key] = line.seq
+                        offer(line)
+                    return  # the agent ended the stream: it is stopping
+                except grpc.aio.AioRpcError as exc:
+                    if self._sessions.get(session.name) is not session:
+                        offer(
+                            _notice(
+                                request.app,
+                                f"lost node {session.name} ({exc.details()}); its lines "
+                                "follow when it is back",
+                            )
+                        )
+                        return
+                # Still connected: the stream broke on its own; resume from the cursors.
+                await asyncio.sleep(FOLLOW_RETRY)
 
         tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -552,38 +615,56 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 old.cancel()
             tasks[session.name] = asyncio.create_task(follow_node(session))
 
+        async def watch_joins(joined: asyncio.Queue[AgentSession]) -> None:
+            while True:
+                start(await joined.get())
+
+        async def watch_events(events: asyncio.Queue[pb.LogLine]) -> None:
+            while True:
+                offer(await events.get())
+
         joined = self._sessions.subscribe()
-        events = self._events.subscribe(request.app)
+        helpers = [asyncio.create_task(watch_joins(joined))]
+        events = None
+        if request.process in ("", SCHEDULER_INSTANCE):
+            events = self._events.subscribe(request.app)
+            helpers.append(asyncio.create_task(watch_events(events)))
+        # Lines held back: a heap by timestamp, and when each arrived (oldest first).
+        held: list[tuple[float, int, pb.LogLine]] = []
+        arrivals: deque[tuple[float, float]] = deque()
+        released_up_to = float("-inf")  # every held line stamped up to this goes out
+        order = 0
+        latest: dict[tuple[str, str], float] = {}
         try:
             for session in self._sessions.connected():
                 start(session)
             while True:
-                getters: list[asyncio.Task[object]] = [
-                    asyncio.create_task(queue.get()),
-                    asyncio.create_task(joined.get()),
-                    asyncio.create_task(events.get()),
-                ]
-                done, pending = await asyncio.wait(getters, return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
-                # A cancelled getter may still have taken an item: put nothing back,
-                # read the results of those that finished.
-                for task in getters:
-                    if task in done:
-                        item = task.result()
-                        if isinstance(item, AgentSession):
-                            start(item)
-                        elif isinstance(item, pb.LogLine):
-                            if item.instance == SCHEDULER_INSTANCE and request.process not in (
-                                "",
-                                SCHEDULER_INSTANCE,
-                            ):
-                                continue
-                            yield item
+                now = loop.time()
+                while inbox:
+                    line = inbox.popleft()
+                    key = (line.node, line.instance)
+                    # Never reorder one instance's own lines, even if its clock stepped back.
+                    stamp = max(line.timestamp, latest.get(key, line.timestamp))
+                    latest[key] = stamp
+                    heapq.heappush(held, (stamp, order, line))
+                    order += 1
+                    arrivals.append((now, stamp))
+                while arrivals and arrivals[0][0] <= now - FOLLOW_REORDER:
+                    released_up_to = max(released_up_to, arrivals.popleft()[1])
+                while held and held[0][0] <= released_up_to:
+                    yield heapq.heappop(held)[2]
+                if inbox:
+                    continue
+                arrived.clear()
+                wait = arrivals[0][0] + FOLLOW_REORDER - loop.time() if arrivals else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, wait) if wait is not None else None):
+                        await arrived.wait()
         finally:
             self._sessions.unsubscribe(joined)
-            self._events.unsubscribe(request.app, events)
-            for task in tasks.values():
+            if events is not None:
+                self._events.unsubscribe(request.app, events)
+            for task in [*helpers, *tasks.values()]:
                 task.cancel()
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -690,6 +771,26 @@ def _release_pb(release: ReleaseRecord) -> pb.Release:
         description=release.description,
         settings={t: settings_from(v) for t, v in release.settings.items()},
     )
+
+
+def _is_instance(process: str) -> bool:
+    try:
+        InstanceName.parse(process)
+    except NameError_:
+        return False
+    return True
+
+
+def _latest_run(batches: list[list[pb.LogLine]]) -> list[list[pb.LogLine]]:
+    """Of the nodes' previous runs of one instance, only the one that ended last (and the
+    notices): an instance that moved has a finished run on more than one node."""
+    runs = [[line for line in batch if line.seq] for batch in batches]
+    ends = [max((line.timestamp for line in run), default=0.0) for run in runs]
+    latest = max(range(len(batches)), key=lambda i: ends[i], default=-1)
+    return [
+        batch if i == latest else [line for line in batch if not line.seq]
+        for i, batch in enumerate(batches)
+    ]
 
 
 def _notice(app: str, text: str) -> pb.LogLine:

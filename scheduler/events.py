@@ -1,7 +1,10 @@
 """Scheduler events per app (`paas[scheduler]: Scaled to web@10`), for the log stream.
 
 A bounded buffer per app in the leader's memory, with live subscribers. The
-events are also logged; they are not durable yet (the logs issue makes them so).
+events are also logged; they are not durable: a new leader starts with none.
+Their seq is the time in microseconds (kept increasing), so that it goes on
+increasing across a restart of the scheduler and a follower's cursor from
+before the restart never hides new events.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ class EventLog:
         self._subscribers: dict[str, set[asyncio.Queue[pb.LogLine]]] = defaultdict(set)
 
     def add(self, app: str, text: str) -> None:
-        self._seq += 1
+        now = time.time()
+        self._seq = max(self._seq + 1, int(now * 1_000_000))
         line = pb.LogLine(
-            timestamp=time.time(),
+            timestamp=now,
             app=app,
             instance=SCHEDULER_INSTANCE,
             stream=PAAS_STREAM,
