@@ -255,7 +255,8 @@ class Spool:
         self.unwritten = 0  # lines whose write failed (disk full, I/O error)
         # Loop side: the batch being gathered, lost lines per instance not yet noted.
         self._batch: list[LogLine] = []
-        self._lost: dict[Key, tuple[int, float, int]] = {}  # count, last timestamp, run
+        # Per instance: how many lines were lost, and the time and run of the first.
+        self._lost: dict[Key, tuple[int, float, int]] = {}
         self._queued = 0  # bytes handed over, ever (only the loop writes it)
         self._written = 0  # bytes written, ever (only the writer thread writes it)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -298,8 +299,8 @@ class Spool:
         cost = len(line.text) + LINE_OVERHEAD
         if self._queued - self._written + cost > self.backlog_bytes or self._thread is None:
             key = (line.app, line.instance)
-            count = self._lost.get(key, (0, 0.0, 0))[0]
-            self._lost[key] = (count + 1, line.timestamp, line.run)
+            count, stamp, run = self._lost.get(key, (0, line.timestamp, line.run))
+            self._lost[key] = (count + 1, stamp, run)
             self.dropped_total += 1
             return
         if not self._batch:

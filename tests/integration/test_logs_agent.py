@@ -1,0 +1,184 @@
+"""Loss under overload is counted and said, never silent: one agent's supervisor and log
+hub with real processes that print as fast as they can, and buffers, spool backlogs and
+followers made tiny on purpose. Each test accounts for every line: it was kept, or a
+notice counts it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from paas.agent.config import AgentConfig
+from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.ports import PortPool, can_bind
+from paas.agent.servicer import process_matcher, read_history
+from paas.agent.spool import Spool
+from paas.agent.supervisor import State, Supervisor, install_child_watcher
+from paas.proto import paas_pb2 as pb
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+APP = "shop"
+LINES = 50_000
+# Prints LINES numbered lines as fast as it can, then idles (so it is not restarted).
+FLOOD = (
+    f"{sys.executable} -c 'import sys, time; "
+    f'sys.stdout.writelines(f"line {{i}}\\n" for i in range({LINES})); sys.stdout.flush(); '
+    "time.sleep(100000)'"
+)
+
+
+def free_range(width: int = 10) -> tuple[int, int]:
+    rng = random.Random()
+    for _ in range(200):
+        low = rng.randrange(20000, 32000 - width)
+        if all(can_bind(port) for port in range(low, low + width)):
+            return low, low + width - 1
+    raise RuntimeError("no free port range found")
+
+
+class Node:
+    """A supervisor with a log hub (and maybe a spool) of its own, no scheduler."""
+
+    def __init__(self, config: AgentConfig, logs: LogHub) -> None:
+        self.config = config
+        self.logs = logs
+        self.supervisor = Supervisor(config, logs, PortPool(*config.ports))
+
+    def run(self, name: str, command: str) -> None:
+        self.supervisor.apply(
+            pb.DesiredSet(
+                generation=1,
+                instances=[
+                    pb.Assignment(
+                        app=APP,
+                        name=name,
+                        type=name.rpartition(".")[0],
+                        incarnation=1,
+                        release=1,
+                        command=command,
+                        dir="/tmp",
+                    )
+                ],
+            )
+        )
+
+    def up(self, name: str) -> bool:
+        instance = self.supervisor.instance(APP, name)
+        return instance is not None and instance.state is State.UP
+
+
+NodeFactory = Callable[..., Awaitable[Node]]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
+    """Start a node whose buffer keeps 100 lines; with `spool_backlog`, it has a spool
+    whose backlog holds that many bytes. Stopped (every process) at teardown."""
+    install_child_watcher()
+    nodes: list[Node] = []
+
+    async def start(spool_backlog: int = 0) -> Node:
+        spool = (
+            Spool(tmp_path / "logs", "node-1", backlog_bytes=spool_backlog)
+            if spool_backlog
+            else None
+        )
+        config = AgentConfig(
+            join=["127.0.0.1:1"],
+            name="node-1",
+            state_dir=tmp_path,
+            ports=free_range(),
+            log_buffer_lines=100,
+            stop_grace=2.0,
+        )
+        logs = LogHub(config.name, config.log_buffer_lines, spool=spool)
+        await logs.open()
+        nodes.append(Node(config, logs))
+        return nodes[-1]
+
+    try:
+        yield start
+    finally:
+        for started in nodes:
+            await started.supervisor.close()
+            await started.logs.close()
+        if sys.version_info < (3, 12):
+            asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
+
+
+def flooded(node: Node) -> bool:
+    buffer = node.logs.buffer(APP, "flood.1")
+    return any(line.text == f"line {LINES - 1}" for line in buffer.lines())
+
+
+def counted(lines: list[LogLine], pattern: str) -> int:
+    """The sum of the counts that notices matching `pattern` (with its count as group 1) give."""
+    found = (re.match(pattern, line.text) for line in lines if line.seq == 0)
+    return sum(int(match.group(1)) for match in found if match)
+
+
+async def test_a_tiny_buffer_without_a_spool_says_how_many_earlier_lines_are_gone(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    node.run("flood.1", FLOOD)
+    await wait_for(lambda: flooded(node), what="the flood written")
+    lines, _ = await read_history(node.logs, APP, process_matcher(""), 1000)
+    notice, *kept = lines
+    assert len(kept) == 100
+    assert notice.seq == 0 and notice.stream == "paas"
+    lost = counted([notice], r"(\d+) earlier lines of flood\.1 are no longer kept")
+    assert lost + len(kept) == node.logs.buffer(APP, "flood.1").last_seq
+
+
+async def test_a_spool_that_falls_behind_counts_what_it_did_not_write_and_says_where(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node(spool_backlog=4096)
+    node.run("flood.1", FLOOD)
+    await wait_for(lambda: flooded(node), what="the flood written")
+    spool = node.logs.spool
+    assert spool is not None and spool.dropped_total > 0
+    lines, _ = await read_history(node.logs, APP, process_matcher(""), 100_000)
+    numbers = [int(line.text.split()[1]) for line in lines if line.text.startswith("line ")]
+    assert numbers == sorted(numbers) and len(numbers) == len(set(numbers))
+    unwritten = counted(lines, r"(\d+) lines not written to disk")
+    assert unwritten == spool.dropped_total
+    # Every line the process wrote (and every lifecycle line) is there, or a notice
+    # stands where it is missing and counts it (some it counts may still be in memory).
+    expected, noticed, missing = 1, False, 0
+    for line in lines:
+        if not line.seq:
+            noticed = True
+            continue
+        if line.seq > expected:
+            assert noticed, f"seq {expected} to {line.seq - 1} missing without a notice"
+            missing += line.seq - expected
+        expected, noticed = line.seq + 1, False
+    assert expected - 1 == node.logs.buffer(APP, "flood.1").last_seq
+    assert 0 < missing <= unwritten
+
+
+async def test_a_slow_follower_is_told_what_it_missed_and_slows_nobody(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()
+    slow = node.logs.subscribe(lambda line: line.stream == "stdout", app=APP, maxsize=64)
+    node.run("flood.1", FLOOD)
+    await wait_for(lambda: flooded(node), what="the flood written, the follower unread")
+    got: list[LogLine] = []
+    while len([line for line in got if line.seq]) < 64 or slow.dropped:
+        got.append(await asyncio.wait_for(slow.get(), 5))
+    received = [line for line in got if line.seq]
+    missed = counted(got, r"(\d+) lines dropped")
+    assert missed > 0 and slow.dropped_total == missed
+    assert len(received) + missed == LINES
+    assert got[-1].seq == 0  # the notice is where the gap is: after what was queued
