@@ -243,25 +243,47 @@ class Subscription:
         self.dropped = 0  # lines lost and not yet reported
         self.dropped_total = 0
         self._node = node
-        self._queue: asyncio.Queue[LogLine] = asyncio.Queue(max(2, maxsize))
+        self._maxsize = max(2, maxsize)
+        self._lines: deque[LogLine] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._lines)
 
     def offer(self, line: LogLine) -> None:
         if not self.wants(line):
             return
-        free = self._queue.maxsize - self._queue.qsize()
+        free = self._maxsize - len(self._lines)
         if self.dropped and free >= 2:
-            self._queue.put_nowait(self._notice(line.timestamp))
+            self._lines.append(self._notice(line.timestamp))
             free -= 1
         if free >= 1 and not self.dropped:
-            self._queue.put_nowait(line)
+            self._lines.append(line)
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         else:
             self.dropped += 1
             self.dropped_total += 1
 
     async def get(self) -> LogLine:
-        if self._queue.empty() and self.dropped:
-            return self._notice(time.time())
-        return await self._queue.get()
+        """The next line (or notice of loss), waiting for one."""
+        return (await self.get_many(1))[0]
+
+    async def get_many(self, limit: int) -> list[LogLine]:
+        """Up to `limit` lines, oldest first, waiting for at least one; a notice of loss
+        comes where the gap is (after the queued lines, once they are read)."""
+        while not self._lines and not self.dropped:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        lines = self._lines
+        taken = [lines.popleft() for _ in range(min(limit, len(lines)))]
+        if not lines and self.dropped and len(taken) < limit:
+            taken.append(self._notice(time.time()))
+        return taken
 
     def _notice(self, timestamp: float) -> LogLine:
         count, self.dropped = self.dropped, 0

@@ -24,6 +24,8 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 DEFAULT_LINES = 100
 # The most lines one request reads back (per instance, and in all).
 MAX_LINES = 100_000
+# Lines are read (from the history, and a follower's queue) this many at a time.
+FOLLOW_BATCH = 512
 
 
 def process_matcher(process: str) -> Callable[[str], bool]:
@@ -62,6 +64,17 @@ class AgentService(pb_grpc.AgentServicer):
         request: pb.LogsRequest,
         context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogLine],
     ) -> AsyncIterator[pb.LogLine]:
+        async for batch in self._batches(request, context):
+            for line in batch:
+                yield to_proto(line)
+
+    async def _batches(
+        self,
+        request: pb.LogsRequest,
+        context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogLine],
+    ) -> AsyncIterator[list[LogLine]]:
+        """What a LogsRequest reads, a batch at a time: the history, then (following)
+        live lines as they come, as many at once as have come."""
         if not request.app:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no app given: name the app")
         if request.lines < 0:
@@ -97,19 +110,22 @@ class AgentService(pb_grpc.AgentServicer):
             backlog, last = await read_history(
                 self._logs, app, matches, count, since, request.previous, sent
             )
-            for line in backlog:
-                yield to_proto(line)
+            for start in range(0, len(backlog), FOLLOW_BATCH):
+                yield backlog[start : start + FOLLOW_BATCH]
             if subscription is None:
                 return
             for instance, seq in last.items():
                 sent[instance] = max(sent.get(instance, 0), seq)
             while True:
-                line = await subscription.get()
-                if line.seq and line.seq <= sent.get(line.instance, 0):
-                    continue  # already in the backlog, or before the follower's cursor
-                if line.timestamp < since:
-                    continue
-                yield to_proto(line)
+                live = [
+                    line
+                    for line in await subscription.get_many(FOLLOW_BATCH)
+                    # Not what the backlog had or the follower's cursor passed.
+                    if not (line.seq and line.seq <= sent.get(line.instance, 0))
+                    and line.timestamp >= since
+                ]
+                if live:
+                    yield live
         finally:
             if subscription is not None:
                 self._logs.unsubscribe(subscription)

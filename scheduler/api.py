@@ -459,6 +459,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def Logs(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.LogLine]:
+        async for batch in self._log_batches(request, context):
+            for line in batch:
+                yield line
+
+    async def _log_batches(
+        self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[list[pb.LogLine]]:
+        """What Logs sends, a batch at a time: the history, then live lines as released."""
         await self._require_leader(context)
         await self._require_app(request.app, context)
         if request.previous and not _is_instance(request.process):
@@ -505,8 +513,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             )
         lines = lines[-count:]
         if not request.follow or request.previous:
-            for line in lines:
-                yield line
+            yield lines
             return
         # Live lines are those written since the history was read (seq drops the
         # overlap). A reader that resumes (it has cursors) also wants what a node that
@@ -517,10 +524,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         recent = next(
             (i for i, line in enumerate(lines) if line.timestamp >= live_since), len(lines)
         )
-        for line in lines[:recent]:
-            yield line
-        async for line in self._follow(request, seen, live_since, lines[recent:]):
-            yield line
+        yield lines[:recent]
+        async for batch in self._follow(request, seen, live_since, lines[recent:]):
+            yield batch
 
     async def _read_history(
         self, session: AgentSession, request: pb.LogsRequest
@@ -539,9 +545,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         seen: dict[tuple[str, str], int],
         since: float,
         recent: list[pb.LogLine],
-    ) -> AsyncIterator[pb.LogLine]:
+    ) -> AsyncIterator[list[pb.LogLine]]:
         """Live lines (stamped from `since` on) of every node, those that join later
-        included, in time order.
+        included, in time order, in batches as they are released.
 
         Each node is followed from where `seen` says this reader is (so a node that
         comes back sends what it wrote meanwhile, and nothing twice). Lines are held
@@ -651,8 +657,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                     arrivals.append((now, stamp))
                 while arrivals and arrivals[0][0] <= now - FOLLOW_REORDER:
                     released_up_to = max(released_up_to, arrivals.popleft()[1])
+                released = []
                 while held and held[0][0] <= released_up_to:
-                    yield heapq.heappop(held)[2]
+                    released.append(heapq.heappop(held)[2])
+                if released:
+                    yield released
                 if inbox:
                     continue
                 arrived.clear()
