@@ -1,0 +1,430 @@
+"""Benchmark: log lines per second from a process's stdout to a follower, against a floor.
+
+The process (`emit.py`) prints numbered lines of about 100 bytes, each with the
+time it was written, as fast as it can (or at a fixed `--rate`) for
+`--seconds`, then one `done N` line, and idles.
+
+- Floor, measured in the same run: the same command started straight from this
+  Python process, its stdout read from the pipe line by line by one reader.
+- paas: the same command as the only instance of an app on a LocalCluster of 1
+  agent, read by a follower of the scheduler's Logs stream (`follow`, straight
+  over gRPC, as `paas logs -f` reads it), end to end through the agent (pipe,
+  buffer, spool, Agent API) and the scheduler (merge, time-order window).
+  With `--cli`, also through the real `paas logs -f` printing to a pipe.
+
+For each: lines per second at the reader (lines received over the time from
+the first to the last), the latency of a line from its write (the time in it)
+to its arrival at the reader, p50 and p99, and what was lost (counted from the
+stream's own "N lines dropped" notices; loss is never silent). The ratio is
+paas over the floor; the goal is at least 1/3.
+
+    .venv/bin/python bench/logs.py                  # flat out, 5 s
+    .venv/bin/python bench/logs.py --rate 20000     # a fixed rate: latency when it keeps up
+    .venv/bin/python bench/logs.py --cli            # also through `paas logs -f`
+
+Every process it starts is stopped before it exits, and it checks with psutil
+that none is left; a leftover is killed, named and makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import psutil
+
+from paas.cli.client import SchedulerClient
+from paas.cli.localcluster import LocalCluster
+from paas.common.formation import parse_changes
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
+
+APP = "bench"
+GOAL = 1 / 3
+# After emit.py is done, how long a follower that lost its `done` line may still read.
+LATE = 5.0
+
+# Lines: "<n> <unix time> <padding>", about 100 bytes; the last one "done <count>".
+EMIT = '''\
+"""Print numbered, time-stamped lines as fast as possible (or at RATE a second)."""
+import sys
+import time
+
+seconds, rate = float(sys.argv[1]), float(sys.argv[2])
+pad = "x" * 72
+write, now = sys.stdout.write, time.time
+n = 0
+start = now()
+end = start + seconds
+if rate <= 0:
+    while now() < end:
+        for _ in range(100):
+            n += 1
+            write(f"{n} {now():.6f} {pad}\\n")
+else:
+    step = max(1, int(rate / 1000))  # a burst every millisecond or so
+    while True:
+        t = now()
+        if t >= end:
+            break
+        due = int((t - start) * rate)
+        while n < due:
+            for _ in range(min(step, due - n)):
+                n += 1
+                write(f"{n} {now():.6f} {pad}\\n")
+            sys.stdout.flush()
+        time.sleep(0.001)
+sys.stdout.write(f"done {n}\\n")
+sys.stdout.flush()
+time.sleep(100000)
+'''
+LINE = re.compile(r"(\d+) (\d+\.\d+) x+")
+DONE = re.compile(r"done (\d+)")
+DROPPED = re.compile(r"(\d+) (?:lines dropped|earlier lines)")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to; the message says why."""
+
+
+@dataclass
+class Reading:
+    """What one reader saw of one run of emit.py."""
+
+    lines: int = 0
+    first: float = 0.0  # arrival time of the first line
+    last: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    emitted: int = 0  # what emit.py says it wrote
+    done: bool = False  # whether its `done` line came
+    dropped: int = 0  # what notices in the stream say was lost
+
+    def see(self, text: str, arrived: float) -> bool:
+        """Account for one line; True once the `done` line has come."""
+        match = LINE.fullmatch(text)
+        if match:
+            if not self.lines:
+                self.first = arrived
+            self.lines += 1
+            self.last = arrived
+            self.latencies.append(arrived - float(match.group(2)))
+            return False
+        done = DONE.fullmatch(text)
+        if done:
+            self.emitted, self.done = int(done.group(1)), True
+            return True
+        dropped = DROPPED.match(text)
+        if dropped:
+            self.dropped += int(dropped.group(1))
+        return False
+
+    @property
+    def rate(self) -> float:
+        return self.lines / (self.last - self.first) if self.last > self.first else 0.0
+
+    def quantile(self, q: float) -> float:
+        if len(self.latencies) < 2:
+            return self.latencies[0] if self.latencies else 0.0
+        return statistics.quantiles(self.latencies, n=100)[int(q * 100) - 1]
+
+    def describe(self) -> str:
+        lost = self.emitted - self.lines + (0 if self.done else 1)  # the `done` line too
+        return (
+            f"{self.rate:>10,.0f} lines/s  ({self.lines:,} of {self.emitted:,} lines; "
+            f"latency p50 {self.quantile(0.5) * 1000:.1f} ms, "
+            f"p99 {self.quantile(0.99) * 1000:.1f} ms; "
+            f"{lost:,} not delivered, {self.dropped:,} of them in drop notices)"
+        )
+
+
+def command(seconds: float, rate: float) -> str:
+    return f"exec python3 emit.py {seconds:g} {rate:g}"
+
+
+# ---------------------------------------------------------------- the floor
+
+
+async def measure_floor(app_dir: Path, seconds: float, rate: float, limit: float) -> Reading:
+    """emit.py started from here; one reader takes its lines off the pipe."""
+    process = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        command(seconds, rate),
+        cwd=app_dir,
+        stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    reading = Reading()
+    clock = time.time
+    try:
+        async with asyncio.timeout(limit):
+            while raw := await process.stdout.readline():
+                if reading.see(raw.decode().rstrip("\n"), clock()):
+                    break
+    except TimeoutError:
+        raise BenchError(f"the floor's emit.py did not finish within {limit:g} s") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        await process.wait()
+    return reading
+
+
+# ---------------------------------------------------------------- through paas
+
+
+async def follow_grpc(stub: SchedulerAsyncStub, ready: asyncio.Event, reading: Reading) -> None:
+    """A Logs follower straight over gRPC, as `paas logs -f` is one."""
+    clock = time.time
+    call = stub.Logs(pb.LogsRequest(app=APP, process="emit", lines=1, follow=True))
+    try:
+        ready.set()
+        async for line in call:
+            if reading.see(line.text, clock()):
+                break
+    finally:
+        call.cancel()
+
+
+async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> None:
+    """The real `paas logs -f`, printing plain lines into a pipe that we read."""
+    env = dict(os.environ, PAAS_SCHEDULER=scheduler, PAAS_APP=APP, NO_COLOR="1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "emit",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    clock = time.time
+    try:
+        first = await process.stdout.readline()  # the CLI is connected: history came
+        if not first:
+            raise BenchError("`paas logs -f` ended before it printed anything")
+        ready.set()
+        while raw := await process.stdout.readline():
+            text = raw.decode().rstrip("\n").partition("]: ")[2]
+            if reading.see(text, clock()):
+                break
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+async def emitted(stub: SchedulerAsyncStub) -> int:
+    """How many lines emit.py says it wrote (0 while it writes), from the log history."""
+    request = pb.LogsRequest(app=APP, process="emit", lines=5)
+    for line in [line async for line in stub.Logs(request, timeout=10)]:
+        done = DONE.fullmatch(line.text)
+        if done:
+            return int(done.group(1))
+    return 0
+
+
+async def measure_paas(
+    cluster: LocalCluster, app_dir: Path, reader: str, limit: float
+) -> Reading:
+    """Scale emit to 1 while a follower reads; scale it back to 0 once it has `done`.
+
+    If the follower lost the `done` line itself (it fell behind, and a notice says
+    so), the history tells how many lines there were; it gets LATE seconds more.
+    """
+    reading = Reading()
+    async with SchedulerClient(cluster.scheduler_addresses) as client:
+        ready = asyncio.Event()
+        async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+            stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
+            following = asyncio.create_task(
+                follow_grpc(stub, ready, reading)
+                if reader == "grpc"
+                else follow_cli(cluster.scheduler_address, ready, reading)
+            )
+            try:
+                async with asyncio.timeout(30):
+                    await ready.wait()
+                await asyncio.sleep(0.5)  # the follower's agent stream is open by now
+                await client.scale(APP, parse_changes(["emit=1"]))
+                async with asyncio.timeout(limit):
+                    while not following.done() and not await emitted(stub):
+                        await asyncio.wait({following}, timeout=0.5)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(following), LATE)
+                if following.done():
+                    following.result()  # its error, if it failed
+                if not reading.emitted:
+                    reading.emitted = await emitted(stub)
+            except TimeoutError:
+                raise BenchError(f"emit.py did not finish within {limit:g} s") from None
+            finally:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
+                await client.scale(APP, parse_changes(["emit=0"]))
+                await wait_stopped(client)
+    return reading
+
+
+async def wait_stopped(client: SchedulerClient) -> None:
+    for _ in range(150):
+        if not list(await client.list_instances(APP)):
+            return
+        await asyncio.sleep(0.2)
+
+
+@contextlib.asynccontextmanager
+async def cluster_with_app(app_dir: Path, logs: Path) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(agents=1, stop_grace=2.0, log_to=logs) as cluster:
+        async with SchedulerClient(cluster.scheduler_addresses) as client:
+            await client.create_app(APP)
+            procfile = (app_dir / "Procfile").read_text()
+            await client.deploy(APP, str(app_dir), procfile, {})
+        yield cluster
+
+
+# ---------------------------------------------------------------- leftovers
+
+
+def leftovers(app_dir: Path) -> list[psutil.Process]:
+    """Processes of this run still alive: descendants of this one, or working in the app."""
+    found = {proc.pid: proc for proc in psutil.Process().children(recursive=True)}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if Path(proc.cwd()) == app_dir:
+                found.setdefault(proc.pid, proc)
+    alive = []
+    for proc in found.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def check_leftovers(app_dir: Path) -> list[str]:
+    """Kill and name what is left; an empty list means nothing was."""
+    deadline = time.monotonic() + 5.0
+    left = leftovers(app_dir)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = leftovers(app_dir)
+    names = []
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            names.append(f"{proc.pid} ({' '.join(proc.cmdline())[:80]})")
+            proc.kill()
+    return names
+
+
+# ---------------------------------------------------------------- main
+
+
+async def bench(args: argparse.Namespace, root: Path) -> None:
+    app_dir = root / "app"
+    app_dir.mkdir()
+    (app_dir / "emit.py").write_text(EMIT)
+    (app_dir / "Procfile").write_text(f"emit: {command(args.seconds, args.rate)}\n")
+    pace = f"{args.rate:,.0f} lines/s" if args.rate > 0 else "as fast as it can"
+    print(f"paas bench logs: one process printing ~100-byte lines {pace} for {args.seconds:g} s")
+    await measure_floor(app_dir, 0.5, args.rate, args.timeout)  # warm the page cache
+    floor = await measure_floor(app_dir, args.seconds, args.rate, args.timeout)
+    print(f"floor:      {floor.describe()}  (one Python reader on the pipe)")
+    readers = ["grpc", "cli"] if args.cli else ["grpc"]
+    async with cluster_with_app(app_dir, root / "logs") as cluster:
+        results = {}
+        for reader in readers:
+            results[reader] = await measure_paas(cluster, app_dir, reader, args.timeout)
+            where = "Logs follow over gRPC" if reader == "grpc" else "`paas logs -f` to a pipe"
+            print(f"paas {reader:<5} {results[reader].describe()}  ({where})")
+    for reader, reading in results.items():
+        ratio = reading.rate / floor.rate if floor.rate else 0.0
+        verdict = "met" if ratio >= GOAL else "missed"
+        print(f"ratio ({reader}): {ratio:.3f} of the floor (goal: at least {GOAL:.2f}, {verdict})")
+
+
+@contextlib.contextmanager
+def work_dir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="paas-bench-logs-"))
+    failed = True
+    try:
+        yield path
+        failed = False
+    finally:
+        if failed or keep:
+            print(f"kept {path} (app, cluster logs)", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/logs.py",
+        description="Lines per second from a process's stdout to a `paas logs -f` reader, "
+        "against the same process read straight from a pipe.",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="how long the process prints (default: 5)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="lines per second (default: 0, as fast as it can)"
+    )
+    parser.add_argument(
+        "--cli", action="store_true", help="also measure through the real `paas logs -f`"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for each measurement"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (app, cluster logs)"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.rate < 0:
+        parser.error("--seconds must be above 0 and --rate at least 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    status = 0
+    with work_dir(args.keep) as root:
+        try:
+            asyncio.run(bench(args, root))
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+        except KeyboardInterrupt:
+            status = 130
+        finally:
+            left = check_leftovers((root / "app").resolve())
+            if left:
+                print(
+                    f"error: {len(left)} processes were left behind and are now killed: "
+                    + ", ".join(left),
+                    file=sys.stderr,
+                )
+                status = 1
+            else:
+                print("cleanup: no process left behind")
+        if status:
+            raise SystemExit(status)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
