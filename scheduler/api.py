@@ -550,9 +550,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         included, in time order, in batches as they are released.
 
         Each node is followed from where `seen` says this reader is (so a node that
-        comes back sends what it wrote meanwhile, and nothing twice). Lines are held
-        for FOLLOW_REORDER seconds and released in timestamp order, so the lines of
-        several nodes interleave as they were written; a lagging reader gets a notice
+        comes back sends what it wrote meanwhile, and nothing twice). While more than
+        one node sends, lines are held for FOLLOW_REORDER seconds and released in
+        timestamp order, so the lines of several nodes interleave as they were
+        written (one node's lines go out at once); a lagging reader gets a notice
         of what it lost instead of making anyone wait. `recent` (history lines newer
         than `since`) goes out merged with them.
         """
@@ -641,6 +642,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         released_up_to = float("-inf")  # every held line stamped up to this goes out
         order = 0
         latest: dict[tuple[str, str], float] = {}
+        # When each source (node) last sent: lines of one source alone need no waiting
+        # (known once every source had time to be heard).
+        heard: dict[str, float] = {}
+        heard_all_by = loop.time() + 2 * FOLLOW_REORDER
         try:
             for session in self._sessions.connected():
                 start(session)
@@ -655,6 +660,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                     heapq.heappush(held, (stamp, order, line))
                     order += 1
                     arrivals.append((now, stamp))
+                    heard[line.node] = now
+                if (
+                    now >= heard_all_by
+                    and sum(at > now - 2 * FOLLOW_REORDER for at in heard.values()) <= 1
+                ):
+                    # One source of late: its lines are in order already; no need to wait.
+                    while arrivals:
+                        released_up_to = max(released_up_to, arrivals.popleft()[1])
                 while arrivals and arrivals[0][0] <= now - FOLLOW_REORDER:
                     released_up_to = max(released_up_to, arrivals.popleft()[1])
                 released = []
