@@ -55,6 +55,13 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["advertise"] = args.advertise
     if args.stop_grace is not None:
         optional["stop_grace"] = args.stop_grace
+    for flag, field in (
+        ("log_buffer_lines", "log_buffer_lines"),
+        ("log_spool_file_size", "log_spool_file_bytes"),
+        ("log_spool_files", "log_spool_files"),
+    ):
+        if getattr(args, flag) is not None:
+            optional[field] = getattr(args, flag)
     config = AgentConfig(
         join=args.join,
         name=args.name,

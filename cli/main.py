@@ -244,6 +244,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between SIGTERM and SIGKILL when stopping (default: 30)",
     )
     agent.add_argument(
+        "--log-buffer-lines",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="log lines kept in memory per instance (default: 10000)",
+    )
+    agent.add_argument(
+        "--log-spool-file-size",
+        type=_non_negative_int,
+        default=None,
+        metavar="BYTES",
+        help="size of each on-disk log spool file before it rotates (default: 64 MiB)",
+    )
+    agent.add_argument(
+        "--log-spool-files",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="spool files kept per agent; 0 keeps logs in memory only (default: 4)",
+    )
+    agent.add_argument(
         "--label",
         type=_label,
         action="append",
@@ -474,6 +495,12 @@ def _count(low: int, high: int) -> Callable[[str], int]:
         return int(text)
 
     return parse
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
