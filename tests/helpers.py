@@ -75,6 +75,12 @@ async def paas(
     return Result(list(args), process.returncode, stdout.decode(), stderr.decode())
 
 
+async def ps_rows(cluster: LocalCluster | str, app: str) -> list[dict[str, Any]]:
+    """`paas ps --json` of `app`, after checking the command succeeded."""
+    rows: list[dict[str, Any]] = (await paas(cluster, "ps", "--json", app=app)).json()
+    return rows
+
+
 async def wait_for(
     condition: Callable[[], Any],
     timeout: float = 30.0,  # noqa: ASYNC109 - the polling deadline is the point

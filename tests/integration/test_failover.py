@@ -16,7 +16,7 @@ from paas.cli.client import SchedulerClient
 from paas.cli.localcluster import LocalCluster
 from paas.common.formation import parse_changes
 from paas.proto import paas_pb2 as pb
-from tests.helpers import paas, wait_for
+from tests.helpers import paas, ps_rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,10 +42,7 @@ async def replicated(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 
 
 async def ps(cluster: LocalCluster) -> list[dict[str, Any]]:
-    result = await paas(cluster, "ps", "--json", app="shop")
-    assert result.returncode == 0, result.stderr
-    rows: list[dict[str, Any]] = json.loads(result.stdout)
-    return rows
+    return await ps_rows(cluster, "shop")
 
 
 async def all_up(cluster: LocalCluster, count: int) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
-from tests.helpers import paas, wait_for
+from tests.helpers import paas, ps_rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,10 +106,7 @@ async def nodes(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
 
 
 async def ps(cluster: LocalCluster) -> list[dict[str, Any]]:
-    result = await paas(cluster, "ps", "--json", app="shop")
-    assert result.returncode == 0, result.stderr
-    rows: list[dict[str, Any]] = json.loads(result.stdout)
-    return rows
+    return await ps_rows(cluster, "shop")
 
 
 def live_copies() -> list[str]:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
-from tests.helpers import paas, wait_for
+from tests.helpers import paas, ps_rows, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +35,7 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 async def ps(cluster: LocalCluster, app: str) -> list[dict[str, Any]]:
-    result = await paas(cluster, "ps", "--json", app=app)
-    assert result.returncode == 0, result.stderr
-    rows: list[dict[str, Any]] = json.loads(result.stdout)
-    return rows
+    return await ps_rows(cluster, app)
 
 
 async def wait_up(
