@@ -56,8 +56,11 @@ log = logging.getLogger(__name__)
 FILE_BYTES = 64 << 20
 FILES = 4
 BACKLOG_BYTES = 16 << 20
-# What a line costs in the backlog beyond its text (the record's other fields).
-LINE_OVERHEAD = 64
+# What a queued line costs in memory beyond its text: the record (a 9-field tuple
+# with its GC header, 128 bytes), its float and int (52), the text's str header (49)
+# and its slot in the batch (8), rounded up. Counting less lets a flood of short
+# lines (`yes`) hold several times the backlog's bytes in memory.
+LINE_OVERHEAD = 256
 READ_BLOCK = 1 << 20
 _SUFFIX = ".log"
 _INDEX_SUFFIX = ".idx"
