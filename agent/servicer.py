@@ -16,6 +16,7 @@ import grpc
 
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.spool import Query, Verdict
+from paas.common.logbatch import batches
 from paas.common.logformat import PAAS_STREAM
 from paas.common.names import InstanceName, NameError_
 from paas.proto import paas_pb2 as pb
@@ -62,16 +63,16 @@ class AgentService(pb_grpc.AgentServicer):
     async def ReadLogs(
         self,
         request: pb.LogsRequest,
-        context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogLine],
-    ) -> AsyncIterator[pb.LogLine]:
-        async for batch in self._batches(request, context):
-            for line in batch:
-                yield to_proto(line)
+        context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogBatch],
+    ) -> AsyncIterator[pb.LogBatch]:
+        async for lines in self._batches(request, context):
+            for part in batches(lines):
+                yield pb.LogBatch(lines=[to_proto(line) for line in part])
 
     async def _batches(
         self,
         request: pb.LogsRequest,
-        context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogLine],
+        context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogBatch],
     ) -> AsyncIterator[list[LogLine]]:
         """What a LogsRequest reads, a batch at a time: the history, then (following)
         live lines as they come, as many at once as have come."""

@@ -197,8 +197,9 @@ async def follow_grpc(stub: SchedulerAsyncStub, ready: asyncio.Event, reading: R
     call = stub.Logs(pb.LogsRequest(app=APP, process="emit", lines=1, follow=True))
     try:
         ready.set()
-        async for line in call:
-            if reading.see(line.text, clock()):
+        async for batch in call:
+            now = clock()
+            if any(reading.see(line.text, now) for line in batch.lines):
                 break
     finally:
         call.cancel()
@@ -232,16 +233,14 @@ async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> 
 async def emitted(stub: SchedulerAsyncStub) -> int:
     """How many lines emit.py says it wrote (0 while it writes), from the log history."""
     request = pb.LogsRequest(app=APP, process="emit", lines=5)
-    for line in [line async for line in stub.Logs(request, timeout=10)]:
+    for line in [line async for batch in stub.Logs(request, timeout=10) for line in batch.lines]:
         done = DONE.fullmatch(line.text)
         if done:
             return int(done.group(1))
     return 0
 
 
-async def measure_paas(
-    cluster: LocalCluster, app_dir: Path, reader: str, limit: float
-) -> Reading:
+async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit: float) -> Reading:
     """Scale emit to 1 while a follower reads; scale it back to 0 once it has `done`.
 
     If the follower lost the `done` line itself (it fell behind, and a notice says

@@ -14,7 +14,7 @@ answered and refused). It never prints and never decides what a command means.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -200,8 +200,24 @@ class SchedulerClient:
         request = pb.LogsRequest(
             app=app, lines=lines, process=process, follow=follow, since=since, previous=previous
         )
-        async for line in self._log_stream(request):
-            yield line
+        async for batch in self._log_stream(request):
+            for line in batch:
+                yield line
+
+    async def log_batches(
+        self,
+        app: str,
+        lines: int = 0,
+        process: str = "",
+        since: float = 0.0,
+        previous: bool = False,
+    ) -> AsyncIterator[Sequence[pb.LogLine]]:
+        """`logs` without following, in the batches they arrive in."""
+        request = pb.LogsRequest(
+            app=app, lines=lines, process=process, since=since, previous=previous
+        )
+        async for batch in self._log_stream(request):
+            yield batch
 
     async def follow_logs(
         self,
@@ -212,7 +228,24 @@ class SchedulerClient:
         on_break: Callable[[str], None] | None = None,
         on_resume: Callable[[], None] | None = None,
     ) -> AsyncGenerator[pb.LogLine, None]:
-        """Recent lines, then live ones until cancelled, across broken streams.
+        """`follow_log_batches`, a line at a time."""
+        async for batch in self.follow_log_batches(
+            app, lines, process, since, on_break=on_break, on_resume=on_resume
+        ):
+            for line in batch:
+                yield line
+
+    async def follow_log_batches(
+        self,
+        app: str,
+        lines: int = 0,
+        process: str = "",
+        since: float = 0.0,
+        on_break: Callable[[str], None] | None = None,
+        on_resume: Callable[[], None] | None = None,
+    ) -> AsyncGenerator[list[pb.LogLine], None]:
+        """Recent lines, then live ones until cancelled, across broken streams, in
+        the batches they arrive in (a printer flushes once per batch).
 
         When the stream breaks (a scheduler restart, a new leader, a network
         blip) it reconnects to any replica, forever, waiting 0.2 s doubling to
@@ -229,20 +262,25 @@ class SchedulerClient:
         established = broken = False
         while True:
             try:
-                async for line in self._log_stream(request):
+                async for batch in self._log_stream(request):
                     established = True
                     if broken:
                         broken, delay = False, RECONNECT_FIRST
                         if on_resume is not None:
                             on_resume()
-                    key = (line.node, line.instance)
-                    if line.seq and line.seq <= skip.get(key, 0):
-                        continue  # the scheduler skips these; never yield one twice anyway
-                    if line.seq:
-                        cursors[key] = max(cursors.get(key, 0), line.seq)
-                    if not oldest or line.timestamp < oldest:
-                        oldest = line.timestamp
-                    yield line
+                    fresh: list[pb.LogLine] = []
+                    for line in batch:
+                        if line.seq:
+                            key = (line.node, line.instance)
+                            if line.seq <= skip.get(key, 0):
+                                continue  # the scheduler skips these; never yield one twice
+                            if line.seq > cursors.get(key, 0):
+                                cursors[key] = line.seq
+                        if not oldest or line.timestamp < oldest:
+                            oldest = line.timestamp
+                        fresh.append(line)
+                    if fresh:
+                        yield fresh
                 problem = "the scheduler ended the log stream"
             except SchedulerError as exc:
                 # Before any line came, the first answer stands, as for any command.
@@ -273,17 +311,18 @@ class SchedulerClient:
                 ],
             )
 
-    async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogLine]:
+    async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[Sequence[pb.LogLine]]:
+        """The Logs stream's batches (never an empty one)."""
         timeout = None if request.follow else self.timeout
 
         async def open_stream(
             address: str,
-        ) -> tuple[grpc.aio.UnaryStreamCall[pb.LogsRequest, pb.LogLine], pb.LogLine | None]:
+        ) -> tuple[grpc.aio.UnaryStreamCall[pb.LogsRequest, pb.LogBatch], pb.LogBatch | None]:
             call = self._stub(address).Logs(request, timeout=timeout)
             stream = call.__aiter__()
             try:
-                # Reading the first line is what surfaces a redirect or a refusal.
-                first: pb.LogLine | None = await anext(stream)
+                # Reading the first batch is what surfaces a redirect or a refusal.
+                first: pb.LogBatch | None = await anext(stream)
             except StopAsyncIteration:
                 first = None
             except BaseException:
@@ -295,18 +334,20 @@ class SchedulerClient:
         try:
             if first is None:
                 return
-            yield first
+            if first.lines:
+                yield first.lines
             stream = call.__aiter__()
             while True:
                 try:
-                    line = await anext(stream)
+                    batch = await anext(stream)
                 except StopAsyncIteration:
                     return
                 except grpc.aio.AioRpcError as exc:
                     raise SchedulerError(
                         f"the log stream broke: {exc.details() or exc.code().name}", exc.code()
                     ) from None
-                yield line
+                if batch.lines:
+                    yield batch.lines
         finally:
             call.cancel()
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from paas.cli import render
@@ -288,10 +288,12 @@ async def _undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
 
 
 async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
-    printer = render.LogPrinter(flush_each=args.follow, as_json=args.json)
-    lines: AsyncIterator[pb.LogLine]
+    # Flushed once per batch that arrives: live lines show at once, a flood costs
+    # one write per batch, not per line.
+    printer = render.LogPrinter(flush_each=False, as_json=args.json)
+    batches: AsyncIterator[Sequence[pb.LogLine]]
     if args.follow:
-        lines = client.follow_logs(
+        batches = client.follow_log_batches(
             args.app,
             lines=args.num,
             process=args.process or "",
@@ -300,7 +302,7 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
             on_resume=lambda: render.info("paas: reconnected; the log stream goes on"),
         )
     else:
-        lines = client.logs(
+        batches = client.log_batches(
             args.app,
             lines=args.num,
             process=args.previous or args.process or "",
@@ -309,9 +311,12 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
         )
     printed = 0
     try:
-        async for line in lines:
-            printer.print(line)
-            printed += 1
+        async for batch in batches:
+            for line in batch:
+                printer.print(line)
+            printed += len(batch)
+            if args.follow:
+                printer.flush_lines()
     finally:
         printer.flush()
     if args.previous and not printed:

@@ -482,6 +482,10 @@ class LogPrinter:
         if whole is not None:
             self._write(whole)
 
+    def flush_lines(self) -> None:
+        """Flush the stream (a piece of a line that waits for the rest stays waiting)."""
+        self._file.flush()
+
     def flush(self) -> None:
         """Print what waits for the rest of a line, and flush the stream."""
         for line in self._joiner.flush():

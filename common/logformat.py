@@ -1,7 +1,7 @@
 """How a log line looks, as Heroku users know it.
 
-    2026-11-28T19:47:03.123456+00:00 app[web.3]: listening on 5003
-    2026-11-28T19:47:04.000001+00:00 paas[scheduler]: Scaled to web@10
+2026-11-28T19:47:03.123456+00:00 app[web.3]: listening on 5003
+2026-11-28T19:47:04.000001+00:00 paas[scheduler]: Scaled to web@10
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class SchedulerStub:
         self.Logs = channel.unary_stream(
                 '/paas.v1.Scheduler/Logs',
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
-                response_deserializer=paas_dot_proto_dot_paas__pb2.LogLine.FromString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
                 _registered_method=True)
         self.Session = channel.stream_stream(
                 '/paas.v1.Scheduler/Session',
@@ -213,7 +213,7 @@ def add_SchedulerServicer_to_server(servicer, server):
             'Logs': grpc.unary_stream_rpc_method_handler(
                     servicer.Logs,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.LogsRequest.FromString,
-                    response_serializer=paas_dot_proto_dot_paas__pb2.LogLine.SerializeToString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.LogBatch.SerializeToString,
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
@@ -490,7 +490,7 @@ class Scheduler:
             target,
             '/paas.v1.Scheduler/Logs',
             paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
-            paas_dot_proto_dot_paas__pb2.LogLine.FromString,
+            paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
             options,
             channel_credentials,
             insecure,
@@ -541,7 +541,7 @@ class AgentStub:
         self.ReadLogs = channel.unary_stream(
                 '/paas.v1.Agent/ReadLogs',
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
-                response_deserializer=paas_dot_proto_dot_paas__pb2.LogLine.FromString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
                 _registered_method=True)
 
 
@@ -561,7 +561,7 @@ def add_AgentServicer_to_server(servicer, server):
             'ReadLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadLogs,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.LogsRequest.FromString,
-                    response_serializer=paas_dot_proto_dot_paas__pb2.LogLine.SerializeToString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.LogBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -590,7 +590,7 @@ class Agent:
             target,
             '/paas.v1.Agent/ReadLogs',
             paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
-            paas_dot_proto_dot_paas__pb2.LogLine.FromString,
+            paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,7 @@ class SchedulerStub:
     Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
     Stop: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]
     Drain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]
-    Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]
+    Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]
     Session: _grpc.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
@@ -64,7 +64,7 @@ class SchedulerAsyncStub(SchedulerStub):
     Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
     Stop: _aio.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]  # type: ignore[assignment]
     Drain: _aio.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]  # type: ignore[assignment]
-    Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]  # type: ignore[assignment]
+    Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]  # type: ignore[assignment]
     Session: _aio.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]  # type: ignore[assignment]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
@@ -139,7 +139,7 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _paas_pb2.LogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_paas_pb2.LogLine], _abc.AsyncIterator[_paas_pb2.LogLine]]: ...
+    ) -> _typing.Union[_abc.Iterator[_paas_pb2.LogBatch], _abc.AsyncIterator[_paas_pb2.LogBatch]]: ...
 
     @_abc_1.abstractmethod
     def Session(
@@ -158,13 +158,13 @@ class AgentStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentAsyncStub: ...
-    ReadLogs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]
+    ReadLogs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]
     """Buffered lines of the app's instances on this node, then live ones if follow."""
 
 @_typing.type_check_only
 class AgentAsyncStub(AgentStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ReadLogs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogLine]  # type: ignore[assignment]
+    ReadLogs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]  # type: ignore[assignment]
     """Buffered lines of the app's instances on this node, then live ones if follow."""
 
 class AgentServicer(metaclass=_abc_1.ABCMeta):
@@ -173,7 +173,7 @@ class AgentServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _paas_pb2.LogsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_paas_pb2.LogLine], _abc.AsyncIterator[_paas_pb2.LogLine]]:
+    ) -> _typing.Union[_abc.Iterator[_paas_pb2.LogBatch], _abc.AsyncIterator[_paas_pb2.LogBatch]]:
         """Buffered lines of the app's instances on this node, then live ones if follow."""
 
 def add_AgentServicer_to_server(servicer: AgentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
 
 import grpc
@@ -30,6 +30,7 @@ from paas.common.formation import (
     describe,
 )
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.logbatch import batches
 from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE
 from paas.common.names import InstanceName, NameError_, check_app_name
 from paas.common.procfile import ProcfileError, parse_procfile
@@ -458,10 +459,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     async def Logs(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[pb.LogLine]:
+    ) -> AsyncIterator[pb.LogBatch]:
         async for batch in self._log_batches(request, context):
-            for line in batch:
-                yield line
+            for part in batches(batch):
+                yield pb.LogBatch(lines=part)
 
     async def _log_batches(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
@@ -533,7 +534,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> list[pb.LogLine]:
         try:
             stub = pb_grpc.AgentStub(self._channel(session.address))
-            return [line async for line in stub.ReadLogs(request, timeout=10)]
+            return [
+                line async for batch in stub.ReadLogs(request, timeout=10) for line in batch.lines
+            ]
         except grpc.aio.AioRpcError as exc:
             return [
                 _notice(request.app, f"logs of node {session.name} unavailable: {exc.details()}")
@@ -575,6 +578,16 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             inbox.append(line)
             arrived.set()
 
+        def offer_batch(lines: Sequence[pb.LogLine]) -> None:
+            """`offer` each line of a node's batch that this reader has not had."""
+            for line in lines:
+                if line.seq:
+                    key = (line.node, line.instance)
+                    if line.seq <= seen.get(key, 0):
+                        continue
+                    seen[key] = line.seq
+                offer(line)
+
         def live_request(node: str) -> pb.LogsRequest:
             return pb.LogsRequest(
                 app=request.app,
@@ -593,13 +606,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             stub = pb_grpc.AgentStub(self._channel(session.address))
             while True:
                 try:
-                    async for line in stub.ReadLogs(live_request(session.name)):
-                        key = (line.node, line.instance)
-                        if line.seq:
-                            if line.seq <= seen.get(key, 0):
-                                continue
-                            seen[key] = line.seq
-                        offer(line)
+                    async for batch in stub.ReadLogs(live_request(session.name)):
+                        offer_batch(batch.lines)
                     return  # the agent ended the stream: it is stopping
                 except grpc.aio.AioRpcError as exc:
                     if self._sessions.get(session.name) is not session:

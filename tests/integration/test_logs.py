@@ -76,7 +76,8 @@ async def ps(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
 
 
 async def history(stub: SchedulerAsyncStub, **request: Any) -> list[pb.LogLine]:
-    return [line async for line in stub.Logs(pb.LogsRequest(app=APP, **request), timeout=60)]
+    call = stub.Logs(pb.LogsRequest(app=APP, **request), timeout=60)
+    return [line async for batch in call for line in batch.lines]
 
 
 async def logs_json(cluster: LocalCluster, *args: str) -> list[dict[str, Any]]:
@@ -99,8 +100,8 @@ class Follower:
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        async for line in self._call:
-            self.lines.append(line)
+        async for batch in self._call:
+            self.lines.extend(batch.lines)
 
     def texts(self, instance: str = "") -> list[str]:
         return [x.text for x in self.lines if not instance or x.instance == instance]

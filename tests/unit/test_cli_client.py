@@ -90,15 +90,15 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
 
     async def Logs(  # type: ignore[override]
         self, request: pb.LogsRequest, context: Context
-    ) -> AsyncIterator[pb.LogLine]:
+    ) -> AsyncIterator[pb.LogBatch]:
         await self._gate(context)
         self.log_requests.append(request)
         if self.logs is not None:
             async for line in self.logs(request, context):
-                yield line
+                yield pb.LogBatch(lines=[line])
             return
         for line in self.log_lines:
-            yield line
+            yield pb.LogBatch(lines=[line])
 
     async def Session(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
