@@ -67,7 +67,10 @@ class LineSplitter:
     def feed(self, data: bytes) -> list[Piece]:
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
-        out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
+        if "\r" not in text and (not lines or len(max(lines, key=len)) <= self._max_line):
+            out = list(map(Piece, lines))  # the common case, without a look at each line
+        else:
+            out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
         while len(self._partial) >= self._max_line:
             out.append(Piece(self._partial[: self._max_line], True))
             self._partial = self._partial[self._max_line :]
@@ -90,7 +93,7 @@ class LineSplitter:
 class LogBuffer:
     """The last `limit` lines of one instance, with its sequence counter.
 
-    Each appended line is also handed to `publish` (the hub's fan-out).
+    Each appended line is also handed to `publish` (the hub's fan-out), a batch at a time.
     `dropped` counts lines pushed out of the ring by newer ones.
     """
 
@@ -100,7 +103,7 @@ class LogBuffer:
         instance: str,
         node: str,
         limit: int,
-        publish: Callable[[LogLine], None] | None = None,
+        publish: Callable[[list[LogLine]], None] | None = None,
         *,
         seq: int = 0,
         run: int = 0,
@@ -154,8 +157,27 @@ class LogBuffer:
             self.dropped += 1
         self._lines.append(line)
         if self._publish is not None:
-            self._publish(line)
+            self._publish([line])
         return line
+
+    def extend(self, stream: str, pieces: list[Piece]) -> None:
+        """`append` each piece, all stamped with the same time (they were read together)."""
+        if not pieces:
+            return
+        now = time.time()
+        first = self._seq + 1
+        self._seq += len(pieces)
+        app, instance, node, run = self.app, self.instance, self.node, self.run
+        lines = [
+            LogLine(now, app, instance, stream, node, seq, text, run, continued)
+            for seq, (text, continued) in enumerate(pieces, first)
+        ]
+        kept = self._lines
+        maxlen = kept.maxlen or 0
+        self.dropped += max(0, len(kept) + len(lines) - maxlen)
+        kept.extend(lines)
+        if self._publish is not None:
+            self._publish(lines)
 
     def lines(self) -> list[LogLine]:
         """Every kept line, oldest first."""
@@ -217,7 +239,7 @@ class LogBuffer:
         self._lines = deque(list(self._lines)[max(0, len(self._lines) - keep) :], maxlen=keep)
         self._publish = None
 
-    def revive(self, limit: int, publish: Callable[[LogLine], None]) -> None:
+    def revive(self, limit: int, publish: Callable[[list[LogLine]], None]) -> None:
         """The instance is back on this node: grow again, publish again, keep counting seq."""
         self._lines = deque(self._lines, maxlen=max(1, limit))
         self._publish = publish
@@ -250,9 +272,24 @@ class Subscription:
     def __len__(self) -> int:
         return len(self._lines)
 
-    def offer(self, line: LogLine) -> None:
-        if not self.wants(line):
+    def offer_many(self, lines: list[LogLine]) -> None:
+        """`offer` each of `lines`, lines of one instance (so `wants` is asked once)."""
+        if not lines or not self.wants(lines[0]):
             return
+        if self.dropped or self._maxsize - len(self._lines) < len(lines):
+            for line in lines:
+                self._take(line)
+            return
+        self._lines.extend(lines)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def offer(self, line: LogLine) -> None:
+        if self.wants(line):
+            self._take(line)
+
+    def _take(self, line: LogLine) -> None:
         free = self._maxsize - len(self._lines)
         if self.dropped and free >= 2:
             self._lines.append(self._notice(line.timestamp))
@@ -382,18 +419,18 @@ class LogHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
 
-    def _publish(self, line: LogLine) -> None:
+    def _publish(self, lines: list[LogLine]) -> None:
+        """Lines of one instance, in order, to the spool and to each follower."""
         if self.spool is not None:
-            self.spool.write(line)
+            self.spool.write_many(lines)
         for subscription in self._subscriptions:
-            subscription.offer(line)
+            subscription.offer_many(lines)
 
 
 async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> None:
-    """Copy one pipe into `buffer` line by line until EOF; memory stays bounded."""
+    """Copy one pipe into `buffer` until EOF, as many lines at once as have come;
+    memory stays bounded."""
     splitter = LineSplitter()
     while chunk := await reader.read(READ_CHUNK):
-        for piece in splitter.feed(chunk):
-            buffer.append(stream, piece.text, piece.continued)
-    for piece in splitter.flush():
-        buffer.append(stream, piece.text, piece.continued)
+        buffer.extend(stream, splitter.feed(chunk))
+    buffer.extend(stream, splitter.flush())

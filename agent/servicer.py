@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -40,18 +40,24 @@ def process_matcher(process: str) -> Callable[[str], bool]:
     return lambda instance: instance == process
 
 
-def to_proto(line: LogLine) -> pb.LogLine:
-    return pb.LogLine(
-        timestamp=line.timestamp,
-        app=line.app,
-        instance=line.instance,
-        stream=line.stream,
-        node=line.node,
-        seq=line.seq,
-        text=line.text,
-        continued=line.continued,
-        run=line.run,
-    )
+def to_batch(lines: Sequence[LogLine]) -> pb.LogBatch:
+    """One LogBatch of `lines` (adding to the batch's own list: a third of the cost
+    of making each LogLine alone and copying it in)."""
+    batch = pb.LogBatch()
+    add = batch.lines.add
+    for line in lines:
+        add(
+            timestamp=line.timestamp,
+            app=line.app,
+            instance=line.instance,
+            stream=line.stream,
+            node=line.node,
+            seq=line.seq,
+            text=line.text,
+            continued=line.continued,
+            run=line.run,
+        )
+    return batch
 
 
 class AgentService(pb_grpc.AgentServicer):
@@ -67,7 +73,7 @@ class AgentService(pb_grpc.AgentServicer):
     ) -> AsyncIterator[pb.LogBatch]:
         async for lines in self._batches(request, context):
             for part in batches(lines):
-                yield pb.LogBatch(lines=[to_proto(line) for line in part])
+                yield to_batch(part)
 
     async def _batches(
         self,

@@ -314,6 +314,22 @@ class Spool:
         self._queued += cost
         self._batch.append(line)
 
+    def write_many(self, lines: list[LogLine]) -> None:
+        """`write` each of `lines` (one instance's, in order), with the checks done once
+        for all that fit in the backlog."""
+        cost = sum(len(line.text) for line in lines) + LINE_OVERHEAD * len(lines)
+        if self._queued - self._written + cost > self.backlog_bytes or self._thread is None:
+            for line in lines:
+                self.write(line)
+            return
+        if not self._batch:
+            assert self._loop is not None
+            self._loop.call_soon(self._hand_over)
+        if self._lost:
+            self._note_losses()  # before these lines, where the gap is
+        self._queued += cost
+        self._batch += lines
+
     def _hand_over(self) -> None:
         if self._lost and self._thread is not None:
             self._note_losses()

@@ -461,12 +461,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.LogBatch]:
         async for batch in self._log_batches(request, context):
-            for part in batches(batch):
-                yield pb.LogBatch(lines=part)
+            yield batch
 
     async def _log_batches(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[list[pb.LogLine]]:
+    ) -> AsyncIterator[pb.LogBatch]:
         """What Logs sends, a batch at a time: the history, then live lines as released."""
         await self._require_leader(context)
         await self._require_app(request.app, context)
@@ -489,12 +488,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         seen = {(c.node, c.instance): c.seq for c in request.after}
         started = time.time()
         sessions = self._sessions.connected()
-        batches = await asyncio.gather(
+        per_node = await asyncio.gather(
             *(self._read_history(session, history_request) for session in sessions)
         )
         if request.previous:
-            batches = _latest_run(batches)
-        lines = [line for batch in batches for line in batch]
+            per_node = _latest_run(per_node)
+        lines = [line for node_lines in per_node for line in node_lines]
         if request.process in ("", SCHEDULER_INSTANCE) and not request.previous:
             lines.extend(
                 line for line in self._events.recent(request.app) if line.timestamp >= request.since
@@ -514,7 +513,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             )
         lines = lines[-count:]
         if not request.follow or request.previous:
-            yield lines
+            for part in batches(lines):
+                yield pb.LogBatch(lines=part)
             return
         # Live lines are those written since the history was read (seq drops the
         # overlap). A reader that resumes (it has cursors) also wants what a node that
@@ -525,7 +525,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         recent = next(
             (i for i, line in enumerate(lines) if line.timestamp >= live_since), len(lines)
         )
-        yield lines[:recent]
+        for part in batches(lines[:recent]):
+            yield pb.LogBatch(lines=part)
         async for batch in self._follow(request, seen, live_since, lines[recent:]):
             yield batch
 
@@ -548,7 +549,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         seen: dict[tuple[str, str], int],
         since: float,
         recent: list[pb.LogLine],
-    ) -> AsyncIterator[list[pb.LogLine]]:
+    ) -> AsyncIterator[pb.LogBatch]:
         """Live lines (stamped from `since` on) of every node, those that join later
         included, in time order, in batches as they are released.
 
@@ -556,37 +557,48 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         comes back sends what it wrote meanwhile, and nothing twice). While more than
         one node sends, lines are held for FOLLOW_REORDER seconds and released in
         timestamp order, so the lines of several nodes interleave as they were
-        written (one node's lines go out at once); a lagging reader gets a notice
-        of what it lost instead of making anyone wait. `recent` (history lines newer
-        than `since`) goes out merged with them.
+        written; while one node alone sends, its batches go out as they came, without
+        a look at each line. A lagging reader gets a notice of what it lost instead of
+        making anyone wait. `recent` (history lines newer than `since`) goes out
+        merged with them.
         """
         loop = asyncio.get_running_loop()
-        inbox: deque[pb.LogLine] = deque(recent)  # the newest of the history go with them
+        # Arrived batches, each with its source ("" for the scheduler's own lines) and,
+        # if the node's batch came through whole, the message itself (sent on as is).
+        inbox: deque[tuple[str, Sequence[pb.LogLine], pb.LogBatch | None]] = deque()
+        if recent:
+            inbox.append(("", recent, None))  # the newest of the history go with them
+        queued = len(recent)  # lines in the inbox
         arrived = asyncio.Event()
         dropped = 0
 
-        def offer(line: pb.LogLine) -> None:
-            nonlocal dropped
-            if len(inbox) >= _FOLLOW_QUEUE:
-                dropped += 1
+        def offer(source: str, lines: Sequence[pb.LogLine], whole: pb.LogBatch | None) -> None:
+            nonlocal dropped, queued
+            if queued + len(lines) > _FOLLOW_QUEUE:
+                dropped += len(lines)
                 return
             if dropped:
-                inbox.append(
-                    _notice(request.app, f"{dropped} lines dropped (this reader fell behind)")
-                )
+                text = f"{dropped} lines dropped (this reader fell behind)"
+                inbox.append(("", [_notice(request.app, text)], None))
+                queued += 1
                 dropped = 0
-            inbox.append(line)
+            inbox.append((source, lines, whole))
+            queued += len(lines)
             arrived.set()
 
-        def offer_batch(lines: Sequence[pb.LogLine]) -> None:
-            """`offer` each line of a node's batch that this reader has not had."""
+        def offer_batch(source: str, batch: pb.LogBatch) -> None:
+            """`offer` the lines of a node's batch that this reader has not had."""
+            lines = batch.lines
+            fresh: list[pb.LogLine] = []
             for line in lines:
                 if line.seq:
                     key = (line.node, line.instance)
                     if line.seq <= seen.get(key, 0):
                         continue
                     seen[key] = line.seq
-                offer(line)
+                fresh.append(line)
+            if fresh:
+                offer(source, fresh, batch if len(fresh) == len(lines) else None)
 
         def live_request(node: str) -> pb.LogsRequest:
             return pb.LogsRequest(
@@ -607,17 +619,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             while True:
                 try:
                     async for batch in stub.ReadLogs(live_request(session.name)):
-                        offer_batch(batch.lines)
+                        offer_batch(session.name, batch)
                     return  # the agent ended the stream: it is stopping
                 except grpc.aio.AioRpcError as exc:
                     if self._sessions.get(session.name) is not session:
-                        offer(
-                            _notice(
-                                request.app,
-                                f"lost node {session.name} ({exc.details()}); its lines "
-                                "follow when it is back",
-                            )
+                        text = (
+                            f"lost node {session.name} ({exc.details()}); its lines "
+                            "follow when it is back"
                         )
+                        offer("", [_notice(request.app, text)], None)
                         return
                 # Still connected: the stream broke on its own; resume from the cursors.
                 await asyncio.sleep(FOLLOW_RETRY)
@@ -636,7 +646,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
         async def watch_events(events: asyncio.Queue[pb.LogLine]) -> None:
             while True:
-                offer(await events.get())
+                offer("", [await events.get()], None)
 
         joined = self._sessions.subscribe()
         helpers = [asyncio.create_task(watch_joins(joined))]
@@ -644,13 +654,14 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if request.process in ("", SCHEDULER_INSTANCE):
             events = self._events.subscribe(request.app)
             helpers.append(asyncio.create_task(watch_events(events)))
-        # Lines held back: a heap by timestamp, and when each arrived (oldest first).
+        # Lines held back: a heap by timestamp, and when each batch arrived with the
+        # newest stamp in it (oldest first).
         held: list[tuple[float, int, pb.LogLine]] = []
         arrivals: deque[tuple[float, float]] = deque()
         released_up_to = float("-inf")  # every held line stamped up to this goes out
         order = 0
         latest: dict[tuple[str, str], float] = {}
-        # When each source (node) last sent: lines of one source alone need no waiting
+        # When each source last sent: lines of one source alone need no waiting
         # (known once every source had time to be heard).
         heard: dict[str, float] = {}
         heard_all_by = loop.time() + 2 * FOLLOW_REORDER
@@ -660,29 +671,42 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             while True:
                 now = loop.time()
                 while inbox:
-                    line = inbox.popleft()
-                    key = (line.node, line.instance)
-                    # Never reorder one instance's own lines, even if its clock stepped back.
-                    stamp = max(line.timestamp, latest.get(key, line.timestamp))
-                    latest[key] = stamp
-                    heapq.heappush(held, (stamp, order, line))
-                    order += 1
-                    arrivals.append((now, stamp))
-                    heard[line.node] = now
-                if (
-                    now >= heard_all_by
-                    and sum(at > now - 2 * FOLLOW_REORDER for at in heard.values()) <= 1
-                ):
-                    # One source of late: its lines are in order already; no need to wait.
-                    while arrivals:
-                        released_up_to = max(released_up_to, arrivals.popleft()[1])
+                    source, lines, whole = inbox.popleft()
+                    queued -= len(lines)
+                    heard[source] = now
+                    alone = (
+                        now >= heard_all_by
+                        and sum(at > now - 2 * FOLLOW_REORDER for at in heard.values()) <= 1
+                    )
+                    if alone and not held:
+                        # One source of late, nothing held: its lines are in order already.
+                        if whole is not None:
+                            yield whole
+                        else:
+                            for part in batches(lines):
+                                yield pb.LogBatch(lines=part)
+                        continue
+                    newest = float("-inf")
+                    for line in lines:
+                        key = (line.node, line.instance)
+                        # Never reorder one instance's lines, even if its clock stepped back.
+                        stamp = max(line.timestamp, latest.get(key, line.timestamp))
+                        latest[key] = stamp
+                        heapq.heappush(held, (stamp, order, line))
+                        order += 1
+                        newest = max(newest, stamp)
+                    arrivals.append((now, newest))
+                    if alone:
+                        # One source of late: release what is held (it all came before).
+                        while arrivals:
+                            released_up_to = max(released_up_to, arrivals.popleft()[1])
                 while arrivals and arrivals[0][0] <= now - FOLLOW_REORDER:
                     released_up_to = max(released_up_to, arrivals.popleft()[1])
                 released = []
                 while held and held[0][0] <= released_up_to:
                     released.append(heapq.heappop(held)[2])
-                if released:
-                    yield released
+                for part in batches(released):
+                    yield pb.LogBatch(lines=part)
                 if inbox:
                     continue
                 arrived.clear()
