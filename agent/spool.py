@@ -45,6 +45,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 from paas.agent.config import AgentConfig
@@ -69,6 +71,7 @@ _CONTINUED = 1
 _JSON_TEXT = 2
 
 Key = tuple[str, str]  # (app, instance)
+_KEY = itemgetter(1, 2)  # a LogLine's (app, instance)
 
 
 class SpoolError(RuntimeError):
@@ -124,6 +127,16 @@ class Span:
             self.last_seq = max(self.last_seq, seq)
         self.last_run = max(self.last_run, run)
         self.lines += 1
+
+    def add_all(self, lines: list[LogLine]) -> None:
+        """`add` each of `lines`, in order."""
+        seqs = [line.seq for line in lines if line.seq]
+        if seqs:
+            if not self.first_seq:
+                self.first_seq = seqs[0]
+            self.last_seq = max(self.last_seq, max(seqs))
+        self.last_run = max(self.last_run, max(line.run for line in lines))
+        self.lines += len(lines)
 
     def merge(self, other: Span) -> None:
         if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
@@ -577,12 +590,12 @@ class Spool:
             view = view[os.write(self._fd, view) :]
         with self._lock:
             spans = current.spans
-            for line in batch:
-                key = (line.app, line.instance)
+            # Lines come in runs of one instance's: one span update per run of lines.
+            for key, group in groupby(batch, key=_KEY):
                 span = spans.get(key)
                 if span is None:
                     span = spans[key] = Span()
-                span.add(line.seq, line.run)
+                span.add_all(list(group))
             current.size += len(data)
         if current.size >= self.file_bytes:
             self._rotate()

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from paas.agent.logbuffer import LogHub
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
-from paas.agent.spool import Query, Spool, Verdict, decode, encode
+from paas.agent.spool import Query, Span, Spool, Verdict, decode, encode
 
 
 def line(seq: int, text: str = "", instance: str = "web.1", run: int = 1) -> LogLine:
@@ -190,3 +192,13 @@ async def test_history_says_when_older_lines_are_gone(tmp_path: Path) -> None:
         assert [x.seq for x in [first, *rest]] == list(range(first.seq, 301))
     finally:
         await hub.close()
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 5)), min_size=1, max_size=30))
+def test_a_span_adds_a_run_of_lines_as_it_adds_each(seq_runs: list[tuple[int, int]]) -> None:
+    lines = [LogLine(1.0, "shop", "web.1", "stdout", "n", seq, "x", run) for seq, run in seq_runs]
+    one_by_one, at_once = Span(), Span()
+    for line in lines:
+        one_by_one.add(line.seq, line.run)
+    at_once.add_all(lines)
+    assert at_once == one_by_one
