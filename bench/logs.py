@@ -211,9 +211,10 @@ async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "emit",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, env=env,
+        stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
+    errors = asyncio.create_task(process.stderr.read())
     clock = time.time
     try:
         first = await process.stdout.readline()  # the CLI is connected: history came
@@ -224,15 +225,24 @@ async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> 
             text = raw.decode().rstrip("\n").partition("]: ")[2]
             if reading.see(text, clock()):
                 break
+        else:
+            await process.wait()
+            said = (await errors).decode().strip().splitlines()
+            raise BenchError(
+                f"`paas logs -f` exited ({process.returncode}) before the last line: "
+                f"{said[-1] if said else 'no message'}"
+            )
     finally:
+        errors.cancel()
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
 
 
-async def emitted(stub: SchedulerAsyncStub) -> int:
-    """How many lines emit.py says it wrote (0 while it writes), from the log history."""
-    request = pb.LogsRequest(app=APP, process="emit", lines=5)
+async def emitted(stub: SchedulerAsyncStub, since: float) -> int:
+    """How many lines emit.py, started after `since`, says it wrote (0 while it writes),
+    from the log history (an earlier measurement's `done` line is older)."""
+    request = pb.LogsRequest(app=APP, process="emit", lines=5, since=since)
     for line in [line async for batch in stub.Logs(request, timeout=10) for line in batch.lines]:
         done = DONE.fullmatch(line.text)
         if done:
@@ -260,16 +270,17 @@ async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit:
                 async with asyncio.timeout(30):
                     await ready.wait()
                 await asyncio.sleep(0.5)  # the follower's agent stream is open by now
+                started = time.time()
                 await client.scale(APP, parse_changes(["emit=1"]))
                 async with asyncio.timeout(limit):
-                    while not following.done() and not await emitted(stub):
+                    while not following.done() and not await emitted(stub, started):
                         await asyncio.wait({following}, timeout=0.5)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(following), LATE)
                 if following.done():
                     following.result()  # its error, if it failed
                 if not reading.emitted:
-                    reading.emitted = await emitted(stub)
+                    reading.emitted = await emitted(stub, started)
             except TimeoutError:
                 raise BenchError(f"emit.py did not finish within {limit:g} s") from None
             finally:

@@ -20,6 +20,7 @@ from paas.cli import render
 from paas.cli.appconfig import FILENAME as APP_CONFIG
 from paas.cli.appconfig import AppConfigError, parse_app_config
 from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER
@@ -291,6 +292,8 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     # Flushed once per batch that arrives: live lines show at once, a flood costs
     # one write per batch, not per line.
     printer = render.LogPrinter(flush_each=False, as_json=args.json)
+    if args.follow:
+        tune_gc()  # a follower may print 100 000 lines a second, as the daemons carry
     batches: AsyncIterator[Sequence[pb.LogLine]]
     if args.follow:
         batches = client.follow_log_batches(

@@ -7,13 +7,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 
 # `stream` of lifecycle and scheduler events; app output is stdout or stderr.
 PAAS_STREAM = "paas"
 SCHEDULER_INSTANCE = "scheduler"
 
 
+@lru_cache(maxsize=4096)
 def timestamp(unix: float) -> str:
+    # Cached: formatting costs more than the rest of printing a line, and the lines
+    # an agent read together carry the same time.
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="microseconds")
 
 
