@@ -41,7 +41,8 @@ async def run_scheduler(config: SchedulerConfig) -> None:
 
     store = Store(config.etcd)
     reconciler_task: asyncio.Task[None] | None = None
-    events = EventLog(node=replica_id)
+    events = EventLog(node=replica_id, store=store)
+    events.start()
     sessions = Sessions(config.node_grace, on_change=lambda: reconciler.kick())
     reconciler = Reconciler(store, sessions, events)
     service: SchedulerService | None = None
@@ -55,6 +56,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             if reconciler_task is not None:
                 reconciler_task.cancel()
                 reconciler_task = None
+        events.on_leadership(leading)
         if service is not None:
             service.on_leadership(leading)
 
@@ -80,6 +82,8 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             loop.remove_signal_handler(sig)
         sessions.close_all()
         await server.stop(grace=1.0)
+        # While still leading: what is queued can reach etcd.
+        await events.close()
         election.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await election

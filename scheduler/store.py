@@ -13,6 +13,10 @@ Layout, under /paas/:
     instances/APP/web.3          {"node", "release"}; its mod revision is the
                                  assignment's incarnation
     nodes/NAME                   {"address", "capacity", "labels", "draining"}
+    events/APP/00001764358023123456
+                                 a scheduler event (`paas[scheduler]: ...`), a
+                                 serialized LogLine, keyed by its seq; the last
+                                 so many per app are kept (trim_events)
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -28,12 +32,16 @@ from typing import Any
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
 import aetcd.transactions as tx
+import grpc
 
 from paas.common.names import InstanceName
+from paas.proto import paas_pb2 as pb
 
 PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
+_EVENTS = PREFIX + "events/"
 # etcd refuses txns of more than 128 operations by default.
 _MAX_TXN_OPS = 120
 
@@ -56,6 +64,20 @@ def _instance_key(app: str, name: InstanceName) -> str:
 
 def _node_key(name: str) -> str:
     return f"{PREFIX}nodes/{name}"
+
+
+def _events_prefix(app: str) -> str:
+    return f"{_EVENTS}{app}/"
+
+
+def _event_key(app: str, seq: int) -> str:
+    # Zero-padded, so that key order is seq order (a seq is a time in microseconds).
+    return f"{_events_prefix(app)}{seq:020d}"
+
+
+def _prefix_end(prefix: str) -> bytes:
+    """The first key after every key that starts with `prefix` (all ASCII here)."""
+    return prefix[:-1].encode() + bytes([ord(prefix[-1]) + 1])
 
 
 class StoreError(Exception):
@@ -165,6 +187,7 @@ class Store:
         host, port = _etcd_target(endpoints)
         self.endpoints = list(endpoints)
         self._client = aetcd.Client(host=host, port=port, timeout=timeout)
+        self._timeout = timeout
         self._leader_revision = 0  # create revision of our election key, 0 = not leader
 
     @property
@@ -276,6 +299,45 @@ class Store:
             nodes=await self.nodes(),
         )
 
+    async def _newest(
+        self, prefix: str, limit: int, keys_only: bool = False
+    ) -> tuple[list[tuple[bytes, bytes]], int]:
+        """The `limit` greatest keys under `prefix` (greatest first) and how many keys
+        the prefix holds in all. aetcd's own range calls drop `limit`, so this one
+        builds the request itself."""
+        request = aetcd.rpc.RangeRequest(
+            key=prefix.encode(),
+            range_end=_prefix_end(prefix),
+            limit=limit,
+            sort_order=aetcd.rpc.RangeRequest.DESCEND,
+            sort_target=aetcd.rpc.RangeRequest.KEY,
+            keys_only=keys_only,
+        )
+        try:
+            await self._client.connect()
+            response = await self._client.kvstub.Range(
+                request, timeout=self._timeout, metadata=self._client.metadata
+            )
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+        return [(kv.key, kv.value) for kv in response.kvs], int(response.count)
+
+    async def events(self, app: str, newest: int) -> list[pb.LogLine]:
+        """The app's last `newest` scheduler events, oldest first."""
+        if newest <= 0:
+            return []  # a limit of 0 would mean no limit to etcd
+        rows, _ = await self._newest(_events_prefix(app), newest)
+        lines = []
+        for _, value in reversed(rows):
+            line = pb.LogLine()
+            line.ParseFromString(value)
+            lines.append(line)
+        return lines
+
+    async def events_of_all_apps(self, newest: int) -> dict[str, list[pb.LogLine]]:
+        """The last `newest` scheduler events of every app, oldest first."""
+        return {app: await self.events(app, newest) for app in await self.apps()}
+
     # ------------------------------------------------------------ writes
 
     def _guard(self) -> list[Any]:
@@ -366,17 +428,42 @@ class Store:
         for start in range(0, len(ops), _MAX_TXN_OPS):
             await self._txn([], ops[start : start + _MAX_TXN_OPS])
 
+    async def add_events(self, lines: Sequence[pb.LogLine]) -> None:
+        """Keep scheduler events, each under its app and seq (a repeat overwrites)."""
+        ops = [
+            tx.Put(_event_key(line.app, line.seq).encode(), line.SerializeToString())
+            for line in lines
+        ]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
+    async def trim_events(self, app: str, keep: int) -> int:
+        """Delete all but the app's last `keep` events; say how many there were beyond."""
+        prefix = _events_prefix(app)
+        rows, count = await self._newest(prefix, max(1, keep), keys_only=True)
+        if count <= keep:
+            return 0
+        # Everything below the keep-th newest key goes (all of it when keep is 0).
+        end = rows[-1][0] if keep > 0 else _prefix_end(prefix)
+        await self._txn([], [tx.Delete(prefix.encode(), range_end=end)])
+        return count - keep
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
-        """Yield once per batch of changes under /paas/ (an event only says: look again).
+        """Yield once per change under /paas/ (an event only says: look again), except
+        scheduler events, which change nothing that reconcile reads (and would wake it
+        for every event it writes itself).
         Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
+        events = _EVENTS.encode()
         try:
             watch = await self._client.watch_prefix(PREFIX.encode())
         except aetcd.exceptions.ClientError as exc:
             raise StoreError(f"cannot watch etcd: {exc}") from exc
         try:
-            async for _event in watch:
+            async for event in watch:
+                if event.kv.key.startswith(events):
+                    continue
                 yield None
         except aetcd.exceptions.ClientError as exc:
             # A compacted revision lands here too: the caller re-reads everything anyway.
