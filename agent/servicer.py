@@ -162,6 +162,9 @@ async def read_history(
     on_disk = spool.instances(app) if spool is not None else {}
     found: dict[str, list[LogLine]] = {}
     last: dict[str, int] = {}
+    # The oldest seq of each buffer when its lines were taken: older ones come from the
+    # spool. Taken with the lines, as the buffer moves on while the spool is flushed.
+    oldest: dict[str, int] = {}
     verdicts: dict[str, Callable[[LogLine], Verdict]] = {}
     for instance in sorted(set(buffers) | {i for i in on_disk if matches(i)}):
         buffer = buffers.get(instance)
@@ -173,8 +176,9 @@ async def read_history(
         complete = False
         if buffer is not None:
             last[instance] = buffer.last_seq
+            oldest[instance] = buffer.oldest_seq
             lines, complete = _scan(buffer.lines(), count, verdict)
-            complete = complete or buffer.oldest_seq <= 1  # nothing older ever existed
+            complete = complete or oldest[instance] <= 1  # nothing older ever existed
         found[instance] = lines
         if not complete:
             verdicts[instance] = verdict
@@ -183,8 +187,7 @@ async def read_history(
         await spool.flush()  # what the buffers no longer hold may still be on its way
         on_disk = spool.instances(app)
     for instance, verdict in verdicts.items():
-        buffer = buffers.get(instance)
-        below = buffer.oldest_seq if buffer is not None else 0
+        below = oldest.get(instance, 0)
         span = on_disk.get(instance)
         if span is not None and (not below or (span.first_seq and span.first_seq < below)):
             queries.append(Query(app, instance, below, count - len(found[instance]), verdict))

@@ -161,14 +161,18 @@ class _File:
 
 
 def encode(line: LogLine) -> str:
-    """One record: tab-separated fields, the text last; a text holding a newline as JSON."""
+    """One record: tab-separated fields, the text last; a text holding a newline as JSON.
+
+    The timestamp is written in full (repr): lines read back must sort where the
+    buffer's copies of them do, and lines read together share one timestamp.
+    """
     text = line.text
     flags = _CONTINUED if line.continued else 0
     if "\n" in text:
         text = json.dumps(text)
         flags |= _JSON_TEXT
     return (
-        f"{line.app}\t{line.instance}\t{line.timestamp:.6f}\t{line.stream}\t"
+        f"{line.app}\t{line.instance}\t{line.timestamp!r}\t{line.stream}\t"
         f"{line.seq}\t{line.run}\t{flags}\t{text}\n"
     )
 

@@ -67,6 +67,7 @@ GROUP_POLL_INTERVAL = 0.1
 # escaped process) before they are closed anyway.
 DRAIN_TIMEOUT = 2.0
 PIPE_LIMIT = 2**16
+OUTPUT_FDS = {"stdout": 1, "stderr": 2}  # the child's output pipes, by stream
 # The most output bytes one read of a pipe hands on before the loop gets a turn: a
 # process that floods its output must not starve the agent's loop (~8 ms of lines).
 FAIR_READ = 4096
@@ -429,10 +430,10 @@ class Instance:
         self.pid = pgid
         self._report(self)
         assert protocol.stdout is not None and protocol.stderr is not None
-        pumps = [
-            asyncio.create_task(pump(protocol.stdout, "stdout", self.buffer)),
-            asyncio.create_task(pump(protocol.stderr, "stderr", self.buffer)),
-        ]
+        pumps = {
+            "stdout": asyncio.create_task(pump(protocol.stdout, "stdout", self.buffer)),
+            "stderr": asyncio.create_task(pump(protocol.stderr, "stderr", self.buffer)),
+        }
         failure = ""
         up_at: float | None = None
         try:
@@ -446,7 +447,7 @@ class Instance:
             # Whatever the crashed leader left in its group dies with it.
             signal_group(pgid, signal.SIGKILL)
         await self._sweep(pgid)
-        await self._drain(pumps)
+        await self._drain(pumps, transport)
         transport.close()
         if self._reaper is not None:
             self._reaper.untrack(pgid)
@@ -575,14 +576,30 @@ class Instance:
                 f"(pid {pids}{more})"
             )
 
-    async def _drain(self, pumps: list[asyncio.Task[None]]) -> None:
-        """Let the readers take the last output; an escaped holder of the pipe is cut off."""
-        _, pending = await asyncio.wait(pumps, timeout=DRAIN_TIMEOUT)
-        for task in pending:
-            task.cancel()
-        for task in pumps:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _drain(
+        self, pumps: dict[str, asyncio.Task[None]], transport: asyncio.SubprocessTransport
+    ) -> None:
+        """Let the readers take the last output; an escaped holder of a pipe is cut off.
+
+        A pipe still open DRAIN_TIMEOUT after the run ended is held by a process the
+        sweep did not find. It is closed, not its reader cancelled: the reader still
+        takes what it has received, and a notice says the rest was cut off.
+        """
+        _, pending = await asyncio.wait(pumps.values(), timeout=DRAIN_TIMEOUT)
+        cut = []
+        for stream, task in pumps.items():
+            pipe = transport.get_pipe_transport(OUTPUT_FDS[stream])
+            # A closing pipe has reached its end: its reader only has lines left to hand on.
+            if task in pending and pipe is not None and not pipe.is_closing():
+                pipe.close()  # the reader sees the end of what it has received
+                cut.append(stream)
+        await asyncio.gather(*pumps.values())
+        if cut:
+            self._line(
+                f"Output cut off: {' and '.join(cut)} still open {_seconds(DRAIN_TIMEOUT)}s "
+                "after the process exited (held by a process that left its group); "
+                "what was written to it later is not kept"
+            )
 
     # ------------------------------------------------------------ helpers
 

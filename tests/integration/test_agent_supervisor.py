@@ -4,6 +4,7 @@ processes, states and log lines out. Every test ends with no process left behind
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -643,6 +644,37 @@ async def test_a_process_that_forks_a_hundred_children_loses_them_all_on_stop(
     await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
     assert not live(processes)
     await eventually(lambda: gone(processes), "all of them reaped")
+
+
+async def test_a_pipe_held_by_a_process_no_sweep_finds_is_cut_off_and_says_so(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    """An escaped process that replaced its environment (no token to find it by) keeps
+    stdout open after its run crashed: the run still ends, with what was written
+    before, and a notice says its output was cut off."""
+    pidfile = tmp_path / "holder.pids"
+    holder = f"setsid env -i /bin/sh -c 'echo $$ >> {pidfile}; exec sleep 1000' &"
+    # The leader exits once the holder is out of the group, so the group's kill misses it.
+    wait = f"until [ -s {pidfile} ]; do sleep 0.01; done"
+    once = f"mkdir {tmp_path / 'once'} 2>/dev/null || exec sleep 1000"  # later runs idle
+    node = await start_node()
+    node.apply(assignment("worker.1", f"{once}; {holder} {wait}; echo last words; exit 1"))
+    try:
+        [held] = await eventually(lambda: read_pids(pidfile, 1), "the holder")
+        await eventually(
+            lambda: any(t.startswith("Output cut off") for t in node.texts("worker.1")),
+            "the notice that the output was cut off",
+        )
+        assert live([held])  # it was not found: only its pipe was cut
+    finally:
+        for pid in read_pids(pidfile, 1) or []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    texts = node.texts("worker.1")
+    notice = next(t for t in texts if t.startswith("Output cut off"))
+    assert notice.startswith("Output cut off: stdout and stderr still open 2s after")
+    exited = texts.index("Process exited with status 1")
+    assert texts.index("last words") < texts.index(notice) < exited
 
 
 # ---------------------------------------------------------------- incarnations and generations

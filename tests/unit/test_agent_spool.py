@@ -3,6 +3,8 @@ restart; and history that goes past the in-memory buffer into it."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,6 +38,11 @@ def test_a_record_keeps_every_field_and_any_text() -> None:
         original = LogLine(1.5, "shop", "web.3", "stderr", "n", 7, text, 2, True)
         assert decode(encode(original).encode()[:-1], "n") == original
     assert decode(b"torn\trecord", "n") is None
+
+
+def test_a_record_keeps_the_very_timestamp_so_it_sorts_as_the_line_in_memory() -> None:
+    original = LogLine(1700000000.1234567, "shop", "web.3", "stdout", "n", 7, "x", 2)
+    assert decode(encode(original).encode()[:-1], "n") == original
 
 
 async def test_lines_written_on_the_loop_are_read_back_newest_last(spool: Spool) -> None:
@@ -147,6 +154,36 @@ async def test_history_goes_past_the_buffer_into_the_spool(spool: Spool) -> None
     assert last == {"web.1": 50}
     everything, _ = await read_history(hub, "shop", process_matcher(""), 1000)
     assert [x.seq for x in everything] == list(range(1, 51))  # no notice: nothing is lost
+
+
+async def test_lines_written_while_history_is_read_come_neither_twice_nor_missing(
+    spool: Spool,
+) -> None:
+    """The next run writes while the spool is flushed for what the buffer no longer
+    holds: the spool's part ends where the buffer's began when it was read."""
+    hub = LogHub("node-1", lines=10, spool=spool)
+    buffer = hub.buffer("shop", "web.1")
+    buffer.begin_run()
+    for i in range(20):
+        buffer.append("stdout", f"run 1 line {i}")
+    buffer.end_run()
+    buffer.begin_run()
+    buffer.append("stdout", "run 2 line 0")  # the buffer holds the end of run 1 and run 2
+
+    async def next_run() -> None:
+        for i in itertools.count(1):
+            buffer.append("stdout", f"run 2 line {i}")
+            await asyncio.sleep(0)  # a line each turn of the loop, as a pump hands them on
+
+    writing = asyncio.create_task(next_run())
+    try:
+        previous, _ = await read_history(hub, "shop", process_matcher("web.1"), 100, previous=True)
+        everything, last = await read_history(hub, "shop", process_matcher("web.1"), 1000)
+    finally:
+        writing.cancel()
+    assert [x.text for x in previous] == [f"run 1 line {i}" for i in range(20)]
+    seqs = [x.seq for x in everything]  # the last 1000 (or all), each once, none left out
+    assert seqs == list(range(max(1, last["web.1"] - 999), last["web.1"] + 1))
 
 
 async def test_previous_reads_the_last_finished_run_from_disk_after_a_restart(
