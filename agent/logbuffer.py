@@ -334,6 +334,10 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
+        return self.take(limit)
+
+    def take(self, limit: int) -> list[LogLine]:
+        """Up to `limit` lines there are now, without waiting (as `get_many`)."""
         lines = self._lines
         taken = [lines.popleft() for _ in range(min(limit, len(lines)))]
         if not lines and self.dropped and len(taken) < limit:

@@ -8,6 +8,7 @@ the desired set that arrives over the session the agent dialled).
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -26,7 +27,9 @@ DEFAULT_LINES = 100
 # The most lines one request reads back (per instance, and in all).
 MAX_LINES = 100_000
 # Lines are read (from the history, and a follower's queue) this many at a time.
-FOLLOW_BATCH = 512
+FOLLOW_BATCH = 1024
+# How long a follower's live lines may wait for more to go in the same message.
+FOLLOW_GATHER = 0.005
 
 
 def process_matcher(process: str) -> Callable[[str], bool]:
@@ -124,9 +127,15 @@ class AgentService(pb_grpc.AgentServicer):
             for instance, seq in last.items():
                 sent[instance] = max(sent.get(instance, 0), seq)
             while True:
+                fresh = await subscription.get_many(FOLLOW_BATCH)
+                if len(fresh) < FOLLOW_BATCH:
+                    # Let a few ms of lines gather: one message for many, not one for
+                    # each read of a pipe (the cost per message dwarfs that per line).
+                    await asyncio.sleep(FOLLOW_GATHER)
+                    fresh += subscription.take(FOLLOW_BATCH - len(fresh))
                 live = [
                     line
-                    for line in await subscription.get_many(FOLLOW_BATCH)
+                    for line in fresh
                     # Not what the backlog had or the follower's cursor passed.
                     if not (line.seq and line.seq <= sent.get(line.instance, 0))
                     and line.timestamp >= since

@@ -153,6 +153,11 @@ class Reading:
         )
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def command(seconds: float, rate: float) -> str:
     return f"exec python3 emit.py {seconds:g} {rate:g}"
 
@@ -357,11 +362,23 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     print(f"floor:      {floor.describe()}  (one Python reader on the pipe)")
     readers = ["grpc", "cli"] if args.cli else ["grpc"]
     async with cluster_with_app(app_dir, root / "logs") as cluster:
+        parts = {
+            "agent": psutil.Process(cluster.agent_process("node-1").pid),
+            "scheduler": psutil.Process(cluster.scheduler_process(0).pid),
+        }
         results = {}
         for reader in readers:
+            before = {name: cpu_seconds(proc) for name, proc in parts.items()}
             results[reader] = await measure_paas(cluster, app_dir, reader, args.timeout)
             where = "Logs follow over gRPC" if reader == "grpc" else "`paas logs -f` to a pipe"
             print(f"paas {reader:<5} {results[reader].describe()}  ({where})")
+            # CPU time per line taken off the pipe: what the machine's load does not move.
+            taken = max(1, results[reader].emitted)
+            costs = ", ".join(
+                f"{name} {(cpu_seconds(proc) - before[name]) / taken * 1e6:.1f} us"
+                for name, proc in parts.items()
+            )
+            print(f"           CPU per line emitted: {costs}")
     for reader, reading in results.items():
         ratio = reading.rate / floor.rate if floor.rate else 0.0
         verdict = "met" if ratio >= GOAL else "missed"

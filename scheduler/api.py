@@ -578,8 +578,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 dropped += len(lines)
                 return
             if dropped:
+                # Counted as the source's own line: a notice of the scheduler's must not
+                # look like a second source and put a lone node's lines through the
+                # ordering window (slower, so it falls further behind).
                 text = f"{dropped} lines dropped (this reader fell behind)"
-                inbox.append(("", [_notice(request.app, text)], None))
+                inbox.append((source, [_notice(request.app, text)], None))
                 queued += 1
                 dropped = 0
             inbox.append((source, lines, whole))
