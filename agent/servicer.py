@@ -214,8 +214,14 @@ async def read_history(
                     lines, app, query.instance, query.below, after, previous, logs.node
                 )
             found[query.instance] = lines
-        if spool.failure:
-            found[""] = [_notice(app, logs.node, spool.failure)]
+    if verdicts and spool is not None and spool.failure:
+        # Older lines were wanted and the spool is not writing them: say why, where
+        # the gap is (before the oldest line found).
+        notice = _notice(app, logs.node, spool.failure)
+        first = min((lines[0].timestamp for lines in found.values() if lines), default=None)
+        if first is not None:
+            notice = notice._replace(timestamp=first - 1e-6)
+        found[""] = [notice]
     merged = list(heapq.merge(*found.values(), key=lambda line: line.timestamp))
     return merged[-count:], last
 

@@ -239,3 +239,40 @@ def test_a_span_adds_a_run_of_lines_as_it_adds_each(seq_runs: list[tuple[int, in
         one_by_one.add(line.seq, line.run)
     at_once.add_all(lines)
     assert at_once == one_by_one
+
+
+async def test_a_disk_that_refuses_writes_is_said_in_the_history_and_writing_resumes(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (ENOSPC from write(2), injected) loses lines with a notice, never
+    silently, and the spool writes again once the disk takes writes again."""
+    import errno
+    import os
+
+    real_write = os.write
+    full = True
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("paas.agent.spool.os.write", write)
+    hub = LogHub("node-1", lines=5, spool=spool)
+    buffer = hub.buffer("shop", "web.1")
+    for seq in range(1, 21):
+        buffer.append("stdout", f"line {seq}")
+    await spool.flush()
+    assert spool.unwritten == 20
+    assert "No space left on device" in spool.failure
+    lines, _ = await read_history(hub, "shop", process_matcher(""), 20)
+    texts = [x.text for x in lines]
+    assert "cannot write (" in texts[0] and "20 lines are not on disk" in texts[0]
+    assert texts[-5:] == [f"line {seq}" for seq in range(16, 21)]  # the buffer still has these
+
+    full = False
+    buffer.append("stdout", "line 21")
+    await spool.flush()
+    assert spool.failure == ""
+    found = await spool.read([Query("shop", "web.1", count=10)])
+    assert [x.text for x in found[("shop", "web.1")].lines] == ["line 21"]
