@@ -1042,6 +1042,134 @@ class LogsRequest(_message.Message):
 Global___LogsRequest: _TypeAlias = LogsRequest  # noqa: Y015
 
 @_typing.final
+class LogDrain(_message.Message):
+    """---------------------------------------------------------------- log drains
+
+    Where the leader forwards an app's log stream as it comes (Heroku's log drains):
+    syslog://HOST:PORT (RFC 5424 over TCP, octet-counted) or http(s)://HOST/PATH
+    (POSTs in Heroku's application/logplex-1 framing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    url: _builtins.str
+    token: _builtins.str
+    """names the drain in what it sends (syslog hostname field)"""
+    sent: _builtins.int
+    """lines delivered since this leader took over"""
+    dropped: _builtins.int
+    """lines lost for lack of room while the drain was slow or down"""
+    problem: _builtins.str
+    """the last delivery failure, "" while it delivers"""
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        url: _builtins.str = ...,
+        token: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        dropped: _builtins.int = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dropped", b"dropped", "problem", b"problem", "sent", b"sent", "token", b"token", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogDrain: _TypeAlias = LogDrain  # noqa: Y015
+
+@_typing.final
+class AddDrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    url: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDrainRequest: _TypeAlias = AddDrainRequest  # noqa: Y015
+
+@_typing.final
+class RemoveDrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    url: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveDrainRequest: _TypeAlias = RemoveDrainRequest  # noqa: Y015
+
+@_typing.final
+class ListDrainsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDrainsRequest: _TypeAlias = ListDrainsRequest  # noqa: Y015
+
+@_typing.final
+class ListDrainsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAINS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def drains(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogDrain]: ...
+    def __init__(
+        self,
+        *,
+        drains: _abc.Iterable[Global___LogDrain] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drains", b"drains"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDrainsResponse: _TypeAlias = ListDrainsResponse  # noqa: Y015
+
+@_typing.final
 class ProcessSettings(_message.Message):
     """---------------------------------------------------------------- agent session
 

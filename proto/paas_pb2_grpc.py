@@ -84,6 +84,21 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
                 _registered_method=True)
+        self.AddDrain = channel.unary_unary(
+                '/paas.v1.Scheduler/AddDrain',
+                request_serializer=paas_dot_proto_dot_paas__pb2.AddDrainRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.LogDrain.FromString,
+                _registered_method=True)
+        self.RemoveDrain = channel.unary_unary(
+                '/paas.v1.Scheduler/RemoveDrain',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RemoveDrainRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.LogDrain.FromString,
+                _registered_method=True)
+        self.ListDrains = channel.unary_unary(
+                '/paas.v1.Scheduler/ListDrains',
+                request_serializer=paas_dot_proto_dot_paas__pb2.ListDrainsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.ListDrainsResponse.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/paas.v1.Scheduler/Session',
                 request_serializer=paas_dot_proto_dot_paas__pb2.AgentMessage.SerializeToString,
@@ -154,6 +169,24 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddDrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDrain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDrains(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Session(self, request_iterator, context):
         """Agents only: hello first, then heartbeats and status changes; the
         scheduler answers with desired sets whenever they change.
@@ -214,6 +247,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Logs,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.LogsRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.LogBatch.SerializeToString,
+            ),
+            'AddDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDrain,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.AddDrainRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.LogDrain.SerializeToString,
+            ),
+            'RemoveDrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDrain,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RemoveDrainRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.LogDrain.SerializeToString,
+            ),
+            'ListDrains': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDrains,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.ListDrainsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.ListDrainsResponse.SerializeToString,
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
@@ -491,6 +539,87 @@ class Scheduler:
             '/paas.v1.Scheduler/Logs',
             paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.LogBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/AddDrain',
+            paas_dot_proto_dot_paas__pb2.AddDrainRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.LogDrain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/RemoveDrain',
+            paas_dot_proto_dot_paas__pb2.RemoveDrainRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.LogDrain.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDrains(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/ListDrains',
+            paas_dot_proto_dot_paas__pb2.ListDrainsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.ListDrainsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,9 @@ class SchedulerStub:
     Stop: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]
     Drain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]
     Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]
+    AddDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]
+    RemoveDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]
+    ListDrains: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListDrainsRequest, _paas_pb2.ListDrainsResponse]
     Session: _grpc.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
@@ -65,6 +68,9 @@ class SchedulerAsyncStub(SchedulerStub):
     Stop: _aio.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]  # type: ignore[assignment]
     Drain: _aio.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]  # type: ignore[assignment]
+    AddDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
+    RemoveDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
+    ListDrains: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListDrainsRequest, _paas_pb2.ListDrainsResponse]  # type: ignore[assignment]
     Session: _aio.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]  # type: ignore[assignment]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
@@ -140,6 +146,27 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.LogsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_paas_pb2.LogBatch], _abc.AsyncIterator[_paas_pb2.LogBatch]]: ...
+
+    @_abc_1.abstractmethod
+    def AddDrain(
+        self,
+        request: _paas_pb2.AddDrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.LogDrain, _abc.Awaitable[_paas_pb2.LogDrain]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveDrain(
+        self,
+        request: _paas_pb2.RemoveDrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.LogDrain, _abc.Awaitable[_paas_pb2.LogDrain]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDrains(
+        self,
+        request: _paas_pb2.ListDrainsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.ListDrainsResponse, _abc.Awaitable[_paas_pb2.ListDrainsResponse]]: ...
 
     @_abc_1.abstractmethod
     def Session(
