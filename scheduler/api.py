@@ -15,6 +15,7 @@ import heapq
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import NoReturn
@@ -22,6 +23,7 @@ from typing import NoReturn
 import grpc
 from google.protobuf import json_format
 
+from paas.common.drainurl import DrainURLError, parse_drain_url, redacted
 from paas.common.formation import (
     Change,
     FormationError,
@@ -36,6 +38,7 @@ from paas.common.names import InstanceName, NameError_, check_app_name
 from paas.common.procfile import ProcfileError, parse_procfile
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
+from paas.scheduler.drains import Drains
 from paas.scheduler.events import EventLog
 from paas.scheduler.leader import Leadership
 from paas.scheduler.reconcile import Reconciler
@@ -45,6 +48,7 @@ from paas.scheduler.store import (
     AppRecord,
     Assign,
     ConflictError,
+    DrainRecord,
     InstanceRecord,
     NodeRecord,
     NotLeaderError,
@@ -93,10 +97,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self._events = events
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self._drains = Drains(store, events, stream=self._merged_batches)
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        await self._drains.close()
         for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
@@ -475,6 +481,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 "previous needs one instance (process like web.3), not "
                 f"{request.process or 'every process'!r}",
             )
+        async for batch in self._merged_batches(request):
+            yield batch
+
+    async def _merged_batches(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
+        """The app's lines of every node and the scheduler's events, merged: the history,
+        then (with follow) live lines as released. Unchecked: callers check the request
+        and that this replica leads (Logs; the log drains, which run on the leader)."""
         count = request.lines or DEFAULT_LOG_LINES
         history_request = pb.LogsRequest(
             app=request.app,
@@ -724,6 +737,65 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             for task in [*helpers, *tasks.values()]:
                 task.cancel()
 
+    # ------------------------------------------------------------ log drains
+
+    async def AddDrain(
+        self, request: pb.AddDrainRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.LogDrain:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        try:
+            url = parse_drain_url(request.url).url
+        except DrainURLError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        drain = DrainRecord(
+            app=request.app, url=url, token=f"d.{uuid.uuid4()}", created_at=time.time()
+        )
+        try:
+            await self._store.add_drain(drain)
+        except ConflictError:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"log drain {redacted(url)} is already added to {request.app} "
+                "(`paas drains` lists them)",
+            )
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        self._events.add(request.app, f"Log drain {redacted(url)} added")
+        self._drains.kick()
+        return self._drains.view(drain)
+
+    async def RemoveDrain(
+        self, request: pb.RemoveDrainRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.LogDrain:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        url = request.url.strip()
+        try:
+            drain = await self._store.remove_drain(request.app, url) if url else None
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        if drain is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no log drain {redacted(url)!r} on {request.app} (`paas drains` lists them)",
+            )
+        view = self._drains.view(drain)
+        await self._drains.forget(drain.app, drain.url)
+        self._events.add(request.app, f"Log drain {redacted(url)} removed")
+        return view
+
+    async def ListDrains(
+        self, request: pb.ListDrainsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ListDrainsResponse:
+        await self._require_leader(context)
+        await self._require_app(request.app, context)
+        try:
+            drains = await self._store.drains(request.app)
+        except StoreError as exc:
+            await _abort_store(context, exc)
+        return pb.ListDrainsResponse(drains=[self._drains.view(drain) for drain in drains])
+
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
@@ -796,6 +868,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             session.close()
 
     def on_leadership(self, leading: bool) -> None:
+        self._drains.on_leadership(leading)
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()

@@ -17,12 +17,18 @@ Layout, under /paas/:
                                  a scheduler event (`paas[scheduler]: ...`), a
                                  serialized LogLine, keyed by its seq; the last
                                  so many per app are kept (trim_events)
+    drains/APP/ID                {"url", "token", "created_at"}; ID is a hash of the
+                                 URL, so one URL is one key (adding it twice fails)
+    drain-progress/APP/ID        {"cursors", "since", "dropped"}: how far the drain
+                                 got, saved every few seconds by the leader; the
+                                 reconcile watch ignores these keys
 
 It must never decide anything: it reads and writes what it is told.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import time
@@ -80,6 +86,21 @@ def _prefix_end(prefix: str) -> bytes:
     return prefix[:-1].encode() + bytes([ord(prefix[-1]) + 1])
 
 
+_DRAIN_PROGRESS = f"{PREFIX}drain-progress/"
+
+
+def _drain_id(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:24]
+
+
+def _drain_key(app: str, url: str) -> str:
+    return f"{PREFIX}drains/{app}/{_drain_id(url)}"
+
+
+def _drain_progress_key(app: str, url: str) -> str:
+    return f"{_DRAIN_PROGRESS}{app}/{_drain_id(url)}"
+
+
 class StoreError(Exception):
     """etcd could not be reached or refused the request."""
 
@@ -129,6 +150,26 @@ class NodeRecord:
     capacity: int
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
+
+
+@dataclass(frozen=True)
+class DrainRecord:
+    """A log drain: where an app's log stream is forwarded."""
+
+    app: str
+    url: str
+    token: str  # the syslog HOSTNAME of what it sends, e.g. d.6f1c...
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DrainProgress:
+    """How far a drain got: the last line delivered of each (node, instance), a time
+    before which everything was delivered, and the lines dropped not yet reported."""
+
+    cursors: dict[tuple[str, str], int]
+    since: float
+    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,6 +311,33 @@ class Store:
                 )
             )
         return records
+
+    async def drains(self, app: str | None = None) -> list[DrainRecord]:
+        """The log drains of `app` (of every app when None), oldest first."""
+        rows = await self._get_prefix(f"{PREFIX}drains/{app}/" if app else f"{PREFIX}drains/")
+        records = []
+        for key, value, _ in rows:
+            data = json.loads(value)
+            records.append(
+                DrainRecord(
+                    app=key[len(f"{PREFIX}drains/") :].split("/", 1)[0],
+                    url=str(data["url"]),
+                    token=str(data["token"]),
+                    created_at=float(data["created_at"]),
+                )
+            )
+        return sorted(records, key=lambda r: (r.app, r.created_at, r.url))
+
+    async def drain_progress(self, drain: DrainRecord) -> DrainProgress | None:
+        found = await self._get(_drain_progress_key(drain.app, drain.url))
+        if found is None:
+            return None
+        data = json.loads(found[0])
+        return DrainProgress(
+            cursors={(str(n), str(i)): int(seq) for n, i, seq in data["cursors"]},
+            since=float(data["since"]),
+            dropped=int(data.get("dropped", 0)),
+        )
 
     async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
         """Read everything reconcile needs. Releases never change once written, so the
@@ -416,6 +484,45 @@ class Store:
         }
         await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
 
+    async def add_drain(self, drain: DrainRecord) -> None:
+        """Write a new drain; ConflictError if the app has one with this URL already."""
+        key = _drain_key(drain.app, drain.url)
+        value = {"url": drain.url, "token": drain.token, "created_at": drain.created_at}
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(value))])
+
+    async def remove_drain(self, app: str, url: str) -> DrainRecord | None:
+        """Delete the app's drain of `url` and its progress; None if it has none."""
+        key = _drain_key(app, url)
+        found = await self._get(key)
+        if found is None:
+            return None
+        data = json.loads(found[0])
+        try:
+            await self._txn(
+                [tx.Mod(key) == found[1]],
+                [
+                    tx.Delete(key.encode()),
+                    tx.Delete(_drain_progress_key(app, url).encode()),
+                ],
+            )
+        except ConflictError:
+            return None  # removed (or re-added) meanwhile by another request
+        return DrainRecord(
+            app=app, url=url, token=str(data["token"]), created_at=float(data["created_at"])
+        )
+
+    async def save_drain_progress(self, drain: DrainRecord, progress: DrainProgress) -> None:
+        """Record how far the drain got; ConflictError if it was removed meanwhile."""
+        value = {
+            "cursors": [[n, i, seq] for (n, i), seq in sorted(progress.cursors.items())],
+            "since": progress.since,
+            "dropped": progress.dropped,
+        }
+        await self._txn(
+            [tx.Version(_drain_key(drain.app, drain.url)) > 0],
+            [tx.Put(_drain_progress_key(drain.app, drain.url).encode(), _dumps(value))],
+        )
+
     async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
         """Commit assignment changes, in chunks that fit one etcd txn each."""
         ops: list[Any] = []
@@ -452,17 +559,19 @@ class Store:
 
     async def changes(self) -> AsyncIterator[None]:
         """Yield once per change under /paas/ (an event only says: look again), except
-        scheduler events, which change nothing that reconcile reads (and would wake it
-        for every event it writes itself).
+        scheduler events and log drains' progress, which change nothing that reconcile
+        reads (and would wake it for every event or save the leader writes itself).
         Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
+        progress = _DRAIN_PROGRESS.encode()
         try:
             watch = await self._client.watch_prefix(PREFIX.encode())
         except aetcd.exceptions.ClientError as exc:
             raise StoreError(f"cannot watch etcd: {exc}") from exc
         try:
             async for event in watch:
-                if event.kv.key.startswith(events):
+                # A drain's progress changes every few seconds and concerns no one else.
+                if event.kv.key.startswith((events, progress)):
                     continue
                 yield None
         except aetcd.exceptions.ClientError as exc:
