@@ -184,6 +184,19 @@ class SchedulerClient:
         request = pb.DrainRequest(node=node, drain=drain)
         return await self._unary(lambda stub: stub.Drain, request)
 
+    async def list_drains(self, app: str) -> list[pb.LogDrain]:
+        request = pb.ListDrainsRequest(app=app)
+        response = await self._unary(lambda stub: stub.ListDrains, request)
+        return list(response.drains)
+
+    async def add_drain(self, app: str, url: str) -> pb.LogDrain:
+        request = pb.AddDrainRequest(app=app, url=url)
+        return await self._unary(lambda stub: stub.AddDrain, request)
+
+    async def remove_drain(self, app: str, url: str) -> pb.LogDrain:
+        request = pb.RemoveDrainRequest(app=app, url=url)
+        return await self._unary(lambda stub: stub.RemoveDrain, request)
+
     async def logs(
         self,
         app: str,

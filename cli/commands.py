@@ -1,4 +1,4 @@
-"""The API commands: apps, apps create, deploy, scale, ps, restart, stop, nodes, logs.
+"""The API commands: apps, apps create, deploy, scale, ps, restart, stop, nodes, logs, drains.
 
 Each handler checks its input locally first (formation words, Procfile, app
 name) so a mistake is a one-line error with nothing sent, then makes its call
@@ -24,6 +24,7 @@ from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER
+from paas.common.drainurl import DrainURLError, parse_drain_url
 from paas.common.formation import FormationError, parse_changes
 from paas.common.names import InstanceName, NameError_, check_app_name, check_process_type
 from paas.common.procfile import ProcfileError, parse_procfile
@@ -141,6 +142,21 @@ def _prepare_logs(args: argparse.Namespace) -> None:
             args.since_unix = parse_since(args.since, time.time())
         except TimeSpecError as exc:
             raise CommandError(f"--since: {exc}") from None
+
+
+def _prepare_drains_add(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    try:
+        args.url = parse_drain_url(args.url).url
+    except DrainURLError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _prepare_drains_remove(args: argparse.Namespace) -> None:
+    args.app = app_name(args)
+    args.url = args.url.strip()
+    if not args.url:
+        raise CommandError("no drain URL given (`paas drains` lists them)")
 
 
 def _process_or_instance(text: str) -> str:
@@ -329,6 +345,20 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
         )
 
 
+async def _drains(client: SchedulerClient, args: argparse.Namespace) -> None:
+    render.drains(args.app, await client.list_drains(args.app), as_json=args.json)
+
+
+async def _drains_add(client: SchedulerClient, args: argparse.Namespace) -> None:
+    drain = await client.add_drain(args.app, args.url)
+    render.out(f"Added log drain {drain.url} to {args.app} (token {drain.token})")
+
+
+async def _drains_remove(client: SchedulerClient, args: argparse.Namespace) -> None:
+    drain = await client.remove_drain(args.app, args.url)
+    render.out(f"Removed log drain {drain.url} from {args.app}")
+
+
 _HANDLERS: dict[str, Handler] = {
     "apps": _apps,
     "apps create": _apps_create,
@@ -341,6 +371,9 @@ _HANDLERS: dict[str, Handler] = {
     "nodes drain": _drain,
     "nodes undrain": _undrain,
     "logs": _logs,
+    "drains": _drains,
+    "drains add": _drains_add,
+    "drains remove": _drains_remove,
 }
 
 _PREPARE: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -351,4 +384,7 @@ _PREPARE: dict[str, Callable[[argparse.Namespace], None]] = {
     "restart": _prepare_restart,
     "stop": _prepare_stop,
     "logs": _prepare_logs,
+    "drains": _prepare_app,
+    "drains add": _prepare_drains_add,
+    "drains remove": _prepare_drains_remove,
 }

@@ -415,6 +415,55 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("node", metavar="NAME", help="the node, as `paas nodes` names it")
         command.set_defaults(handler=f"nodes {word}")
 
+    # -------------------------------------------------------------- drains
+    drains = commands.add_parser(
+        "drains",
+        parents=app_api,
+        help="the app's log drains: where its log stream is forwarded",
+        description="List the app's log drains, or add and remove them. A log drain "
+        "receives the app's whole log stream as it comes, as with `heroku drains`: the "
+        "output of every instance on every node and the scheduler's own events "
+        "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the drain's "
+        "token, app-name the app, procid the instance (web.3, scheduler). The list shows "
+        "each drain's URL, token, lines sent and dropped (since the current scheduler "
+        "leader took over) and its last delivery problem.",
+        formatter_class=_FORMATTER,
+        epilog="URLs:\n"
+        "  syslog://HOST:PORT           syslog over TCP, octet-counted (RFC 6587)\n"
+        "  http(s)://HOST[:PORT]/PATH   POSTs of batches in Heroku's logplex framing\n"
+        "                               (application/logplex-1)\n"
+        "examples:\n"
+        "  paas drains add syslog://logs.example.com:6514\n"
+        "  paas drains add https://user:secret@collector.example.com/heroku\n"
+        "  paas drains --json\n"
+        "  paas drains remove syslog://logs.example.com:6514\n"
+        "A drain that is slow or down holds up to 10000 lines and retries (0.5 s, doubling\n"
+        "to 30 s); lines beyond are dropped and counted, and it receives `N lines dropped`\n"
+        "when it catches up. See docs/operators.md for delivery across a change of leader.",
+    )
+    drains.add_argument("--json", action="store_true", help="print a JSON array")
+    drains.set_defaults(handler="drains")
+    drains_commands = drains.add_subparsers(
+        dest="drains_command", metavar="COMMAND", parser_class=_Parser
+    )
+    for word, text in (
+        (
+            "add",
+            "Forward the app's log stream to URL, from now on. Adding a URL the app "
+            "drains to already is refused.",
+        ),
+        ("remove", "Stop forwarding to URL and forget the drain."),
+    ):
+        command = drains_commands.add_parser(
+            word, parents=app_api, help=text.split(". ")[0].split(", from now")[0],
+            description=text, formatter_class=_FORMATTER,
+            epilog=f"example:\n  paas drains {word} syslog://logs.example.com:6514",
+        )  # fmt: skip
+        command.add_argument(
+            "url", metavar="URL", help="syslog://HOST:PORT or http(s)://HOST[:PORT]/PATH"
+        )
+        command.set_defaults(handler=f"drains {word}")
+
     # -------------------------------------------------------------- logs
     logs = commands.add_parser(
         "logs",

@@ -338,6 +338,43 @@ def nodes(items: Iterable[pb.Node], as_json: bool = False) -> None:
     console().print(table)
 
 
+# ---------------------------------------------------------------- drains
+
+
+def drain_dict(drain: pb.LogDrain) -> dict[str, Any]:
+    return {
+        "app": drain.app,
+        "url": drain.url,
+        "token": drain.token,
+        "sent": drain.sent,
+        "dropped": drain.dropped,
+        "problem": drain.problem,
+    }
+
+
+def drains(app: str, items: Iterable[pb.LogDrain], as_json: bool = False) -> None:
+    listed = list(items)
+    if as_json:
+        print_json([drain_dict(drain) for drain in listed])
+        return
+    if not listed:
+        info(f"no log drains on {app}: add one with `paas drains add URL`")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("url", "token", "sent", "dropped", "problem"):
+        right = column in ("sent", "dropped")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "problem")
+    for drain in listed:
+        table.add_row(
+            drain.url,
+            drain.token,
+            str(drain.sent),
+            Text(str(drain.dropped), style="red" if drain.dropped else ""),
+            Text(drain.problem or "-", style="red" if drain.problem else ""),
+        )
+    console().print(table)
+
+
 # ---------------------------------------------------------------- apps
 
 

@@ -88,6 +88,20 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await self._gate(context)
         return pb.Node(name=request.node, state="draining" if request.drain else "ready")
 
+    async def AddDrain(self, request: pb.AddDrainRequest, context: Context) -> pb.LogDrain:
+        await self._gate(context)
+        return pb.LogDrain(app=request.app, url=request.url, token="d.fake")
+
+    async def RemoveDrain(self, request: pb.RemoveDrainRequest, context: Context) -> pb.LogDrain:
+        await self._gate(context)
+        return pb.LogDrain(app=request.app, url=request.url, token="d.fake")
+
+    async def ListDrains(
+        self, request: pb.ListDrainsRequest, context: Context
+    ) -> pb.ListDrainsResponse:
+        await self._gate(context)
+        return pb.ListDrainsResponse()
+
     async def Logs(  # type: ignore[override]
         self, request: pb.LogsRequest, context: Context
     ) -> AsyncIterator[pb.LogBatch]:
