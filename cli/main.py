@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -420,13 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
         "drains",
         parents=app_api,
         help="the app's log drains: where its log stream is forwarded",
-        description="List the app's log drains, or add and remove them. A log drain "
-        "receives the app's whole log stream as it comes, as with `heroku drains`: the "
-        "output of every instance on every node and the scheduler's own events "
-        "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the drain's "
-        "token, app-name the app, procid the instance (web.3, scheduler). The list shows "
-        "each drain's URL, token, lines sent and dropped (since the current scheduler "
-        "leader took over) and its last delivery problem.",
+        description=textwrap.fill(
+            "List the app's log drains, or add and remove them. A log drain receives the "
+            "app's whole log stream as it comes, as with `heroku drains`: the output of "
+            "every instance on every node and the scheduler's own events "
+            "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the "
+            "drain's token, app-name the app, procid the instance (web.3, scheduler)."
+        )
+        + "\n\n"
+        + textwrap.fill(
+            "The list shows each drain's URL, token, the lines sent and dropped since the "
+            "current scheduler leader took over, and its last delivery problem."
+        ),
         formatter_class=_FORMATTER,
         epilog="URLs:\n"
         "  syslog://HOST:PORT           syslog over TCP, octet-counted (RFC 6587)\n"
@@ -436,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  paas drains add syslog://logs.example.com:6514\n"
         "  paas drains add https://user:secret@collector.example.com/heroku\n"
         "  paas drains --json\n"
-        "  paas drains remove syslog://logs.example.com:6514\n"
+        "  paas drains remove syslog://logs.example.com:6514\n\n"
         "A drain that is slow or down holds up to 10000 lines and retries (0.5 s, doubling\n"
         "to 30 s); lines beyond are dropped and counted, and it receives `N lines dropped`\n"
         "when it catches up. See docs/operators.md for delivery across a change of leader.",
@@ -446,17 +452,21 @@ def build_parser() -> argparse.ArgumentParser:
     drains_commands = drains.add_subparsers(
         dest="drains_command", metavar="COMMAND", parser_class=_Parser
     )
-    for word, text in (
+    for word, summary, text in (
         (
             "add",
-            "Forward the app's log stream to URL, from now on. Adding a URL the app "
-            "drains to already is refused.",
+            "forward the app's log stream to URL",
+            "Forward the app's log stream to URL, from the moment it is added. Adding a "
+            "URL the app already drains to is refused.",
         ),
-        ("remove", "Stop forwarding to URL and forget the drain."),
+        (
+            "remove",
+            "stop forwarding to URL",
+            "Stop forwarding the app's log stream to URL and forget the drain.",
+        ),
     ):
         command = drains_commands.add_parser(
-            word, parents=app_api, help=text.split(". ")[0].split(", from now")[0],
-            description=text, formatter_class=_FORMATTER,
+            word, parents=app_api, help=summary, description=text, formatter_class=_FORMATTER,
             epilog=f"example:\n  paas drains {word} syslog://logs.example.com:6514",
         )  # fmt: skip
         command.add_argument(

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 # Lines a drain holds for its endpoint; those beyond are dropped and counted.
 QUEUE_LINES = 10_000
+# Notices of loss upstream (seq 0: a node's buffer overflowed, the merge fell behind, a
+# node is unreachable) are kept beyond QUEUE_LINES, up to this many more: dropping one
+# would make the loss it reports silent.
+QUEUE_NOTICES = 1_000
 # A failed batch is sent again after RETRY_FIRST seconds, doubling up to RETRY_MAX.
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
@@ -302,10 +306,16 @@ class Forwarder:
         if not fresh:
             return
         self._read_up_to = max(self._read_up_to, fresh[-1].timestamp)
-        room = max(0, QUEUE_LINES - len(self._queue) + len(self._gaps))
-        self._queue.extend(fresh[:room])
-        if len(fresh) > room:
-            self._drop(len(fresh) - room, fresh[room].timestamp)
+        held = len(self._queue) - len(self._gaps)  # lines, not our own drop notices
+        if held + len(fresh) <= QUEUE_LINES:
+            self._queue.extend(fresh)
+        else:
+            for line in fresh:
+                if held < QUEUE_LINES or (line.seq == 0 and held < QUEUE_LINES + QUEUE_NOTICES):
+                    held += 1
+                    self._queue.append(line)
+                else:
+                    self._drop(1, line.timestamp)
         self._arrived.set()
 
     def _drop(self, count: int, first: float, announce: bool = True) -> None:

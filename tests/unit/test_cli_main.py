@@ -30,6 +30,9 @@ COMMANDS = [
     ["stop"],
     ["nodes"],
     ["logs"],
+    ["drains"],
+    ["drains", "add"],
+    ["drains", "remove"],
 ]
 
 
@@ -291,3 +294,24 @@ def test_the_real_program_prints_one_line_and_no_traceback(nowhere: str) -> None
     assert result.returncode == 1
     assert "invalid count 'abc'" in one_error_line(result.stderr)
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("ftp://logs.example.com/x", "unsupported drain URL scheme 'ftp'"),
+        ("syslog://logs.example.com", "needs a port"),
+        ("syslog://logs.example.com:99999", "invalid port"),
+    ],
+)
+def test_a_bad_drain_url_is_refused_before_anything_is_sent(
+    url: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nobody listens at PAAS_SCHEDULER: an attempt to call would say so instead.
+    assert run(["drains", "add", url, "-a", "shop"]) == 1
+    assert problem in one_error_line(capsys.readouterr().err)
+
+
+def test_drains_need_an_app(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["drains", "add", "syslog://logs.example.com:514"]) == 1
+    assert "no app given" in one_error_line(capsys.readouterr().err)
