@@ -21,8 +21,9 @@ Which mechanism catches what:
 
 - the group, on stop: SIGTERM, then SIGKILL after the grace (supervisor);
 - the group, after its leader crashed: SIGKILL to the group (supervisor);
-- an escaped process, on stop or crash: `Sweeper`, by the run's token, once
-  the group is gone;
+- an escaped process, on stop: SIGTERM with the group, SIGKILL after the
+  grace (`Sweeper`, by the run's token); on crash: SIGKILL once the group is
+  gone;
 - groups and escaped processes when the agent is SIGKILLed: the reaper
   sidecar, by the groups it was told, then by the agent token;
 - the same when agent and sidecar were both killed: the next agent start on
@@ -30,10 +31,12 @@ Which mechanism catches what:
 - zombies of orphans re-parented to the agent: `OrphanReaper` (needs the
   subreaper; without it they re-parent to init, which reaps them).
 
-Escaped processes get SIGKILL, not SIGTERM first: by the time the sweep runs
-the group had its grace. A process that replaces its environment (`env -i`,
-an execve with a fresh environment) carries no token and is not found; cgroup
-v2 would catch it, and is not used yet (many hosts do not delegate it).
+On stop, escaped processes get SIGTERM with the group (`Sweeper.terminate`)
+and the same grace; the sweep after it SIGKILLs what is left. On a crash they
+get SIGKILL at once, as the group does. A process that replaces its
+environment (`env -i`, an execve with a fresh environment) carries no token
+and is not found; cgroup v2 would catch it, and is not used yet (many hosts
+do not delegate it).
 
 It never starts processes and never decides which instances should run.
 """
@@ -50,7 +53,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +198,21 @@ def _kill_if_carrier(carrier: Carrier, var: str, signum: int) -> bool:
             os.close(pidfd)
 
 
+def term_escaped(var: str, groups: Mapping[str, int]) -> list[Carrier]:
+    """SIGTERM, once, every process carrying a token of `groups` (token -> the run's
+    process group) outside that group: the group had its own SIGTERM.
+
+    Blocking (one scan of every process); returns what it signalled.
+    """
+    if not groups:
+        return []
+    return [
+        carrier
+        for carrier in find_carriers(var, groups)
+        if carrier.pgid != groups[carrier.token] and _kill_if_carrier(carrier, var, signal.SIGTERM)
+    ]
+
+
 def kill_carriers(var: str, tokens: Collection[str], signum: int = signal.SIGKILL) -> list[Carrier]:
     """Signal every process carrying one of `tokens` in `var`, again until none is found.
 
@@ -304,6 +322,34 @@ class Sweeper:
         self._children = children
         self._pending: dict[str, asyncio.Future[list[Carrier]]] = {}
         self._worker: asyncio.Task[None] | None = None
+        # Runs being stopped: token -> (process group, who waits for the SIGTERMs).
+        self._terming: dict[str, tuple[int, asyncio.Future[list[Carrier]]]] = {}
+        self._term_worker: asyncio.Task[None] | None = None
+
+    async def terminate(self, token: str, pgid: int) -> list[Carrier]:
+        """SIGTERM the processes of a run being stopped that left its group `pgid` (a
+        daemon's double fork), so that they get the same grace as the group; the
+        ones it signalled. Runs stopping at once share one scan."""
+        entry = self._terming.get(token)
+        if entry is None:
+            entry = self._terming[token] = (pgid, asyncio.get_running_loop().create_future())
+        if self._term_worker is None or self._term_worker.done():
+            self._term_worker = asyncio.create_task(self._term_work(), name="sweeper (TERM)")
+        return await asyncio.shield(entry[1])
+
+    async def _term_work(self) -> None:
+        while self._terming:
+            batch, self._terming = self._terming, {}
+            groups = {token: pgid for token, (pgid, _) in batch.items()}
+            try:
+                termed = await asyncio.to_thread(term_escaped, self.var, groups)
+            except Exception:
+                log.exception("signalling escaped processes failed")
+                termed = []  # the SIGKILL sweep after the grace still finds them
+            self._children.mark(termed)
+            for token, (_, future) in batch.items():
+                if not future.done():
+                    future.set_result([carrier for carrier in termed if carrier.token == token])
 
     async def sweep(self, token: str) -> list[Carrier]:
         loop = asyncio.get_running_loop()

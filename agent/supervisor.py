@@ -176,6 +176,30 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+def _any_alive(pgid: int, pids: list[int]) -> bool:
+    """Whether group `pgid`, or one of `pids` (escaped from it), still runs (blocking).
+
+    A pid counts while it is not a zombie; were it reused meanwhile, it would keep
+    the wait going until the grace ends, no longer.
+    """
+    if group_alive(pgid):
+        return True
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def _pids(carriers: list[Carrier]) -> str:
+    """ "1, 2, 3" and, past ten, " and N more"."""
+    shown = ", ".join(str(carrier.pid) for carrier in carriers[:10])
+    more = f" and {len(carriers) - 10} more" if len(carriers) > 10 else ""
+    return shown + more
+
+
 @dataclass
 class Backoff:
     """Delays between crash restarts: 0, then base doubling with jitter, up to cap."""
@@ -546,14 +570,22 @@ class Instance:
         self._line("Stopping all processes with SIGTERM")
         signal_group(pgid, signal.SIGTERM)
         deadline = loop.time() + grace
+        escaped = await self._sweeper.terminate(self.run_id, pgid)
+        if escaped:
+            self._line(
+                f"Sent SIGTERM to {len(escaped)} process(es) that had left the process "
+                f"group (pid {_pids(escaped)})"
+            )
+        pids = [carrier.pid for carrier in escaped]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), grace)
-        # The leader is gone; the rest of its group may still be finishing.
+            await asyncio.wait_for(asyncio.shield(exited), max(0.0, deadline - loop.time()))
+        # The leader is gone; the rest of its group (and what escaped it) may still be
+        # finishing: what is left at the deadline gets SIGKILL, here and in the sweep.
         while exited.done() and loop.time() < deadline:
-            if not await asyncio.to_thread(group_alive, pgid):
+            if not await asyncio.to_thread(_any_alive, pgid, pids):
                 break
             await asyncio.sleep(GROUP_POLL_INTERVAL)
-        if not exited.done() or await asyncio.to_thread(group_alive, pgid):
+        if not exited.done() or await asyncio.to_thread(_any_alive, pgid, pids):
             self._line(
                 f"Error R12 (Exit timeout) -> At least one process failed to exit within "
                 f"{_seconds(grace)}s of SIGTERM"
@@ -571,11 +603,9 @@ class Instance:
             return
         escaped = [carrier for carrier in killed if carrier.pgid != pgid]
         if escaped:
-            pids = ", ".join(str(carrier.pid) for carrier in escaped[:10])
-            more = f" and {len(escaped) - 10} more" if len(escaped) > 10 else ""
             self._line(
                 f"Killed {len(escaped)} process(es) that had left the process group "
-                f"(pid {pids}{more})"
+                f"(pid {_pids(escaped)})"
             )
 
     async def _drain(

@@ -607,12 +607,69 @@ async def test_a_double_forked_daemon_is_caught_on_stop(
     node.apply()
     await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
     assert not live([daemon])
-    assert f"Killed 1 process(es) that had left the process group (pid {daemon})" in node.texts(
-        "worker.1"
+    # It got SIGTERM with the group, and went: nothing was left to kill.
+    texts = node.texts("worker.1")
+    assert f"Sent SIGTERM to 1 process(es) that had left the process group (pid {daemon})" in (
+        texts
     )
+    assert not [t for t in texts if t.startswith("Killed")]
     if is_subreaper():
         await eventually(lambda: gone([daemon]), "the daemon to be reaped")
         await eventually(lambda: not zombie_children(), "no zombie left with the agent")
+
+
+# A double-forked daemon that says when it gets SIGTERM, and ignores it if told to.
+TERM_DAEMON = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    def on_term(signum, frame):
+        with open(sys.argv[2], "a") as said:
+            said.write("TERM\\n")
+        if sys.argv[3] == "exit":
+            os._exit(0)
+    signal.signal(signal.SIGTERM, on_term)
+    with open(sys.argv[1], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    while True:
+        time.sleep(1000)
+    """
+)
+
+
+@pytest.mark.parametrize("on_term", ["exit", "ignore"])
+async def test_a_double_forked_daemon_gets_sigterm_and_the_grace_on_stop(
+    start_node: NodeFactory, tmp_path: Path, on_term: str
+) -> None:
+    """As Heroku signals every process of a dyno: the escaped daemon gets SIGTERM with
+    the group and may finish in the grace; one that ignores it is killed after it."""
+    script = tmp_path / "daemon.py"
+    script.write_text(TERM_DAEMON)
+    pidfile, said = tmp_path / "daemon.pids", tmp_path / "said"
+    node = await start_node(stop_grace=1.0)
+    node.apply(assignment("worker.1", f"{PY} {script} {pidfile} {said} {on_term}; exec sleep 1000"))
+    await node.up("worker.1")
+    [daemon] = await eventually(lambda: read_pids(pidfile, 1), "the daemon")
+
+    node.apply()
+    await eventually(lambda: node.supervisor.instance(APP, "worker.1") is None, "removal")
+    assert not live([daemon])
+    assert said.read_text() == "TERM\n"  # it had its SIGTERM, once
+    texts = node.texts("worker.1")
+    assert f"Sent SIGTERM to 1 process(es) that had left the process group (pid {daemon})" in (
+        texts
+    )
+    killed = [t for t in texts if t.startswith("Killed 1 process(es)")]
+    if on_term == "exit":
+        assert not killed
+        assert not [t for t in texts if t.startswith("Error R12")]
+    else:
+        assert killed == [f"Killed 1 process(es) that had left the process group (pid {daemon})"]
+        assert any(t.startswith("Error R12 (Exit timeout)") for t in texts)
 
 
 async def test_a_double_forked_daemon_is_caught_when_its_run_crashes(
