@@ -299,9 +299,7 @@ class Subscription:
                 self._take(line)
             return
         self._lines.extend(lines)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake()
 
     def offer(self, line: LogLine) -> None:
         if self.wants(line):
@@ -314,12 +312,16 @@ class Subscription:
             free -= 1
         if free >= 1 and not self.dropped:
             self._lines.append(line)
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._wake()
         else:
             self.dropped += 1
             self.dropped_total += 1
+
+    def _wake(self) -> None:
+        """Lines are queued: a `get_many` waiting for them returns."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> LogLine:
         """The next line (or notice of loss), waiting for one."""

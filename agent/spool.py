@@ -323,13 +323,7 @@ class Spool:
             self._lost[key] = (count + 1, stamp, run)
             self.dropped_total += 1
             return
-        if not self._batch:
-            assert self._loop is not None
-            self._loop.call_soon(self._hand_over)
-        if self._lost:
-            self._note_losses()  # before this line, where the gap is
-        self._queued += cost
-        self._batch.append(line)
+        self._enqueue([line], cost)
 
     def write_many(self, lines: list[LogLine]) -> None:
         """`write` each of `lines` (one instance's, in order), with the checks done once
@@ -339,6 +333,10 @@ class Spool:
             for line in lines:
                 self.write(line)
             return
+        self._enqueue(lines, cost)
+
+    def _enqueue(self, lines: list[LogLine], cost: int) -> None:
+        """Add `lines` (they fit in the backlog) to the batch the writer gets next."""
         if not self._batch:
             assert self._loop is not None
             self._loop.call_soon(self._hand_over)

@@ -308,10 +308,9 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     # Flushed once per batch that arrives: live lines show at once, a flood costs
     # one write per batch, not per line.
     printer = render.LogPrinter(flush_each=False, as_json=args.json)
-    if args.follow:
-        tune_gc()  # a follower may print 100 000 lines a second, as the daemons carry
     batches: AsyncIterator[Sequence[pb.LogLine]]
     if args.follow:
+        tune_gc()  # a follower may print 100 000 lines a second, as the daemons carry
         batches = client.follow_log_batches(
             args.app,
             lines=args.num,

@@ -466,13 +466,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def Logs(
         self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.LogBatch]:
-        async for batch in self._log_batches(request, context):
-            yield batch
-
-    async def _log_batches(
-        self, request: pb.LogsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[pb.LogBatch]:
-        """What Logs sends, a batch at a time: the history, then live lines as released."""
+        """The app's lines, a batch at a time: the history, then live lines as released."""
         await self._require_leader(context)
         await self._require_app(request.app, context)
         if request.previous and not _is_instance(request.process):

@@ -1,13 +1,15 @@
-"""Fixtures shared by all tests; `cluster` is a real local cluster for integration tests."""
+"""Fixtures shared by all tests: `cluster` is a real local cluster for integration tests,
+`etcd` a bare single-member etcd for tests of the store."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from paas.cli.localcluster import LocalCluster
+from paas.cli.localcluster import LocalCluster, etcd_binary, free_port
 
 
 @pytest.fixture
@@ -21,3 +23,28 @@ async def cluster(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         agents=3, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs"
     ) as started:
         yield started
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    """A real etcd on free ports with a temporary data dir; its client endpoint."""
+    client, peer = free_port(), free_port()
+    endpoint = f"127.0.0.1:{client}"
+    argv = [
+            etcd_binary(),
+            "--data-dir", str(tmp_path / "etcd"),
+            "--listen-client-urls", f"http://{endpoint}",
+            "--advertise-client-urls", f"http://{endpoint}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+            "--unsafe-no-fsync",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("wb")
+    )
+    try:
+        yield endpoint
+    finally:
+        process.kill()
+        process.wait()

@@ -8,14 +8,13 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from paas.cli.localcluster import LocalCluster, etcd_binary, free_port
+from paas.cli.localcluster import LocalCluster
 from paas.scheduler.events import EventLog
 from paas.scheduler.leader import Leadership
 from paas.scheduler.store import Store
@@ -123,30 +122,6 @@ async def test_scheduler_events_survive_a_restart_of_the_only_scheduler(
 
 
 # ------------------------------------------------------------ the bound, on a bare etcd
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[str]:
-    client, peer = free_port(), free_port()
-    endpoint = f"127.0.0.1:{client}"
-    argv = [
-            etcd_binary(),
-            "--data-dir", str(tmp_path / "etcd"),
-            "--listen-client-urls", f"http://{endpoint}",
-            "--advertise-client-urls", f"http://{endpoint}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("wb")
-    )
-    try:
-        yield endpoint
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture

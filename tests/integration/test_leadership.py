@@ -5,45 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
-from paas.cli.localcluster import etcd_binary, free_port
 from paas.common.names import InstanceName
 from paas.scheduler.leader import Leadership
 from paas.scheduler.store import LEADER_KEY, Assign, NotLeaderError, Store
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[str]:
-    client, peer = free_port(), free_port()
-    endpoint = f"127.0.0.1:{client}"
-    argv = [
-            etcd_binary(),
-            "--data-dir", str(tmp_path / "etcd"),
-            "--listen-client-urls", f"http://{endpoint}",
-            "--advertise-client-urls", f"http://{endpoint}",
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
-            "--unsafe-no-fsync",
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "etcd.log").open("wb"),
-    )
-    try:
-        yield endpoint
-    finally:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture
