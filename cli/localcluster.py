@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,13 +36,19 @@ from types import TracebackType
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
+from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 30.0
 POLL_INTERVAL = 0.1
-DEFAULT_PORT_BASE = 20000
-PORTS_PER_AGENT = 1000
+# Instance ports come from blocks below the kernel's ephemeral range (32768 and up),
+# so a port the kernel hands to some client never lands in an agent's range.
+PORT_BLOCKS_START = 10000
+PORT_BLOCKS_END = 32000
+PORTS_PER_AGENT = 200
+# Clusters started at once on one machine each hold a lock on the port blocks they use.
+PORT_BLOCK_LOCKS = Path(tempfile.gettempdir()) / "paas-port-blocks"
 # How long etcd and the scheduler get for a clean exit before SIGKILL.
 TERMINATE_TIMEOUT = 10.0
 
@@ -114,7 +122,7 @@ class LocalCluster:
         scheduler_port: int | None = None,
         log_to: Path | None = None,
         *,
-        port_base: int = DEFAULT_PORT_BASE,
+        port_base: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
         schedulers: int = 1,
         leader_ttl: int = 5,
@@ -135,7 +143,9 @@ class LocalCluster:
         self.scheduler_addresses: list[str] = []
         self.node_grace = node_grace
         self.stop_grace = stop_grace
+        # None: each agent gets a free block of PORTS_PER_AGENT ports, claimed at start.
         self.port_base = port_base
+        self._port_blocks: list[tuple[int, int]] = []  # (low port, lock fd) per agent
         self.ready_timeout = ready_timeout
         self.agent_names = [f"node-{i}" for i in range(1, agents + 1)]
         self.scheduler_address = ""
@@ -247,6 +257,7 @@ class LocalCluster:
             self._prepare_dirs()
             await self._start_etcd()
             await self._start_scheduler()
+            self._claim_port_blocks()
             for index, name in enumerate(self.agent_names, start=1):
                 self._agents[name] = self._agent_part(index, name)
                 await self._spawn(self._agents[name])
@@ -351,7 +362,10 @@ class LocalCluster:
     def _agent_part(self, index: int, name: str) -> _Part:
         host = f"127.0.0.{index + 1}"
         address = f"{host}:{free_port(host)}"
-        low = self.port_base + (index - 1) * PORTS_PER_AGENT
+        if self.port_base is not None:
+            low = self.port_base + (index - 1) * PORTS_PER_AGENT
+        else:
+            low = self._port_blocks[index - 1][0]
         argv = [
             sys.executable, "-m", "paas", "agent",
             "--join", ",".join(self.scheduler_addresses),
@@ -362,6 +376,30 @@ class LocalCluster:
             "--stop-grace", f"{self.stop_grace:g}",
         ]  # fmt: skip
         return _Part(name, argv, self.log_path(name), address=address)
+
+    def _claim_port_blocks(self) -> None:
+        """Lock one free block of instance ports per agent, in a random order of blocks so
+        clusters started at once rarely even try the same one."""
+        if self.port_base is not None or self._port_blocks:
+            return
+        PORT_BLOCK_LOCKS.mkdir(mode=0o777, exist_ok=True)
+        blocks = list(range(PORT_BLOCKS_START, PORT_BLOCKS_END, PORTS_PER_AGENT))
+        random.shuffle(blocks)
+        for low in blocks:
+            if len(self._port_blocks) == self.agents:
+                return
+            fd = os.open(PORT_BLOCK_LOCKS / f"{low}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._port_blocks.append((low, fd))
+        if len(self._port_blocks) < self.agents:
+            raise ClusterError(
+                "agents", f"no {self.agents} free blocks of {PORTS_PER_AGENT} ports are left "
+                f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}", None
+            )
 
     async def _wait_agents_ready(self, names: list[str]) -> None:
         """Until the scheduler lists each agent as ready, seen since it was (re)started."""
@@ -386,7 +424,7 @@ class LocalCluster:
                     for name in names
                     if not (
                         name in nodes
-                        and nodes[name].state == "ready"
+                        and nodes[name].state == pb.NODE_READY
                         # A node from a previous run may still count as ready in its
                         # grace period: only a session opened since the spawn counts.
                         and nodes[name].last_seen >= self._agents[name].started_at - 1
@@ -482,6 +520,9 @@ class LocalCluster:
             await self._terminate(self._etcd, TERMINATE_TIMEOUT)
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
+        for _, fd in self._port_blocks:
+            os.close(fd)  # closing releases the lock
+        self._port_blocks.clear()
 
     def kill(self) -> None:
         """SIGKILL every part's process group at once: the impatient second Ctrl-C."""

@@ -107,6 +107,15 @@ def state_name(state: int) -> str:
     return "unknown" if name == "STATE_UNKNOWN" else name.lower()
 
 
+def node_state_name(state: int) -> str:
+    """`ready`, `draining`, `lost`: the proto NodeState name without its prefix, lowercase."""
+    try:
+        name = pb.NodeState.Name(state)  # type: ignore[arg-type]
+    except ValueError:
+        return "unknown"
+    return name.removeprefix("NODE_").lower() if name.startswith("NODE_") else "unknown"
+
+
 def _instance_order(view: pb.InstanceView) -> tuple[str, str, int, str]:
     try:
         parsed = InstanceName.parse(view.name)
@@ -297,7 +306,7 @@ def details(view: pb.InstanceView, now: float) -> Text:
 def node_dict(node: pb.Node) -> dict[str, Any]:
     return {
         "name": node.name,
-        "state": node.state,
+        "state": node_state_name(node.state),
         "address": node.address,
         "instances": node.instances,
         "capacity": node.capacity,
@@ -324,9 +333,10 @@ def nodes(items: Iterable[pb.Node], as_json: bool = False) -> None:
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     now = time.time()
     for node in ordered:
+        state = node_state_name(node.state)
         table.add_row(
             node.name,
-            Text(node.state, style=_STATE_STYLES.get(node.state, "")),
+            Text(state, style=_STATE_STYLES.get(state, "")),
             node.address,
             str(node.instances),
             str(node.capacity),

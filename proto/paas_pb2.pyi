@@ -55,6 +55,35 @@ STOPPED: InstanceState.ValueType  # 7
 LOST: InstanceState.ValueType  # 8
 Global___InstanceState: _TypeAlias = InstanceState  # noqa: Y015
 
+class _NodeState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NodeStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NodeState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NODE_STATE_UNKNOWN: _NodeState.ValueType  # 0
+    NODE_READY: _NodeState.ValueType  # 1
+    """in session (or within its grace), takes instances"""
+    NODE_DRAINING: _NodeState.ValueType  # 2
+    """in session, its instances move away, takes no new ones"""
+    NODE_LOST: _NodeState.ValueType  # 3
+    """silent past its grace; its instances are placed elsewhere"""
+
+class NodeState(_NodeState, metaclass=_NodeStateEnumTypeWrapper):
+    """---------------------------------------------------------------- nodes
+
+    A node's state, computed in one place from its session and its record.
+    """
+
+NODE_STATE_UNKNOWN: NodeState.ValueType  # 0
+NODE_READY: NodeState.ValueType  # 1
+"""in session (or within its grace), takes instances"""
+NODE_DRAINING: NodeState.ValueType  # 2
+"""in session, its instances move away, takes no new ones"""
+NODE_LOST: NodeState.ValueType  # 3
+"""silent past its grace; its instances are placed elsewhere"""
+Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
+
 @_typing.final
 class App(_message.Message):
     """---------------------------------------------------------------- apps"""
@@ -86,11 +115,14 @@ class App(_message.Message):
     FORMATION_FIELD_NUMBER: _builtins.int
     PROCESS_TYPES_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     release: _builtins.int
     """current release version, 0 = none yet"""
     created_at: _builtins.float
     """unix seconds"""
+    id: _builtins.str
+    """unique for ever: a re-created app of the same name has another"""
     @_builtins.property
     def formation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """process type -> count"""
@@ -107,10 +139,11 @@ class App(_message.Message):
         formation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         process_types: _abc.Iterable[_builtins.str] | None = ...,
         created_at: _builtins.float = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "formation", b"formation", "name", b"name", "process_types", b"process_types", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "formation", b"formation", "id", b"id", "name", b"name", "process_types", b"process_types", "release", b"release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -134,6 +167,52 @@ class CreateAppRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateAppRequest: _TypeAlias = CreateAppRequest  # noqa: Y015
+
+@_typing.final
+class DestroyAppRequest(_message.Message):
+    """Stops every instance and removes the app's formation, releases, events and
+    drains; agents delete its log spool. `confirm` must repeat the name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONFIRM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    confirm: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        confirm: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm", b"confirm", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DestroyAppRequest: _TypeAlias = DestroyAppRequest  # noqa: Y015
+
+@_typing.final
+class DestroyAppResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    instances: _builtins.int
+    """how many instances were stopped"""
+    def __init__(
+        self,
+        *,
+        instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DestroyAppResponse: _TypeAlias = DestroyAppResponse  # noqa: Y015
 
 @_typing.final
 class ListAppsRequest(_message.Message):
@@ -766,8 +845,6 @@ Global___StopResponse: _TypeAlias = StopResponse  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
-    """---------------------------------------------------------------- nodes"""
-
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -802,8 +879,7 @@ class Node(_message.Message):
     name: _builtins.str
     address: _builtins.str
     """the agent's own gRPC address"""
-    state: _builtins.str
-    """"ready", "lost", "draining" """
+    state: Global___NodeState.ValueType
     capacity: _builtins.int
     instances: _builtins.int
     last_seen: _builtins.float
@@ -819,7 +895,7 @@ class Node(_message.Message):
         *,
         name: _builtins.str = ...,
         address: _builtins.str = ...,
-        state: _builtins.str = ...,
+        state: Global___NodeState.ValueType = ...,
         capacity: _builtins.int = ...,
         instances: _builtins.int = ...,
         last_seen: _builtins.float = ...,
@@ -1008,6 +1084,7 @@ class LogsRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     lines: _builtins.int
     """the last N lines; 0 = the default (100)"""
@@ -1018,6 +1095,8 @@ class LogsRequest(_message.Message):
     """unix seconds; 0 = no bound"""
     previous: _builtins.bool
     """only the last finished run of the instance (process = "web.3")"""
+    app_id: _builtins.str
+    """the app's id: an agent serves only lines of this incarnation of the name"""
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogCursor]:
         """skip lines at or before these"""
@@ -1032,10 +1111,11 @@ class LogsRequest(_message.Message):
         since: _builtins.float = ...,
         previous: _builtins.bool = ...,
         after: _abc.Iterable[Global___LogCursor] | None = ...,
+        app_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "app", b"app", "follow", b"follow", "lines", b"lines", "previous", b"previous", "process", b"process", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "app", b"app", "app_id", b"app_id", "follow", b"follow", "lines", b"lines", "previous", b"previous", "process", b"process", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1272,6 +1352,7 @@ class Assignment(_message.Message):
     DIR_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -1280,6 +1361,8 @@ class Assignment(_message.Message):
     release: _builtins.int
     command: _builtins.str
     dir: _builtins.str
+    app_id: _builtins.str
+    """App.id: the agent keeps the app's log spool under it"""
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1296,10 +1379,11 @@ class Assignment(_message.Message):
         dir: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         settings: Global___ProcessSettings | None = ...,
+        app_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "settings", b"settings", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_id", b"app_id", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "settings", b"settings", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1418,22 +1502,53 @@ class DesiredSet(_message.Message):
 
     GENERATION_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    LIVE_APPS_FIELD_NUMBER: _builtins.int
     generation: _builtins.int
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___Assignment]: ...
+    @_builtins.property
+    def live_apps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The id of every app that exists; an agent deletes the log spool of any other
+        app (one destroyed while the agent was away included).
+        """
+
     def __init__(
         self,
         *,
         generation: _builtins.int = ...,
         instances: _abc.Iterable[Global___Assignment] | None = ...,
+        live_apps: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "instances", b"instances", "live_apps", b"live_apps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DesiredSet: _TypeAlias = DesiredSet  # noqa: Y015
+
+@_typing.final
+class Welcome(_message.Message):
+    """The scheduler's first message on a session: which cluster this is. An agent
+    whose state directory holds another cluster's data deletes it before serving any.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    cluster_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        cluster_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class SchedulerMessage(_message.Message):
@@ -1441,21 +1556,25 @@ class SchedulerMessage(_message.Message):
 
     DESIRED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    WELCOME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredSet: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def welcome(self) -> Global___Welcome: ...
     def __init__(
         self,
         *,
         desired: Global___DesiredSet | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        welcome: Global___Welcome | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["desired", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["desired", "heartbeat", "welcome"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -44,6 +44,11 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.ListAppsRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.ListAppsResponse.FromString,
                 _registered_method=True)
+        self.DestroyApp = channel.unary_unary(
+                '/paas.v1.Scheduler/DestroyApp',
+                request_serializer=paas_dot_proto_dot_paas__pb2.DestroyAppRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.DestroyAppResponse.FromString,
+                _registered_method=True)
         self.Deploy = channel.unary_unary(
                 '/paas.v1.Scheduler/Deploy',
                 request_serializer=paas_dot_proto_dot_paas__pb2.DeployRequest.SerializeToString,
@@ -116,6 +121,12 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApps(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DestroyApp(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +218,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListApps,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.ListAppsRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.ListAppsResponse.SerializeToString,
+            ),
+            'DestroyApp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DestroyApp,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.DestroyAppRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.DestroyAppResponse.SerializeToString,
             ),
             'Deploy': grpc.unary_unary_rpc_method_handler(
                     servicer.Deploy,
@@ -323,6 +339,33 @@ class Scheduler:
             '/paas.v1.Scheduler/ListApps',
             paas_dot_proto_dot_paas__pb2.ListAppsRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.ListAppsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DestroyApp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/DestroyApp',
+            paas_dot_proto_dot_paas__pb2.DestroyAppRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.DestroyAppResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ class SchedulerStub:
     def __new__(cls, channel: _aio.Channel) -> SchedulerAsyncStub: ...
     CreateApp: _grpc.UnaryUnaryMultiCallable[_paas_pb2.CreateAppRequest, _paas_pb2.App]
     ListApps: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]
+    DestroyApp: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]
     Deploy: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]
     Scale: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]
     ListInstances: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]
@@ -60,6 +61,7 @@ class SchedulerAsyncStub(SchedulerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateApp: _aio.UnaryUnaryMultiCallable[_paas_pb2.CreateAppRequest, _paas_pb2.App]  # type: ignore[assignment]
     ListApps: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]  # type: ignore[assignment]
+    DestroyApp: _aio.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]  # type: ignore[assignment]
     Deploy: _aio.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]  # type: ignore[assignment]
     Scale: _aio.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]  # type: ignore[assignment]
     ListInstances: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]  # type: ignore[assignment]
@@ -90,6 +92,13 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.ListAppsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.ListAppsResponse, _abc.Awaitable[_paas_pb2.ListAppsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DestroyApp(
+        self,
+        request: _paas_pb2.DestroyAppRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.DestroyAppResponse, _abc.Awaitable[_paas_pb2.DestroyAppResponse]]: ...
 
     @_abc_1.abstractmethod
     def Deploy(

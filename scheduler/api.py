@@ -179,6 +179,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             await _abort_store(context, exc)
         return pb.ListAppsResponse(apps=result)
 
+    async def DestroyApp(
+        self, request: pb.DestroyAppRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.DestroyAppResponse:
+        # Issue 8 lands this RPC in the apps servicer; until then it is refused.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "apps destroy is not built yet")
+
     async def Deploy(
         self, request: pb.DeployRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.Release:
@@ -413,17 +419,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         for node in sorted(nodes.values(), key=lambda n: n.name):
             session = self._sessions.get(node.name)
             reports = list(session.reports.values()) if session else []
-            if not self._sessions.is_ready(node.name):
-                state = "lost"
-            elif node.draining:
-                state = "draining"
-            else:
-                state = "ready"
             result.append(
                 pb.Node(
                     name=node.name,
                     address=node.address,
-                    state=state,
+                    state=self._sessions.node_state(node.name, node.draining),
                     capacity=node.capacity,
                     instances=counts.get(node.name, 0),
                     last_seen=session.last_seen if session else 0.0,
@@ -456,7 +456,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         return pb.Node(
             name=node.name,
             address=node.address,
-            state="draining" if node.draining else "ready",
+            state=self._sessions.node_state(node.name, node.draining),
             capacity=node.capacity,
             labels=node.labels,
         )

@@ -138,6 +138,13 @@ class Sessions:
         since = max(self._gone_since.get(name, self._fresh_since), self._fresh_since)
         return time.monotonic() - since < self._grace
 
+    def node_state(self, name: str, draining: bool) -> pb.NodeState.ValueType:
+        """The one place a node's state is decided: lost once silent past its grace,
+        else draining or ready as its record says."""
+        if not self.is_ready(name):
+            return pb.NODE_LOST
+        return pb.NODE_DRAINING if draining else pb.NODE_READY
+
     def notify_report(self) -> None:
         """An agent reported a status: wake whoever waits on one."""
         self._reported.set()

@@ -30,7 +30,7 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
     def __init__(self) -> None:
         self.refuse: Callable[[Context], Awaitable[None]] | None = None
         self.calls = 0
-        self.nodes = [pb.Node(name="node-1", address="127.0.0.2:7071", state="ready")]
+        self.nodes = [pb.Node(name="node-1", address="127.0.0.2:7071", state=pb.NODE_READY)]
         self.instances = [
             pb.InstanceView(app="shop", name="web.1", type="web", node="node-1", state=pb.UP,
                             pid=123, port=20000, release=1),
@@ -86,7 +86,14 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
 
     async def Drain(self, request: pb.DrainRequest, context: Context) -> pb.Node:
         await self._gate(context)
-        return pb.Node(name=request.node, state="draining" if request.drain else "ready")
+        state = pb.NODE_DRAINING if request.drain else pb.NODE_READY
+        return pb.Node(name=request.node, state=state)
+
+    async def DestroyApp(
+        self, request: pb.DestroyAppRequest, context: Context
+    ) -> pb.DestroyAppResponse:
+        await self._gate(context)
+        return pb.DestroyAppResponse()
 
     async def AddDrain(self, request: pb.AddDrainRequest, context: Context) -> pb.LogDrain:
         await self._gate(context)

@@ -55,11 +55,11 @@ def test_nodes_json_is_one_array_with_the_documented_keys(
 ) -> None:
     render.nodes(
         [
-            pb.Node(name="node-2", address="127.0.0.3:7071", state="lost", capacity=8),
+            pb.Node(name="node-2", address="127.0.0.3:7071", state=pb.NODE_LOST, capacity=8),
             pb.Node(
                 name="node-1",
                 address="127.0.0.2:7071",
-                state="ready",
+                state=pb.NODE_READY,
                 capacity=8,
                 instances=3,
                 labels={"zone": "a"},
@@ -202,7 +202,7 @@ def test_ps_verbose_shows_the_last_output_of_the_run_that_exited(
 
 
 def test_nodes_table_shows_cpu_and_memory_totals(capsys: pytest.CaptureFixture[str]) -> None:
-    render.nodes([pb.Node(name="node-1", address="127.0.0.2:7071", state="ready", capacity=8,
+    render.nodes([pb.Node(name="node-1", address="127.0.0.2:7071", state=pb.NODE_READY, capacity=8,
                           instances=2, cpu_percent=150.0, rss_bytes=3 * 2**30)])  # fmt: skip
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:8] == [
