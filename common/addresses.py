@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 
+from paas.common.errors import InvalidInput
+
 DEFAULT_SCHEDULER = "127.0.0.1:7070"
 
 
-class AddressError(ValueError):
+class AddressError(InvalidInput):
     """An address that is not HOST:PORT."""
 
 

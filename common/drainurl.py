@@ -15,13 +15,15 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from paas.common.errors import InvalidInput
+
 SCHEMES = ("syslog", "http", "https")
 # A DNS name as resolvers take it: labels of letters, digits, '-' and '_', dot-separated.
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
 _MAX_URL = 2048
 
 
-class DrainURLError(ValueError):
+class DrainURLError(InvalidInput):
     """A drain URL paas cannot forward to; the message names the URL and the fix."""
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from paas.common.errors import InvalidInput
 from paas.common.names import NameError_, check_process_type
 
 # A sane ceiling on instances of one type: beyond it a typo is likelier than intent.
@@ -21,7 +22,7 @@ _SET = re.compile(r"^(?P<type>[^=]+)(?P<op>=)(?P<count>.*)$")
 _ADD_SUB = re.compile(r"^(?P<type>.+)(?P<op>[+-])(?P<count>[^+-]*)$")
 
 
-class FormationError(ValueError):
+class FormationError(InvalidInput):
     """A formation change that cannot be applied; nothing was changed."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from paas.common.errors import InvalidInput
+
 # Process types as Heroku and Foreman accept them: letters, digits, _ and -.
 _PROCESS_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 # App names are DNS-label-like so they can one day become host names.
@@ -12,7 +14,7 @@ _APP = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-class NameError_(ValueError):
+class NameError_(InvalidInput):
     """A name that breaks its rule; the message names the name and the rule."""
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 
+from paas.common.errors import InvalidInput
 from paas.common.names import NameError_, check_process_type
 
 _LINE = re.compile(r"^(?P<name>[^:\s]+)\s*:\s*(?P<command>.*)$")
 
 
-class ProcfileError(ValueError):
+class ProcfileError(InvalidInput):
     """A Procfile that cannot be used; the message carries the line number."""
 
 
