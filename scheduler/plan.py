@@ -19,6 +19,7 @@ inputs in any order give an equal plan.
 
 from __future__ import annotations
 
+import enum
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,21 @@ class Placed:
     release: int
 
 
+class Shortfall(enum.Enum):
+    """Why instances found no node."""
+
+    NO_ELIGIBLE_NODE = "no eligible node"  # no node at all, or every one lost or draining
+    NO_ROOM = "every eligible node is full"  # eligible nodes exist, at their capacity
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """How many instances of one (app, process type) fit nowhere, and why."""
+
+    count: int
+    reason: Shortfall
+
+
 @dataclass(frozen=True)
 class Plan:
     """Changes to the assignments. Empty when the world already matches."""
@@ -68,8 +84,8 @@ class Plan:
     place: list[Placed] = field(default_factory=list)
     # Assignments to delete: (app, instance name).
     stop: list[tuple[str, InstanceName]] = field(default_factory=list)
-    # Instances that fit nowhere, per (app, process type).
-    unplaced: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Instances that fit nowhere, per (app, process type), with the reason.
+    unplaced: dict[tuple[str, str], Unplaced] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -84,8 +100,9 @@ def plan(
     Instances are identified by (app, name); `Plan.place` with an existing
     (app, name) replaces that assignment (a move, or a new release in place).
     An orphaned instance that fits nowhere stays assigned where it is and is
-    counted in `Plan.unplaced`, so a draining node keeps serving until there is
-    room; applying the plan and planning again gives an empty plan.
+    counted in `Plan.unplaced` (with the reason: no eligible node, or no room on
+    any), so a draining node keeps serving until there is room; applying the
+    plan and planning again gives an empty plan.
     """
     apps = {d.app: d for d in desired}
     eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.name)
@@ -107,14 +124,17 @@ def plan(
         for i in b.kept
         if b.release > 0 and i.release != b.release
     ]
-    unplaced: Counter[tuple[str, str]] = Counter()
+    unplaced: dict[tuple[str, str], Unplaced] = {}
     # Running work that lost its node comes before growth, for every app.
     wishes = [(b, i.name) for b in buckets for i in b.move]
     wishes += [(b, name) for b in buckets for name in b.new]
     for bucket, name in wishes:
         node = placer.take(bucket.app, name.type)
-        if node is None:
-            unplaced[(bucket.app, name.type)] += 1
+        if isinstance(node, Shortfall):
+            key = (bucket.app, name.type)
+            before = unplaced.get(key)
+            # Eligibility is the same for every instance of a type, so is the reason.
+            unplaced[key] = Unplaced((before.count if before else 0) + 1, node)
         else:
             place.append(Placed(bucket.app, name, node, bucket.release))
 
@@ -123,6 +143,27 @@ def plan(
         stop=sorted((i.app, i.name) for b in buckets for i in b.stop),
         unplaced=dict(sorted(unplaced.items())),
     )
+
+
+def shortfall_text(unplaced: Unplaced, type_: str, nodes: Sequence[NodeView]) -> str:
+    """What the app's log says of `unplaced` instances of `type_`, naming the cause and
+    what the nodes are (counts, not names: a cluster may have hundreds)."""
+    what = f"{unplaced.count} {type_} instance(s)"
+    if unplaced.reason is Shortfall.NO_ROOM:
+        eligible = [n for n in nodes if n.eligible]
+        capacity = sum(n.capacity for n in eligible)
+        return (
+            f"No room for {what}: every eligible node is full "
+            f"({len(eligible)} node(s), room for {capacity} instance(s) in all)"
+        )
+    if not nodes:
+        return f"No node for {what}: no node has joined the cluster"
+    lost = sum(1 for n in nodes if not n.ready)
+    draining = sum(1 for n in nodes if n.ready and n.draining)
+    states = ", ".join(
+        f"{count} {state}" for count, state in ((lost, "lost"), (draining, "draining")) if count
+    )
+    return f"No node for {what}: every node is lost or draining ({states})"
 
 
 @dataclass
@@ -194,11 +235,14 @@ class _Placer:
         self._load = Counter(i.node for i in staying)
         self._of_type = Counter((i.app, i.name.type, i.node) for i in staying)
 
-    def take(self, app: str, type_: str) -> str | None:
-        """The best node with room for one more (app, type), counted as taken; None if full."""
+    def take(self, app: str, type_: str) -> str | Shortfall:
+        """The best node with room for one more (app, type), counted as taken; or why
+        there is none."""
+        if not self._nodes:
+            return Shortfall.NO_ELIGIBLE_NODE
         roomy = [n for n in self._nodes if self._load[n.name] < n.capacity]
         if not roomy:
-            return None
+            return Shortfall.NO_ROOM
         best = min(
             roomy, key=lambda n: (self._of_type[(app, type_, n.name)], self._load[n.name], n.name)
         )

@@ -14,7 +14,15 @@ from collections import defaultdict
 
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
-from paas.scheduler.plan import AppDesired, NodeView, Placed, Plan, plan
+from paas.scheduler.plan import (
+    AppDesired,
+    NodeView,
+    Placed,
+    Plan,
+    Unplaced,
+    plan,
+    shortfall_text,
+)
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from
 from paas.scheduler.store import (
@@ -44,6 +52,9 @@ class Reconciler:
         # Instances moving off a draining node: (app, name) -> the old node and the
         # assignment it keeps running until the new copy is up elsewhere.
         self._handoffs: dict[tuple[str, str], tuple[str, pb.Assignment]] = {}
+        # What the app's log last said found no node, per (app, type): said again only
+        # when it changes, not on every pass.
+        self._unplaced: dict[tuple[str, str], Unplaced] = {}
 
     def kick(self) -> None:
         """Say: look again."""
@@ -111,6 +122,7 @@ class Reconciler:
             Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
         ]
         result = plan(desired, nodes, placed)
+        self._announce_unplaced(result, nodes)
         if not result.empty:
             self._announce(result, world)
             self._hand_off(result, world)
@@ -131,8 +143,14 @@ class Reconciler:
                 moved[(p.app, before, p.node)] += 1
         for (app, src, dst), count in sorted(moved.items()):
             self._events.add(app, f"Moved {count} instance(s) from {src} to {dst}")
-        for (app, type_), count in sorted(result.unplaced.items()):
-            self._events.add(app, f"No room for {count} {type_} instance(s): every node is full")
+
+    def _announce_unplaced(self, result: Plan, nodes: list[NodeView]) -> None:
+        """Say in the app's log what finds no node and why, when that changes (a plan
+        with nothing else to do included: a scale-up with no node is not silent)."""
+        for (app, type_), unplaced in sorted(result.unplaced.items()):
+            if self._unplaced.get((app, type_)) != unplaced:
+                self._events.add(app, shortfall_text(unplaced, type_, nodes))
+        self._unplaced = dict(result.unplaced)
 
     def _hand_off(self, result: Plan, world: World) -> None:
         """Remember instances that leave a draining node that still runs them: it keeps

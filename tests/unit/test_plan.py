@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paas.common.names import InstanceName
-from paas.scheduler.plan import AppDesired, NodeView, Placed, Plan, plan
+from paas.scheduler.plan import (
+    AppDesired,
+    NodeView,
+    Placed,
+    Plan,
+    Shortfall,
+    Unplaced,
+    plan,
+    shortfall_text,
+)
 
 APP = "shop"
 
@@ -34,6 +43,14 @@ def stop(name: str, app: str = APP) -> tuple[str, InstanceName]:
     return (app, InstanceName.parse(name))
 
 
+def full(count: int) -> Unplaced:
+    return Unplaced(count, Shortfall.NO_ROOM)
+
+
+def nowhere(count: int) -> Unplaced:
+    return Unplaced(count, Shortfall.NO_ELIGIBLE_NODE)
+
+
 def apply(world: Sequence[Placed], change: Plan) -> list[Placed]:
     """The world after the plan is committed: stops removed, placements replace by name."""
     stopped = set(change.stop)
@@ -49,7 +66,7 @@ class Case:
     instances: list[Placed]
     place: list[Placed] = field(default_factory=list)
     stop: list[tuple[str, InstanceName]] = field(default_factory=list)
-    unplaced: dict[tuple[str, str], int] = field(default_factory=dict)
+    unplaced: dict[tuple[str, str], Unplaced] = field(default_factory=dict)
 
 
 ABC = [node("a"), node("b"), node("c")]
@@ -129,7 +146,7 @@ CASES = {
         nodes=[node("a", capacity=1), node("b", capacity=2)],
         instances=[at("worker.1", "b", app="blog")],
         place=[at("web.1", "a"), at("web.2", "b")],
-        unplaced={(APP, "web"): 2},
+        unplaced={(APP, "web"): full(2)},
     ),
     "test_capacity_counts_every_app_on_the_node": Case(
         desired=[want(web=2), want(app="blog", web=1)],
@@ -149,13 +166,13 @@ CASES = {
         nodes=[node("a", ready=False), node("b", capacity=1)],
         instances=[at("web.1", "a", app="zzz")],
         place=[at("web.1", "b", app="zzz")],
-        unplaced={("aaa", "web"): 1},
+        unplaced={("aaa", "web"): full(1)},
     ),
     "test_an_orphan_with_no_room_stays_where_it_is_and_counts_as_unplaced": Case(
         desired=[want(web=2)],
         nodes=[node("a", draining=True), node("b", capacity=1)],
         instances=[at("web.1", "a"), at("web.2", "b")],
-        unplaced={(APP, "web"): 1},
+        unplaced={(APP, "web"): full(1)},
     ),
     "test_new_release_replaces_in_place_on_the_same_node": Case(
         desired=[want(release=2, web=2)],
@@ -201,7 +218,38 @@ CASES = {
         desired=[want(web=2)],
         nodes=[node("a", ready=False)],
         instances=[],
-        unplaced={(APP, "web"): 2},
+        unplaced={(APP, "web"): nowhere(2)},
+    ),
+    "test_no_node_at_all_says_no_eligible_node": Case(
+        desired=[want(web=2, worker=1)],
+        nodes=[],
+        instances=[],
+        unplaced={(APP, "web"): nowhere(2), (APP, "worker"): nowhere(1)},
+    ),
+    "test_every_node_lost_or_draining_says_no_eligible_node_not_full": Case(
+        # Both nodes have room; neither may take work (web.1 stays on b, unplaced too).
+        desired=[want(web=3)],
+        nodes=[node("a", ready=False), node("b", draining=True)],
+        instances=[at("web.1", "b")],
+        unplaced={(APP, "web"): nowhere(3)},
+    ),
+    "test_orphans_of_a_draining_node_with_nowhere_to_go_say_no_eligible_node": Case(
+        desired=[want(web=2)],
+        nodes=[node("a", draining=True), node("b", ready=False, capacity=100)],
+        instances=[at("web.1", "a"), at("web.2", "b")],
+        unplaced={(APP, "web"): nowhere(2)},
+    ),
+    "test_eligible_nodes_of_no_capacity_are_full_not_missing": Case(
+        desired=[want(web=1)],
+        nodes=[node("a", capacity=0), node("b", ready=False)],
+        instances=[],
+        unplaced={(APP, "web"): full(1)},
+    ),
+    "test_a_full_node_beside_a_lost_one_says_full": Case(
+        desired=[want(web=3)],
+        nodes=[node("a", capacity=1), node("b", ready=False, capacity=100)],
+        instances=[at("web.1", "a")],
+        unplaced={(APP, "web"): full(2)},
     ),
 }
 
@@ -210,6 +258,40 @@ CASES = {
 def test_plan(case: Case) -> None:
     result = plan(case.desired, case.nodes, case.instances)
     assert result == Plan(place=case.place, stop=case.stop, unplaced=case.unplaced)
+
+
+# --- what the app's log says of instances that found no node ------------------
+
+SHORTFALL_TEXTS = {
+    "test_no_node_at_all_says_none_has_joined": (
+        nowhere(2),
+        [],
+        "No node for 2 web instance(s): no node has joined the cluster",
+    ),
+    "test_lost_and_draining_nodes_are_counted": (
+        nowhere(1),
+        [node("a", ready=False), node("b", draining=True), node("c", ready=False)],
+        "No node for 1 web instance(s): every node is lost or draining (2 lost, 1 draining)",
+    ),
+    "test_a_lost_node_that_was_draining_counts_as_lost": (
+        nowhere(3),
+        [node("a", ready=False, draining=True)],
+        "No node for 3 web instance(s): every node is lost or draining (1 lost)",
+    ),
+    "test_full_counts_the_eligible_nodes_and_their_room": (
+        full(4),
+        [node("a", capacity=2), node("b", capacity=3), node("c", ready=False, capacity=9)],
+        "No room for 4 web instance(s): every eligible node is full "
+        "(2 node(s), room for 5 instance(s) in all)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("unplaced", "nodes", "text"), list(SHORTFALL_TEXTS.values()), ids=list(SHORTFALL_TEXTS)
+)
+def test_shortfall_text(unplaced: Unplaced, nodes: list[NodeView], text: str) -> None:
+    assert shortfall_text(unplaced, "web", nodes) == text
 
 
 # --- properties -------------------------------------------------------------
@@ -281,7 +363,8 @@ def test_never_more_instances_than_the_formation(
         for type_, count in d.formation.items():
             if d.release > 0:
                 # Short only by what found no room.
-                assert after[(d.app, type_)] >= count - change.unplaced.get((d.app, type_), 0)
+                short = change.unplaced.get((d.app, type_))
+                assert after[(d.app, type_)] >= count - (short.count if short else 0)
 
 
 @settings(max_examples=300)
@@ -314,6 +397,17 @@ def test_after_applying_every_instance_on_an_eligible_node_runs_the_app_release(
     for i in replan(desired, nodes, world):
         if i.node in eligible and i.app in releases:
             assert i.release == releases[i.app], i
+
+
+@given(desireds(), node_sets(), any_instances())
+def test_the_reason_is_no_eligible_node_exactly_when_no_node_is_eligible(
+    desired: list[AppDesired], nodes: list[NodeView], world: list[Placed]
+) -> None:
+    reasons = {u.reason for u in plan(desired, nodes, world).unplaced.values()}
+    if any(n.eligible for n in nodes):
+        assert reasons <= {Shortfall.NO_ROOM}
+    else:
+        assert reasons <= {Shortfall.NO_ELIGIBLE_NODE}
 
 
 @given(desireds(), node_sets(), any_instances())
