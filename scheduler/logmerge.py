@@ -9,6 +9,8 @@ inbox holds, and in what order lines of several nodes go out.
 - `Inbox`: arrived batches, up to a bound; lines beyond it are dropped and
   counted, and the count goes out in their place ("N lines dropped"): a reader
   that lags loses lines, never silently, and never makes a node wait.
+- `latest_run`: of an instance's finished runs on several nodes (it moved), the
+  one `--previous` shows.
 - `TimeOrderWindow`: while more than one source sends, lines are held for
   REORDER seconds and released in timestamp order, so that those of several nodes
   interleave as they were written; one source alone passes straight through.
@@ -85,6 +87,17 @@ class Cursors:
             for (name, instance), seq in self._seq.items()
             if name == node
         ]
+
+
+def latest_run(per_node: Sequence[Sequence[pb.LogLine]]) -> list[list[pb.LogLine]]:
+    """Of the nodes' previous runs of one instance, only the one that ended last (and
+    every notice): an instance that moved has a finished run on more than one node."""
+    ends = [max((line.timestamp for line in lines if line.seq), default=0.0) for lines in per_node]
+    latest = max(range(len(per_node)), key=lambda i: ends[i], default=-1)
+    return [
+        list(lines) if i == latest else [line for line in lines if not line.seq]
+        for i, lines in enumerate(per_node)
+    ]
 
 
 @dataclass(frozen=True)

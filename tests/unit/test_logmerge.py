@@ -18,6 +18,7 @@ from paas.scheduler.logmerge import (
     Inbox,
     Pushed,
     TimeOrderWindow,
+    latest_run,
 )
 
 W = 0.15  # the window of every test
@@ -326,3 +327,13 @@ def test_noting_history_not_sent_keeps_it_from_coming_back() -> None:
     assert [c.seq for c in cursors.of_node("a")] == [5]
     assert not cursors.is_new(line(3, seq=4))
     assert cursors.fresh([line(3, seq=4), line(4, seq=6)]) == [line(4, seq=6)]
+
+
+# --- previous runs ----------------------------------------------------------------------
+
+
+def test_previous_shows_the_run_that_ended_last_and_every_notice() -> None:
+    on_a = [line(1.0, "a", seq=1), line(5.0, "a", seq=2), line(6.0, "a", seq=0)]
+    on_b = [line(2.0, "b", seq=1), line(3.0, "b", seq=2), line(7.0, "b", seq=0)]
+    assert [names(x) for x in latest_run([on_a, on_b])] == [["a@1", "a@5", "a@6"], ["b@7"]]
+    assert latest_run([]) == []

@@ -1,0 +1,272 @@
+"""An app's log read from every node and merged into one stream: the history, then
+(with follow) live lines as they come.
+
+The I/O half of the merge `paas logs` and the log drains read: it asks each
+connected agent for its lines over the agent's gRPC (ReadLogs), adds the
+scheduler's own events, follows nodes that join later, and resumes a node whose
+stream broke from where this reader had got. What to send and in what order is
+decided by logmerge.py (cursors, inbox, time-order window); this module only
+moves lines between them and the network.
+
+    reader = LogReader(sessions, events)
+    async for batch in reader.merged_batches(pb.LogsRequest(app="shop", follow=True)):
+        ...
+    await reader.close()  # the agent channels
+
+Unchecked: callers check the request and that this replica leads (the Logs RPC;
+the log drains, which run on the leader). It never writes etcd and never reorders
+lines by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import grpc
+
+from paas.common.grpcutil import CHANNEL_OPTIONS
+from paas.common.logbatch import batches
+from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
+from paas.scheduler.events import EventLog
+from paas.scheduler.logmerge import (
+    INBOX_LINES,
+    Arrival,
+    Cursors,
+    Inbox,
+    Pushed,
+    TimeOrderWindow,
+    latest_run,
+)
+from paas.scheduler.sessions import AgentSession, Sessions
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import AgentAsyncStub
+
+DEFAULT_LOG_LINES = 100
+# A follow stream of a node that broke while its session stayed up is resumed after this.
+FOLLOW_RETRY = 1.0
+# One node's history must come within this (seconds), or the node is said unavailable.
+HISTORY_TIMEOUT = 10.0
+
+
+def notice(app: str, text: str) -> pb.LogLine:
+    """A line of the scheduler's own about the stream (seq 0: never taken for a repeat)."""
+    return pb.LogLine(
+        timestamp=time.time(), app=app, instance=SCHEDULER_INSTANCE, stream=PAAS_STREAM, text=text
+    )
+
+
+class LogReader:
+    """Reads apps' lines from the connected agents; holds one channel per agent address."""
+
+    def __init__(self, sessions: Sessions, events: EventLog) -> None:
+        self._sessions = sessions
+        self._events = events
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+    async def merged_batches(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
+        """The app's lines of every node and the scheduler's events, merged: the last
+        `request.lines` of the history in time order, then (with follow) live lines as
+        the window releases them."""
+        count = request.lines or DEFAULT_LOG_LINES
+        # A follower that reconnects says where it had got to; nothing before that again.
+        cursors = Cursors(request.after)
+        started = time.time()
+        lines = await self._history(request, count, cursors)
+        if not request.follow or request.previous:
+            for part in batches(lines):
+                yield pb.LogBatch(lines=part)
+            return
+        # Live lines are those written since the history was read (seq drops the
+        # overlap). A reader that resumes (it has cursors) also wants what a node that
+        # rejoins late wrote meanwhile: its cursors and its own `since` bound that.
+        live_since = request.since if request.after else max(started, request.since)
+        # History lines that live ones may precede (the nodes were read each at its own
+        # moment) go out merged with them, in time order.
+        recent = bisect.bisect_left(lines, live_since, key=lambda line: line.timestamp)
+        for part in batches(lines[:recent]):
+            yield pb.LogBatch(lines=part)
+        follow = _Follow(self._sessions, self._events, self.stub, request, cursors, live_since)
+        async for batch in follow.batches(lines[recent:]):
+            yield batch
+
+    async def _history(
+        self, request: pb.LogsRequest, count: int, cursors: Cursors
+    ) -> list[pb.LogLine]:
+        """The last `count` lines the reader has not had, in time order; every line read
+        is noted in `cursors`, those older than the last `count` too (the live part must
+        not bring back history not asked for)."""
+        history_request = pb.LogsRequest(
+            app=request.app,
+            app_id=request.app_id,
+            lines=count,
+            process=request.process,
+            since=request.since,
+            previous=request.previous,
+            after=request.after,
+        )
+        per_node = await asyncio.gather(
+            *(self._read(session, history_request) for session in self._sessions.connected())
+        )
+        if request.previous:
+            per_node = latest_run(per_node)
+        lines = [line for node_lines in per_node for line in node_lines]
+        if request.process in ("", SCHEDULER_INSTANCE) and not request.previous:
+            lines.extend(
+                line for line in self._events.recent(request.app) if line.timestamp >= request.since
+            )
+        lines = [line for line in lines if cursors.is_new(line)]
+        lines.sort(key=lambda line: line.timestamp)
+        cursors.note(lines)
+        return lines[-count:]
+
+    async def _read(self, session: AgentSession, request: pb.LogsRequest) -> list[pb.LogLine]:
+        """One node's history, or a notice that it could not be read."""
+        try:
+            stream = self.stub(session.address).ReadLogs(request, timeout=HISTORY_TIMEOUT)
+            return [line async for batch in stream for line in batch.lines]
+        except grpc.aio.AioRpcError as exc:
+            text = f"logs of node {session.name} unavailable: {exc.details()}"
+            return [notice(request.app, text)]
+
+    def stub(self, address: str) -> AgentAsyncStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return pb_grpc.AgentStub(channel)
+
+
+class _Follow:
+    """One reader's live lines: a task per node (and one for the scheduler's events)
+    feeding the inbox; the loop in `batches` puts them through the time-order window.
+
+    Each node is followed from where the cursors say this reader is, so a node that
+    comes back sends what it wrote meanwhile, and nothing twice. A lagging reader gets
+    a notice of what it lost instead of making any node wait.
+    """
+
+    def __init__(
+        self,
+        sessions: Sessions,
+        events: EventLog,
+        stub: Callable[[str], AgentAsyncStub],
+        request: pb.LogsRequest,
+        cursors: Cursors,
+        since: float,
+    ) -> None:
+        self._sessions = sessions
+        self._events = events
+        self._stub = stub
+        self._request = request
+        self._cursors = cursors
+        self._since = since
+        self._inbox = Inbox(lambda text: notice(request.app, text))
+        self._arrived = asyncio.Event()
+        self._nodes: dict[str, asyncio.Task[None]] = {}
+
+    async def batches(self, recent: Sequence[pb.LogLine]) -> AsyncIterator[pb.LogBatch]:
+        """Live lines (stamped from `since` on) of every node, those that join later
+        included, in batches as the window releases them; `recent` (history lines newer
+        than `since`) goes out merged with them."""
+        sessions, events = self._sessions, self._events
+        app = self._request.app
+        if recent:
+            self._inbox.put(Arrival("", recent))  # the newest of the history go with them
+        joined = sessions.subscribe()
+        helpers = [asyncio.create_task(self._watch_joins(joined))]
+        subscribed = None
+        if self._request.process in ("", SCHEDULER_INSTANCE):
+            subscribed = events.subscribe(app)
+            helpers.append(asyncio.create_task(self._watch_events(subscribed)))
+        loop = asyncio.get_running_loop()
+        window = TimeOrderWindow(now=loop.time())
+        try:
+            for session in sessions.connected():
+                self._start(session)
+            while True:
+                now = loop.time()
+                while self._inbox:
+                    arrival = self._inbox.take()
+                    if window.push(arrival.source, arrival.lines, now) is Pushed.PASSED:
+                        if arrival.whole is not None:
+                            yield arrival.whole
+                        else:
+                            for part in batches(arrival.lines):
+                                yield pb.LogBatch(lines=part)
+                for part in batches(window.release(now)):
+                    yield pb.LogBatch(lines=part)
+                if self._inbox:
+                    continue  # more came while the stream took the last
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(window.wake_at()):
+                        await self._arrived.wait()
+        finally:
+            sessions.unsubscribe(joined)
+            if subscribed is not None:
+                events.unsubscribe(app, subscribed)
+            for task in [*helpers, *self._nodes.values()]:
+                task.cancel()
+
+    def _offer(self, arrival: Arrival) -> None:
+        if self._inbox.offer(arrival):
+            self._arrived.set()
+
+    def _start(self, session: AgentSession) -> None:
+        old = self._nodes.get(session.name)
+        if old is not None:
+            old.cancel()
+        self._nodes[session.name] = asyncio.create_task(self._follow_node(session))
+
+    async def _follow_node(self, session: AgentSession) -> None:
+        stub = self._stub(session.address)
+        while True:
+            try:
+                async for batch in stub.ReadLogs(self._live_request(session.name)):
+                    fresh = self._cursors.fresh(batch.lines)
+                    if fresh:
+                        whole = batch if len(fresh) == len(batch.lines) else None
+                        self._offer(Arrival(session.name, fresh, whole))
+                return  # the agent ended the stream: it is stopping
+            except grpc.aio.AioRpcError as exc:
+                if self._sessions.get(session.name) is not session:
+                    text = (
+                        f"lost node {session.name} ({exc.details()}); its lines "
+                        "follow when it is back"
+                    )
+                    self._offer(Arrival("", [notice(self._request.app, text)]))
+                    return
+            # Still connected: the stream broke on its own; resume from the cursors.
+            await asyncio.sleep(FOLLOW_RETRY)
+
+    def _live_request(self, node: str) -> pb.LogsRequest:
+        return pb.LogsRequest(
+            app=self._request.app,
+            app_id=self._request.app_id,
+            lines=INBOX_LINES,
+            process=self._request.process,
+            follow=True,
+            since=self._since,
+            after=self._cursors.of_node(node),
+        )
+
+    async def _watch_joins(self, joined: asyncio.Queue[AgentSession]) -> None:
+        while True:
+            self._start(await joined.get())
+
+    async def _watch_events(self, events: asyncio.Queue[pb.LogLine]) -> None:
+        while True:
+            self._offer(Arrival("", [await events.get()]))
