@@ -61,6 +61,14 @@ def merge(held: Iterable[pb.LogLine], loaded: Iterable[pb.LogLine], keep: int) -
     return ordered[-keep:] if keep > 0 else []
 
 
+def notice(app: str, text: str) -> pb.LogLine:
+    """A `paas[scheduler]` line that is not an event: seq 0, so never stored, never
+    skipped by a reader's cursor (a node that is unreachable, lines dropped)."""
+    return pb.LogLine(
+        timestamp=time.time(), app=app, instance=SCHEDULER_INSTANCE, stream=PAAS_STREAM, text=text
+    )
+
+
 class EventLog:
     """Scheduler events of every app: the last ones kept, in memory and in etcd, and
     new ones sent to followers.

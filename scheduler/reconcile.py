@@ -193,8 +193,9 @@ class Reconciler:
                 del self._handoffs[key]
             else:
                 by_node[old_node].append(old)
+        live_apps = sorted(app.id for app in world.apps.values())
         for session in self._sessions.connected():
-            session.push(by_node.get(session.name, []))
+            session.push(by_node.get(session.name, []), live_apps)
 
     def on_report(self) -> None:
         """An agent reported: a drain waiting for a new copy to be up may go on."""
@@ -206,8 +207,12 @@ def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:
     release = world.releases.get(record.app)
     if release is None or release.version != record.release:
         return None  # its release is being replaced; the next pass sends the new one
+    app = world.apps.get(record.app)
+    if app is None:
+        return None  # the app is being destroyed
     return pb.Assignment(
         app=record.app,
+        app_id=app.id,
         name=str(record.name),
         type=record.name.type,
         incarnation=record.incarnation,

@@ -19,7 +19,6 @@ import grpc
 
 from paas.common.addresses import unauthenticated_warning
 from paas.common.grpcutil import SERVER_OPTIONS
-from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.api import SchedulerService
 from paas.scheduler.config import SchedulerConfig
 from paas.scheduler.events import EventLog
@@ -64,7 +63,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     service = SchedulerService(store, leadership, sessions, reconciler, events)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    pb_grpc.add_SchedulerServicer_to_server(service, server)
+    service.add_to_server(server)
     if server.add_insecure_port(config.listen) == 0:
         raise SystemExit(f"error: cannot listen on {config.listen}")
     await server.start()

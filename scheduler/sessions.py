@@ -29,6 +29,7 @@ class AgentSession:
         }
         self.last_seen = time.time()
         self._desired: list[pb.Assignment] | None = None
+        self._live_apps: list[str] = []
         self._generation = 0
         self._wake = asyncio.Event()
         self._closed = False
@@ -48,11 +49,17 @@ class AgentSession:
     def heartbeat(self) -> None:
         self.last_seen = time.time()
 
-    def push(self, instances: list[pb.Assignment]) -> None:
-        """Send `instances` as the agent's desired set, unless it already has exactly that."""
-        if self._desired is not None and _same(self._desired, instances):
+    def push(self, instances: list[pb.Assignment], live_apps: list[str]) -> None:
+        """Send `instances` as the agent's desired set, with the ids of every app that
+        exists (`live_apps`), unless it already has exactly that."""
+        if (
+            self._desired is not None
+            and _same(self._desired, instances)
+            and self._live_apps == live_apps
+        ):
             return
         self._desired = instances
+        self._live_apps = live_apps
         self._wake.set()
 
     def close(self) -> None:
@@ -69,7 +76,11 @@ class AgentSession:
             if self._desired is not None:
                 self._generation += 1
                 yield pb.SchedulerMessage(
-                    desired=pb.DesiredSet(generation=self._generation, instances=self._desired)
+                    desired=pb.DesiredSet(
+                        generation=self._generation,
+                        instances=self._desired,
+                        live_apps=self._live_apps,
+                    )
                 )
 
 

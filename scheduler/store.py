@@ -7,7 +7,10 @@ so a deposed leader's writes fail instead of landing.
 Layout, under /paas/:
 
     leader                       election key, value {"id", "address"}, on a lease
-    apps/APP                     {"name", "created_at", "release"}
+    cluster-id                   the cluster's id, made once by the first leader; agents
+                                 learn it at session open and keep no other cluster's data
+    apps/APP                     {"name", "id", "created_at", "release"}; the id is new
+                                 for every app created, so a re-created name is another app
     formation/APP                {"web": 3, ...}
     releases/APP/0000000007      {"version", "dir", "commands", "env", ...}
     instances/APP/web.3          {"node", "release"}; its mod revision is the
@@ -28,10 +31,12 @@ It must never decide anything: it reads and writes what it is told.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +52,21 @@ from paas.proto import paas_pb2 as pb
 
 PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
+CLUSTER_ID_KEY = PREFIX + "cluster-id"
 _EVENTS = PREFIX + "events/"
 # etcd refuses txns of more than 128 operations by default.
 _MAX_TXN_OPS = 120
+
+
+def _app_prefixes(app: str) -> list[str]:
+    """Every key prefix that holds something of `app`, its record aside."""
+    return [
+        f"{PREFIX}releases/{app}/",
+        f"{PREFIX}instances/{app}/",
+        _events_prefix(app),
+        f"{PREFIX}drains/{app}/",
+        f"{_DRAIN_PROGRESS}{app}/",
+    ]
 
 
 def _app_key(app: str) -> str:
@@ -118,6 +135,7 @@ class AppRecord:
     name: str
     created_at: float
     release: int  # current release version, 0 before the first deploy
+    id: str = ""  # unique for ever: agents keep the app's logs under it
     mod_revision: int = 0
 
 
@@ -230,6 +248,7 @@ class Store:
         self._client = aetcd.Client(host=host, port=port, timeout=timeout)
         self._timeout = timeout
         self._leader_revision = 0  # create revision of our election key, 0 = not leader
+        self._cluster_id = ""  # once read or made, it never changes
 
     @property
     def client(self) -> aetcd.Client:
@@ -268,6 +287,26 @@ class Store:
     async def apps(self) -> dict[str, AppRecord]:
         rows = await self._get_prefix(f"{PREFIX}apps/")
         return {record.name: record for record in (_app_from(v, rev) for _, v, rev in rows)}
+
+    async def cluster_id(self) -> str:
+        """The cluster's id; the first leader to ask makes it (a guarded put-if-absent)."""
+        if self._cluster_id:
+            return self._cluster_id
+        found = await self._get(CLUSTER_ID_KEY)
+        if found is None:
+            made = uuid.uuid4().hex
+            try:
+                await self._txn(
+                    [tx.Version(CLUSTER_ID_KEY) == 0],
+                    [tx.Put(CLUSTER_ID_KEY.encode(), made.encode())],
+                )
+            except ConflictError:
+                pass  # another leader made it first: read theirs
+            found = await self._get(CLUSTER_ID_KEY)
+            if found is None:
+                raise StoreError("the cluster id vanished from etcd right after it was written")
+        self._cluster_id = found[0].decode()
+        return self._cluster_id
 
     async def formation(self, app: str) -> tuple[dict[str, int], int]:
         """The formation and its key's mod revision (0 when it has none yet)."""
@@ -431,24 +470,43 @@ class Store:
         raise ConflictError("the state changed while writing; try again")
 
     async def create_app(self, name: str) -> AppRecord:
-        created_at = time.time()
-        record = {"name": name, "created_at": created_at, "release": 0}
+        created = AppRecord(name=name, created_at=time.time(), release=0, id=uuid.uuid4().hex)
         key = _app_key(name)
         await self._txn(
             [tx.Version(key) == 0],
             [
-                tx.Put(key.encode(), _dumps(record)),
+                tx.Put(key.encode(), _dumps(_app_to(created))),
                 tx.Put(_formation_key(name).encode(), _dumps({})),
             ],
         )
-        return AppRecord(name=name, created_at=created_at, release=0)
+        return created
+
+    async def destroy_app(self, app: AppRecord) -> int:
+        """Delete the app and everything of it (formation, releases, instances, events,
+        drains and their progress) in one guarded txn, if the app is unchanged since
+        read; return how many instances it had. Agents stop the instances when their
+        desired sets no longer hold them."""
+        _, instances = await self._newest(f"{PREFIX}instances/{app.name}/", 1, keys_only=True)
+        deletes = [
+            tx.Delete(prefix.encode(), range_end=_prefix_end(prefix))
+            for prefix in _app_prefixes(app.name)
+        ]
+        await self._txn(
+            [tx.Mod(_app_key(app.name)) == app.mod_revision],
+            [
+                tx.Delete(_app_key(app.name).encode()),
+                tx.Delete(_formation_key(app.name).encode()),
+                *deletes,
+            ],
+        )
+        return instances
 
     async def add_release(
         self, app: AppRecord, release: ReleaseRecord, formation: dict[str, int], formation_rev: int
     ) -> None:
         """Write `release` as the app's current one and the formation beside it, if
         neither the app nor its formation changed since they were read."""
-        app_value = {"name": app.name, "created_at": app.created_at, "release": release.version}
+        app_value = _app_to(dataclasses.replace(app, release=release.version))
         await self._txn(
             [
                 tx.Mod(_app_key(app.name)) == app.mod_revision,
@@ -584,12 +642,20 @@ class Store:
                 pass
 
 
+def _app_to(app: AppRecord) -> dict[str, Any]:
+    return {"name": app.name, "id": app.id, "created_at": app.created_at, "release": app.release}
+
+
 def _app_from(value: bytes, mod_revision: int) -> AppRecord:
     data = json.loads(value)
+    name, created_at = str(data["name"]), float(data["created_at"])
+    # An app written before ids existed gets one from what made it unique then.
+    legacy_id = hashlib.sha256(f"{name}\0{created_at!r}".encode()).hexdigest()[:32]
     return AppRecord(
-        name=str(data["name"]),
-        created_at=float(data["created_at"]),
+        name=name,
+        created_at=created_at,
         release=int(data.get("release", 0)),
+        id=str(data.get("id") or legacy_id),
         mod_revision=mod_revision,
     )
 

@@ -1,8 +1,11 @@
 """Fixtures shared by all tests: `cluster` is a real local cluster for integration tests,
-`etcd` a bare single-member etcd for tests of the store."""
+`etcd` a bare single-member etcd for tests of the store, `leading_store` a Store on it
+whose replica leads (so its writes are allowed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from paas.cli.localcluster import LocalCluster, etcd_binary, free_port
+from paas.scheduler.leader import Leadership
+from paas.scheduler.store import Store
+from tests.helpers import wait_for
 
 
 @pytest.fixture
@@ -48,3 +54,19 @@ def etcd(tmp_path: Path) -> Iterator[str]:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+async def leading_store(etcd: str) -> AsyncIterator[Store]:
+    """A store whose replica leads, so that its writes are allowed."""
+    store = Store([etcd])
+    leadership = Leadership(store, "a", "a:7070", ttl=5, on_change=lambda _: None)
+    election = asyncio.create_task(leadership.run())
+    try:
+        await wait_for(lambda: leadership.is_leader, timeout=30, what="the replica to lead")
+        yield store
+    finally:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        await store.close()

@@ -4,11 +4,8 @@ last so many per app."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +13,6 @@ import pytest
 
 from paas.cli.localcluster import LocalCluster
 from paas.scheduler.events import EventLog
-from paas.scheduler.leader import Leadership
 from paas.scheduler.store import Store
 from tests.helpers import paas, wait_for
 
@@ -122,22 +118,6 @@ async def test_scheduler_events_survive_a_restart_of_the_only_scheduler(
 
 
 # ------------------------------------------------------------ the bound, on a bare etcd
-
-
-@pytest.fixture
-async def leading_store(etcd: str) -> AsyncIterator[Store]:
-    """A store whose replica leads, so that its writes are allowed."""
-    store = Store([etcd])
-    leadership = Leadership(store, "a", "a:7070", ttl=5, on_change=lambda _: None)
-    election = asyncio.create_task(leadership.run())
-    try:
-        await wait_for(lambda: leadership.is_leader, timeout=30, what="the replica to lead")
-        yield store
-    finally:
-        election.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await election
-        await store.close()
 
 
 async def test_etcd_and_memory_keep_only_the_last_events_of_each_app(

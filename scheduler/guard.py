@@ -1,0 +1,133 @@
+"""The one wrapper around every RPC of the Scheduler service: leadership, then errors.
+
+Before a handler runs, the guard checks that this replica leads: a follower
+refuses with FAILED_PRECONDITION and names the leader in the `paas-leader`
+trailing metadata (the CLI and the agents follow it), and with no leader yet
+the answer is UNAVAILABLE. While the handler runs, the errors it raises become
+gRPC statuses here and nowhere else (`status_of`):
+
+    NotLeading                 FAILED_PRECONDITION + paas-leader, or UNAVAILABLE
+    NotLeaderError             UNAVAILABLE   (a write found leadership lost)
+    ConflictError              ABORTED       (a compare-and-swap lost every retry)
+    StoreError                 UNAVAILABLE   (etcd is unreachable ...)
+    NotFound                   NOT_FOUND
+    AlreadyExists              ALREADY_EXISTS
+    InvalidInput               INVALID_ARGUMENT
+
+Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
+Streaming RPCs (Logs, Session) get the same treatment, for errors raised
+before or after their first message.
+
+    guard = Guard(leadership)
+    handler = guard.unary(apps.CreateApp)        # or guard.stream(logs.Logs)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from paas.common.errors import InvalidInput
+from paas.common.grpcutil import LEADER_METADATA_KEY
+from paas.scheduler.errors import AlreadyExists, NotFound, NotLeading
+from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
+StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
+
+# Set on every wrapped handler, so a test (and the composition) can tell.
+GUARDED = "__paas_guarded__"
+
+
+class LeaderView(Protocol):
+    """Who leads, as leader.Leadership tells it."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def leader_address(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Status:
+    """What a refused RPC answers."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str], ...] = ()
+
+
+def status_of(exc: BaseException) -> Status | None:
+    """The status an error becomes; None for an error that is not ours to map (a bug)."""
+    if isinstance(exc, NotLeading):
+        if exc.leader:
+            return Status(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                str(exc),
+                ((LEADER_METADATA_KEY, exc.leader),),
+            )
+        return Status(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, NotLeaderError):
+        return Status(grpc.StatusCode.UNAVAILABLE, "this replica just lost leadership; retry")
+    if isinstance(exc, ConflictError):
+        return Status(grpc.StatusCode.ABORTED, str(exc))
+    if isinstance(exc, StoreError):
+        return Status(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, NotFound):
+        return Status(grpc.StatusCode.NOT_FOUND, str(exc))
+    if isinstance(exc, AlreadyExists):
+        return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, InvalidInput):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    return None
+
+
+class Guard:
+    """Wraps handlers: leadership first, then every error mapped by `status_of`."""
+
+    def __init__(self, leadership: LeaderView) -> None:
+        self._leadership = leadership
+
+    def check_leader(self) -> None:
+        if not self._leadership.is_leader:
+            raise NotLeading(self._leadership.leader_address)
+
+    def unary(self, handler: UnaryHandler) -> UnaryHandler:
+        @functools.wraps(handler)
+        async def guarded(request: Any, context: Context) -> Any:
+            try:
+                self.check_leader()
+                return await handler(request, context)
+            except Exception as exc:
+                await _abort_with(context, exc)
+                raise
+
+        setattr(guarded, GUARDED, True)
+        return guarded
+
+    def stream(self, handler: StreamHandler) -> StreamHandler:
+        @functools.wraps(handler)
+        async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                self.check_leader()
+                async for message in handler(request, context):
+                    yield message
+            except Exception as exc:
+                await _abort_with(context, exc)
+                raise
+
+        setattr(guarded, GUARDED, True)
+        return guarded
+
+
+async def _abort_with(context: Context, exc: Exception) -> None:
+    """Abort the RPC with the status of `exc`; return (to re-raise) if it has none."""
+    status = status_of(exc)
+    if status is not None:
+        await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)

@@ -1,0 +1,110 @@
+"""The instances: ListInstances (`paas ps`), Restart and Stop.
+
+ListInstances joins the assignments in etcd with what each agent last
+reported; a restart gives an instance a new incarnation (rolling.py); a stop
+unassigns it, and the formation places it anew.
+"""
+
+from __future__ import annotations
+
+from paas.common.names import InstanceName
+from paas.proto import paas_pb2 as pb
+from paas.scheduler.errors import NotFound
+from paas.scheduler.events import EventLog
+from paas.scheduler.guard import Context
+from paas.scheduler.lookup import require_app, select
+from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.rolling import Restarts
+from paas.scheduler.sessions import Sessions
+from paas.scheduler.store import Store, Unassign
+
+
+class InstancesService:
+    """ListInstances, Restart and Stop."""
+
+    def __init__(
+        self,
+        store: Store,
+        sessions: Sessions,
+        reconciler: Reconciler,
+        events: EventLog,
+        restarts: Restarts,
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._reconciler = reconciler
+        self._events = events
+        self._restarts = restarts
+
+    async def ListInstances(
+        self, request: pb.ListInstancesRequest, context: Context
+    ) -> pb.ListInstancesResponse:
+        if request.app:
+            await require_app(self._store, request.app)
+        records = await self._store.instances()
+        views = []
+        for record in sorted(records, key=lambda r: (r.app, r.name)):
+            if request.app and record.app != request.app:
+                continue
+            view = pb.InstanceView(
+                app=record.app,
+                name=str(record.name),
+                type=record.name.type,
+                node=record.node,
+                state=pb.PENDING,
+                release=record.release,
+                incarnation=record.incarnation,
+            )
+            session = self._sessions.get(record.node)
+            status = session.reports.get((record.app, str(record.name))) if session else None
+            if not self._sessions.is_ready(record.node):
+                view.state = pb.LOST
+            elif status is not None and status.incarnation == record.incarnation:
+                view.state = status.state
+                view.pid = status.pid
+                view.port = status.port
+                view.restarts = status.restarts
+                view.last_exit = status.last_exit
+                view.since = status.since
+                view.reason = status.reason
+                view.next_start = status.next_start
+                view.exited_at = status.exited_at
+                view.ran_for = status.ran_for
+                view.last_lines.extend(status.last_lines)
+                view.cpu_percent = status.cpu_percent
+                view.rss_bytes = status.rss_bytes
+                view.started_at = status.started_at
+            views.append(view)
+        return pb.ListInstancesResponse(instances=views)
+
+    async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:
+        await require_app(self._store, request.app)
+        records = [r for r in await self._store.instances() if r.app == request.app]
+        chosen = select(records, request.process)
+        if request.process and not chosen:
+            raise NotFound(
+                f"no instance of {request.app} matches {request.process!r} (`paas ps` lists them)"
+            )
+        if len(chosen) == 1:
+            await self._restarts.reassign(chosen[0])
+        elif chosen:
+            # Rolling: one instance at a time, the next once the last is up again.
+            self._restarts.roll(request.app, chosen)
+        names = [str(r.name) for r in chosen]
+        self._events.add(request.app, f"Restarting {', '.join(names) or 'nothing'}")
+        return pb.RestartResponse(instances=names)
+
+    async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
+        await require_app(self._store, request.app)
+        name = InstanceName.parse(request.instance)
+        records = await self._store.instances()
+        found = [r for r in records if r.app == request.app and r.name == name]
+        if not found:
+            raise NotFound(
+                f"no instance {request.instance} in {request.app} (`paas ps` lists them)"
+            )
+        # Unassigned, the agent stops it; the formation places it anew.
+        await self._store.apply([Unassign(request.app, name)])
+        self._events.add(request.app, f"Stopped {name}; the formation replaces it")
+        self._reconciler.kick()
+        return pb.StopResponse()

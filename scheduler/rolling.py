@@ -1,0 +1,68 @@
+"""Restarts: a new incarnation of an instance on its node, one or a rolling series.
+
+A rolling restart goes one instance at a time, the next once the last is up
+again (or ROLLING_STEP_TIMEOUT passed), in a background task of its own;
+`close` cancels what is still rolling when the replica stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from paas.proto import paas_pb2 as pb
+from paas.scheduler.events import EventLog
+from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.sessions import Sessions
+from paas.scheduler.store import Assign, InstanceRecord, Store, StoreError
+
+# A rolling restart waits this long for each instance to be up before the next.
+ROLLING_STEP_TIMEOUT = 120.0
+
+
+class Restarts:
+    """Restarts instances: at once (`reassign`) or rolling, in the background (`roll`)."""
+
+    def __init__(
+        self, store: Store, sessions: Sessions, reconciler: Reconciler, events: EventLog
+    ) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._reconciler = reconciler
+        self._events = events
+        self._background: set[asyncio.Task[None]] = set()
+
+    def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+
+    async def reassign(self, record: InstanceRecord) -> int:
+        """Give the instance a new incarnation on its node: the agent restarts it."""
+        await self._store.apply([Assign(record.app, record.name, record.node, record.release)])
+        self._reconciler.kick()
+        for current in await self._store.instances():
+            if current.app == record.app and current.name == record.name:
+                return current.incarnation
+        return 0
+
+    def roll(self, app: str, records: list[InstanceRecord]) -> None:
+        """Restart `records` one at a time, in a task of its own."""
+        task = asyncio.create_task(self._rolling_restart(app, records))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rolling_restart(self, app: str, records: list[InstanceRecord]) -> None:
+        for record in records:
+            try:
+                incarnation = await self.reassign(record)
+            except StoreError as exc:
+                self._events.add(app, f"Rolling restart stopped at {record.name}: {exc}")
+                return
+            status = await self._sessions.wait_for_report(
+                record.node, app, str(record.name), incarnation, {pb.UP}, ROLLING_STEP_TIMEOUT
+            )
+            if status is None:
+                self._events.add(
+                    app,
+                    f"{record.name} was not up within {ROLLING_STEP_TIMEOUT:.0f}s of its "
+                    "restart; going on with the next",
+                )

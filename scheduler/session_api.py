@@ -1,0 +1,90 @@
+"""The agents' side of the API: Session, the one long-lived stream each agent dials in with.
+
+Hello first (who it is, what it runs), then heartbeats and status changes in;
+desired sets out whenever they change (sessions.AgentSession). An agent that
+sends nothing for SESSION_SILENCE_TIMEOUT seconds is gone. Only the leader
+holds sessions (the guard refuses them elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from paas.common.errors import InvalidInput
+from paas.proto import paas_pb2 as pb
+from paas.scheduler.guard import Context
+from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.sessions import AgentSession, Sessions
+from paas.scheduler.store import NodeRecord, Store
+
+log = logging.getLogger(__name__)
+
+# An agent that sends nothing (not even a heartbeat) for this long is gone.
+SESSION_SILENCE_TIMEOUT = 5.0
+
+
+class SessionService:
+    """Session: registers the agent's node, then relays its reports and its desired sets."""
+
+    def __init__(self, store: Store, sessions: Sessions, reconciler: Reconciler) -> None:
+        self._store = store
+        self._sessions = sessions
+        self._reconciler = reconciler
+
+    async def Session(
+        self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
+    ) -> AsyncIterator[pb.SchedulerMessage]:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), SESSION_SILENCE_TIMEOUT)
+        except (StopAsyncIteration, TimeoutError):
+            return
+        if first.WhichOneof("kind") != "hello":
+            raise InvalidInput("the first message must be hello")
+        session = AgentSession(first.hello)
+        await self._register(session)
+        self._sessions.attach(session)
+        log.info("agent %s connected from %s", session.name, context.peer())
+        reader = asyncio.create_task(self._read_session(session, request_iterator))
+        try:
+            async for message in session.outgoing():
+                yield message
+        finally:
+            reader.cancel()
+            self._sessions.detach(session)
+            log.info("agent %s disconnected", session.name)
+
+    async def _register(self, session: AgentSession) -> None:
+        nodes = await self._store.nodes()
+        known = nodes.get(session.name)
+        record = NodeRecord(
+            name=session.name,
+            address=session.address,
+            capacity=session.capacity,
+            labels=session.labels,
+            draining=known.draining if known else False,
+        )
+        if known != record:
+            await self._store.put_node(record)
+
+    async def _read_session(
+        self, session: AgentSession, messages: AsyncIterator[pb.AgentMessage]
+    ) -> None:
+        try:
+            while True:
+                message = await asyncio.wait_for(anext(messages), SESSION_SILENCE_TIMEOUT)
+                kind = message.WhichOneof("kind")
+                if kind == "status":
+                    # Reports feed `paas ps`; placement does not read them, so no kick.
+                    session.report(message.status)
+                    self._sessions.notify_report()
+                    self._reconciler.on_report()
+                else:
+                    session.heartbeat()
+        except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            session.close()
