@@ -5,7 +5,7 @@
     instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts)
     nodes_api.NodesService          ListNodes, Drain
     drains_api.DrainsService        AddDrain, RemoveDrain, ListDrains
-    logs_api.LogsService            Logs (and the merge the log drains read)
+    logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)
     session_api.SessionService      Session, the agents' stream
 
 Every RPC of the Scheduler service in the proto is taken from exactly one of
@@ -30,6 +30,7 @@ from paas.scheduler.events import EventLog
 from paas.scheduler.formation_api import FormationService
 from paas.scheduler.guard import Guard, LeaderView
 from paas.scheduler.instances_api import InstancesService
+from paas.scheduler.logreader import LogReader
 from paas.scheduler.logs_api import LogsService
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
@@ -54,8 +55,8 @@ class SchedulerService:
         events: EventLog,
     ) -> None:
         self._sessions = sessions
-        self._logs = LogsService(store, sessions, events)
-        self._drains = Drains(store, events, stream=self._logs.merged_batches)
+        self._reader = LogReader(sessions, events)
+        self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         parts: list[object] = [
             AppsService(store, sessions, reconciler, events),
@@ -63,7 +64,7 @@ class SchedulerService:
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
-            self._logs,
+            LogsService(store, self._reader),
             SessionService(store, sessions, reconciler),
         ]
         guard = Guard(leadership)
@@ -85,7 +86,7 @@ class SchedulerService:
     async def close(self) -> None:
         self._restarts.close()
         await self._drains.close()
-        await self._logs.close()
+        await self._reader.close()
 
     def on_leadership(self, leading: bool) -> None:
         self._drains.on_leadership(leading)

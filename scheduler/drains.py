@@ -22,12 +22,13 @@ there, so it repeats at most the lines of those few seconds. Within one
 leader a batch whose delivery failed is sent again whole (an HTTP batch keeps
 its Logplex-Frame-Id, so the receiver can drop the repeat).
 
-    drains = Drains(store, events, stream=service.merged_batches)
+    drains = Drains(store, events, stream=reader.merged_batches)  # logreader.LogReader
     drains.on_leadership(True)     # start a forwarder per stored drain
     drains.kick()                  # a drain was added: look again
     await drains.forget(app, url)  # a drain was removed: stop it now
 
-It decides nothing about which lines an app has (the merge does) and builds no
+It decides nothing about which lines an app has or their order (the merge,
+logreader.py and logmerge.py, does), never reaches into the API, and builds no
 etcd key (store.py does).
 """
 
@@ -50,6 +51,7 @@ from paas.common.drainurl import DrainURL, parse_drain_url, redacted
 from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, timestamp
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
+from paas.scheduler.logmerge import Cursors
 from paas.scheduler.store import (
     ConflictError,
     DrainProgress,
@@ -215,8 +217,10 @@ class Forwarder:
         store: Store,
         events: EventLog,
         endpoint: Endpoint | None = None,
+        app_id: str = "",
     ) -> None:
         self.drain = drain
+        self._app_id = app_id  # the app's id: its lines of no other app of the same name
         self.sent = 0  # lines delivered since this leader took over
         self.dropped = 0  # lines dropped since this leader took over
         self.problem = ""  # the last delivery failure, "" while it delivers
@@ -233,7 +237,7 @@ class Forwarder:
         self._open_gap: _Gap | None = None
         start = progress or DrainProgress(cursors={}, since=drain.created_at)
         self._delivered = dict(start.cursors)  # (node, instance) -> last seq delivered
-        self._read = dict(start.cursors)  # ... read from the stream
+        self._read = Cursors.of(start.cursors)  # ... read from the stream
         self._since = start.since
         self._read_up_to = start.since  # the newest line read
         if start.dropped:
@@ -274,13 +278,11 @@ class Forwarder:
         while True:
             request = pb.LogsRequest(
                 app=self.drain.app,
+                app_id=self._app_id,
                 follow=True,
                 lines=RESUME_LINES,
                 since=max(self._since, self._read_up_to - RESUME_MARGIN),
-                after=[
-                    pb.LogCursor(node=node, instance=instance, seq=seq)
-                    for (node, instance), seq in sorted(self._read.items())
-                ],
+                after=self._read.all(),
             )
             try:
                 async for batch in self._stream(request):
@@ -295,14 +297,7 @@ class Forwarder:
 
     def _offer(self, lines: Sequence[pb.LogLine]) -> None:
         """Queue what there is room for; count the rest as dropped."""
-        fresh = []
-        for line in lines:
-            if line.seq:
-                key = (line.node, line.instance)
-                if line.seq <= self._read.get(key, 0):
-                    continue  # had it already (a restarted reader's overlap)
-                self._read[key] = line.seq
-            fresh.append(line)
+        fresh = self._read.fresh(lines)  # not what it had (a restarted reader's overlap)
         if not fresh:
             return
         self._read_up_to = max(self._read_up_to, fresh[-1].timestamp)
@@ -498,6 +493,7 @@ class Drains:
     async def _sync(self) -> None:
         """Run a forwarder for each stored drain, and none for any other."""
         wanted = {(d.app, d.url): d for d in await self._store.drains()}
+        apps = await self._store.apps() if wanted.keys() - self._forwarders.keys() else {}
         for key, forwarder in list(self._forwarders.items()):
             if key not in wanted or wanted[key].token != forwarder.drain.token:
                 del self._forwarders[key]
@@ -506,7 +502,15 @@ class Drains:
             if key in self._forwarders:
                 continue
             progress = await self._store.drain_progress(drain)
-            forwarder = Forwarder(drain, progress, self._stream, self._store, self._events)
+            app = apps.get(drain.app)
+            forwarder = Forwarder(
+                drain,
+                progress,
+                self._stream,
+                self._store,
+                self._events,
+                app_id=app.id if app else "",
+            )
             self._forwarders[key] = forwarder
             forwarder.start()
             log.info(

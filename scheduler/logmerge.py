@@ -31,7 +31,7 @@ import enum
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from paas.proto import paas_pb2 as pb
@@ -53,6 +53,13 @@ class Cursors:
 
     def __init__(self, after: Iterable[pb.LogCursor] = ()) -> None:
         self._seq: dict[StreamKey, int] = {(c.node, c.instance): c.seq for c in after}
+
+    @classmethod
+    def of(cls, seqs: Mapping[StreamKey, int]) -> Cursors:
+        """Cursors from a mapping (node, instance) -> seq, as a drain's progress keeps them."""
+        cursors = cls()
+        cursors._seq = dict(seqs)
+        return cursors
 
     def is_new(self, line: pb.LogLine) -> bool:
         """True unless the reader already had `line`."""
@@ -86,6 +93,13 @@ class Cursors:
             pb.LogCursor(node=name, instance=instance, seq=seq)
             for (name, instance), seq in self._seq.items()
             if name == node
+        ]
+
+    def all(self) -> list[pb.LogCursor]:
+        """Every cursor, sorted: where to resume the whole stream."""
+        return [
+            pb.LogCursor(node=node, instance=instance, seq=seq)
+            for (node, instance), seq in sorted(self._seq.items())
         ]
 
 

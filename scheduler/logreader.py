@@ -9,13 +9,14 @@ decided by logmerge.py (cursors, inbox, time-order window); this module only
 moves lines between them and the network.
 
     reader = LogReader(sessions, events)
-    async for batch in reader.merged_batches(pb.LogsRequest(app="shop", follow=True)):
+    request = pb.LogsRequest(app="shop", app_id=app.id, follow=True)
+    async for batch in reader.merged_batches(request):
         ...
     await reader.close()  # the agent channels
 
-Unchecked: callers check the request and that this replica leads (the Logs RPC;
-the log drains, which run on the leader). It never writes etcd and never reorders
-lines by itself.
+Unchecked: callers check the request, set the app's id in it (agents serve only
+lines of that id) and make sure this replica leads (the Logs RPC; the log drains,
+which run on the leader). It never writes etcd and never reorders lines by itself.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ import grpc
 
 from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.logbatch import batches
-from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE
+from paas.common.logformat import SCHEDULER_INSTANCE
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
-from paas.scheduler.events import EventLog
+from paas.scheduler.events import EventLog, notice
 from paas.scheduler.logmerge import (
     INBOX_LINES,
     Arrival,
@@ -54,13 +55,6 @@ DEFAULT_LOG_LINES = 100
 FOLLOW_RETRY = 1.0
 # One node's history must come within this (seconds), or the node is said unavailable.
 HISTORY_TIMEOUT = 10.0
-
-
-def notice(app: str, text: str) -> pb.LogLine:
-    """A line of the scheduler's own about the stream (seq 0: never taken for a repeat)."""
-    return pb.LogLine(
-        timestamp=time.time(), app=app, instance=SCHEDULER_INSTANCE, stream=PAAS_STREAM, text=text
-    )
 
 
 class LogReader:

@@ -337,3 +337,12 @@ def test_previous_shows_the_run_that_ended_last_and_every_notice() -> None:
     on_b = [line(2.0, "b", seq=1), line(3.0, "b", seq=2), line(7.0, "b", seq=0)]
     assert [names(x) for x in latest_run([on_a, on_b])] == [["a@1", "a@5", "a@6"], ["b@7"]]
     assert latest_run([]) == []
+
+
+def test_cursors_kept_as_a_mapping_resume_the_whole_stream_in_order() -> None:
+    cursors = Cursors.of({("b", "web.1"): 4, ("a", "web.2"): 7})
+    assert not cursors.is_new(line(1, "b", seq=4))
+    assert [(c.node, c.instance, c.seq) for c in cursors.all()] == [
+        ("a", "web.2", 7),
+        ("b", "web.1", 4),
+    ]
