@@ -64,7 +64,7 @@ class SchedulerService:
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
-            LogsService(store, self._reader),
+            LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler),
         ]
         guard = Guard(leadership)

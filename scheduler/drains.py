@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
@@ -52,6 +52,7 @@ from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, timestamp
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
 from paas.scheduler.logmerge import Cursors
+from paas.scheduler.logreader import LogStream
 from paas.scheduler.store import (
     ConflictError,
     DrainProgress,
@@ -86,8 +87,6 @@ RESUME_MARGIN = 2.0
 REREAD_AFTER = 1.0
 SYSLOG_BATCH_LINES = 1024
 HTTP_BATCH_LINES = 500
-
-LogStream = Callable[[pb.LogsRequest], AsyncIterator[pb.LogBatch]]
 
 
 class DeliveryError(Exception):

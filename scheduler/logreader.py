@@ -50,6 +50,9 @@ from paas.scheduler.sessions import AgentSession, Sessions
 if TYPE_CHECKING:
     from paas.proto.paas_pb2_grpc import AgentAsyncStub
 
+# What reads a merged stream (the Logs RPC, a log drain) is given: LogReader.merged_batches.
+LogStream = Callable[[pb.LogsRequest], AsyncIterator[pb.LogBatch]]
+
 DEFAULT_LOG_LINES = 100
 # A follow stream of a node that broke while its session stayed up is resumed after this.
 FOLLOW_RETRY = 1.0
@@ -136,6 +139,7 @@ class LogReader:
             return [notice(request.app, text)]
 
     def stub(self, address: str) -> AgentAsyncStub:
+        """The agent at `address` (one channel per address, kept until `close`)."""
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

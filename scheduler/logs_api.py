@@ -2,9 +2,9 @@
 
 LogsService validates the request (the app exists, `previous` names one
 instance), looks the app up once for its id (agents serve only lines of that
-incarnation of the name), and streams what logreader.LogReader merges. The log
-drains read the same merge straight from the reader, not through this service.
-It never writes etcd.
+incarnation of the name), and streams what logreader.LogReader merges (its
+`merged_batches` is the `stream` given). The log drains read the same merge
+straight from the reader, not through this service. It never writes etcd.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from paas.common.errors import InvalidInput
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.guard import Context
-from paas.scheduler.logreader import LogReader
+from paas.scheduler.logreader import LogStream
 from paas.scheduler.lookup import is_instance, require_app
 from paas.scheduler.store import Store
 
@@ -22,9 +22,9 @@ from paas.scheduler.store import Store
 class LogsService:
     """The Logs RPC."""
 
-    def __init__(self, store: Store, reader: LogReader) -> None:
+    def __init__(self, store: Store, stream: LogStream) -> None:
         self._store = store
-        self._reader = reader
+        self._stream = stream
 
     async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogBatch]:
         """The app's lines, a batch at a time: the history, then live lines as released."""
@@ -37,5 +37,5 @@ class LogsService:
         scoped = pb.LogsRequest()
         scoped.CopyFrom(request)
         scoped.app_id = app.id
-        async for batch in self._reader.merged_batches(scoped):
+        async for batch in self._stream(scoped):
             yield batch
