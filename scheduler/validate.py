@@ -31,8 +31,8 @@ from paas.proto import paas_pb2 as pb
 
 # An app directory is a path: PATH_MAX on Linux.
 DIR_LIMIT = 4096
-# What one Logs request may ask for (an agent keeps fewer per instance anyway).
-MAX_LOG_LINES = 100_000
+# What one Logs request may ask for.
+MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
 # A drain URL, a node's address, a label: no legitimate one comes near this.
 TEXT_LIMIT = 2048
 MAX_LABELS = 64
