@@ -98,8 +98,8 @@ def guarded_handlers(parts: Sequence[object], guard: Guard) -> dict[str, Callabl
                 f"not {len(offering)}"
             )
         handler = getattr(offering[0], method.name)
-        if method.server_streaming:
-            handlers[method.name] = guard.stream(handler, check=not method.client_streaming)
-        else:
-            handlers[method.name] = guard.unary(handler)
+        # A stream of requests is checked by its handler, one message at a time.
+        check = not method.client_streaming
+        wrap = guard.stream if method.server_streaming else guard.unary
+        handlers[method.name] = wrap(handler, check)
     return handlers

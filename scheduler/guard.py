@@ -101,12 +101,15 @@ class Guard:
         if not self._leadership.is_leader:
             raise NotLeading(self._leadership.leader_address)
 
-    def unary(self, handler: UnaryHandler) -> UnaryHandler:
+    def unary(self, handler: UnaryHandler, check: bool = True) -> UnaryHandler:
+        """`check=False` for a stream of requests, which its handler checks one by one."""
+
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> Any:
             try:
                 self.check_leader()
-                check_request(request)
+                if check:
+                    check_request(request)
                 return await handler(request, context)
             except Exception as exc:
                 await _abort_with(context, exc)
