@@ -17,7 +17,8 @@ answers.
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import grpc
 
@@ -59,7 +60,7 @@ class SchedulerService:
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         parts: list[object] = [
-            AppsService(store, sessions, reconciler, events),
+            AppsService(store, sessions, reconciler, events, self._restarts, self._drains),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
@@ -67,17 +68,8 @@ class SchedulerService:
             LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler),
         ]
-        guard = Guard(leadership)
-        for method in SCHEDULER.methods:
-            offering = [part for part in parts if callable(getattr(part, method.name, None))]
-            if len(offering) != 1:
-                raise RuntimeError(
-                    f"the Scheduler RPC {method.name} must be offered by exactly one servicer, "
-                    f"not {len(offering)}"
-                )
-            handler = getattr(offering[0], method.name)
-            wrap = guard.stream if method.server_streaming else guard.unary
-            setattr(self, method.name, wrap(handler))
+        for name, handler in guarded_handlers(parts, Guard(leadership)).items():
+            setattr(self, name, handler)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         # The generated registration reads each RPC as an attribute: the guarded ones.
@@ -93,3 +85,22 @@ class SchedulerService:
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()
+
+
+def guarded_handlers(parts: Sequence[object], guard: Guard) -> dict[str, Callable[..., Any]]:
+    """Each RPC of the Scheduler service, taken from the one part that offers it and
+    wrapped by `guard`; RuntimeError if a part is missing or two offer one RPC."""
+    handlers: dict[str, Callable[..., Any]] = {}
+    for method in SCHEDULER.methods:
+        offering = [part for part in parts if callable(getattr(part, method.name, None))]
+        if len(offering) != 1:
+            raise RuntimeError(
+                f"the Scheduler RPC {method.name} must be offered by exactly one servicer, "
+                f"not {len(offering)}"
+            )
+        handler = getattr(offering[0], method.name)
+        # A stream of requests is checked by its handler, one message at a time.
+        check = not method.client_streaming
+        wrap = guard.stream if method.server_streaming else guard.unary
+        handlers[method.name] = wrap(handler, check)
+    return handlers

@@ -1,16 +1,21 @@
 """The apps and their releases: CreateApp, ListApps, DestroyApp, Deploy.
 
-Each request is checked before anything is written; a deploy is one release
-written with the formation beside it, in one compare-and-swap.
+Each request's shape is checked by the guard (validate.py) before it gets
+here; what needs the stored state is checked here, before anything is
+written. A deploy is one release written with the formation beside it, in
+one compare-and-swap; a destroy deletes every key of the app in one txn and
+stops what the app had running elsewhere in the scheduler (its rolling
+restarts, its log drains, its events held in memory).
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
+import contextlib
+import logging
 import time
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from paas.common.errors import InvalidInput
@@ -18,26 +23,42 @@ from paas.common.names import check_app_name
 from paas.common.procfile import parse_procfile
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.cas import retry_conflicts
-from paas.scheduler.errors import AlreadyExists
+from paas.scheduler.drains import Drains
+from paas.scheduler.errors import AlreadyExists, NotFound
 from paas.scheduler.events import EventLog
 from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from, settings_problem
-from paas.scheduler.store import ConflictError, ReleaseRecord, Store
+from paas.scheduler.store import AppRecord, ConflictError, ReleaseRecord, Store
+
+log = logging.getLogger(__name__)
+
+# How long a destroy waits for the app's queued events to reach etcd (so that the
+# delete covers them); past it they are dropped instead (EventLog.forget).
+_EVENTS_FLUSH = 2.0
 
 
 class AppsService:
     """CreateApp, ListApps, DestroyApp and Deploy."""
 
     def __init__(
-        self, store: Store, sessions: Sessions, reconciler: Reconciler, events: EventLog
+        self,
+        store: Store,
+        sessions: Sessions,
+        reconciler: Reconciler,
+        events: EventLog,
+        restarts: Restarts,
+        drains: Drains,
     ) -> None:
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
         self._events = events
+        self._restarts = restarts
+        self._drains = drains
 
     async def CreateApp(self, request: pb.CreateAppRequest, context: Context) -> pb.App:
         check_app_name(request.name)
@@ -46,7 +67,7 @@ class AppsService:
         except ConflictError:
             raise AlreadyExists(f"app {request.name!r} already exists") from None
         self._events.add(request.name, "App created")
-        return pb.App(name=record.name, created_at=record.created_at)
+        return pb.App(name=record.name, created_at=record.created_at, id=record.id)
 
     async def ListApps(self, request: pb.ListAppsRequest, context: Context) -> pb.ListAppsResponse:
         apps = await self._store.apps()
@@ -61,6 +82,7 @@ class AppsService:
                     formation=formation,
                     process_types=list(release.commands) if release else [],
                     created_at=app.created_at,
+                    id=app.id,
                 )
             )
         return pb.ListAppsResponse(apps=result)
@@ -68,8 +90,29 @@ class AppsService:
     async def DestroyApp(
         self, request: pb.DestroyAppRequest, context: Context
     ) -> pb.DestroyAppResponse:
-        # Issue 8 lands this RPC; until then it is refused.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "apps destroy is not built yet")
+        # `confirm` is checked with the request's shape (validate.py).
+        app = await require_app(self._store, request.name)
+        drains = await self._store.drains(app.name)
+        # Nothing of the app may be written after the delete: no restart step, no
+        # queued event (those already handed to the writer land first, then go too).
+        await self._restarts.stop(app.name)
+        self._events.forget(app.name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._events.flush(), _EVENTS_FLUSH)
+
+        async def attempt() -> tuple[AppRecord, int]:
+            current = await require_app(self._store, request.name)
+            if current.id != app.id:
+                raise NotFound(f"app {request.name!r} was destroyed and created anew meanwhile")
+            return current, await self._store.destroy_app(current)
+
+        _, instances = await retry_conflicts(attempt, "the app")
+        self._events.forget(app.name)
+        for drain in drains:
+            await self._drains.forget(drain.app, drain.url)
+        self._reconciler.kick()  # the agents' desired sets lose the app's instances
+        log.info("app %s (%s) destroyed with %d instance(s)", app.name, app.id, instances)
+        return pb.DestroyAppResponse(instances=instances)
 
     async def Deploy(self, request: pb.DeployRequest, context: Context) -> pb.Release:
         commands = parse_procfile(request.procfile)
@@ -86,8 +129,6 @@ class AppsService:
         settings: dict[str, dict[str, Any]] = {
             type_: json_format.MessageToDict(wanted) for type_, wanted in request.settings.items()
         }
-        if not os.path.isabs(request.dir):
-            raise InvalidInput(f"the app directory must be an absolute path, got {request.dir!r}")
 
         async def attempt() -> ReleaseRecord:
             app = await require_app(self._store, request.app)

@@ -1,6 +1,11 @@
 """The root of every error the scheduler raises on purpose, and what each means to a caller.
 
     SchedulerError
+    ├── StoreError        etcd could not be reached or refused a request   (store.py)
+    │   ├── NotLeaderError    a write's leadership guard failed: this replica
+    │   │                     no longer leads (nothing was written)
+    │   └── ConflictError     a write's other compare failed: someone changed
+    │                         the key first (cas.py retries these)
     ├── NotLeading        this replica does not lead: a follower (it names the
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
@@ -11,17 +16,51 @@
                           a config var, a Procfile                 (common, validate.py)
 
 guard.py turns each into a gRPC status in one place, so a servicer raises and
-never calls `context.abort` itself; the store's errors (StoreError, its
-NotLeaderError and ConflictError, in store.py) are mapped there as well.
+never calls `context.abort` itself. `etcd_error` is the one place that words
+a failed etcd call (`etcd is unreachable (...)`, `etcd refused ...`).
 A message names the thing and how to find or fix it, in one line: the CLI
 prints it as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import aetcd.exceptions
+import grpc
+
 
 class SchedulerError(Exception):
     """Something the scheduler refuses or cannot do; the message says what and why."""
+
+
+class StoreError(SchedulerError):
+    """etcd could not be reached or refused the request."""
+
+
+class NotLeaderError(StoreError):
+    """The leadership guard failed: this replica is no longer the leader."""
+
+
+class ConflictError(StoreError):
+    """A compare other than leadership failed: someone changed the key first."""
+
+
+# What etcd (through aetcd or gRPC) says when it cannot be reached in time.
+_UNREACHABLE = (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError)
+_UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
+    """The StoreError for a failed etcd call: unreachable, or a request it refused (too
+    large, say), so that only an etcd that is down is called unreachable."""
+    where = ", ".join(endpoints)
+    detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+    if isinstance(exc, _UNREACHABLE) or (
+        isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _UNREACHABLE_CODES
+    ):
+        return StoreError(f"etcd is unreachable ({where}): {detail}")
+    return StoreError(f"etcd refused the request ({where}): {detail}")
 
 
 class NotLeading(SchedulerError):

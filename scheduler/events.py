@@ -103,6 +103,9 @@ class EventLog:
         self._since_trim: dict[str, int] = {}
         self.dropped = 0  # events never handed to etcd: the queue was full
         self._dropped_logged = 0
+        # App -> the last seq of it that was forgotten: queued events up to it are not
+        # written (they would bring a destroyed app's events back).
+        self._forgotten: dict[str, int] = {}
 
     # ------------------------------------------------------------ in memory
 
@@ -129,6 +132,13 @@ class EventLog:
                 self._pending.put_nowait(line)
             except asyncio.QueueFull:
                 self.dropped += 1  # the writer logs the count: loss is never silent
+
+    def forget(self, app: str) -> None:
+        """The app is destroyed: drop its events held here, and never write to etcd those
+        still queued. Events added later (a new app of that name) are kept as usual."""
+        self._events.pop(app, None)
+        self._since_trim.pop(app, None)
+        self._forgotten[app] = self._seq
 
     def recent(self, app: str) -> list[pb.LogLine]:
         return list(self._events.get(app, ()))
@@ -212,9 +222,10 @@ class EventLog:
             batch = [await self._pending.get()]
             while len(batch) < _WRITE_BATCH and not self._pending.empty():
                 batch.append(self._pending.get_nowait())
+            wanted = [line for line in batch if line.seq > self._forgotten.get(line.app, -1)]
             try:
-                if await self._write(store, batch):
-                    await self._trim(store, batch)
+                if wanted and await self._write(store, wanted):
+                    await self._trim(store, wanted)
             except Exception:
                 # A bug must not stop the writer for good: say so loudly and go on.
                 log.exception("writing scheduler events to etcd failed")

@@ -6,7 +6,7 @@ release; the reconcile loop does the placing.
 
 from __future__ import annotations
 
-from paas.common.formation import Change, FormationError, Op, apply_changes, describe
+from paas.common.formation import Change, Op, apply_changes, describe
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.cas import retry_conflicts
 from paas.scheduler.events import EventLog
@@ -31,9 +31,6 @@ class FormationService:
         self._events = events
 
     async def Scale(self, request: pb.ScaleRequest, context: Context) -> pb.ScaleResponse:
-        if not request.changes:
-            raise FormationError("no formation change given")
-
         async def attempt() -> tuple[AppRecord, dict[str, int]]:
             app = await require_app(self._store, request.app)
             formation, formation_rev = await self._store.formation(app.name)
@@ -51,6 +48,5 @@ class FormationService:
 
 
 def _change(change: pb.FormationChange) -> Change:
-    if change.count < 0:
-        raise FormationError(f"invalid count {change.count} for {change.type}")
+    # Its type, op and count are checked with the request (validate.py).
     return Change(change.type, _OPS[change.op], change.count)

@@ -1,10 +1,11 @@
 """The one wrapper around every RPC of the Scheduler service: leadership, then errors.
 
-Before a handler runs, the guard checks that this replica leads: a follower
+Before a handler runs, the guard checks that this replica leads (a follower
 refuses with FAILED_PRECONDITION and names the leader in the `paas-leader`
-trailing metadata (the CLI and the agents follow it), and with no leader yet
-the answer is UNAVAILABLE. While the handler runs, the errors it raises become
-gRPC statuses here and nowhere else (`status_of`):
+trailing metadata, which the CLI and the agents follow; with no leader yet
+the answer is UNAVAILABLE), then checks the request's shape (validate.py).
+While the handler runs, the errors it raises become gRPC statuses here and
+nowhere else (`status_of`):
 
     NotLeading                 FAILED_PRECONDITION + paas-leader, or UNAVAILABLE
     NotLeaderError             UNAVAILABLE   (a write found leadership lost)
@@ -20,6 +21,7 @@ before or after their first message.
 
     guard = Guard(leadership)
     handler = guard.unary(apps.CreateApp)        # or guard.stream(logs.Logs)
+    handler = guard.stream(session.Session, check=False)   # a stream of requests
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from paas.common.errors import InvalidInput
 from paas.common.grpcutil import LEADER_METADATA_KEY
 from paas.scheduler.errors import AlreadyExists, NotFound, NotLeading
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
+from paas.scheduler.validate import check_request
 
 Context = grpc.aio.ServicerContext[Any, Any]
 UnaryHandler = Callable[[Any, Context], Awaitable[Any]]
@@ -98,11 +101,15 @@ class Guard:
         if not self._leadership.is_leader:
             raise NotLeading(self._leadership.leader_address)
 
-    def unary(self, handler: UnaryHandler) -> UnaryHandler:
+    def unary(self, handler: UnaryHandler, check: bool = True) -> UnaryHandler:
+        """`check=False` for a stream of requests, which its handler checks one by one."""
+
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> Any:
             try:
                 self.check_leader()
+                if check:
+                    check_request(request)
                 return await handler(request, context)
             except Exception as exc:
                 await _abort_with(context, exc)
@@ -111,11 +118,15 @@ class Guard:
         setattr(guarded, GUARDED, True)
         return guarded
 
-    def stream(self, handler: StreamHandler) -> StreamHandler:
+    def stream(self, handler: StreamHandler, check: bool = True) -> StreamHandler:
+        """`check=False` for a stream of requests, which its handler checks one by one."""
+
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 self.check_leader()
+                if check:
+                    check_request(request)
                 async for message in handler(request, context):
                     yield message
             except Exception as exc:

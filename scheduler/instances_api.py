@@ -57,7 +57,9 @@ class InstancesService:
             )
             session = self._sessions.get(record.node)
             status = session.reports.get((record.app, str(record.name))) if session else None
-            if not self._sessions.is_ready(record.node):
+            # A lost node's instances are lost whatever they last reported; a draining
+            # node still runs its own until their new copies are up.
+            if self._sessions.node_state(record.node, draining=False) == pb.NODE_LOST:
                 view.state = pb.LOST
             elif status is not None and status.incarnation == record.incarnation:
                 view.state = status.state

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import aetcd.exceptions
 import aetcd.transactions as tx
 
+from paas.scheduler.errors import etcd_error
 from paas.scheduler.store import LEADER_KEY, Store
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Leadership:
                     await lease.revoke()
                     await self._follow()
             except aetcd.exceptions.ClientError as exc:
-                log.warning("election: etcd is unreachable (%s); retrying", exc)
+                log.warning("election: %s; retrying", etcd_error(self._store.endpoints, exc))
                 self._set(False, None)
                 await asyncio.sleep(1.0)
             except Exception:

@@ -28,6 +28,7 @@ from paas.scheduler.settings import settings_from
 from paas.scheduler.store import (
     Assign,
     InstanceRecord,
+    NodeRecord,
     NotLeaderError,
     ReleaseRecord,
     Store,
@@ -97,15 +98,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         world = await self._store.world(self._releases)
-        nodes = [
-            NodeView(
-                name=node.name,
-                ready=self._sessions.is_ready(node.name),
-                draining=node.draining,
-                capacity=node.capacity,
-            )
-            for node in world.nodes.values()
-        ]
+        nodes = [_node_view(node, self._sessions) for node in world.nodes.values()]
         desired = [
             AppDesired(
                 app=app.name,
@@ -201,6 +194,18 @@ class Reconciler:
         """An agent reported: a drain waiting for a new copy to be up may go on."""
         if self._handoffs and self.world is not None:
             self._push(self.world)
+
+
+def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:
+    """The node as placement sees it, from its state as Sessions decides it (so that a
+    node takes instances exactly when `paas nodes` calls it ready)."""
+    state = sessions.node_state(node.name, node.draining)
+    return NodeView(
+        name=node.name,
+        ready=state != pb.NODE_LOST,
+        draining=node.draining,  # a lost node that was draining still is when back
+        capacity=node.capacity,
+    )
 
 
 def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:

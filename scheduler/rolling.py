@@ -2,7 +2,8 @@
 
 A rolling restart goes one instance at a time, the next once the last is up
 again (or ROLLING_STEP_TIMEOUT passed), in a background task of its own;
-`close` cancels what is still rolling when the replica stops.
+`stop(app)` ends an app's before it is destroyed, `close` all of them when the
+replica stops.
 """
 
 from __future__ import annotations
@@ -29,11 +30,20 @@ class Restarts:
         self._sessions = sessions
         self._reconciler = reconciler
         self._events = events
-        self._background: set[asyncio.Task[None]] = set()
+        self._rolling: dict[str, set[asyncio.Task[None]]] = {}  # by app
 
     def close(self) -> None:
-        for task in list(self._background):
+        for tasks in self._rolling.values():
+            for task in tasks:
+                task.cancel()
+
+    async def stop(self, app: str) -> None:
+        """End the app's rolling restarts, before the app is destroyed: a late step
+        would assign an instance of an app that no longer exists."""
+        tasks = self._rolling.pop(app, set())
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def reassign(self, record: InstanceRecord) -> int:
         """Give the instance a new incarnation on its node: the agent restarts it."""
@@ -47,8 +57,9 @@ class Restarts:
     def roll(self, app: str, records: list[InstanceRecord]) -> None:
         """Restart `records` one at a time, in a task of its own."""
         task = asyncio.create_task(self._rolling_restart(app, records))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        tasks = self._rolling.setdefault(app, set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _rolling_restart(self, app: str, records: list[InstanceRecord]) -> None:
         for record in records:

@@ -1,7 +1,9 @@
 """The agents' side of the API: Session, the one long-lived stream each agent dials in with.
 
 Hello first (who it is, what it runs), then heartbeats and status changes in;
-desired sets out whenever they change (sessions.AgentSession). An agent that
+out, a Welcome first (the cluster's id, so an agent whose state directory
+holds another cluster's data deletes it before serving any), then desired sets
+whenever they change (sessions.AgentSession). An agent that
 sends nothing for SESSION_SILENCE_TIMEOUT seconds is gone. Only the leader
 holds sessions (the guard refuses them elsewhere).
 """
@@ -20,6 +22,7 @@ from paas.scheduler.guard import Context
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import AgentSession, Sessions
 from paas.scheduler.store import NodeRecord, Store
+from paas.scheduler.validate import check_agent_message
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,15 @@ class SessionService:
             return
         if first.WhichOneof("kind") != "hello":
             raise InvalidInput("the first message must be hello")
+        check_agent_message(first)
         session = AgentSession(first.hello)
+        welcome = pb.Welcome(cluster_id=await self._store.cluster_id())
         await self._register(session)
         self._sessions.attach(session)
         log.info("agent %s connected from %s", session.name, context.peer())
         reader = asyncio.create_task(self._read_session(session, request_iterator))
         try:
+            yield pb.SchedulerMessage(welcome=welcome)
             async for message in session.outgoing():
                 yield message
         finally:

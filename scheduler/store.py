@@ -49,6 +49,10 @@ import grpc
 
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.errors import ConflictError as ConflictError
+from paas.scheduler.errors import NotLeaderError as NotLeaderError
+from paas.scheduler.errors import StoreError as StoreError
+from paas.scheduler.errors import etcd_error
 
 PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
@@ -116,18 +120,6 @@ def _drain_key(app: str, url: str) -> str:
 
 def _drain_progress_key(app: str, url: str) -> str:
     return f"{_DRAIN_PROGRESS}{app}/{_drain_id(url)}"
-
-
-class StoreError(Exception):
-    """etcd could not be reached or refused the request."""
-
-
-class NotLeaderError(StoreError):
-    """The leadership guard failed: this replica is no longer the leader."""
-
-
-class ConflictError(StoreError):
-    """A compare other than leadership failed: someone changed the key first."""
 
 
 @dataclass(frozen=True)
@@ -268,14 +260,14 @@ class Store:
         try:
             result = await self._client.get_prefix(prefix.encode())
         except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+            raise etcd_error(self.endpoints, exc) from exc
         return [(kv.key.decode(), kv.value, kv.mod_revision) for kv in result.kvs]
 
     async def _get(self, key: str) -> tuple[bytes, int] | None:
         try:
             result = await self._client.get(key.encode())
         except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+            raise etcd_error(self.endpoints, exc) from exc
         if result is None:
             return None
         return result.value, result.mod_revision
@@ -426,7 +418,7 @@ class Store:
                 request, timeout=self._timeout, metadata=self._client.metadata
             )
         except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
-            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+            raise etcd_error(self.endpoints, exc) from exc
         return [(kv.key, kv.value) for kv in response.kvs], int(response.count)
 
     async def events(self, app: str, newest: int) -> list[pb.LogLine]:
@@ -463,7 +455,7 @@ class Store:
                 return
             guard_ok, _ = await self._client.transaction(compare=guard, success=[], failure=[])
         except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"etcd is unreachable ({', '.join(self.endpoints)}): {exc}") from exc
+            raise etcd_error(self.endpoints, exc) from exc
         if not guard_ok:
             self._leader_revision = 0
             raise NotLeaderError("lost leadership while writing")

@@ -1,0 +1,213 @@
+"""Every request's shape, checked as if no CLI existed, before a handler reads anything.
+
+The guard calls `check_request` on each unary request (the agents' stream
+checks its hello with `check_agent_message`). Names follow common.names
+(fullmatch), counts are bounded, strings carry no NUL and sizes keep to the
+stated limits, so nothing is stored that no process can run and nothing too
+big reaches etcd (which would refuse it with an error that reads like an
+outage). What needs the stored state (is the app there, does the Procfile
+have that type) stays with the handler.
+
+Each check raises paas.common.errors.InvalidInput naming the field and the rule.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from paas.common.addresses import parse_address
+from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_nul, check_size
+from paas.common.errors import InvalidInput
+from paas.common.formation import MAX_INSTANCES_PER_TYPE
+from paas.common.logformat import SCHEDULER_INSTANCE
+from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
+from paas.proto import paas_pb2 as pb
+
+# An app directory is a path: PATH_MAX on Linux.
+DIR_LIMIT = 4096
+# What one Logs request may ask for.
+MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
+# A drain URL, a node's address, a label: no legitimate one comes near this.
+TEXT_LIMIT = 2048
+MAX_LABELS = 64
+
+
+def check_request(request: Message) -> None:
+    """Check `request` by its type; a type without a check is a bug (RuntimeError)."""
+    name = request.DESCRIPTOR.full_name
+    check = _CHECKS.get(name)
+    if check is None:
+        raise RuntimeError(f"no check for requests of type {name}")
+    check(request)
+
+
+def has_check(full_name: str) -> bool:
+    return full_name in _CHECKS
+
+
+# ------------------------------------------------------------ pieces
+
+
+def _app(name: str) -> None:
+    if not name:
+        raise InvalidInput("no app given")
+    check_app_name(name)
+
+
+def _process(process: str, scheduler: bool = False) -> None:
+    """ "" (every process), a type (web) or one instance (web.3); with `scheduler`,
+    also the scheduler's own lines."""
+    if not process or (scheduler and process == SCHEDULER_INSTANCE):
+        return
+    if "." in process:
+        InstanceName.parse(process)
+    else:
+        check_process_type(process)
+
+
+def _text(what: str, text: str, limit: int = TEXT_LIMIT) -> None:
+    check_no_nul(what, text)
+    check_size(what, text, limit)
+
+
+def _seconds(what: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInput(f"{what} must be a time in unix seconds, not {value!r}")
+
+
+# ------------------------------------------------------------ per request
+
+
+def _create_app(request: pb.CreateAppRequest) -> None:
+    _app(request.name)
+
+
+def _destroy_app(request: pb.DestroyAppRequest) -> None:
+    _app(request.name)
+    if request.confirm != request.name:
+        raise InvalidInput(
+            f"destroying {request.name} deletes its releases, config, logs and drains: "
+            f"--confirm NAME must repeat the app's name (--confirm {request.name})"
+        )
+
+
+def _deploy(request: pb.DeployRequest) -> None:
+    _app(request.app)
+    check_size("the Procfile", request.procfile, PROCFILE_LIMIT)
+    check_no_nul("the Procfile", request.procfile)
+    check_config_vars(request.env)
+    check_no_nul("the app directory", request.dir)
+    check_size("the app directory", request.dir, DIR_LIMIT)
+    if not os.path.isabs(request.dir):
+        raise InvalidInput(f"the app directory must be an absolute path, got {request.dir!r}")
+    for type_, settings in request.settings.items():
+        check_process_type(type_)
+        if settings.check not in pb.ProcessSettings.Check.values():
+            raise InvalidInput(f"{type_}: unknown check {settings.check}")
+
+
+def _scale(request: pb.ScaleRequest) -> None:
+    _app(request.app)
+    if not request.changes:
+        raise InvalidInput("no formation change given")
+    seen: set[str] = set()
+    for change in request.changes:
+        check_process_type(change.type)
+        if change.op not in pb.FormationChange.Op.values():
+            raise InvalidInput(f"unknown formation operation {change.op} for {change.type}")
+        if not 0 <= change.count <= MAX_INSTANCES_PER_TYPE:
+            raise InvalidInput(
+                f"invalid count {change.count} for {change.type}: expected a whole number "
+                f"from 0 to {MAX_INSTANCES_PER_TYPE}"
+            )
+        if change.type in seen:
+            raise InvalidInput(f"process type {change.type!r} is given more than once")
+        seen.add(change.type)
+
+
+def _list_instances(request: pb.ListInstancesRequest) -> None:
+    if request.app:
+        _app(request.app)
+
+
+def _restart(request: pb.RestartRequest) -> None:
+    _app(request.app)
+    _process(request.process)
+
+
+def _stop(request: pb.StopRequest) -> None:
+    _app(request.app)
+    InstanceName.parse(request.instance)
+
+
+def _drain(request: pb.DrainRequest) -> None:
+    check_node_name(request.node)
+
+
+def _logs(request: pb.LogsRequest) -> None:
+    _app(request.app)
+    _process(request.process, scheduler=True)
+    if not 0 <= request.lines <= MAX_LOG_LINES:
+        raise InvalidInput(f"lines must be from 0 to {MAX_LOG_LINES}, not {request.lines}")
+    _seconds("since", request.since)
+    _text("the app id", request.app_id, 64)
+    for cursor in request.after:
+        _text("a cursor's node", cursor.node, 256)
+        _process(cursor.instance, scheduler=True)
+        if cursor.seq < 0:
+            raise InvalidInput(f"the cursor of {cursor.instance} has a negative seq")
+
+
+def _drain_url(request: pb.AddDrainRequest | pb.RemoveDrainRequest) -> None:
+    _app(request.app)
+    _text("the drain URL", request.url)
+
+
+def _app_only(request: pb.ListDrainsRequest) -> None:
+    _app(request.app)
+
+
+def _nothing(request: Message) -> None:
+    pass
+
+
+def check_agent_message(message: pb.AgentMessage) -> None:
+    """An agent's message on its session: its hello above all (who it claims to be)."""
+    kind = message.WhichOneof("kind")
+    if kind == "hello":
+        hello = message.hello
+        check_node_name(hello.name)
+        _text("the agent's address", hello.address)
+        parse_address(hello.address)
+        if hello.capacity < 0:
+            raise InvalidInput(f"capacity must not be negative, got {hello.capacity}")
+        if len(hello.labels) > MAX_LABELS:
+            raise InvalidInput(f"a node may have at most {MAX_LABELS} labels")
+        for key, value in hello.labels.items():
+            _text("a label", key, 256)
+            _text(f"the label {key}", value, 256)
+
+
+_CHECKS: dict[str, Callable[[Any], None]] = {
+    pb.CreateAppRequest.DESCRIPTOR.full_name: _create_app,
+    pb.ListAppsRequest.DESCRIPTOR.full_name: _nothing,
+    pb.DestroyAppRequest.DESCRIPTOR.full_name: _destroy_app,
+    pb.DeployRequest.DESCRIPTOR.full_name: _deploy,
+    pb.ScaleRequest.DESCRIPTOR.full_name: _scale,
+    pb.ListInstancesRequest.DESCRIPTOR.full_name: _list_instances,
+    pb.ListNodesRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RestartRequest.DESCRIPTOR.full_name: _restart,
+    pb.StopRequest.DESCRIPTOR.full_name: _stop,
+    pb.DrainRequest.DESCRIPTOR.full_name: _drain,
+    pb.LogsRequest.DESCRIPTOR.full_name: _logs,
+    pb.AddDrainRequest.DESCRIPTOR.full_name: _drain_url,
+    pb.RemoveDrainRequest.DESCRIPTOR.full_name: _drain_url,
+    pb.ListDrainsRequest.DESCRIPTOR.full_name: _app_only,
+    pb.AgentMessage.DESCRIPTOR.full_name: check_agent_message,
+}
