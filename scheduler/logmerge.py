@@ -2,7 +2,7 @@
 inbox holds, and in what order lines of several nodes go out.
 
 `paas logs -f` and the log drains follow an app's lines on every node at once
-(logreader.py does the reading). Three small pieces decide what happens to them:
+(logreader.py does the reading). Four small pieces decide what happens to them:
 
 - `Cursors`: per (node, instance), the last seq a reader has had, so that a node
   followed again (it came back, its stream broke) sends nothing twice.
