@@ -22,10 +22,11 @@ import pytest
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
 from paas.agent.ports import PortPool, can_bind
+from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import Reaper
 from paas.agent.server import AgentError, run_agent
 from paas.agent.session import Session
-from paas.agent.supervisor import Supervisor, group_alive, install_child_watcher
+from paas.agent.supervisor import Supervisor
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc

@@ -24,6 +24,7 @@ from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, OrphanReaper, is_subreaper
 from paas.agent.ports import PortPool, can_bind
+from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import (
     STATE_FILE,
     Reaper,
@@ -31,7 +32,7 @@ from paas.agent.reaper import (
     leader_create_time,
     read_state,
 )
-from paas.agent.supervisor import State, Supervisor, group_alive, install_child_watcher
+from paas.agent.supervisor import State, Supervisor
 from paas.proto import paas_pb2 as pb
 
 pytestmark = pytest.mark.integration
