@@ -41,8 +41,16 @@ RUN_LOCKS = Path("/run/paas-ports")
 TMP_LOCKS = Path(tempfile.gettempdir()) / "paas-ports"
 
 
-class PortsExhausted(AgentError):
+class PortError(AgentError):
+    """No port can be handed out; the message says why and what to do."""
+
+
+class PortsExhausted(PortError):
     """No port of the range is unassigned, unlocked by another agent and free to bind."""
+
+
+class PortLockError(PortError):
+    """The port lock directory cannot be made or used."""
 
 
 def default_lock_dir() -> Path:
@@ -116,6 +124,7 @@ class PortPool:
         # Hand ports out round-robin, so a port just released (its old listener
         # perhaps still in TIME_WAIT) is the last to be handed out again.
         self._next = low
+        self._dir_ready = False
 
     def __len__(self) -> int:
         """How many ports are held."""
@@ -131,7 +140,8 @@ class PortPool:
     def lease(self, key: Hashable) -> Lease:
         """The port of `key`, as `acquire`, and which port it lost if it had to move.
 
-        Raises PortsExhausted when `key` needs a port and none is free.
+        Raises PortsExhausted when `key` needs a port and none is free, PortLockError
+        when the lock directory cannot be used.
         """
         held = self._by_key.get(key)
         if held is not None:
@@ -145,13 +155,14 @@ class PortPool:
         return Lease(port, taken=held or 0)
 
     def _claim(self) -> int:
-        self._make_lock_dir()
+        if not self._dir_ready:
+            self._make_lock_dir()
         size = self.high - self.low + 1
         for offset in range(size):
             port = self.low + (self._next - self.low + offset) % size
             if port in self._locks:
                 continue
-            lock = _PortLock.take(self.lock_dir, port)
+            lock = self._take(port)
             if lock is None:
                 continue  # another agent of this host has it
             if not can_bind_anywhere(port):
@@ -166,18 +177,34 @@ class PortPool:
             f"{self.lock_dir} or in use by other programs): widen the agent's --ports range"
         )
 
+    def _take(self, port: int) -> _PortLock | None:
+        try:
+            return _PortLock.take(self.lock_dir, port)
+        except FileNotFoundError:
+            self._make_lock_dir()  # removed meanwhile (a cleaner of /tmp): made again
+        except OSError as exc:
+            raise self._unusable(exc) from None
+        try:
+            return _PortLock.take(self.lock_dir, port)
+        except OSError as exc:
+            raise self._unusable(exc) from None
+
     def _make_lock_dir(self) -> None:
         try:
             self.lock_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PortsExhausted(
-                f"cannot use the port lock directory {self.lock_dir}: {exc.strerror}; "
-                "choose another with the agent's --port-lock-dir"
-            ) from None
+            raise self._unusable(exc) from None
         with contextlib.suppress(OSError):
             # Shared by the agents of every user on this host, like /tmp itself.
             if self.lock_dir.stat().st_uid == os.getuid():
                 self.lock_dir.chmod(0o1777)
+        self._dir_ready = True
+
+    def _unusable(self, exc: OSError) -> PortLockError:
+        return PortLockError(
+            f"cannot use the port lock directory {self.lock_dir}: {exc.strerror or exc}; "
+            "choose another with the agent's --port-lock-dir"
+        )
 
     def release(self, key: Hashable) -> None:
         """Give `key`'s port back (and its lock); a key without one is fine."""

@@ -44,7 +44,7 @@ from typing import Any
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogBuffer, LogHub, pump
 from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, Carrier, new_token
-from paas.agent.ports import Lease, PortPool, PortsExhausted
+from paas.agent.ports import Lease, PortError, PortPool
 from paas.agent.processes import Child, Clock, HostProcesses, Processes, SpawnError, SystemClock
 from paas.agent.processes import install_child_watcher as install_child_watcher
 from paas.agent.reaper import Reaper
@@ -285,7 +285,7 @@ class Instance:
         self._to(State.STARTING)
         try:
             lease = self._port_for()
-        except PortsExhausted as exc:
+        except PortError as exc:
             self._crash(str(exc))
             self.buffer.end_run()
             return None

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from paas.agent.ports import Lease, PortPool, PortsExhausted, can_bind, default_lock_dir
+from paas.agent.ports import (
+    Lease,
+    PortLockError,
+    PortPool,
+    PortsExhausted,
+    can_bind,
+    default_lock_dir,
+)
 
 WIDTH = 8
 
@@ -202,12 +209,23 @@ def test_the_lock_dir_is_made_and_its_files_are_one_per_port(
     assert (lock_dir / f"{port}.lock").exists()
 
 
+def test_a_lock_dir_removed_meanwhile_is_made_again(ports: tuple[int, int], lock_dir: Path) -> None:
+    pool = PortPool(*ports)
+    pool.acquire("a")
+    pool.release("a")
+    for lock in lock_dir.iterdir():
+        lock.unlink()
+    lock_dir.rmdir()
+    assert pool.acquire("b") in range(ports[0], ports[1] + 1)
+    assert lock_dir.is_dir()
+
+
 def test_an_unusable_lock_dir_says_so_and_names_the_flag(
     ports: tuple[int, int], tmp_path: Path
 ) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(PortsExhausted, match=r"port lock directory .*--port-lock-dir"):
+    with pytest.raises(PortLockError, match=r"port lock directory .*--port-lock-dir"):
         PortPool(*ports, blocker / "locks").acquire("a")
 
 
