@@ -4,11 +4,13 @@ It opens sockets only to bind and close them; it never listens and never holds o
 
     free_port("127.0.0.2")      # a port the kernel says is free on that address
     can_bind_anywhere(5000)     # could an app bind 0.0.0.0:5000 (and [::]:5000) now?
+    free_range(20)              # (low, high): 20 ports in a row that are free now
 """
 
 from __future__ import annotations
 
 import errno
+import random
 import socket
 
 # A host without IPv6 (or with it disabled) cannot bind "::" at all: that proves nothing.
@@ -53,3 +55,15 @@ def can_bind_anywhere(port: int, *, reuse: bool = False) -> bool:
     return _binds(socket.AF_INET, "0.0.0.0", port, reuse) and _binds(
         socket.AF_INET6, "::", port, reuse
     )
+
+
+def free_range(width: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+    """`width` consecutive ports within low..high that an app could bind now, as
+    (first, last); the default stays below the kernel's ephemeral range (32768 up), so
+    no client connection takes one meanwhile. Raises RuntimeError if none is found."""
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(low, high - width)
+        if all(can_bind_anywhere(port) for port in range(first, first + width)):
+            return first, first + width - 1
+    raise RuntimeError(f"no {width} consecutive free ports found in {low}-{high}")

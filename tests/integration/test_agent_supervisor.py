@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import sys
@@ -24,7 +23,7 @@ import pytest
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, OrphanReaper, is_subreaper
-from paas.agent.ports import PortPool, can_bind
+from paas.agent.ports import PortPool
 from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import (
     STATE_FILE,
@@ -34,6 +33,7 @@ from paas.agent.reaper import (
     read_state,
 )
 from paas.agent.supervisor import State, Supervisor
+from paas.common import ports
 from paas.proto import paas_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -111,12 +111,7 @@ def tree_of(pid: int, size: int) -> list[int] | None:
 
 
 def free_range(width: int = 20) -> tuple[int, int]:
-    rng = random.Random()
-    for _ in range(200):
-        low = rng.randrange(20000, 32000 - width)
-        if all(can_bind(port) for port in range(low, low + width)):
-            return low, low + width - 1
-    raise RuntimeError("no free port range found")
+    return ports.free_range(width)
 
 
 def assignment(

@@ -3,7 +3,6 @@ agents sharing a host (a lock directory) never hand out the same one."""
 
 from __future__ import annotations
 
-import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,14 @@ from paas.agent.ports import (
     can_bind,
     default_lock_dir,
 )
+from paas.common.ports import free_range
 
 WIDTH = 8
 
 
-def free_range(width: int = WIDTH) -> tuple[int, int]:
-    """`width` consecutive bindable ports below the ephemeral range, so nobody takes them."""
-    rng = random.Random()
-    for _ in range(200):
-        low = rng.randrange(20000, 32000 - width)
-        if all(can_bind(port) for port in range(low, low + width)):
-            return low, low + width - 1
-    raise RuntimeError(f"no {width} consecutive free ports found")
-
-
 @pytest.fixture
 def ports() -> tuple[int, int]:
-    return free_range()
+    return free_range(WIDTH)
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,9 @@ from paas.agent.logbuffer import LogHub
 from paas.agent.ports import PortPool
 from paas.agent.states import State
 from paas.agent.supervisor import Supervisor
+from paas.common.ports import free_range
 from paas.proto import paas_pb2 as pb
 from tests.unit.fakehost import FakeClock, FakeProcesses
-from tests.unit.test_agent_ports import free_range
 
 APP = "shop"
 
@@ -28,7 +28,7 @@ class Node:
         self.clock = FakeClock()
         self.processes = FakeProcesses(self.clock)
         config = AgentConfig(join=[], name="node-1", usage_interval=0, stop_grace=5.0)
-        self.ports = PortPool(*free_range(), lock_dir)
+        self.ports = PortPool(*free_range(8), lock_dir)
         self.supervisor = Supervisor(
             config, LogHub("node-1", 100), self.ports, processes=self.processes, clock=self.clock
         )
