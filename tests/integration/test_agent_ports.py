@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from paas.agent.ports import can_bind
+from paas.agent.ports import can_bind, default_lock_dir
 from paas.cli.localcluster import PORTS_PER_AGENT, LocalCluster
 from paas.common.ports import free_port
 from tests.helpers import paas, ps_rows, wait_for
@@ -47,7 +48,7 @@ class Agents:
         self.low = low
         self.processes: list[asyncio.subprocess.Process] = []
 
-    async def start(self, index: int) -> None:
+    async def start(self, index: int, lock_dir: Path | None = None) -> None:
         host = f"127.0.0.{index + 1}"
         argv = [
             sys.executable, "-m", "paas", "agent",
@@ -58,6 +59,8 @@ class Agents:
             "--state-dir", str(self.directory / "agents"),
             "--stop-grace", "2",
         ]  # fmt: skip
+        if lock_dir is not None:
+            argv += ["--port-lock-dir", str(lock_dir)]
         log = os.open(self.directory / f"node-{index}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -81,6 +84,48 @@ class Agents:
                 await process.wait()
 
 
+async def nodes_ready(cluster: LocalCluster, count: int) -> None:
+    async def ready() -> bool:
+        listed = await paas(cluster, "nodes", "--json")
+        if listed.returncode != 0:
+            return False
+        nodes: list[dict[str, Any]] = json.loads(listed.stdout)
+        return len([n for n in nodes if n["state"] == "ready"]) == count
+
+    await wait_for(ready, timeout=60, what=f"{count} agents ready")
+
+
+async def deploy_web(cluster: LocalCluster, directory: Path, count: int) -> list[dict[str, Any]]:
+    """Deploy PROCFILE as app shop, scale web=`count`, and return ps once all are up."""
+    app_dir = directory / "app"
+    app_dir.mkdir()
+    (app_dir / "Procfile").write_text(PROCFILE)
+    for argv in (("apps", "create", "shop"), ("deploy", str(app_dir)), ("scale", f"web={count}")):
+        done = await paas(cluster, *argv, app="shop")
+        assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = []
+
+    async def all_up() -> bool:
+        nonlocal rows
+        rows = await ps_rows(cluster, "shop")
+        return len(rows) == count and all(row["state"] == "up" for row in rows)
+
+    await wait_for(all_up, timeout=90, what=f"web={count} up")
+    return rows
+
+
+def locked(path: Path) -> bool:
+    """Whether someone holds the flock of `path`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @pytest.fixture
 async def host(tmp_path: Path) -> AsyncIterator[LocalCluster]:
     """etcd, a scheduler and node-1 (LocalCluster), and node-2, node-3 started here, all
@@ -93,19 +138,7 @@ async def host(tmp_path: Path) -> AsyncIterator[LocalCluster]:
         try:
             await agents.start(2)
             await agents.start(3)
-
-            async def three_ready() -> bool:
-                listed = await paas(cluster, "nodes", "--json")
-                if listed.returncode != 0:
-                    return False
-                nodes: list[dict[str, Any]] = json.loads(listed.stdout)
-                return sorted(n["name"] for n in nodes if n["state"] == "ready") == [
-                    "node-1",
-                    "node-2",
-                    "node-3",
-                ]
-
-            await wait_for(three_ready, timeout=60, what="three agents ready")
+            await nodes_ready(cluster, 3)
             yield cluster
         finally:
             await agents.stop()
@@ -114,21 +147,32 @@ async def host(tmp_path: Path) -> AsyncIterator[LocalCluster]:
 async def test_three_agents_with_one_port_range_bring_up_six_webs(
     host: LocalCluster, tmp_path: Path
 ) -> None:
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    (app_dir / "Procfile").write_text(PROCFILE)
-    for argv in (("apps", "create", "shop"), ("deploy", str(app_dir)), ("scale", "web=6")):
-        done = await paas(host, *argv, app="shop")
-        assert done.returncode == 0, done.stderr
-    rows: list[dict[str, Any]] = []
-
-    async def six_up() -> bool:
-        nonlocal rows
-        rows = await ps_rows(host, "shop")
-        return len(rows) == 6 and all(row["state"] == "up" for row in rows)
-
-    await wait_for(six_up, timeout=90, what="web=6 up")
+    rows = await deploy_web(host, tmp_path, 6)
     assert sorted(row["node"] for row in rows) == ["node-1"] * 2 + ["node-2"] * 2 + ["node-3"] * 2
     assert len({row["port"] for row in rows}) == 6, rows
     # None crashed on "Address already in use" meanwhile.
     assert all(row["restarts"] == 0 for row in rows), rows
+    # Each port stays locked in the host's directory while its instance keeps it.
+    assert all(locked(default_lock_dir() / f"{row['port']}.lock") for row in rows)
+
+
+async def test_an_agent_locks_its_ports_in_the_directory_it_is_given(tmp_path: Path) -> None:
+    low = shared_range()
+    lock_dir = tmp_path / "port-locks"
+    async with LocalCluster(
+        agents=1, port_base=low, stop_grace=2.0, log_to=tmp_path / "logs"
+    ) as cluster:
+        agents = Agents(cluster, tmp_path, low + PORTS_PER_AGENT)
+        try:
+            await agents.start(2, lock_dir=lock_dir)
+            await nodes_ready(cluster, 2)
+            rows = await deploy_web(cluster, tmp_path, 2)
+            port = next(row["port"] for row in rows if row["node"] == "node-2")
+            assert locked(lock_dir / f"{port}.lock")
+            done = await paas(cluster, "scale", "web=0", app="shop")
+            assert done.returncode == 0, done.stderr
+            await wait_for(
+                lambda: not locked(lock_dir / f"{port}.lock"), what="the port's lock released"
+            )
+        finally:
+            await agents.stop()
