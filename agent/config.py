@@ -12,6 +12,9 @@ class AgentConfig:
     name: str
     listen: str = "127.0.0.1:7071"  # the agent's own gRPC server (log reading)
     ports: tuple[int, int] = (5000, 5999)  # inclusive range handed to instances as $PORT
+    # Shared by every agent of this host, so that no two hand out one port; None: the
+    # host's default (ports.default_lock_dir: /run/paas-ports or /tmp/paas-ports).
+    port_lock_dir: Path | None = None
     capacity: int = 256  # most instances this node runs at once
     state_dir: Path = Path("/tmp/paas-agent")
     labels: dict[str, str] = field(default_factory=dict)

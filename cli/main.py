@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="range of $PORT values for instances (default: 5000-5999)",
     )
     agent.add_argument(
+        "--port-lock-dir",
+        default=None,
+        metavar="DIR",
+        help="where the agents of this host lock the ports they hand out, so no two give "
+        "out the same one; every agent of a host must share it "
+        "(default: /run/paas-ports if /run is writable, else /tmp/paas-ports)",
+    )
+    agent.add_argument(
         "--capacity",
         type=_count(1, 100_000),
         default=None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import signal
 import socket
 import sys
@@ -21,12 +20,15 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
-from paas.agent.ports import PortPool, can_bind
+from paas.agent.ports import PortPool
+from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import Reaper
 from paas.agent.server import AgentError, run_agent
 from paas.agent.session import Session
-from paas.agent.supervisor import Supervisor, group_alive, install_child_watcher
+from paas.agent.supervisor import Supervisor
+from paas.common import ports
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.ports import free_port
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -80,20 +82,8 @@ def live(pids: list[int]) -> list[int]:
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def free_range(width: int = 20) -> tuple[int, int]:
-    rng = random.Random()
-    for _ in range(200):
-        low = rng.randrange(20000, 32000 - width)
-        if all(can_bind(port) for port in range(low, low + width)):
-            return low, low + width - 1
-    raise RuntimeError("no free port range found")
+    return ports.free_range(width)
 
 
 def worker(name: str, command: str, incarnation: int = 1) -> pb.Assignment:

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
+import socket
 import sys
 import textwrap
 import time
@@ -23,7 +23,8 @@ import pytest
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, OrphanReaper, is_subreaper
-from paas.agent.ports import PortPool, can_bind
+from paas.agent.ports import PortPool
+from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import (
     STATE_FILE,
     Reaper,
@@ -31,7 +32,8 @@ from paas.agent.reaper import (
     leader_create_time,
     read_state,
 )
-from paas.agent.supervisor import State, Supervisor, group_alive, install_child_watcher
+from paas.agent.supervisor import State, Supervisor
+from paas.common import ports
 from paas.proto import paas_pb2 as pb
 
 pytestmark = pytest.mark.integration
@@ -109,12 +111,7 @@ def tree_of(pid: int, size: int) -> list[int] | None:
 
 
 def free_range(width: int = 20) -> tuple[int, int]:
-    rng = random.Random()
-    for _ in range(200):
-        low = rng.randrange(20000, 32000 - width)
-        if all(can_bind(port) for port in range(low, low + width)):
-            return low, low + width - 1
-    raise RuntimeError("no free port range found")
+    return ports.free_range(width)
 
 
 def assignment(
@@ -379,6 +376,52 @@ async def test_a_crashed_instance_is_restarted_on_the_same_port(
     assert texts.count(f"running on {status.port}") >= 3
     states = {s.state for s in node.statuses if s.name == "worker.1"}
     assert {pb.STARTING, pb.UP, pb.CRASHED, pb.BACKOFF} <= states
+
+
+async def test_a_kept_port_another_process_took_is_replaced_on_the_next_start(
+    start_node: NodeFactory, tmp_path: Path
+) -> None:
+    node = await start_node()
+    # Up until told to crash: then the next run waits for a file that never comes.
+    crash = f"while [ ! -e {tmp_path}/crash-$PORT ]; do sleep 0.05; done; exit 1"
+    node.apply(assignment("worker.1", f"echo running on $PORT; {crash}"))
+    first = await node.up("worker.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("0.0.0.0", first.port))  # someone else's server, meanwhile
+        squatter.listen()
+        (tmp_path / f"crash-{first.port}").touch()
+        await eventually(
+            lambda: (
+                (s := node.status("worker.1")) is not None and s.restarts == 1 and s.state == pb.UP
+            ),
+            "worker.1 up again",
+        )
+        status = node.status("worker.1")
+        assert status is not None and status.port != first.port
+        texts = node.texts("worker.1")
+        assert f"port {first.port} is taken by another process; using {status.port}" in texts
+        assert f"running on {status.port}" in texts
+        assert node.supervisor.ports.held((APP, "worker.1")) == status.port
+
+
+async def test_two_agents_with_one_port_range_never_give_out_the_same_port(
+    start_node: NodeFactory,
+) -> None:
+    # Two agents of one host with the same --ports, their web instances starting at
+    # once and binding 0.0.0.0: each gets a port of its own, and every one comes up.
+    ports = free_range()
+    nodes = [await start_node(ports=ports), await start_node(ports=ports)]
+    wildcard = f"exec {PY} -u -m http.server $PORT --bind 0.0.0.0"
+    webs = [assignment(f"web.{i}", wildcard) for i in range(1, 4)]
+    for node in nodes:
+        node.apply(*webs)
+    given = []
+    for node in nodes:
+        for web in webs:
+            status = await node.up(web.name)
+            given.append(status.port)
+            assert status.restarts == 0
+    assert len(set(given)) == len(given) == 6
 
 
 async def test_a_crash_keeps_its_forensics_for_ps(start_node: NodeFactory) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from paas.agent import orphans
 from paas.agent.orphans import REMEMBERED, Carrier, OwnChildren, Sweeper, token_in
-from paas.agent.supervisor import exit_reason
+from paas.agent.states import exit_reason
 
 
 def test_a_token_is_found_only_as_a_whole_variable() -> None:

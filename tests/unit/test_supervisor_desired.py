@@ -1,0 +1,135 @@
+"""Supervisor.apply without a process: the desired set, level-triggered, on the fake
+seam (fakehost.py). Real processes: tests/integration/test_agent_supervisor.py."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from paas.agent.config import AgentConfig
+from paas.agent.logbuffer import LogHub
+from paas.agent.ports import PortPool
+from paas.agent.states import State
+from paas.agent.supervisor import Supervisor
+from paas.common.ports import free_range
+from paas.proto import paas_pb2 as pb
+from tests.unit.fakehost import FakeClock, FakeProcesses
+
+APP = "shop"
+
+
+class Node:
+    """A Supervisor on the fake seam, and the desired sets it was given."""
+
+    def __init__(self, lock_dir: Path) -> None:
+        self.clock = FakeClock()
+        self.processes = FakeProcesses(self.clock)
+        config = AgentConfig(join=[], name="node-1", usage_interval=0, stop_grace=5.0)
+        self.ports = PortPool(*free_range(8), lock_dir)
+        self.supervisor = Supervisor(
+            config, LogHub("node-1", 100), self.ports, processes=self.processes, clock=self.clock
+        )
+        self.generation = 0
+
+    def apply(self, *assignments: pb.Assignment, generation: int | None = None) -> bool:
+        self.generation = generation if generation is not None else self.generation + 1
+        desired = pb.DesiredSet(generation=self.generation, instances=list(assignments))
+        return self.supervisor.apply(desired)
+
+    def state(self, name: str) -> State | None:
+        instance = self.supervisor.instance(APP, name)
+        return instance.state if instance else None
+
+    async def until(self, name: str, state: State | None) -> None:
+        await self.clock.run_until(lambda: self.state(name) is state)
+
+    async def close(self) -> None:
+        await self.clock.run_until(lambda: True)
+        closing = asyncio.ensure_future(self.supervisor.close())
+        await self.clock.run_until(closing.done)
+        await closing
+
+
+def worker(name: str, incarnation: int = 1) -> pb.Assignment:
+    return pb.Assignment(
+        app=APP, name=name, type="worker", incarnation=incarnation, command=f"run {name}"
+    )
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> Node:
+    return Node(tmp_path / "locks")
+
+
+async def test_apply_starts_each_missing_instance_once(node: Node) -> None:
+    assert node.apply(worker("worker.1"), worker("worker.2"))
+    await node.until("worker.2", State.UP)
+    await node.until("worker.1", State.UP)
+    node.apply(worker("worker.1"), worker("worker.2"))  # the same set again: nothing new
+    await node.clock.run_until(lambda: True)
+    assert sorted(c.command for c in node.processes.children) == ["run worker.1", "run worker.2"]
+    await node.close()
+
+
+async def test_a_newer_incarnation_replaces_the_old_one_on_the_same_port(node: Node) -> None:
+    node.apply(worker("worker.1", 1))
+    await node.until("worker.1", State.UP)
+    old = node.processes.children[-1]
+    node.apply(worker("worker.1", 2))
+    await node.clock.run_until(
+        lambda: (
+            (i := node.supervisor.instance(APP, "worker.1")) is not None
+            and i.incarnation == 2
+            and i.state is State.UP
+        )
+    )
+    new = node.processes.children[-1]
+    assert node.processes.signals(old.pid) == [(signal.SIGTERM, node.processes.sent[0].at)]
+    assert old.returncode == -signal.SIGTERM and new.returncode is None
+    assert new.env["PORT"] == old.env["PORT"]
+    await node.close()
+
+
+async def test_an_instance_left_out_is_stopped_and_gives_its_port_back(node: Node) -> None:
+    node.apply(worker("worker.1"))
+    await node.until("worker.1", State.UP)
+    assert len(node.ports) == 1
+    node.apply()
+    await node.until("worker.1", None)
+    assert node.processes.children[0].returncode == -signal.SIGTERM
+    assert len(node.ports) == 0
+    await node.close()
+
+
+async def test_a_stale_incarnation_never_starts(node: Node) -> None:
+    node.apply(worker("worker.1", 3))
+    await node.until("worker.1", State.UP)
+    node.apply(worker("worker.1", 2))  # older than one already seen
+    await node.clock.run_until(lambda: True)
+    instance = node.supervisor.instance(APP, "worker.1")
+    assert instance is not None and instance.incarnation == 3
+    assert len(node.processes.children) == 1
+    await node.close()
+
+
+async def test_an_older_generation_is_ignored_until_a_new_session(node: Node) -> None:
+    node.apply(worker("worker.1"), generation=5)
+    await node.until("worker.1", State.UP)
+    assert not node.apply(generation=4)
+    assert node.state("worker.1") is State.UP
+    node.supervisor.new_session()
+    assert node.apply(generation=1)
+    await node.until("worker.1", None)
+    await node.close()
+
+
+async def test_close_stops_everything_and_takes_no_more(node: Node) -> None:
+    node.apply(worker("worker.1"), worker("worker.2"))
+    await node.until("worker.2", State.UP)
+    await node.close()
+    assert all(child.returncode == -signal.SIGTERM for child in node.processes.children)
+    assert not node.apply(worker("worker.3"))
+    assert node.supervisor.statuses() == []
