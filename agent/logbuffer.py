@@ -5,7 +5,7 @@ sequence numbers, the set of buffers of this node (LogHub, including those of
 recently removed instances) and the live subscribers that follow them. Every
 line also goes to the hub's on-disk spool (spool.py), if it has one, which keeps
 what the ring buffers no longer hold. Memory is bounded everywhere: a partial
-line is at most MAX_LINE characters, a buffer keeps its last N lines, a
+line is at most MAX_LINE bytes, a buffer keeps its last N lines, a
 subscriber's queue is bounded. A slow reader never blocks the producer: its
 lines are dropped and counted, and it is told how many when it catches up.
 Loss is never silent.
@@ -38,8 +38,10 @@ from paas.common.logformat import PAAS_STREAM
 if TYPE_CHECKING:
     from paas.agent.spool import Spool
 
-# A line longer than this (in characters) is split; the remainder starts a new line.
-MAX_LINE = 10 * 1024
+# A line longer than this (in bytes of UTF-8) is split; the remainder starts a new
+# line. Heroku's (logplex's) limit, so a drain sees lines cut where Heroku cuts them.
+MAX_LINE = 10_000
+_UTF8_MAX = 4  # the most bytes one character takes in UTF-8
 READ_CHUNK = 65536
 # Buffers of removed instances stay readable; this many of them, this many lines each.
 RETIRED_BUFFERS = 100
@@ -63,27 +65,34 @@ _CONTINUED = itemgetter(1)
 
 
 class LineSplitter:
-    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE each.
+    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE bytes each.
 
-    A longer line comes out in pieces, each but the last marked `continued`.
+    A longer line comes out in pieces, each but the last marked `continued`, cut
+    where a character starts (a piece is never more than MAX_LINE bytes of UTF-8,
+    and never ends inside a character). The text waiting for its newline is cut
+    the same way once it is over MAX_LINE bytes, so it stays bounded.
     """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
+        if max_line < _UTF8_MAX:
+            raise ValueError(f"max_line must be at least {_UTF8_MAX} bytes, not {max_line}")
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
         self._max_line = max_line
+        # Text of at most this many characters is at most max_line bytes, whatever it holds.
+        self._safe_chars = max_line // _UTF8_MAX
 
     def feed(self, data: bytes) -> list[Piece]:
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
-        if "\r" not in text and (not lines or len(max(lines, key=len)) <= self._max_line):
+        if "\r" not in text and self._all_fit(lines, text):
             # The common case, without a Python-level step per line.
             out = list(map(_new_piece, zip(lines, repeat(False))))
         else:
             out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
-        while len(self._partial) >= self._max_line:
-            out.append(Piece(self._partial[: self._max_line], True))
-            self._partial = self._partial[self._max_line :]
+        if len(self._partial) > self._safe_chars:
+            *pieces, self._partial = _pieces(self._partial, self._max_line)
+            out += [Piece(piece, True) for piece in pieces]
         return out
 
     def flush(self) -> list[Piece]:
@@ -92,12 +101,40 @@ class LineSplitter:
         self._partial = ""
         return self._cut(rest) if rest else []
 
+    def _all_fit(self, lines: list[str], text: str) -> bool:
+        """Whether every one of `lines` (the complete lines of `text`) is short enough."""
+        if not lines:
+            return True
+        longest = len(max(lines, key=len))
+        if longest <= self._safe_chars:
+            return True
+        if text.isascii():  # O(1) in CPython: characters are bytes
+            return longest <= self._max_line
+        return all(len(line.encode()) <= self._max_line for line in lines)
+
     def _cut(self, line: str) -> list[Piece]:
-        if len(line) <= self._max_line:
+        if len(line) <= self._safe_chars:
             return [Piece(line)]
-        size = self._max_line
-        starts = range(0, len(line), size)
-        return [Piece(line[i : i + size], i + size < len(line)) for i in starts]
+        *pieces, last = _pieces(line, self._max_line)
+        return [*(Piece(piece, True) for piece in pieces), Piece(last)]
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """`text` cut into pieces of at most `limit` bytes of UTF-8, each ending where a
+    character does; every piece but the last is as long as that allows."""
+    data = text.encode()
+    if len(data) <= limit:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    while len(data) - start > limit:
+        end = start + limit
+        while data[end] & 0xC0 == 0x80:  # a continuation byte: inside a character
+            end -= 1
+        pieces.append(data[start:end].decode())
+        start = end
+    pieces.append(data[start:].decode())
+    return pieces
 
 
 class LogBuffer:
