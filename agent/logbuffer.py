@@ -26,7 +26,7 @@ import asyncio
 import codecs
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from itertools import count, repeat
 from operator import itemgetter
@@ -138,7 +138,7 @@ def _pieces(text: str, limit: int) -> list[str]:
 
 
 class LogBuffer:
-    """The last `limit` lines of one instance, with its sequence counter.
+    """The last `limit` lines of one instance of one app (by id), with its sequence counter.
 
     Each appended line is also handed to `publish` (the hub's fan-out), a batch at a time.
     `dropped` counts lines pushed out of the ring by newer ones.
@@ -154,9 +154,11 @@ class LogBuffer:
         *,
         seq: int = 0,
         run: int = 0,
+        app_id: str = "",
     ) -> None:
         """`seq` and `run`: where an earlier buffer of the instance stopped (they go on)."""
         self.app = app
+        self.app_id = app_id
         self.instance = instance
         self.node = node
         self.dropped = 0
@@ -199,6 +201,7 @@ class LogBuffer:
             text,
             self.run,
             continued,
+            self.app_id,
         )
         if len(self._lines) == self._lines.maxlen:
             self.dropped += 1
@@ -225,6 +228,7 @@ class LogBuffer:
             map(_TEXT, pieces),
             repeat(self.run),
             map(_CONTINUED, pieces),
+            repeat(self.app_id),
         )
         lines: list[LogLine] = list(map(_new_line, fields))
         kept = self._lines
@@ -283,6 +287,7 @@ class LogBuffer:
                 0,
                 f"{self.dropped} earlier lines dropped (the buffer keeps the last {len(self)})",
                 oldest.run,
+                app_id=self.app_id,
             )
             lines.insert(0, notice)
         return lines
@@ -298,6 +303,13 @@ class LogBuffer:
         """The instance is back on this node: grow again, publish again, keep counting seq."""
         self._lines = deque(self._lines, maxlen=max(1, limit))
         self._publish = publish
+
+    def detach(self) -> None:
+        """Its app is gone (destroyed, or of another cluster): publish nothing more.
+
+        The instance may still write to it until it has stopped; no reader sees it.
+        """
+        self._publish = None
 
 
 class Subscription:
@@ -397,7 +409,15 @@ class Subscription:
 
 
 class LogHub:
-    """Every instance buffer of this node, live and recently removed, and the followers."""
+    """Every instance buffer of this node, live and recently removed, and the followers.
+
+    Buffers are found by (app, instance); each holds the lines of one app id, and
+    seq and run count per app id and instance (an app re-created under the same
+    name is another app: its web.1 starts again from seq 1). When an app of the
+    same name but another id takes the instance over, it gets a fresh buffer.
+    `forget_apps` and `forget_everything` delete what is kept of apps that are
+    gone, in memory and in the spool: nothing of them is read after.
+    """
 
     def __init__(
         self,
@@ -415,8 +435,9 @@ class LogHub:
         self._retired: OrderedDict[tuple[str, str], LogBuffer] = OrderedDict()
         self._retired_buffers = retired_buffers
         self._retired_lines = retired_lines
-        # (seq, run) of instances whose retired buffers were forgotten.
-        self._forgotten: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        # (seq, run) of instances whose retired buffers were forgotten, by (app id, app,
+        # instance).
+        self._forgotten: OrderedDict[tuple[str, str, str], tuple[int, int]] = OrderedDict()
         self._subscriptions: set[Subscription] = set()
 
     async def open(self) -> None:
@@ -429,24 +450,32 @@ class LogHub:
         if self.spool is not None:
             await self.spool.close()
 
-    def buffer(self, app: str, instance: str) -> LogBuffer:
-        """The live buffer of (app, instance), created (or revived) on first use."""
+    def buffer(self, app: str, instance: str, app_id: str = "") -> LogBuffer:
+        """The live buffer of (app, instance) for app `app_id`, created (or revived) on
+        first use; one of another app id (an app of the same name before) is replaced."""
         key = (app, instance)
         found = self._live.get(key)
         if found is not None:
-            return found
-        found = self._retired.pop(key, None)
-        if found is not None:
-            found.revive(self._limit, self._publish)
+            if found.app_id == app_id:
+                return found
+            del self._live[key]  # its instance has stopped or is stopping: no reader sees it
+            found.detach()
         else:
-            seq, run = self._forgotten.pop(key, (0, 0))
-            if not seq and self.spool is not None:
-                seq, run = self.spool.last(app, instance)
-            found = LogBuffer(
-                app, instance, self.node, self._limit, self._publish, seq=seq, run=run
-            )
-        self._live[key] = found
-        return found
+            found = self._retired.pop(key, None)
+            if found is not None:
+                if found.app_id == app_id:
+                    found.revive(self._limit, self._publish)
+                    self._live[key] = found
+                    return found
+                self._forget_counters(found)
+        seq, run = self._forgotten.pop((app_id, app, instance), (0, 0))
+        if not seq and self.spool is not None:
+            seq, run = self.spool.last(app, instance, app_id)
+        fresh = LogBuffer(
+            app, instance, self.node, self._limit, self._publish, seq=seq, run=run, app_id=app_id
+        )
+        self._live[key] = fresh
+        return fresh
 
     def retire(self, app: str, instance: str) -> None:
         """(app, instance) left this node: keep its last lines readable for a while."""
@@ -456,18 +485,67 @@ class LogHub:
         found.retire(self._retired_lines)
         self._retired[(app, instance)] = found
         while len(self._retired) > self._retired_buffers:
-            key, forgotten = self._retired.popitem(last=False)
-            self._forgotten[key] = (forgotten.last_seq, forgotten.run)
+            _, forgotten = self._retired.popitem(last=False)
+            self._forget_counters(forgotten)
+
+    def _forget_counters(self, buffer: LogBuffer) -> None:
+        """Drop `buffer`, keeping its seq and run should its instance come back."""
+        self._forgotten[(buffer.app_id, buffer.app, buffer.instance)] = (
+            buffer.last_seq,
+            buffer.run,
+        )
         while len(self._forgotten) > FORGOTTEN_COUNTERS:
             self._forgotten.popitem(last=False)
 
-    def buffers(self, app: str) -> list[LogBuffer]:
-        """Buffers of `app`, live and retired."""
+    def buffers(self, app: str, app_id: str = "") -> list[LogBuffer]:
+        """Buffers of `app` (only those of app id `app_id`, if given), live and retired."""
         return [
             buffer
             for buffer in (*self._live.values(), *self._retired.values())
-            if buffer.app == app
+            if buffer.app == app and (not app_id or buffer.app_id == app_id)
         ]
+
+    def app_ids(self) -> set[str]:
+        """The id of every app with lines here, in memory or in the spool (those written
+        so far: flush the spool first to count every line handed to it)."""
+        held = {buffer.app_id for buffer in (*self._live.values(), *self._retired.values())}
+        if self.spool is not None:
+            held |= self.spool.app_ids()
+        held.discard("")
+        return held
+
+    async def forget_apps(self, app_ids: Collection[str]) -> None:
+        """Delete every line of these apps: at once from what is read, then from the disk.
+
+        Their live buffers publish nothing more (their instances are being stopped),
+        their retired ones go. Raises SpoolError if the disk keeps some (they are
+        still never read).
+        """
+        gone = set(app_ids)
+        if not gone:
+            return
+        for key, buffer in list(self._live.items()):
+            if buffer.app_id in gone:
+                del self._live[key]
+                buffer.detach()
+        for key, buffer in list(self._retired.items()):
+            if buffer.app_id in gone:
+                del self._retired[key]
+        if self.spool is not None:
+            await self.spool.forget(gone)
+
+    async def forget_everything(self) -> None:
+        """Delete every line kept, in memory and on disk (the node joins another cluster).
+
+        Raises SpoolError if the spool could not delete its files.
+        """
+        for buffer in self._live.values():
+            buffer.detach()
+        self._live.clear()
+        self._retired.clear()
+        self._forgotten.clear()
+        if self.spool is not None:
+            await self.spool.clear()
 
     def subscribe(
         self, wants: Callable[[LogLine], bool], app: str = "", maxsize: int = SUBSCRIBER_QUEUE

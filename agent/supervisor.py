@@ -833,7 +833,7 @@ class Supervisor:
                     current = slot.current = Instance(
                         want,
                         config=self.config,
-                        buffer=self.logs.buffer(app, name),
+                        buffer=self.logs.buffer(app, name, want.app_id),
                         port_for=functools.partial(self.ports.acquire, slot.key),
                         base_env=self._base_env,
                         reaper=self.reaper,

@@ -252,3 +252,48 @@ async def test_pump_copies_a_pipe_line_by_line_until_eof() -> None:
         ("stderr", 2, "two"),
         ("stderr", 3, "three"),
     ]
+
+
+def test_an_app_re_created_under_the_same_name_gets_a_fresh_buffer_and_seq() -> None:
+    hub = LogHub("node-1", lines=100)
+    old = hub.buffer("shop", "web.1", "old-id")
+    old.append("stdout", "old line")
+    assert hub.buffer("shop", "web.1", "old-id") is old
+    new = hub.buffer("shop", "web.1", "new-id")  # the slot's next instance is the new app's
+    assert new is not old and new.lines() == []
+    line = new.append("stdout", "new line")
+    assert (line.seq, line.app_id) == (1, "new-id")  # another app: its own count
+    old.append("stdout", "the old instance's last words")  # detached: it publishes nothing
+    assert [b.app_id for b in hub.buffers("shop")] == ["new-id"]
+    assert hub.buffers("shop", "old-id") == []
+
+    hub.retire("shop", "web.1")
+    again = hub.buffer("shop", "web.1", "third-id")  # a retired buffer of another id: fresh too
+    assert again.lines() == [] and again.last_seq == 0
+    hub.retire("shop", "web.1")
+    back = hub.buffer("shop", "web.1", "third-id")  # the same app again: the same buffer
+    assert back is again
+
+
+async def test_forgetting_apps_drops_their_buffers_and_stops_their_lines() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop")
+    running = hub.buffer("shop", "web.1", "gone")
+    hub.buffer("shop", "web.2", "gone").append("stdout", "retired")
+    hub.retire("shop", "web.2")
+    hub.buffer("shop", "web.3", "kept").append("stdout", "kept")
+    assert hub.app_ids() == {"gone", "kept"}
+    await hub.forget_apps({"gone"})
+    assert hub.app_ids() == {"kept"}
+    assert [b.instance for b in hub.buffers("shop")] == ["web.3"]
+    running.append("stdout", "still stopping")  # its instance may write until it stops
+    assert [line.text for line in follower.take(10)] == ["retired", "kept"]
+
+
+async def test_forgetting_everything_leaves_no_line() -> None:
+    hub = LogHub("node-1", lines=100)
+    hub.buffer("shop", "web.1", "a").append("stdout", "x")
+    hub.buffer("shop", "web.2").append("stdout", "no id")
+    hub.retire("shop", "web.2")
+    await hub.forget_everything()
+    assert hub.buffers("shop") == [] and hub.app_ids() == set()
