@@ -20,7 +20,8 @@ import grpc
 
 from paas.agent.logbuffer import LogHub, LogLine
 from paas.agent.membership import Membership
-from paas.agent.spool import Query, Span, Verdict
+from paas.agent.spool import Query, Verdict
+from paas.agent.spoolfiles import Span
 from paas.common.logbatch import batches
 from paas.common.logformat import PAAS_STREAM
 from paas.common.names import InstanceName, NameError_
@@ -231,7 +232,7 @@ async def read_history(
     verdicts: dict[str, Callable[[LogLine], Verdict]] = {}
     for instance in sorted(set(buffers) | {i for i in on_disk if matches(i)}):
         buffer = buffers.get(instance)
-        finished = buffer.finished_run if buffer else on_disk[instance].last_run
+        finished = buffer.finished_run if buffer is not None else on_disk[instance].last_run
         if previous and not finished:
             continue  # no run of it has finished here
         verdict = _verdict(since, after.get(instance, 0), finished if previous else 0)

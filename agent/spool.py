@@ -7,6 +7,7 @@ full file (`000001.idx`: which instances' lines it holds, by app id, app and
 instance), a `FORMAT` file naming the record format (files of another format
 are deleted on open: their lines cannot be told apart by app id), the writer
 thread that appends to the current file, and the in-memory index of every file.
+The records and the index of one file are spoolfiles.py's.
 
 Every record carries the app's id as well as its name, so a reader can ask for
 one app id's lines (an app re-created under the same name has another id), and
@@ -55,8 +56,8 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
 from enum import Enum
 from itertools import groupby
 from operator import itemgetter
@@ -65,6 +66,21 @@ from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
 from paas.agent.logline import LogLine
+from paas.agent.spoolfiles import (
+    FORMAT,
+    FORMAT_FILE,
+    INDEX_SUFFIX,
+    REWRITE_SUFFIX,
+    SUFFIX,
+    Exclusion,
+    IdKey,
+    Span,
+    SpoolFile,
+    decode,
+    encode,
+    records,
+    records_backwards,
+)
 from paas.common.logformat import PAAS_STREAM
 
 log = logging.getLogger(__name__)
@@ -77,19 +93,7 @@ BACKLOG_BYTES = 16 << 20
 # and its slot in the batch (8), rounded up. Counting less lets a flood of short
 # lines (`yes`) hold several times the backlog's bytes in memory.
 LINE_OVERHEAD = 256
-READ_BLOCK = 1 << 20
-_SUFFIX = ".log"
-_INDEX_SUFFIX = ".idx"
-_REWRITE_SUFFIX = ".rewrite"
-# Records: app id, app, instance, timestamp, stream, seq, run, flags, text.
-FORMAT = "paas log spool 2"
-_FORMAT_FILE = "FORMAT"
-# Record flags: the line is continued; the text is JSON (it held a newline).
-_CONTINUED = 1
-_JSON_TEXT = 2
-
 Key = tuple[str, str]  # (app, instance): what a reader asks for
-IdKey = tuple[str, str, str]  # (app id, app, instance): what the index keeps
 _KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
 
 
@@ -141,186 +145,6 @@ class Found:
 
     lines: list[LogLine]
     complete: bool
-
-
-@dataclass(slots=True)
-class Span:
-    """One instance's lines in one file (or, merged, in the whole spool)."""
-
-    first_seq: int = 0  # 0 until a line with a seq is seen
-    last_seq: int = 0
-    last_run: int = 0
-    lines: int = 0
-
-    def add(self, seq: int, run: int) -> None:
-        if seq:
-            if not self.first_seq:
-                self.first_seq = seq
-            self.last_seq = max(self.last_seq, seq)
-        self.last_run = max(self.last_run, run)
-        self.lines += 1
-
-    def add_all(self, lines: list[LogLine]) -> None:
-        """`add` each of `lines`, in order."""
-        seqs = [line.seq for line in lines if line.seq]
-        if seqs:
-            if not self.first_seq:
-                self.first_seq = seqs[0]
-            self.last_seq = max(self.last_seq, max(seqs))
-        self.last_run = max(self.last_run, max(line.run for line in lines))
-        self.lines += len(lines)
-
-    def merge(self, other: Span) -> None:
-        if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
-            self.first_seq = other.first_seq
-        self.last_seq = max(self.last_seq, other.last_seq)
-        self.last_run = max(self.last_run, other.last_run)
-        self.lines += other.lines
-
-
-@dataclass
-class _File:
-    number: int
-    spans: dict[IdKey, Span] = field(default_factory=dict)
-    size: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.number:06d}{_SUFFIX}"
-
-    def add(self, record: bytes) -> None:
-        """Count one record (with its newline) into the spans and the size."""
-        header = _header(record[:-1])
-        if header is not None:
-            key, seq, run = header
-            self.spans.setdefault(key, Span()).add(seq, run)
-        self.size += len(record)
-
-
-# ------------------------------------------------------------------ records
-
-
-def encode(line: LogLine) -> str:
-    """One record: tab-separated fields, the text last; a text holding a newline as JSON.
-
-    The timestamp is written in full (repr): lines read back must sort where the
-    buffer's copies of them do, and lines read together share one timestamp.
-    """
-    text = line.text
-    flags = _CONTINUED if line.continued else 0
-    if "\n" in text:
-        text = json.dumps(text)
-        flags |= _JSON_TEXT
-    return (
-        f"{line.app_id}\t{line.app}\t{line.instance}\t{line.timestamp!r}\t{line.stream}\t"
-        f"{line.seq}\t{line.run}\t{flags}\t{text}\n"
-    )
-
-
-def decode(record: bytes, node: str) -> LogLine | None:
-    """The line of one record (without its newline); None if it is not one (a torn write)."""
-    fields = record.split(b"\t", 8)
-    if len(fields) != 9:
-        return None
-    app_id, app, instance, stamp, stream, seq, run, flags, text = fields
-    try:
-        bits = int(flags)
-        decoded = text.decode("utf-8", "replace")
-        if bits & _JSON_TEXT:
-            decoded = str(json.loads(decoded))
-        return LogLine(
-            float(stamp),
-            app.decode("utf-8", "replace"),
-            instance.decode("utf-8", "replace"),
-            stream.decode("utf-8", "replace"),
-            node,
-            int(seq),
-            decoded,
-            int(run),
-            bool(bits & _CONTINUED),
-            app_id.decode("utf-8", "replace"),
-        )
-    except ValueError:
-        return None
-
-
-def _header(record: bytes) -> tuple[IdKey, int, int] | None:
-    """(app id, app, instance), seq and run of a record, without decoding its text."""
-    fields = record.split(b"\t", 7)
-    if len(fields) != 8:
-        return None
-    try:
-        app_id, app, instance = (field.decode("utf-8", "replace") for field in fields[:3])
-        return (app_id, app, instance), int(fields[5]), int(fields[6])
-    except ValueError:
-        return None
-
-
-def _records_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
-    """The complete records of the first `end` bytes of `file`, newest first."""
-    position = end
-    tail = b""
-    while position > 0:
-        step = min(READ_BLOCK, position)
-        position -= step
-        file.seek(position)
-        block = file.read(step) + tail
-        records = block.split(b"\n")
-        tail = records[0]  # may be the end of a record that starts in the block before
-        for record in reversed(records[1:]):
-            if record:
-                yield record
-    if tail:
-        yield tail
-
-
-def _records(file: BinaryIO, end: int) -> Iterator[bytes]:
-    """The complete records (each with its newline) of the first `end` bytes of `file`."""
-    position = 0
-    for record in file:
-        position += len(record)
-        if position > end or not record.endswith(b"\n"):
-            return  # past what is indexed, or torn by a crash
-        yield record
-
-
-class _Exclusion:
-    """Many readers of the files at once, or the writer thread rewriting them; a rewrite
-    that waits goes before readers that come after it."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._readers = 0
-        self._rewriting = False
-        self._waiting = 0
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._changed:
-            while self._rewriting or self._waiting:
-                self._changed.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._readers -= 1
-                self._changed.notify_all()
-
-    @contextlib.contextmanager
-    def rewriting(self) -> Iterator[None]:
-        with self._changed:
-            self._waiting += 1
-            while self._rewriting or self._readers:
-                self._changed.wait()
-            self._waiting -= 1
-            self._rewriting = True
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._rewriting = False
-                self._changed.notify_all()
 
 
 @dataclass(frozen=True)
@@ -405,9 +229,9 @@ class Spool:
         self._hidden: frozenset[str] = frozenset()
         # Shared with the writer thread and readers: the index of every file.
         self._lock = threading.Lock()
-        self._files = _Exclusion()  # reads of the files against their rewriting
-        self._index: dict[int, _File] = {}
-        self._current: _File | None = None
+        self._files = Exclusion()  # reads of the files against their rewriting
+        self._index: dict[int, SpoolFile] = {}
+        self._current: SpoolFile | None = None
         self._fd = -1
         self._failed = ""  # why the last write failed (a disk error); "" if it did not
 
@@ -624,7 +448,7 @@ class Spool:
                         pending[key] = query
                 if not pending:
                     continue
-                path = self.directory / f"{number:06d}{_SUFFIX}"
+                path = self.directory / f"{number:06d}{SUFFIX}"
                 with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
                     # (not found: rotated away meanwhile)
                     self._read_file(file, size, pending, hidden, found, done)
@@ -641,7 +465,7 @@ class Spool:
     ) -> None:
         only = {key: query.app_id.encode() for key, query in pending.items() if query.app_id}
         unread = {app_id.encode() for app_id in hidden}
-        for record in _records_backwards(file, size):
+        for record in records_backwards(file, size):
             first = record.find(b"\t")
             second = record.find(b"\t", first + 1)
             third = record.find(b"\t", second + 1)
@@ -670,10 +494,10 @@ class Spool:
     def _recover(self) -> None:
         """Index the files on disk; go on writing the newest (its torn end cut off)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for leftover in self.directory.glob(f"*{_REWRITE_SUFFIX}"):
+        for leftover in self.directory.glob(f"*{REWRITE_SUFFIX}"):
             leftover.unlink()  # a rewrite cut short: the file it would replace is whole
         numbers = self._numbers()
-        marker = self.directory / _FORMAT_FILE
+        marker = self.directory / FORMAT_FILE
         try:
             found = marker.read_text().strip()
         except FileNotFoundError:
@@ -697,7 +521,7 @@ class Spool:
         numbers = numbers[-self.files :]
         for number in numbers[:-1]:
             self._index[number] = self._load_or_scan(number)
-        current = self._scan(numbers[-1]) if numbers else _File(1)
+        current = self._scan(numbers[-1]) if numbers else SpoolFile(1)
         path = self.directory / current.name
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.ftruncate(self._fd, current.size)  # a record torn by a crash is cut off
@@ -709,42 +533,42 @@ class Spool:
     def _numbers(self) -> list[int]:
         """The numbers of the spool's files on disk, oldest first."""
         return sorted(
-            int(path.stem) for path in self.directory.glob(f"*{_SUFFIX}") if path.stem.isdigit()
+            int(path.stem) for path in self.directory.glob(f"*{SUFFIX}") if path.stem.isdigit()
         )
 
-    def _load_or_scan(self, number: int) -> _File:
-        path = self.directory / f"{number:06d}{_SUFFIX}"
+    def _load_or_scan(self, number: int) -> SpoolFile:
+        path = self.directory / f"{number:06d}{SUFFIX}"
         size = path.stat().st_size
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            saved = json.loads((self.directory / f"{number:06d}{_INDEX_SUFFIX}").read_text())
+            saved = json.loads((self.directory / f"{number:06d}{INDEX_SUFFIX}").read_text())
             if saved["size"] == size:
                 spans = {
                     (str(app_id), str(app), str(instance)): Span(**span)
                     for app_id, app, instance, span in saved["spans"]
                 }
-                return _File(number, spans, size)
+                return SpoolFile(number, spans, size)
         scanned = self._scan(number)
         self._save_index(scanned)
         return scanned
 
-    def _scan(self, number: int) -> _File:
+    def _scan(self, number: int) -> SpoolFile:
         """Index a file by reading it; its size is that of its complete records."""
-        scanned = _File(number)
+        scanned = SpoolFile(number)
         path = self.directory / scanned.name
         with path.open("rb") as file:
-            for record in _records(file, path.stat().st_size):
+            for record in records(file, path.stat().st_size):
                 scanned.add(record)
         return scanned
 
-    def _save_index(self, spool_file: _File) -> None:
+    def _save_index(self, spool_file: SpoolFile) -> None:
         spans = [[*key, asdict(span)] for key, span in spool_file.spans.items()]
-        path = self.directory / f"{spool_file.number:06d}{_INDEX_SUFFIX}"
+        path = self.directory / f"{spool_file.number:06d}{INDEX_SUFFIX}"
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"size": spool_file.size, "spans": spans}))
         temporary.replace(path)
 
     def _delete(self, number: int) -> None:
-        for suffix in (_SUFFIX, _INDEX_SUFFIX):
+        for suffix in (SUFFIX, INDEX_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"{number:06d}{suffix}").unlink()
 
@@ -831,7 +655,7 @@ class Spool:
         current = self._current
         assert current is not None
         self._save_index(current)
-        following = _File(current.number + 1)
+        following = SpoolFile(current.number + 1)
         fd = os.open(
             self.directory / following.name,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
@@ -888,9 +712,9 @@ class Spool:
             for number in {*doomed, *self._numbers()}:
                 self._delete(number)
         finally:
-            self._start(_File(1))
+            self._start(SpoolFile(1))
 
-    def _start(self, spool_file: _File) -> None:
+    def _start(self, spool_file: SpoolFile) -> None:
         """Make `spool_file` (empty: truncated if it exists) the one written to."""
         self._fd = os.open(
             self.directory / spool_file.name,
@@ -917,15 +741,15 @@ class Spool:
             else:
                 self._rewrite(spool_file, app_ids)
 
-    def _rewrite(self, spool_file: _File, app_ids: frozenset[str]) -> None:
+    def _rewrite(self, spool_file: SpoolFile, app_ids: frozenset[str]) -> None:
         """Replace the file by a copy without the lines of `app_ids` (the file written to
         included: writing goes on at the end of the copy)."""
         path = self.directory / spool_file.name
-        copy = path.with_suffix(_REWRITE_SUFFIX)
+        copy = path.with_suffix(REWRITE_SUFFIX)
         doomed = {app_id.encode() for app_id in app_ids}
-        kept = _File(spool_file.number)
+        kept = SpoolFile(spool_file.number)
         with path.open("rb") as source, copy.open("wb") as target:
-            for record in _records(source, spool_file.size):
+            for record in records(source, spool_file.size):
                 if record[: record.find(b"\t")] not in doomed:
                     target.write(record)
                     kept.add(record)

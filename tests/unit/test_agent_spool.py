@@ -18,17 +18,8 @@ from hypothesis import strategies as st
 from paas.agent.logbuffer import LogHub
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
-from paas.agent.spool import (
-    FORMAT,
-    Found,
-    Query,
-    Span,
-    Spool,
-    Verdict,
-    _Exclusion,
-    decode,
-    encode,
-)
+from paas.agent.spool import Found, Query, Spool, Verdict
+from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode
 
 
 def line(
@@ -446,7 +437,7 @@ async def test_a_flush_whose_caller_gave_up_does_not_stop_the_writer(spool: Spoo
 
 
 def test_a_rewrite_waits_for_the_reads_in_progress_and_reads_wait_for_it() -> None:
-    exclusion = _Exclusion()
+    exclusion = Exclusion()
     events: list[str] = []
     reading = threading.Event()
     done_reading = threading.Event()
