@@ -335,9 +335,15 @@ class Subscription:
         self._maxsize = max(2, maxsize)
         self._lines: deque[LogLine] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.closed = False  # the hub ended it: nothing more will come
 
     def __len__(self) -> int:
         return len(self._lines)
+
+    def close(self) -> None:
+        """Nothing more will come (what it follows is gone): a waiting `get_many` returns."""
+        self.closed = True
+        self._wake()
 
     def offer_many(self, lines: list[LogLine]) -> None:
         """`offer` each of `lines`, lines of one instance (so `wants` is asked once)."""
@@ -378,8 +384,9 @@ class Subscription:
 
     async def get_many(self, limit: int) -> list[LogLine]:
         """Up to `limit` lines, oldest first, waiting for at least one; a notice of loss
-        comes where the gap is (after the queued lines, once they are read)."""
-        while not self._lines and not self.dropped:
+        comes where the gap is (after the queued lines, once they are read). Once closed,
+        it returns what is left, at once (nothing, in the end)."""
+        while not self._lines and not self.dropped and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -544,6 +551,9 @@ class LogHub:
         self._live.clear()
         self._retired.clear()
         self._forgotten.clear()
+        for subscription in self._subscriptions:
+            subscription.close()  # its reader was another cluster's
+        self._subscriptions.clear()
         if self.spool is not None:
             await self.spool.clear()
 

@@ -156,6 +156,7 @@ class AgentService(pb_grpc.AgentServicer):
             backlog, last = await read_history(
                 self._logs, app, matches, count, since, request.previous, sent, app_id
             )
+            await self._still_in(cluster, context)  # it may have switched while reading
             for start in range(0, len(backlog), FOLLOW_BATCH):
                 yield backlog[start : start + FOLLOW_BATCH]
             if subscription is None:
@@ -164,11 +165,7 @@ class AgentService(pb_grpc.AgentServicer):
                 sent[instance] = max(sent.get(instance, 0), seq)
             while True:
                 fresh = await subscription.get_many(FOLLOW_BATCH)
-                if membership.cluster_id != cluster or not membership.joined:
-                    await context.abort(
-                        grpc.StatusCode.UNAVAILABLE,
-                        f"agent {self._logs.node} joined another cluster; follow again",
-                    )
+                await self._still_in(cluster, context)
                 if len(fresh) < FOLLOW_BATCH:
                     # Let a few ms of lines gather: one message for many, not one for
                     # each read of a pipe (the cost per message dwarfs that per line).
@@ -186,6 +183,17 @@ class AgentService(pb_grpc.AgentServicer):
         finally:
             if subscription is not None:
                 self._logs.unsubscribe(subscription)
+
+    async def _still_in(
+        self, cluster: str, context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogBatch]
+    ) -> None:
+        """End the call if the node has left `cluster` (a Welcome of another) meanwhile."""
+        if self._membership.cluster_id != cluster or not self._membership.joined:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"agent {self._logs.node} has joined another cluster since this read began; "
+                "read again",
+            )
 
 
 async def read_history(

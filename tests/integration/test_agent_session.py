@@ -820,3 +820,32 @@ async def test_an_app_is_known_by_its_id_and_the_logs_of_apps_gone_are_deleted(
         agent.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await agent
+
+
+async def test_a_follower_is_ended_when_the_agent_joins_another_cluster(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", TICKER), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        async with grpc.aio.insecure_channel(hello.address, options=CHANNEL_OPTIONS) as channel:
+            stream = pb_grpc.AgentStub(channel).ReadLogs(
+                pb.LogsRequest(app=APP, process="worker.1", follow=True)
+            )
+            lines = aiter(stream)
+            await anext(lines)  # following
+            scheduler.welcome("cluster-b")  # etcd was replaced under the same scheduler
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while True:
+                    await asyncio.wait_for(anext(lines), 10)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "joined another cluster" in (ended.value.details() or "")
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent

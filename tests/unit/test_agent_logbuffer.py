@@ -290,10 +290,16 @@ async def test_forgetting_apps_drops_their_buffers_and_stops_their_lines() -> No
     assert [line.text for line in follower.take(10)] == ["retired", "kept"]
 
 
-async def test_forgetting_everything_leaves_no_line() -> None:
+async def test_forgetting_everything_leaves_no_line_and_ends_every_follower() -> None:
     hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop")
+    waiting = asyncio.ensure_future(follower.get_many(10))
     hub.buffer("shop", "web.1", "a").append("stdout", "x")
+    assert [line.text for line in await waiting] == ["x"]
     hub.buffer("shop", "web.2").append("stdout", "no id")
     hub.retire("shop", "web.2")
+    waiting = asyncio.ensure_future(follower.get_many(10))
     await hub.forget_everything()
+    assert [line.text for line in await asyncio.wait_for(waiting, 5)] == ["no id"]
+    assert await asyncio.wait_for(follower.get_many(10), 5) == []  # ended: no waiting
     assert hub.buffers("shop") == [] and hub.app_ids() == set()
