@@ -849,3 +849,33 @@ async def test_a_follower_is_ended_when_the_agent_joins_another_cluster(
         agent.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await agent
+
+
+async def test_a_welcome_the_agent_cannot_take_keeps_the_session_and_serves_no_logs(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler(cluster_id="not/a/cluster id")
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", TICKER), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)  # the workload runs: only the logs are held back
+
+        async def refusal() -> str | None:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read_logs(hello.address)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = refused.value.details() or ""
+            return details if "its last welcome failed" in details else None  # not yet taken
+
+        details = await eventually_async(refusal, "the refusal of a failed welcome")
+        assert "no usable cluster id" in details
+        beats = scheduler.heartbeats()
+        await eventually(lambda: scheduler.heartbeats() > beats, "the session still open")
+        assert len(scheduler.hellos) == 1
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
