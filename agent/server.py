@@ -76,9 +76,9 @@ async def run_agent(config: AgentConfig) -> None:
         raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports), reaper)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     # Logs are served once a scheduler has said which cluster this is (membership.py).
     membership = Membership(config.state_dir / config.name, logs)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
     session: Session | None = None
     session_task: asyncio.Task[None] | None = None
     handled: list[signal.Signals] = []
