@@ -22,6 +22,7 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
+from paas.agent.membership import Membership
 from paas.agent.ports import PortPool, can_bind
 from paas.agent.reaper import Reaper
 from paas.agent.server import AgentError, run_agent
@@ -879,3 +880,42 @@ async def test_a_welcome_the_agent_cannot_take_keeps_the_session_and_serves_no_l
         agent.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await agent
+
+
+async def test_only_desired_sets_of_a_welcomed_session_delete_logs(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scheduler that sends no Welcome (one from before cluster ids) is not trusted
+    with deleting logs, even after an earlier session was welcomed."""
+    first = fake_scheduler()
+    address = await servers.start(first)
+    install_child_watcher()
+    config = config_for(address)
+    supervisor = Supervisor(config, LogHub(config.name, 100), PortPool(*config.ports))
+    membership = Membership(config.state_dir / config.name, supervisor.logs)
+    pruned: list[pb.DesiredSet] = []
+    monkeypatch.setattr(membership, "prune", pruned.append)
+    session = Session(config, supervisor, "127.0.0.1:1", membership)
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: first.hellos, "hello")
+        first.push(worker("worker.1", SLEEPERS), generation=1)
+        up = await eventually(lambda: first.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        assert membership.joined and [len(d.instances) for d in pruned] == [1]
+
+        await servers.stop(address)
+        second = fake_scheduler(cluster_id="")
+        await servers.start(second, address)
+        await eventually(second.hello, "hello again")
+        second.push(generation=1, live_apps=[])  # "no app exists", from an unwelcomed session
+        await eventually(lambda: second.reported("worker.1", pb.STOPPED), "worker.1 stopped")
+        assert len(pruned) == 1  # applied to the workload, not to the logs
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()
