@@ -206,9 +206,13 @@ class Membership:
     async def _prune(self) -> None:
         """Delete the apps not live, to the latest live set, until none is waiting."""
         while self._prune_next is not None:
-            live, self._prune_next = self._prune_next, None
             if self.logs.spool is not None:
                 await self.logs.spool.flush()  # the ids of lines still on their way count
+            # The live set is taken only now, with no wait until the apps not in it are
+            # hidden: an app made by a desired set that came during the flush is in it.
+            live, self._prune_next = self._prune_next, None
+            if live is None:  # cancelled meanwhile (a Welcome of another cluster)
+                return
             gone = self.logs.app_ids() - live
             if not gone:
                 continue

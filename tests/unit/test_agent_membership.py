@@ -4,6 +4,7 @@ longer exist are deleted when a welcomed desired set says which apps live."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,3 +174,21 @@ async def test_a_desired_set_before_the_welcome_deletes_nothing(
     membership.prune(desired(live=["app-2"]))
     assert membership._pruning is None
     assert hub.app_ids() == {"app-1"}
+
+
+async def test_an_app_made_while_pruning_waits_for_the_disk_is_not_taken_for_gone(
+    tmp_path: Path, hub: LogHub
+) -> None:
+    membership = Membership(tmp_path / "node-1", hub)
+    await membership.welcome("cluster-a")
+    hub.buffer("shop", "web.1", "app-a").append("stdout", "a")
+    membership.prune(desired("app-a", live=["app-a"]))
+    pruning = membership._pruning
+    assert pruning is not None
+    await asyncio.sleep(0)  # one turn: pruning waits for the spool to flush
+    # Meanwhile the next desired set makes an app, and its instance writes at once.
+    membership.prune(desired("app-a", "app-new", live=["app-a", "app-new"]))
+    hub.buffer("shop", "web.2", "app-new").append("stdout", "new")
+    await pruning
+    assert hub.app_ids() == {"app-a", "app-new"}
+    assert [b.app_id for b in hub.buffers("shop", "app-new")] == ["app-new"]
