@@ -5,7 +5,7 @@ sequence numbers, the set of buffers of this node (LogHub, including those of
 recently removed instances) and the live subscribers that follow them. Every
 line also goes to the hub's on-disk spool (spool.py), if it has one, which keeps
 what the ring buffers no longer hold. Memory is bounded everywhere: a partial
-line is at most MAX_LINE characters, a buffer keeps its last N lines, a
+line is at most MAX_LINE bytes, a buffer keeps its last N lines, a
 subscriber's queue is bounded. A slow reader never blocks the producer: its
 lines are dropped and counted, and it is told how many when it catches up.
 Loss is never silent.
@@ -26,7 +26,7 @@ import asyncio
 import codecs
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 from itertools import count, repeat
 from operator import itemgetter
@@ -38,8 +38,10 @@ from paas.common.logformat import PAAS_STREAM
 if TYPE_CHECKING:
     from paas.agent.spool import Spool
 
-# A line longer than this (in characters) is split; the remainder starts a new line.
-MAX_LINE = 10 * 1024
+# A line longer than this (in bytes of UTF-8) is split; the remainder starts a new
+# line. Heroku's (logplex's) limit, so a drain sees lines cut where Heroku cuts them.
+MAX_LINE = 10_000
+_UTF8_MAX = 4  # the most bytes one character takes in UTF-8
 READ_CHUNK = 65536
 # Buffers of removed instances stay readable; this many of them, this many lines each.
 RETIRED_BUFFERS = 100
@@ -63,27 +65,34 @@ _CONTINUED = itemgetter(1)
 
 
 class LineSplitter:
-    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE each.
+    """Bytes in, complete lines out: UTF-8 (errors replaced), at most MAX_LINE bytes each.
 
-    A longer line comes out in pieces, each but the last marked `continued`.
+    A longer line comes out in pieces, each but the last marked `continued`, cut
+    where a character starts (a piece is never more than MAX_LINE bytes of UTF-8,
+    and never ends inside a character). The text waiting for its newline is cut
+    the same way once it is over MAX_LINE bytes, so it stays bounded.
     """
 
     def __init__(self, max_line: int = MAX_LINE) -> None:
+        if max_line < _UTF8_MAX:
+            raise ValueError(f"max_line must be at least {_UTF8_MAX} bytes, not {max_line}")
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
         self._max_line = max_line
+        # Text of at most this many characters is at most max_line bytes, whatever it holds.
+        self._safe_chars = max_line // _UTF8_MAX
 
     def feed(self, data: bytes) -> list[Piece]:
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
-        if "\r" not in text and (not lines or len(max(lines, key=len)) <= self._max_line):
+        if "\r" not in text and self._all_fit(lines, text):
             # The common case, without a Python-level step per line.
             out = list(map(_new_piece, zip(lines, repeat(False))))
         else:
             out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
-        while len(self._partial) >= self._max_line:
-            out.append(Piece(self._partial[: self._max_line], True))
-            self._partial = self._partial[self._max_line :]
+        if len(self._partial) > self._safe_chars:
+            *pieces, self._partial = _pieces(self._partial, self._max_line)
+            out += [Piece(piece, True) for piece in pieces]
         return out
 
     def flush(self) -> list[Piece]:
@@ -92,16 +101,44 @@ class LineSplitter:
         self._partial = ""
         return self._cut(rest) if rest else []
 
+    def _all_fit(self, lines: list[str], text: str) -> bool:
+        """Whether every one of `lines` (the complete lines of `text`) is short enough."""
+        if not lines:
+            return True
+        longest = len(max(lines, key=len))
+        if longest <= self._safe_chars:
+            return True
+        if text.isascii():  # O(1) in CPython: characters are bytes
+            return longest <= self._max_line
+        return all(len(line.encode()) <= self._max_line for line in lines)
+
     def _cut(self, line: str) -> list[Piece]:
-        if len(line) <= self._max_line:
+        if len(line) <= self._safe_chars:
             return [Piece(line)]
-        size = self._max_line
-        starts = range(0, len(line), size)
-        return [Piece(line[i : i + size], i + size < len(line)) for i in starts]
+        *pieces, last = _pieces(line, self._max_line)
+        return [*(Piece(piece, True) for piece in pieces), Piece(last)]
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """`text` cut into pieces of at most `limit` bytes of UTF-8, each ending where a
+    character does; every piece but the last is as long as that allows."""
+    data = text.encode()
+    if len(data) <= limit:
+        return [text]
+    pieces: list[str] = []
+    start = 0
+    while len(data) - start > limit:
+        end = start + limit
+        while data[end] & 0xC0 == 0x80:  # a continuation byte: inside a character
+            end -= 1
+        pieces.append(data[start:end].decode())
+        start = end
+    pieces.append(data[start:].decode())
+    return pieces
 
 
 class LogBuffer:
-    """The last `limit` lines of one instance, with its sequence counter.
+    """The last `limit` lines of one instance of one app (by id), with its sequence counter.
 
     Each appended line is also handed to `publish` (the hub's fan-out), a batch at a time.
     `dropped` counts lines pushed out of the ring by newer ones.
@@ -117,9 +154,11 @@ class LogBuffer:
         *,
         seq: int = 0,
         run: int = 0,
+        app_id: str = "",
     ) -> None:
         """`seq` and `run`: where an earlier buffer of the instance stopped (they go on)."""
         self.app = app
+        self.app_id = app_id
         self.instance = instance
         self.node = node
         self.dropped = 0
@@ -162,6 +201,7 @@ class LogBuffer:
             text,
             self.run,
             continued,
+            self.app_id,
         )
         if len(self._lines) == self._lines.maxlen:
             self.dropped += 1
@@ -188,6 +228,7 @@ class LogBuffer:
             map(_TEXT, pieces),
             repeat(self.run),
             map(_CONTINUED, pieces),
+            repeat(self.app_id),
         )
         lines: list[LogLine] = list(map(_new_line, fields))
         kept = self._lines
@@ -246,6 +287,7 @@ class LogBuffer:
                 0,
                 f"{self.dropped} earlier lines dropped (the buffer keeps the last {len(self)})",
                 oldest.run,
+                app_id=self.app_id,
             )
             lines.insert(0, notice)
         return lines
@@ -261,6 +303,13 @@ class LogBuffer:
         """The instance is back on this node: grow again, publish again, keep counting seq."""
         self._lines = deque(self._lines, maxlen=max(1, limit))
         self._publish = publish
+
+    def detach(self) -> None:
+        """Its app is gone (destroyed, or of another cluster): publish nothing more.
+
+        The instance may still write to it until it has stopped; no reader sees it.
+        """
+        self._publish = None
 
 
 class Subscription:
@@ -286,9 +335,15 @@ class Subscription:
         self._maxsize = max(2, maxsize)
         self._lines: deque[LogLine] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.closed = False  # the hub ended it: nothing more will come
 
     def __len__(self) -> int:
         return len(self._lines)
+
+    def close(self) -> None:
+        """Nothing more will come (what it follows is gone): a waiting `get_many` returns."""
+        self.closed = True
+        self._wake()
 
     def offer_many(self, lines: list[LogLine]) -> None:
         """`offer` each of `lines`, lines of one instance (so `wants` is asked once)."""
@@ -329,8 +384,9 @@ class Subscription:
 
     async def get_many(self, limit: int) -> list[LogLine]:
         """Up to `limit` lines, oldest first, waiting for at least one; a notice of loss
-        comes where the gap is (after the queued lines, once they are read)."""
-        while not self._lines and not self.dropped:
+        comes where the gap is (after the queued lines, once they are read). Once closed,
+        it returns what is left, at once (nothing, in the end)."""
+        while not self._lines and not self.dropped and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -360,7 +416,15 @@ class Subscription:
 
 
 class LogHub:
-    """Every instance buffer of this node, live and recently removed, and the followers."""
+    """Every instance buffer of this node, live and recently removed, and the followers.
+
+    Buffers are found by (app, instance); each holds the lines of one app id, and
+    seq and run count per app id and instance (an app re-created under the same
+    name is another app: its web.1 starts again from seq 1). When an app of the
+    same name but another id takes the instance over, it gets a fresh buffer.
+    `forget_apps` and `forget_everything` delete what is kept of apps that are
+    gone, in memory and in the spool: nothing of them is read after.
+    """
 
     def __init__(
         self,
@@ -378,8 +442,9 @@ class LogHub:
         self._retired: OrderedDict[tuple[str, str], LogBuffer] = OrderedDict()
         self._retired_buffers = retired_buffers
         self._retired_lines = retired_lines
-        # (seq, run) of instances whose retired buffers were forgotten.
-        self._forgotten: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        # (seq, run) of instances whose retired buffers were forgotten, by (app id, app,
+        # instance).
+        self._forgotten: OrderedDict[tuple[str, str, str], tuple[int, int]] = OrderedDict()
         self._subscriptions: set[Subscription] = set()
 
     async def open(self) -> None:
@@ -392,24 +457,32 @@ class LogHub:
         if self.spool is not None:
             await self.spool.close()
 
-    def buffer(self, app: str, instance: str) -> LogBuffer:
-        """The live buffer of (app, instance), created (or revived) on first use."""
+    def buffer(self, app: str, instance: str, app_id: str = "") -> LogBuffer:
+        """The live buffer of (app, instance) for app `app_id`, created (or revived) on
+        first use; one of another app id (an app of the same name before) is replaced."""
         key = (app, instance)
         found = self._live.get(key)
         if found is not None:
-            return found
-        found = self._retired.pop(key, None)
-        if found is not None:
-            found.revive(self._limit, self._publish)
+            if found.app_id == app_id:
+                return found
+            del self._live[key]  # its instance has stopped or is stopping: no reader sees it
+            found.detach()
         else:
-            seq, run = self._forgotten.pop(key, (0, 0))
-            if not seq and self.spool is not None:
-                seq, run = self.spool.last(app, instance)
-            found = LogBuffer(
-                app, instance, self.node, self._limit, self._publish, seq=seq, run=run
-            )
-        self._live[key] = found
-        return found
+            found = self._retired.pop(key, None)
+            if found is not None:
+                if found.app_id == app_id:
+                    found.revive(self._limit, self._publish)
+                    self._live[key] = found
+                    return found
+                self._forget_counters(found)
+        seq, run = self._forgotten.pop((app_id, app, instance), (0, 0))
+        if not seq and self.spool is not None:
+            seq, run = self.spool.last(app, instance, app_id)
+        fresh = LogBuffer(
+            app, instance, self.node, self._limit, self._publish, seq=seq, run=run, app_id=app_id
+        )
+        self._live[key] = fresh
+        return fresh
 
     def retire(self, app: str, instance: str) -> None:
         """(app, instance) left this node: keep its last lines readable for a while."""
@@ -419,18 +492,70 @@ class LogHub:
         found.retire(self._retired_lines)
         self._retired[(app, instance)] = found
         while len(self._retired) > self._retired_buffers:
-            key, forgotten = self._retired.popitem(last=False)
-            self._forgotten[key] = (forgotten.last_seq, forgotten.run)
+            _, forgotten = self._retired.popitem(last=False)
+            self._forget_counters(forgotten)
+
+    def _forget_counters(self, buffer: LogBuffer) -> None:
+        """Drop `buffer`, keeping its seq and run should its instance come back."""
+        self._forgotten[(buffer.app_id, buffer.app, buffer.instance)] = (
+            buffer.last_seq,
+            buffer.run,
+        )
         while len(self._forgotten) > FORGOTTEN_COUNTERS:
             self._forgotten.popitem(last=False)
 
-    def buffers(self, app: str) -> list[LogBuffer]:
-        """Buffers of `app`, live and retired."""
+    def buffers(self, app: str, app_id: str = "") -> list[LogBuffer]:
+        """Buffers of `app` (only those of app id `app_id`, if given), live and retired."""
         return [
             buffer
             for buffer in (*self._live.values(), *self._retired.values())
-            if buffer.app == app
+            if buffer.app == app and (not app_id or buffer.app_id == app_id)
         ]
+
+    def app_ids(self) -> set[str]:
+        """The id of every app with lines here, in memory or in the spool (those written
+        so far: flush the spool first to count every line handed to it)."""
+        held = {buffer.app_id for buffer in (*self._live.values(), *self._retired.values())}
+        if self.spool is not None:
+            held |= self.spool.app_ids()
+        held.discard("")
+        return held
+
+    async def forget_apps(self, app_ids: Collection[str]) -> None:
+        """Delete every line of these apps: at once from what is read, then from the disk.
+
+        Their live buffers publish nothing more (their instances are being stopped),
+        their retired ones go. Raises SpoolError if the disk keeps some (they are
+        still never read).
+        """
+        gone = set(app_ids)
+        if not gone:
+            return
+        for key, buffer in list(self._live.items()):
+            if buffer.app_id in gone:
+                del self._live[key]
+                buffer.detach()
+        for key, buffer in list(self._retired.items()):
+            if buffer.app_id in gone:
+                del self._retired[key]
+        if self.spool is not None:
+            await self.spool.forget(gone)
+
+    async def forget_everything(self) -> None:
+        """Delete every line kept, in memory and on disk (the node joins another cluster).
+
+        Raises SpoolError if the spool could not delete its files.
+        """
+        for buffer in self._live.values():
+            buffer.detach()
+        self._live.clear()
+        self._retired.clear()
+        self._forgotten.clear()
+        for subscription in self._subscriptions:
+            subscription.close()  # its reader was another cluster's
+        self._subscriptions.clear()
+        if self.spool is not None:
+            await self.spool.clear()
 
     def subscribe(
         self, wants: Callable[[LogLine], bool], app: str = "", maxsize: int = SUBSCRIBER_QUEUE

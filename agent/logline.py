@@ -21,3 +21,6 @@ class LogLine(NamedTuple):
     text: str
     run: int = 0  # which run (process start) of the instance wrote it, from 1
     continued: bool = False  # a piece of an over-long line; the next piece follows
+    # The app's id (Assignment.app_id): a re-created app of the same name has another.
+    # "" when the scheduler gave none, and in notices made for a reader.
+    app_id: str = ""

@@ -26,6 +26,7 @@ import grpc
 from paas.agent import spool
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
+from paas.agent.membership import Membership
 from paas.agent.orphans import OrphanReaper
 from paas.agent.ports import PortPool
 from paas.agent.reaper import Reaper, ReaperError
@@ -76,6 +77,8 @@ async def run_agent(config: AgentConfig) -> None:
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports, config.port_lock_dir), reaper)
     server = grpc.aio.server(options=SERVER_OPTIONS)
+    # Logs are served once a scheduler has said which cluster this is (membership.py).
+    membership = Membership(config.state_dir / config.name, logs)
     session: Session | None = None
     session_task: asyncio.Task[None] | None = None
     handled: list[signal.Signals] = []
@@ -84,7 +87,7 @@ async def run_agent(config: AgentConfig) -> None:
             await logs.open()
         except spool.SpoolError as exc:
             raise AgentError(f"the agent cannot start: {exc}") from None
-        pb_grpc.add_AgentServicer_to_server(AgentService(logs), server)
+        pb_grpc.add_AgentServicer_to_server(AgentService(logs, membership), server)
         try:
             port = server.add_insecure_port(config.listen)
         except RuntimeError:
@@ -107,7 +110,7 @@ async def run_agent(config: AgentConfig) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
-        session = Session(config, supervisor, address)
+        session = Session(config, supervisor, address, membership)
         session_task = asyncio.create_task(session.run(), name="scheduler session")
         await stop.wait()
         log.info("agent %s stopping: stopping every instance", config.name)
@@ -125,6 +128,7 @@ async def run_agent(config: AgentConfig) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await session_task
         await server.stop(SERVER_STOP_GRACE)
+        await membership.close()
         await logs.close()
         await reaper.close()
         await orphans.close()

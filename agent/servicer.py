@@ -3,7 +3,10 @@
 Owns the translation from LogsRequest to buffered and live lines, and from
 the log buffers' records to proto LogLines. It only reads: the agent's server
 offers no way to start, stop or signal a process (processes start only from
-the desired set that arrives over the session the agent dialled).
+the desired set that arrives over the session the agent dialled). It serves
+nothing until a scheduler has welcomed the agent since it started (the lines
+kept could be another cluster's: see membership.py), and a request that names
+an app id gets only that app's lines, not those of an earlier app of the name.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 
 from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.membership import Membership
 from paas.agent.spool import Query, Verdict
+from paas.agent.spoolfiles import Span
 from paas.common.logbatch import batches
 from paas.common.logformat import PAAS_STREAM
 from paas.common.names import InstanceName, NameError_
@@ -77,10 +82,12 @@ def to_batch(lines: Sequence[LogLine]) -> pb.LogBatch:
 
 
 class AgentService(pb_grpc.AgentServicer):
-    """ReadLogs over this node's LogHub (its buffers, then its spool for older lines)."""
+    """ReadLogs over this node's LogHub (its buffers, then its spool for older lines),
+    once `membership` says the node has joined its cluster."""
 
-    def __init__(self, logs: LogHub) -> None:
+    def __init__(self, logs: LogHub, membership: Membership) -> None:
         self._logs = logs
+        self._membership = membership
 
     async def ReadLogs(
         self,
@@ -98,6 +105,14 @@ class AgentService(pb_grpc.AgentServicer):
     ) -> AsyncIterator[list[LogLine]]:
         """What a LogsRequest reads, a batch at a time: the history, then (following)
         live lines as they come, as many at once as have come."""
+        membership = self._membership
+        if not membership.joined:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"agent {self._logs.node} has not joined yet: {membership.describe()}; "
+                "try again once its session is open",
+            )
+        cluster = membership.cluster_id
         if not request.app:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no app given: name the app")
         if request.lines < 0:
@@ -112,6 +127,7 @@ class AgentService(pb_grpc.AgentServicer):
                 f"{request.process or 'every process'!r}",
             )
         app = request.app
+        app_id = request.app_id
         count = min(request.lines or DEFAULT_LINES, MAX_LINES)
         matches = process_matcher(request.process)
         # Cursors of a follower that reconnects: lines up to them were delivered.
@@ -125,14 +141,22 @@ class AgentService(pb_grpc.AgentServicer):
         # Subscribe before taking the backlog, so no line falls between the two.
         follow = request.follow and not request.previous
         subscription = (
-            self._logs.subscribe(lambda line: line.app == app and matches(line.instance), app)
+            self._logs.subscribe(
+                lambda line: (
+                    line.app == app
+                    and (not app_id or line.app_id == app_id)
+                    and matches(line.instance)
+                ),
+                app,
+            )
             if follow
             else None
         )
         try:
             backlog, last = await read_history(
-                self._logs, app, matches, count, since, request.previous, sent
+                self._logs, app, matches, count, since, request.previous, sent, app_id
             )
+            await self._still_in(cluster, context)  # it may have switched while reading
             for start in range(0, len(backlog), FOLLOW_BATCH):
                 yield backlog[start : start + FOLLOW_BATCH]
             if subscription is None:
@@ -141,6 +165,7 @@ class AgentService(pb_grpc.AgentServicer):
                 sent[instance] = max(sent.get(instance, 0), seq)
             while True:
                 fresh = await subscription.get_many(FOLLOW_BATCH)
+                await self._still_in(cluster, context)
                 if len(fresh) < FOLLOW_BATCH:
                     # Let a few ms of lines gather: one message for many, not one for
                     # each read of a pipe (the cost per message dwarfs that per line).
@@ -159,6 +184,17 @@ class AgentService(pb_grpc.AgentServicer):
             if subscription is not None:
                 self._logs.unsubscribe(subscription)
 
+    async def _still_in(
+        self, cluster: str, context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogBatch]
+    ) -> None:
+        """End the call if the node has left `cluster` (a Welcome of another) meanwhile."""
+        if self._membership.cluster_id != cluster or not self._membership.joined:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"agent {self._logs.node} has joined another cluster since this read began; "
+                "read again",
+            )
+
 
 async def read_history(
     logs: LogHub,
@@ -168,9 +204,16 @@ async def read_history(
     since: float = 0.0,
     previous: bool = False,
     after: dict[str, int] | None = None,
+    app_id: str = "",
 ) -> tuple[list[LogLine], dict[str, int]]:
     """The last `count` lines of `app`'s instances that `matches` selects, in time order,
     and the last seq of each instance at the time (live lines come after it).
+
+    With `app_id`, only lines of that app id count (not those of another app that
+    had the name before). Without, each instance's lines are those of the app that
+    has the name now on this node (the app id of its buffer, else of its newest
+    lines on disk): a re-created app's web.1 is not mixed with the old one's (each
+    counts its own seq).
 
     Each instance's lines come from its buffer and, for what the buffer no longer
     holds, from the spool. Only lines at or after `since` and after the cursor in
@@ -179,9 +222,16 @@ async def read_history(
     spool rotated them away, or lost them), a notice says so.
     """
     after = after or {}
-    buffers = {b.instance: b for b in logs.buffers(app) if matches(b.instance)}
     spool = logs.spool
-    on_disk = spool.instances(app) if spool is not None else {}
+    named = {b.instance: b for b in logs.buffers(app) if matches(b.instance)}
+    ids = spool.newest_app_ids(app) if spool is not None and not app_id else {}
+    ids.update({instance: buffer.app_id for instance, buffer in named.items()})
+
+    def id_of(instance: str) -> str:
+        return app_id or ids.get(instance, "")
+
+    buffers = {i: buffer for i, buffer in named.items() if buffer.app_id == id_of(i)}
+    on_disk = _on_disk(logs, app, matches, id_of)
     found: dict[str, list[LogLine]] = {}
     last: dict[str, int] = {}
     # The oldest seq of each buffer when its lines were taken: older ones come from the
@@ -207,12 +257,14 @@ async def read_history(
     queries: list[Query] = []
     if verdicts and spool is not None:
         await spool.flush()  # what the buffers no longer hold may still be on its way
-        on_disk = spool.instances(app)
+        on_disk = _on_disk(logs, app, matches, id_of)
     for instance, verdict in verdicts.items():
         below = oldest.get(instance, 0)
         span = on_disk.get(instance)
         if span is not None and (not below or (span.first_seq and span.first_seq < below)):
-            queries.append(Query(app, instance, below, count - len(found[instance]), verdict))
+            queries.append(
+                Query(app, instance, below, count - len(found[instance]), verdict, id_of(instance))
+            )
         else:
             found[instance] = _with_loss_notice(
                 found[instance], app, instance, below, after, previous, logs.node
@@ -237,6 +289,19 @@ async def read_history(
         found[""] = [notice]
     merged = list(heapq.merge(*found.values(), key=lambda line: line.timestamp))
     return merged[-count:], last
+
+
+def _on_disk(
+    logs: LogHub, app: str, matches: Callable[[str], bool], id_of: Callable[[str], str]
+) -> dict[str, Span]:
+    """The span on disk of each instance `matches` selects, of the app id `id_of` gives."""
+    if logs.spool is None:
+        return {}
+    return {
+        instance: span
+        for (instance, app_id), span in logs.spool.spans(app).items()
+        if matches(instance) and app_id == id_of(instance)
+    }
 
 
 def _verdict(since: float, after: int, run: int) -> Callable[[LogLine], Verdict]:

@@ -4,8 +4,10 @@ Owns the connection: dialling the --join addresses in turn, following a
 follower's redirect to the leader (FAILED_PRECONDITION with the `paas-leader`
 trailing metadata), reconnecting with a short capped backoff, and the
 messages of the stream: hello (with every instance this node runs), then
-heartbeats and a status for each instance change; desired sets in, handed
-to the Supervisor as they come.
+heartbeats and a status for each instance change; in, the scheduler's Welcome
+(its cluster id, handed to the Membership before anything else is read) and
+desired sets, handed to the Supervisor as they come (and, once the session is
+welcomed, to the Membership, which deletes the logs of apps no longer live).
 
 It never starts or stops a process itself, and a lost scheduler never stops
 the workload: while disconnected everything keeps running, and the next hello
@@ -28,6 +30,8 @@ import grpc
 
 from paas.agent.config import AgentConfig
 from paas.agent.fencing import Fence
+from paas.agent.membership import Membership
+from paas.agent.spool import LogStateError
 from paas.agent.supervisor import Supervisor
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
@@ -98,12 +102,20 @@ def _describe(error: BaseException) -> str:
 class Session:
     """Holds the session with the scheduler leader for as long as the agent runs."""
 
-    def __init__(self, config: AgentConfig, supervisor: Supervisor, address: str = "") -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        supervisor: Supervisor,
+        address: str = "",
+        membership: Membership | None = None,
+    ) -> None:
+        """`membership`: the node's (by default one over the supervisor's log hub)."""
         if not config.join:
             raise ValueError("no scheduler address to join: give --join HOST:PORT")
         self.config = config
         self.address = address or config.advertise or config.listen
         self.supervisor = supervisor
+        self.membership = membership or Membership(config.state_dir / config.name, supervisor.logs)
         self.scheduler: str | None = None  # the scheduler of the open session, if any
         self._outbox: _Outbox | None = None
         self._quiet_since: float | None = None
@@ -226,14 +238,26 @@ class Session:
                     raise result
 
     async def _read(self, call: Any, address: str) -> None:
+        welcomed = False  # this session's scheduler has said which cluster it is
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             self._opened(address)
-            if message.WhichOneof("kind") == "desired":
+            kind = message.WhichOneof("kind")
+            if kind == "welcome":
+                # Awaited: no desired set is taken before the old cluster's logs are gone.
+                try:
+                    await self.membership.welcome(message.welcome.cluster_id)
+                    welcomed = True
+                except LogStateError as exc:
+                    # The workload matters more than the logs: keep the session.
+                    log.error("%s; this node serves no logs until a welcome is taken", exc)
+            elif kind == "desired":
                 self._fence.desired(message.desired)
                 self.supervisor.apply(message.desired)
+                if welcomed:
+                    self.membership.prune(message.desired)
 
     async def _write(self, call: Any, address: str, outbox: _Outbox) -> None:
         loop = asyncio.get_running_loop()

@@ -3,8 +3,20 @@
 Owns one directory (the agent's STATE_DIR/NAME/logs): numbered files
 `000001.log`, `000002.log`, ... of which the highest is written to and at most
 `files` are kept (the oldest is deleted when a new one starts), an index per
-full file (`000001.idx`: which instances' lines it holds), the writer thread
-that appends to the current file, and the in-memory index of every file.
+full file (`000001.idx`: which instances' lines it holds, by app id, app and
+instance), a `FORMAT` file naming the record format (files of another format
+are deleted on open: their lines cannot be told apart by app id), the writer
+thread that appends to the current file, and the in-memory index of every file.
+The records and the index of one file are spoolfiles.py's.
+
+Every record carries the app's id as well as its name, so a reader can ask for
+one app id's lines (an app re-created under the same name has another id), and
+`forget(app_ids)` can delete every line of apps that are gone: the writer thread
+rewrites each file that holds lines of them without those lines (a file that
+holds nothing else is deleted), and from the moment `forget` is called no read
+returns them. `clear()` deletes every file (the node joined another cluster).
+Readers never see a file while it is rewritten: rewriting waits for the reads
+in progress, and reads for the rewrite.
 
 Lines come in on the event loop through `write`, which never blocks and never
 touches the disk: it appends to a batch that the writer thread takes as a
@@ -29,6 +41,7 @@ the Agent API do.
     await spool.open()
     spool.write(line)                         # on the loop; never blocks
     found = await spool.read([Query("shop", "web.3", below=5000, count=1000)])
+    await spool.forget({"3f2a..."})           # every line of a destroyed app, gone
     await spool.close()                       # writes what is pending, then stops
 """
 
@@ -37,20 +50,37 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import json
 import logging
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass
 from enum import Enum
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
+from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
 from paas.agent.logline import LogLine
+from paas.agent.spoolfiles import (
+    FORMAT,
+    FORMAT_FILE,
+    INDEX_SUFFIX,
+    REWRITE_SUFFIX,
+    SUFFIX,
+    Exclusion,
+    IdKey,
+    Span,
+    SpoolFile,
+    decode,
+    encode,
+    records,
+    records_backwards,
+)
 from paas.common.logformat import PAAS_STREAM
 
 log = logging.getLogger(__name__)
@@ -63,19 +93,24 @@ BACKLOG_BYTES = 16 << 20
 # and its slot in the batch (8), rounded up. Counting less lets a flood of short
 # lines (`yes`) hold several times the backlog's bytes in memory.
 LINE_OVERHEAD = 256
-READ_BLOCK = 1 << 20
-_SUFFIX = ".log"
-_INDEX_SUFFIX = ".idx"
-# Record flags: the line is continued; the text is JSON (it held a newline).
-_CONTINUED = 1
-_JSON_TEXT = 2
-
-Key = tuple[str, str]  # (app, instance)
-_KEY = itemgetter(1, 2)  # a LogLine's (app, instance)
+Key = tuple[str, str]  # (app, instance): what a reader asks for
+_KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
 
 
-class SpoolError(RuntimeError):
-    """The spool cannot be opened; the message names the directory and the reason."""
+class LogStateError(RuntimeError):
+    """Root of the errors of what the agent keeps of its instances' logs (one line each,
+    naming the thing and what to do):
+
+        LogStateError
+        ├── SpoolError       the spool cannot be opened, or cannot delete what it must
+        └── MembershipError  (membership.py) the cluster id cannot be recorded or read,
+                             or a scheduler's welcome names no usable cluster id
+    """
+
+
+class SpoolError(LogStateError):
+    """The spool cannot be opened, or could not delete lines it was told to; the message
+    names the directory and the reason."""
 
 
 class Verdict(Enum):
@@ -100,6 +135,7 @@ class Query:
     below: int = 0
     count: int = 100
     verdict: Callable[[LogLine], Verdict] = _keep_all
+    app_id: str = ""  # only lines of this app id; "" = of any app by that name
 
 
 @dataclass(frozen=True)
@@ -111,127 +147,31 @@ class Found:
     complete: bool
 
 
-@dataclass(slots=True)
-class Span:
-    """One instance's lines in one file (or, merged, in the whole spool)."""
+@dataclass(frozen=True)
+class _Forget:
+    """For the writer thread: delete every line of `app_ids` (None: every line there is)."""
 
-    first_seq: int = 0  # 0 until a line with a seq is seen
-    last_seq: int = 0
-    last_run: int = 0
-    lines: int = 0
-
-    def add(self, seq: int, run: int) -> None:
-        if seq:
-            if not self.first_seq:
-                self.first_seq = seq
-            self.last_seq = max(self.last_seq, seq)
-        self.last_run = max(self.last_run, run)
-        self.lines += 1
-
-    def add_all(self, lines: list[LogLine]) -> None:
-        """`add` each of `lines`, in order."""
-        seqs = [line.seq for line in lines if line.seq]
-        if seqs:
-            if not self.first_seq:
-                self.first_seq = seqs[0]
-            self.last_seq = max(self.last_seq, max(seqs))
-        self.last_run = max(self.last_run, max(line.run for line in lines))
-        self.lines += len(lines)
-
-    def merge(self, other: Span) -> None:
-        if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
-            self.first_seq = other.first_seq
-        self.last_seq = max(self.last_seq, other.last_seq)
-        self.last_run = max(self.last_run, other.last_run)
-        self.lines += other.lines
+    app_ids: frozenset[str] | None
+    done: concurrent.futures.Future[None]
 
 
-@dataclass
-class _File:
-    number: int
-    spans: dict[Key, Span] = field(default_factory=dict)
-    size: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"{self.number:06d}{_SUFFIX}"
+def _by_name(spans: dict[IdKey, Span], hidden: frozenset[str]) -> dict[Key, dict[str, Span]]:
+    """`spans` by (app, instance), then app id; those of `hidden` app ids left out."""
+    named: dict[Key, dict[str, Span]] = {}
+    for (app_id, app, instance), span in spans.items():
+        if app_id not in hidden:
+            named.setdefault((app, instance), {})[app_id] = span
+    return named
 
 
-# ------------------------------------------------------------------ records
-
-
-def encode(line: LogLine) -> str:
-    """One record: tab-separated fields, the text last; a text holding a newline as JSON.
-
-    The timestamp is written in full (repr): lines read back must sort where the
-    buffer's copies of them do, and lines read together share one timestamp.
-    """
-    text = line.text
-    flags = _CONTINUED if line.continued else 0
-    if "\n" in text:
-        text = json.dumps(text)
-        flags |= _JSON_TEXT
-    return (
-        f"{line.app}\t{line.instance}\t{line.timestamp!r}\t{line.stream}\t"
-        f"{line.seq}\t{line.run}\t{flags}\t{text}\n"
-    )
-
-
-def decode(record: bytes, node: str) -> LogLine | None:
-    """The line of one record (without its newline); None if it is not one (a torn write)."""
-    fields = record.split(b"\t", 7)
-    if len(fields) != 8:
-        return None
-    app, instance, stamp, stream, seq, run, flags, text = fields
-    try:
-        bits = int(flags)
-        decoded = text.decode("utf-8", "replace")
-        if bits & _JSON_TEXT:
-            decoded = str(json.loads(decoded))
-        return LogLine(
-            float(stamp),
-            app.decode("utf-8", "replace"),
-            instance.decode("utf-8", "replace"),
-            stream.decode("utf-8", "replace"),
-            node,
-            int(seq),
-            decoded,
-            int(run),
-            bool(bits & _CONTINUED),
-        )
-    except ValueError:
-        return None
-
-
-def _header(record: bytes) -> tuple[Key, int, int] | None:
-    """(app, instance), seq and run of a record, without decoding its text."""
-    fields = record.split(b"\t", 6)
-    if len(fields) != 7:
-        return None
-    try:
-        key = (fields[0].decode("utf-8", "replace"), fields[1].decode("utf-8", "replace"))
-        return key, int(fields[4]), int(fields[5])
-    except ValueError:
-        return None
-
-
-def _records_backwards(path: Path, end: int) -> Iterator[bytes]:
-    """The complete records of the first `end` bytes of `path`, newest first."""
-    with path.open("rb") as file:
-        position = end
-        tail = b""
-        while position > 0:
-            step = min(READ_BLOCK, position)
-            position -= step
-            file.seek(position)
-            block = file.read(step) + tail
-            records = block.split(b"\n")
-            tail = records[0]  # may be the end of a record that starts in the block before
-            for record in reversed(records[1:]):
-                if record:
-                    yield record
-        if tail:
-            yield tail
+def _merged(spans: dict[str, Span], app_id: str) -> Span | None:
+    """The span of `app_id` in `spans` (by app id), or of all of them if `app_id` is ""."""
+    if app_id:
+        return spans.get(app_id)
+    merged = Span()
+    for span in spans.values():
+        merged.merge(span)
+    return merged
 
 
 # ------------------------------------------------------------------ the spool
@@ -276,18 +216,22 @@ class Spool:
         # Loop side: the batch being gathered, lost lines per instance not yet noted.
         self._batch: list[LogLine] = []
         # Per instance: how many lines were lost, and the time and run of the first.
-        self._lost: dict[Key, tuple[int, float, int]] = {}
+        self._lost: dict[IdKey, tuple[int, float, int]] = {}
         self._queued = 0  # bytes handed over, ever (only the loop writes it)
         self._written = 0  # bytes written, ever (only the writer thread writes it)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: queue.SimpleQueue[list[LogLine] | concurrent.futures.Future[None] | None] = (
-            queue.SimpleQueue()
-        )
+        self._inbox: queue.SimpleQueue[
+            list[LogLine] | concurrent.futures.Future[None] | _Forget | None
+        ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        # App ids being forgotten (or whose lines could not be deleted): never read.
+        # Only the loop replaces it; readers take it as it is when they start.
+        self._hidden: frozenset[str] = frozenset()
         # Shared with the writer thread and readers: the index of every file.
         self._lock = threading.Lock()
-        self._index: dict[int, _File] = {}
-        self._current: _File | None = None
+        self._files = Exclusion()  # reads of the files against their rewriting
+        self._index: dict[int, SpoolFile] = {}
+        self._current: SpoolFile | None = None
         self._fd = -1
         self._failed = ""  # why the last write failed (a disk error); "" if it did not
 
@@ -318,7 +262,7 @@ class Spool:
         """Queue `line` for the disk; never blocks. Without room it is counted, not written."""
         cost = len(line.text) + LINE_OVERHEAD
         if self._queued - self._written + cost > self.backlog_bytes or self._thread is None:
-            key = (line.app, line.instance)
+            key = (line.app_id, line.app, line.instance)
             count, stamp, run = self._lost.get(key, (0, line.timestamp, line.run))
             self._lost[key] = (count + 1, stamp, run)
             self.dropped_total += 1
@@ -357,13 +301,14 @@ class Spool:
         for key, (count, stamp, run) in list(self._lost.items()):
             notice = LogLine(
                 stamp,
-                key[0],
                 key[1],
+                key[2],
                 PAAS_STREAM,
                 self.node,
                 0,
                 f"{count} lines not written to disk (the disk writer fell behind)",
                 run,
+                app_id=key[0],
             )
             cost = len(notice.text) + LINE_OVERHEAD
             if self._queued - self._written + cost > self.backlog_bytes:
@@ -381,22 +326,85 @@ class Spool:
         self._inbox.put(done)
         await asyncio.wrap_future(done)
 
+    async def forget(self, app_ids: Collection[str]) -> None:
+        """Delete every line of these apps from the disk; from now on none is read.
+
+        The lines handed over before are deleted too. Raises SpoolError if some
+        could not be deleted (they stay unread: hidden for as long as the agent runs).
+        """
+        gone = frozenset(app_ids)
+        if not gone:
+            return
+        self._hidden |= gone
+        self._lost = {key: lost for key, lost in self._lost.items() if key[0] not in gone}
+        await self._command(gone)
+        self._hidden -= gone  # off the disk: nothing is left to hide
+
+    async def clear(self) -> None:
+        """Delete every line there is, written or handed over; raises SpoolError if the
+        files could not all be deleted."""
+        self._lost.clear()
+        await self._command(None)
+
+    async def _command(self, app_ids: frozenset[str] | None) -> None:
+        if self._thread is None:
+            raise SpoolError(f"the log spool in {self.directory} is not open")
+        self._hand_over()  # what was handed over before goes first, and is deleted
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._inbox.put(_Forget(app_ids, done))
+        await asyncio.wrap_future(done)
+
     # ------------------------------------------------------------ the index
 
-    def last(self, app: str, instance: str) -> tuple[int, int]:
-        """The highest seq and run of (app, instance) on disk; (0, 0) if none."""
-        span = self.instances(app).get(instance)
-        return (span.last_seq, span.last_run) if span else (0, 0)
-
-    def instances(self, app: str) -> dict[str, Span]:
-        """Every instance of `app` with lines on disk, each with its span over all files."""
-        merged: dict[str, Span] = {}
+    def last(self, app: str, instance: str, app_id: str = "") -> tuple[int, int]:
+        """The highest seq and run of (app, instance) of app id `app_id` on disk (with
+        `app_id` "", of the lines that have none); (0, 0) if none."""
+        span = None
         with self._lock:
             for spool_file in self._index.values():
-                for (owner, instance), span in spool_file.spans.items():
-                    if owner == app:
-                        merged.setdefault(instance, Span()).merge(span)
+                found = spool_file.spans.get((app_id, app, instance))
+                if found is not None:
+                    span = span or Span()
+                    span.merge(found)
+        return (span.last_seq, span.last_run) if span else (0, 0)
+
+    def instances(self, app: str, app_id: str = "") -> dict[str, Span]:
+        """Every instance of `app` (of app id `app_id`, if given) with lines on disk, each
+        with its span over all files (and app ids)."""
+        merged: dict[str, Span] = {}
+        for (instance, owner_id), span in self.spans(app).items():
+            if not app_id or owner_id == app_id:
+                merged.setdefault(instance, Span()).merge(span)
         return merged
+
+    def spans(self, app: str) -> dict[tuple[str, str], Span]:
+        """The span over all files of each (instance, app id) of `app` on disk."""
+        merged: dict[tuple[str, str], Span] = {}
+        hidden = self._hidden
+        with self._lock:
+            for spool_file in self._index.values():
+                for (owner_id, owner, instance), span in spool_file.spans.items():
+                    if owner == app and owner_id not in hidden:
+                        merged.setdefault((instance, owner_id), Span()).merge(span)
+        return merged
+
+    def newest_app_ids(self, app: str) -> dict[str, str]:
+        """For each instance of `app` on disk, the app id of its newest lines."""
+        newest: dict[str, str] = {}
+        hidden = self._hidden
+        with self._lock:
+            files = sorted(self._index.items())
+            for _, spool_file in files:  # oldest first; in a file, in order of first line
+                for owner_id, owner, instance in spool_file.spans:
+                    if owner == app and owner_id not in hidden:
+                        newest[instance] = owner_id
+        return newest
+
+    def app_ids(self) -> set[str]:
+        """The id of every app with lines on disk (not those being forgotten)."""
+        with self._lock:
+            held = {key[0] for spool_file in self._index.values() for key in spool_file.spans}
+        return held - self._hidden
 
     @property
     def failure(self) -> str:
@@ -417,43 +425,56 @@ class Spool:
     async def read(self, queries: list[Query]) -> dict[Key, Found]:
         """What each query finds, read off the loop; lines written so far are included."""
         await self.flush()
-        return await asyncio.to_thread(self._read, queries)
+        return await asyncio.to_thread(self._read, queries, self._hidden)
 
-    def _read(self, queries: list[Query]) -> dict[Key, Found]:
+    def _read(self, queries: list[Query], hidden: frozenset[str]) -> dict[Key, Found]:
         wanted = {(q.app.encode(), q.instance.encode()): q for q in queries}
         found: dict[Key, list[LogLine]] = {(q.app, q.instance): [] for q in queries}
         done: dict[Key, bool] = {}
-        with self._lock:
-            files = [(f.number, dict(f.spans), f.size) for f in self._index.values()]
-        files.sort(reverse=True)
-        for number, spans, size in files:
-            pending = {
-                key: query
-                for key, query in wanted.items()
-                if (query.app, query.instance) not in done
-                and (query.app, query.instance) in spans
-                and (not query.below or spans[(query.app, query.instance)].first_seq < query.below)
-            }
-            if not pending:
-                continue
-            path = self.directory / f"{number:06d}{_SUFFIX}"
-            with contextlib.suppress(FileNotFoundError):  # rotated away meanwhile
-                self._read_file(path, size, pending, found, done)
+        with self._files.reading():
+            with self._lock:
+                files = [(f.number, dict(f.spans), f.size) for f in self._index.values()]
+            files.sort(reverse=True)
+            for number, spans, size in files:
+                held = _by_name(spans, hidden)
+                pending = {}
+                for key, query in wanted.items():
+                    name = (query.app, query.instance)
+                    span = held.get(name, {})
+                    if name in done or not span:
+                        continue
+                    merged = _merged(span, query.app_id)
+                    if merged is not None and (not query.below or merged.first_seq < query.below):
+                        pending[key] = query
+                if not pending:
+                    continue
+                path = self.directory / f"{number:06d}{SUFFIX}"
+                with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
+                    # (not found: rotated away meanwhile)
+                    self._read_file(file, size, pending, hidden, found, done)
         return {key: Found(lines[::-1], done.get(key, False)) for key, lines in found.items()}
 
     def _read_file(
         self,
-        path: Path,
+        file: BinaryIO,
         size: int,
         pending: dict[tuple[bytes, bytes], Query],
+        hidden: frozenset[str],
         found: dict[Key, list[LogLine]],
         done: dict[Key, bool],
     ) -> None:
-        for record in _records_backwards(path, size):
+        only = {key: query.app_id.encode() for key, query in pending.items() if query.app_id}
+        unread = {app_id.encode() for app_id in hidden}
+        for record in records_backwards(file, size):
             first = record.find(b"\t")
             second = record.find(b"\t", first + 1)
-            query = pending.get((record[:first], record[first + 1 : second]))
+            third = record.find(b"\t", second + 1)
+            name = (record[first + 1 : second], record[second + 1 : third])
+            query = pending.get(name)
             if query is None:
+                continue
+            app_id = record[:first]
+            if (name in only and app_id != only[name]) or app_id in unread:
                 continue
             line = decode(record, self.node)
             key = (query.app, query.instance)
@@ -464,7 +485,7 @@ class Spool:
                 found[key].append(line)
             if verdict is Verdict.STOP or len(found[key]) >= query.count:
                 done[key] = True
-                del pending[(record[:first], record[first + 1 : second])]
+                del pending[name]
                 if not pending:
                     return
 
@@ -473,15 +494,34 @@ class Spool:
     def _recover(self) -> None:
         """Index the files on disk; go on writing the newest (its torn end cut off)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        numbers = sorted(
-            int(path.stem) for path in self.directory.glob(f"*{_SUFFIX}") if path.stem.isdigit()
-        )
+        for leftover in self.directory.glob(f"*{REWRITE_SUFFIX}"):
+            leftover.unlink()  # a rewrite cut short: the file it would replace is whole
+        numbers = self._numbers()
+        marker = self.directory / FORMAT_FILE
+        try:
+            found = marker.read_text().strip()
+        except FileNotFoundError:
+            found = ""
+        if found != FORMAT:
+            if numbers:
+                log.warning(
+                    "the log spool in %s is of another format (%s, not %s): deleting its %d "
+                    "files, whose lines cannot be told apart by app",
+                    self.directory,
+                    found or "the first",
+                    FORMAT,
+                    len(numbers),
+                )
+            for number in numbers:
+                self._delete(number)
+            numbers = []
+            marker.write_text(FORMAT + "\n")
         for number in numbers[: max(0, len(numbers) - self.files)]:
             self._delete(number)
         numbers = numbers[-self.files :]
         for number in numbers[:-1]:
             self._index[number] = self._load_or_scan(number)
-        current = self._scan(numbers[-1]) if numbers else _File(1)
+        current = self._scan(numbers[-1]) if numbers else SpoolFile(1)
         path = self.directory / current.name
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.ftruncate(self._fd, current.size)  # a record torn by a crash is cut off
@@ -490,45 +530,45 @@ class Spool:
         if current.size >= self.file_bytes:
             self._rotate()
 
-    def _load_or_scan(self, number: int) -> _File:
-        path = self.directory / f"{number:06d}{_SUFFIX}"
+    def _numbers(self) -> list[int]:
+        """The numbers of the spool's files on disk, oldest first."""
+        return sorted(
+            int(path.stem) for path in self.directory.glob(f"*{SUFFIX}") if path.stem.isdigit()
+        )
+
+    def _load_or_scan(self, number: int) -> SpoolFile:
+        path = self.directory / f"{number:06d}{SUFFIX}"
         size = path.stat().st_size
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            saved = json.loads((self.directory / f"{number:06d}{_INDEX_SUFFIX}").read_text())
+            saved = json.loads((self.directory / f"{number:06d}{INDEX_SUFFIX}").read_text())
             if saved["size"] == size:
                 spans = {
-                    (str(app), str(instance)): Span(**span)
-                    for app, instance, span in saved["spans"]
+                    (str(app_id), str(app), str(instance)): Span(**span)
+                    for app_id, app, instance, span in saved["spans"]
                 }
-                return _File(number, spans, size)
+                return SpoolFile(number, spans, size)
         scanned = self._scan(number)
         self._save_index(scanned)
         return scanned
 
-    def _scan(self, number: int) -> _File:
+    def _scan(self, number: int) -> SpoolFile:
         """Index a file by reading it; its size is that of its complete records."""
-        scanned = _File(number)
+        scanned = SpoolFile(number)
         path = self.directory / scanned.name
         with path.open("rb") as file:
-            for record in file:
-                if not record.endswith(b"\n"):
-                    break  # torn by a crash: not part of the spool
-                header = _header(record[:-1])
-                if header is not None:
-                    key, seq, run = header
-                    scanned.spans.setdefault(key, Span()).add(seq, run)
-                scanned.size += len(record)
+            for record in records(file, path.stat().st_size):
+                scanned.add(record)
         return scanned
 
-    def _save_index(self, spool_file: _File) -> None:
-        spans = [[app, name, asdict(span)] for (app, name), span in spool_file.spans.items()]
-        path = self.directory / f"{spool_file.number:06d}{_INDEX_SUFFIX}"
+    def _save_index(self, spool_file: SpoolFile) -> None:
+        spans = [[*key, asdict(span)] for key, span in spool_file.spans.items()]
+        path = self.directory / f"{spool_file.number:06d}{INDEX_SUFFIX}"
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"size": spool_file.size, "spans": spans}))
         temporary.replace(path)
 
     def _delete(self, number: int) -> None:
-        for suffix in (_SUFFIX, _INDEX_SUFFIX):
+        for suffix in (SUFFIX, INDEX_SUFFIX):
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / f"{number:06d}{suffix}").unlink()
 
@@ -544,6 +584,11 @@ class Spool:
                     stop = True
                 elif isinstance(item, list):
                     batch += item
+                elif isinstance(item, _Forget):
+                    if batch:  # lines handed over before it are deleted with the rest
+                        self._append(batch)
+                        batch = []
+                    self._forget(item)
                 else:
                     barriers.append(item)
                 try:
@@ -553,7 +598,9 @@ class Spool:
             if batch:
                 self._append(batch)
             for barrier in barriers:
-                barrier.set_result(None)
+                # A flush whose caller gave up (cancelled) has no one to tell.
+                if barrier.set_running_or_notify_cancel():
+                    barrier.set_result(None)
             if stop:
                 break
         if self._fd >= 0:
@@ -585,7 +632,8 @@ class Spool:
 
     def _write(self, batch: list[LogLine]) -> None:
         current = self._current
-        assert current is not None
+        if current is None or self._fd < 0:  # a failed clear or rewrite left none
+            raise OSError(errno.EBADF, "the spool has no file to write to")
         data = "".join(map(encode, batch)).encode("utf-8", "replace")
         view = memoryview(data)
         while view:
@@ -607,7 +655,7 @@ class Spool:
         current = self._current
         assert current is not None
         self._save_index(current)
-        following = _File(current.number + 1)
+        following = SpoolFile(current.number + 1)
         fd = os.open(
             self.directory / following.name,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
@@ -623,3 +671,106 @@ class Spool:
                 del self._index[number]
         for number in doomed:
             self._delete(number)
+
+    # ------------------------------------------------------------ deleting (the writer thread)
+
+    def _forget(self, order: _Forget) -> None:
+        """Carry out one `forget` or `clear`; its future says how it went (unless its
+        caller gave up waiting: it is carried out all the same)."""
+        told = order.done.set_running_or_notify_cancel()
+        try:
+            with self._files.rewriting():
+                if order.app_ids is None:
+                    self._clear()
+                else:
+                    self._drop_apps(order.app_ids)
+                self._sync_directory()
+        except OSError as exc:
+            log.error("the log spool in %s could not delete lines: %s", self.directory, exc)
+            if told:
+                order.done.set_exception(
+                    SpoolError(f"the log spool in {self.directory} could not delete lines: {exc}")
+                )
+        except Exception as exc:  # never leave the caller waiting, nor end the writer
+            log.exception("the log spool in %s failed deleting lines", self.directory)
+            if told:
+                order.done.set_exception(exc)
+        else:
+            if told:
+                order.done.set_result(None)
+
+    def _clear(self) -> None:
+        """Delete every file; start again with an empty first one."""
+        with self._lock:
+            doomed = sorted(self._index)
+            self._index.clear()
+            self._current = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        try:
+            for number in {*doomed, *self._numbers()}:
+                self._delete(number)
+        finally:
+            self._start(SpoolFile(1))
+
+    def _start(self, spool_file: SpoolFile) -> None:
+        """Make `spool_file` (empty: truncated if it exists) the one written to."""
+        self._fd = os.open(
+            self.directory / spool_file.name,
+            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
+            0o644,
+        )
+        with self._lock:
+            self._index[spool_file.number] = spool_file
+            self._current = spool_file
+
+    def _drop_apps(self, app_ids: frozenset[str]) -> None:
+        """Rewrite each file holding lines of `app_ids` without them; delete a full file
+        that holds nothing else."""
+        with self._lock:
+            files = sorted(self._index.values(), key=lambda spool_file: spool_file.number)
+        for spool_file in files:
+            doomed = [key for key in spool_file.spans if key[0] in app_ids]
+            if not doomed:
+                continue
+            if spool_file is not self._current and len(doomed) == len(spool_file.spans):
+                with self._lock:
+                    del self._index[spool_file.number]
+                self._delete(spool_file.number)
+            else:
+                self._rewrite(spool_file, app_ids)
+
+    def _rewrite(self, spool_file: SpoolFile, app_ids: frozenset[str]) -> None:
+        """Replace the file by a copy without the lines of `app_ids` (the file written to
+        included: writing goes on at the end of the copy)."""
+        path = self.directory / spool_file.name
+        copy = path.with_suffix(REWRITE_SUFFIX)
+        doomed = {app_id.encode() for app_id in app_ids}
+        kept = SpoolFile(spool_file.number)
+        with path.open("rb") as source, copy.open("wb") as target:
+            for record in records(source, spool_file.size):
+                if record[: record.find(b"\t")] not in doomed:
+                    target.write(record)
+                    kept.add(record)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(copy, path)
+        if spool_file is self._current:
+            os.close(self._fd)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            with self._lock:
+                self._index[kept.number] = kept
+                self._current = kept
+        else:
+            with self._lock:
+                self._index[kept.number] = kept
+            self._save_index(kept)
+
+    def _sync_directory(self) -> None:
+        """Make the deletions and renames in the directory durable."""
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

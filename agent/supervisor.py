@@ -660,7 +660,7 @@ class Supervisor:
                     current = slot.current = Instance(
                         want,
                         config=self.config,
-                        buffer=self.logs.buffer(app, name),
+                        buffer=self.logs.buffer(app, name, want.app_id),
                         port_for=functools.partial(self.ports.lease, slot.key),
                         base_env=self._base_env,
                         report=self._report,

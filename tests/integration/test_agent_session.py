@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub
+from paas.agent.membership import Membership
 from paas.agent.ports import PortPool
 from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import Reaper
@@ -39,6 +41,8 @@ APP = "shop"
 # Says something every 0.1 s, so a follower of its logs always has something new.
 TICKER = "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done"
 SLEEPERS = "echo sleepers up; sleep 1000 & sleep 1001 & wait"
+CLUSTER = "cluster-a"
+APP_ID = "app-shop-1"
 
 
 async def eventually(
@@ -86,37 +90,55 @@ def free_range(width: int = 20) -> tuple[int, int]:
     return ports.free_range(width)
 
 
-def worker(name: str, command: str, incarnation: int = 1) -> pb.Assignment:
+def worker(
+    name: str, command: str, incarnation: int = 1, app_id: str = APP_ID, app: str = APP
+) -> pb.Assignment:
     return pb.Assignment(
-        app=APP,
+        app=app,
         name=name,
         type=name.rpartition(".")[0],
         incarnation=incarnation,
         release=1,
         command=command,
         dir="/tmp",
+        app_id=app_id,
     )
 
 
 class FakeScheduler(pb_grpc.SchedulerServicer):
     """Scheduler.Session only: records what agents send, sends what the test pushes.
 
-    With `leader` set it is a follower and refuses every session, naming the leader.
+    Each session opens with a Welcome naming `cluster_id` (none if it is "", as a
+    scheduler from before cluster ids). With `leader` set it is a follower and
+    refuses every session, naming the leader.
     """
 
-    def __init__(self, leader: str = "") -> None:
+    def __init__(self, leader: str = "", cluster_id: str = CLUSTER) -> None:
         self.leader = leader
+        self.cluster_id = cluster_id
         self.hellos: list[pb.Hello] = []
         self.messages: list[pb.AgentMessage] = []
         self.refused = 0
         self._outgoing: asyncio.Queue[pb.SchedulerMessage] = asyncio.Queue()
 
-    def push(self, *assignments: pb.Assignment, generation: int) -> None:
+    def push(
+        self, *assignments: pb.Assignment, generation: int, live_apps: list[str] | None = None
+    ) -> None:
+        """A desired set; `live_apps` by default APP_ID and the app id of each assignment."""
+        live = live_apps
+        if live is None:
+            live = sorted({APP_ID, *(a.app_id for a in assignments)})
         self._outgoing.put_nowait(
             pb.SchedulerMessage(
-                desired=pb.DesiredSet(generation=generation, instances=list(assignments))
+                desired=pb.DesiredSet(
+                    generation=generation, instances=list(assignments), live_apps=live
+                )
             )
         )
+
+    def welcome(self, cluster_id: str) -> None:
+        """A Welcome in the open session (a real scheduler sends one first, only)."""
+        self._outgoing.put_nowait(pb.SchedulerMessage(welcome=pb.Welcome(cluster_id=cluster_id)))
 
     def statuses(self, name: str) -> list[pb.InstanceStatus]:
         return [m.status for m in self.messages if m.HasField("status") and m.status.name == name]
@@ -144,6 +166,8 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         first = await anext(request_iterator)
         assert first.HasField("hello"), first
         self.hellos.append(first.hello)
+        if self.cluster_id:
+            yield pb.SchedulerMessage(welcome=pb.Welcome(cluster_id=self.cluster_id))
 
         async def read() -> None:
             async for message in request_iterator:
@@ -162,8 +186,8 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             reader.cancel()
 
 
-def fake_scheduler(leader: str = "") -> FakeScheduler:
-    return FakeScheduler(leader)  # type: ignore[abstract]  # only Session is served
+def fake_scheduler(leader: str = "", cluster_id: str = CLUSTER) -> FakeScheduler:
+    return FakeScheduler(leader, cluster_id)  # type: ignore[abstract]  # only Session is served
 
 
 class Servers:
@@ -651,3 +675,237 @@ async def test_hostile_commands_leave_the_agent_responsive_and_its_memory_bounde
         if agent.returncode is None:
             agent.kill()
             await agent.wait()
+
+
+# ---------------------------------------------------------------- which cluster, which app
+
+
+def spool_bytes(state: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(state.glob("*/logs/*.log")))
+
+
+async def test_logs_are_refused_until_a_scheduler_has_welcomed_the_agent(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler(cluster_id="")  # says no Welcome of itself
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", TICKER), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)  # the workload runs all the same
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await read_logs(hello.address)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not joined yet" in (refused.value.details() or "")
+
+        # Welcomed at last (no cluster recorded): what it kept before is of an unknown
+        # cluster and is not served; what its scheduler starts from now on is.
+        scheduler.welcome(CLUSTER)
+        scheduler.push(worker("worker.1", TICKER), worker("worker.2", TICKER), generation=2)
+
+        async def ticks() -> list[pb.LogLine] | None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                found = await read_logs(hello.address, lines=1000)
+                return found if any(x.text.startswith("tick") for x in found) else None
+            return None
+
+        served = await eventually_async(ticks, "the logs served once welcomed")
+        no_leftovers.update(s.pid for s in scheduler.statuses("worker.2") if s.pid)
+        assert {x.instance for x in served if x.text.startswith("tick")} == {"worker.2"}
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+
+
+async def test_an_agent_on_the_state_dir_of_another_cluster_serves_none_of_its_logs(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    tmp_path: Path,
+) -> None:
+    config = config_for("")
+
+    async def run_on(cluster_id: str, *assignments: pb.Assignment) -> list[str]:
+        """Start the agent on the same state dir for a scheduler of `cluster_id`; once
+        its logs are served, stop it; the texts it served."""
+        scheduler = fake_scheduler(cluster_id=cluster_id)
+        address = await servers.start(scheduler)
+        agent = asyncio.create_task(run_agent(replace(config, join=[address])))
+        try:
+            hello = await eventually(scheduler.hello, "hello")
+            if assignments:
+                scheduler.push(*assignments, generation=1)
+
+            async def served() -> tuple[list[str]] | None:
+                with contextlib.suppress(grpc.aio.AioRpcError):  # not joined yet
+                    found = [x.text for x in await read_logs(hello.address, lines=1000)]
+                    return (found,) if not assignments or "said in a" in found else None
+                return None
+
+            (texts,) = await eventually_async(served, f"logs served for {cluster_id}")
+            no_leftovers.update(s.pid for s in scheduler.statuses("worker.1") if s.pid)
+            return texts
+        finally:
+            agent.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent
+            await servers.stop(address)
+
+    await run_on("cluster-a", worker("worker.1", "echo said in a; sleep 1000"))
+    assert "said in a" in await run_on("cluster-a")  # the same cluster: its logs are kept
+    assert b"said in a" in spool_bytes(tmp_path / "state")
+    served = await run_on("cluster-b")  # a new cluster, the same node name and state dir
+    assert "said in a" not in served
+    assert b"said in a" not in spool_bytes(tmp_path / "state")  # deleted, not only hidden
+    cluster_file = tmp_path / "state" / "node-1" / "cluster-id"
+    assert cluster_file.read_text().strip() == "cluster-b"
+
+
+async def test_an_app_is_known_by_its_id_and_the_logs_of_apps_gone_are_deleted(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    tmp_path: Path,
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+
+        async def texts(**request: Any) -> list[str]:
+            return [x.text for x in await read_logs(hello.address, lines=1000, **request)]
+
+        async def saying(text: str, **request: Any) -> list[str] | None:
+            found = await texts(**request)
+            return found if text in found else None
+
+        first = worker("worker.1", "echo first app; sleep 1000", app_id="id-1")
+        scheduler.push(first, generation=1, live_apps=["id-1"])
+        await eventually_async(lambda: saying("first app"), "the first app's line")
+        # The app is destroyed and made again under its name: another id, the same web.1.
+        second = worker("worker.1", "echo second app; sleep 1000", incarnation=2, app_id="id-2")
+        scheduler.push(second, generation=2, live_apps=["id-1", "id-2"])
+        mine = await eventually_async(
+            lambda: saying("second app", app_id="id-2"), "the second app's line"
+        )
+        no_leftovers.update(s.pid for s in scheduler.statuses("worker.1") if s.pid)
+        assert "first app" not in mine
+        theirs = await texts(app_id="id-1")
+        assert "first app" in theirs and "second app" not in theirs
+        by_name = await texts()  # the app that has the name now
+        assert "second app" in by_name and "first app" not in by_name
+
+        scheduler.push(second, generation=3, live_apps=["id-2"])  # id-1 is gone for good
+
+        async def first_app_gone() -> bool:
+            return b"first app" not in spool_bytes(tmp_path / "state")
+
+        await eventually_async(first_app_gone, "the first app's lines deleted")
+        assert await texts(app_id="id-1") == []
+        assert "second app" in await texts(app_id="id-2")
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+
+
+async def test_a_follower_is_ended_when_the_agent_joins_another_cluster(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler()
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", TICKER), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        async with grpc.aio.insecure_channel(hello.address, options=CHANNEL_OPTIONS) as channel:
+            stream = pb_grpc.AgentStub(channel).ReadLogs(
+                pb.LogsRequest(app=APP, process="worker.1", follow=True)
+            )
+            lines = aiter(stream)
+            await anext(lines)  # following
+            scheduler.welcome("cluster-b")  # etcd was replaced under the same scheduler
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while True:
+                    await asyncio.wait_for(anext(lines), 10)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "joined another cluster" in (ended.value.details() or "")
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+
+
+async def test_a_welcome_the_agent_cannot_take_keeps_the_session_and_serves_no_logs(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = fake_scheduler(cluster_id="not/a/cluster id")
+    address = await servers.start(scheduler)
+    agent = asyncio.create_task(run_agent(config_for(address)))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(worker("worker.1", TICKER), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)  # the workload runs: only the logs are held back
+
+        async def refusal() -> str | None:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read_logs(hello.address)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = refused.value.details() or ""
+            return details if "its last welcome failed" in details else None  # not yet taken
+
+        details = await eventually_async(refusal, "the refusal of a failed welcome")
+        assert "no usable cluster id" in details
+        beats = scheduler.heartbeats()
+        await eventually(lambda: scheduler.heartbeats() > beats, "the session still open")
+        assert len(scheduler.hellos) == 1
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+
+
+async def test_only_desired_sets_of_a_welcomed_session_delete_logs(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scheduler that sends no Welcome (one from before cluster ids) is not trusted
+    with deleting logs, even after an earlier session was welcomed."""
+    first = fake_scheduler()
+    address = await servers.start(first)
+    install_child_watcher()
+    config = config_for(address)
+    supervisor = Supervisor(config, LogHub(config.name, 100), PortPool(*config.ports))
+    membership = Membership(config.state_dir / config.name, supervisor.logs)
+    pruned: list[pb.DesiredSet] = []
+    monkeypatch.setattr(membership, "prune", pruned.append)
+    session = Session(config, supervisor, "127.0.0.1:1", membership)
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: first.hellos, "hello")
+        first.push(worker("worker.1", SLEEPERS), generation=1)
+        up = await eventually(lambda: first.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        assert membership.joined and [len(d.instances) for d in pruned] == [1]
+
+        await servers.stop(address)
+        second = fake_scheduler(cluster_id="")
+        await servers.start(second, address)
+        await eventually(second.hello, "hello again")
+        second.push(generation=1, live_apps=[])  # "no app exists", from an unwelcomed session
+        await eventually(lambda: second.reported("worker.1", pb.STOPPED), "worker.1 stopped")
+        assert len(pruned) == 1  # applied to the workload, not to the logs
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()

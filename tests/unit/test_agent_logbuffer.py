@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from paas.agent.logbuffer import (
     MAX_LINE,
     LineSplitter,
@@ -40,7 +43,7 @@ def test_a_long_line_is_split_into_continued_pieces_and_the_partial_stays_bounde
     out: list[Piece] = []
     for _ in range(30):
         out += splitter.feed(b"x" * 1000)  # 30 000 characters and no newline
-        assert len(splitter._partial) < MAX_LINE
+        assert len(splitter._partial.encode()) <= MAX_LINE
     out += splitter.feed(b"\n")
     assert [(len(p.text), p.continued) for p in out] == [
         (MAX_LINE, True),
@@ -55,6 +58,68 @@ def test_a_long_line_is_split_into_continued_pieces_and_the_partial_stays_bounde
     ]
     exact = LineSplitter().feed(b"z" * MAX_LINE + b"\n")
     assert [(len(p.text), p.continued) for p in exact] == [(MAX_LINE, False)]
+
+
+def test_a_line_is_cut_at_heroku_s_10000_bytes_of_utf8_never_inside_a_character() -> None:
+    assert MAX_LINE == 10_000
+
+    def cut(text: str) -> list[tuple[int, bool]]:
+        pieces = LineSplitter().feed(text.encode() + b"\n")
+        assert "".join(texts(pieces)) == text
+        return [(len(p.text.encode()), p.continued) for p in pieces]
+
+    assert cut("x" * 10_000) == [(10_000, False)]
+    assert cut("x" * 10_001) == [(10_000, True), (1, False)]
+    assert cut("é" * 6000) == [(10_000, True), (2_000, False)]  # 2 bytes each
+    # 3-byte snowmen: 3333 of them are 9999 bytes, the 3334th would straddle the limit.
+    assert cut("☃" * 4000) == [(9_999, True), (2_001, False)]
+    assert cut("a" + "☃" * 3333) == [(10_000, False)]
+    assert cut("ab" + "☃" * 3333) == [(9_998, True), (3, False)]
+    assert cut("🎉" * 2501) == [(10_000, True), (4, False)]  # 4 bytes each
+
+
+def test_a_long_line_without_a_newline_is_cut_by_bytes_as_it_comes() -> None:
+    splitter = LineSplitter()
+    out: list[Piece] = []
+    for _ in range(20):
+        out += splitter.feed("☃".encode() * 500)  # 30 000 bytes in all, no newline
+        assert len(splitter._partial.encode()) <= MAX_LINE
+    out += splitter.feed(b"\n")
+    assert "".join(texts(out)) == "☃" * 10_000
+    assert [(len(p.text.encode()), p.continued) for p in out] == [
+        (9_999, True),
+        (9_999, True),
+        (9_999, True),
+        (3, False),
+    ]
+
+
+@given(
+    st.lists(st.text(alphabet="abé☃🎉\n", max_size=60), max_size=8),
+    st.integers(min_value=4, max_value=24),
+)
+def test_pieces_are_never_over_the_limit_and_join_back_into_each_line(
+    chunks: list[str], limit: int
+) -> None:
+    splitter = LineSplitter(max_line=limit)
+    pieces: list[Piece] = []
+    for chunk in chunks:
+        pieces += splitter.feed(chunk.encode())
+        assert len(splitter._partial.encode()) <= limit
+    pieces += splitter.flush()
+    assert all(len(p.text.encode()) <= limit for p in pieces)
+    lines: list[str] = []
+    joined = ""
+    for piece in pieces:
+        joined += piece.text
+        if not piece.continued:
+            lines.append(joined)
+            joined = ""
+    text = "".join(chunks)
+    expected = text.split("\n")
+    if expected and expected[-1] == "":
+        expected.pop()  # the text ended with a newline: no last partial line
+    assert lines == expected
 
 
 def test_a_buffer_keeps_its_last_lines_with_increasing_seq_and_counts_the_rest() -> None:
@@ -187,3 +252,54 @@ async def test_pump_copies_a_pipe_line_by_line_until_eof() -> None:
         ("stderr", 2, "two"),
         ("stderr", 3, "three"),
     ]
+
+
+def test_an_app_re_created_under_the_same_name_gets_a_fresh_buffer_and_seq() -> None:
+    hub = LogHub("node-1", lines=100)
+    old = hub.buffer("shop", "web.1", "old-id")
+    old.append("stdout", "old line")
+    assert hub.buffer("shop", "web.1", "old-id") is old
+    new = hub.buffer("shop", "web.1", "new-id")  # the slot's next instance is the new app's
+    assert new is not old and new.lines() == []
+    line = new.append("stdout", "new line")
+    assert (line.seq, line.app_id) == (1, "new-id")  # another app: its own count
+    old.append("stdout", "the old instance's last words")  # detached: it publishes nothing
+    assert [b.app_id for b in hub.buffers("shop")] == ["new-id"]
+    assert hub.buffers("shop", "old-id") == []
+
+    hub.retire("shop", "web.1")
+    again = hub.buffer("shop", "web.1", "third-id")  # a retired buffer of another id: fresh too
+    assert again.lines() == [] and again.last_seq == 0
+    hub.retire("shop", "web.1")
+    back = hub.buffer("shop", "web.1", "third-id")  # the same app again: the same buffer
+    assert back is again
+
+
+async def test_forgetting_apps_drops_their_buffers_and_stops_their_lines() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop")
+    running = hub.buffer("shop", "web.1", "gone")
+    hub.buffer("shop", "web.2", "gone").append("stdout", "retired")
+    hub.retire("shop", "web.2")
+    hub.buffer("shop", "web.3", "kept").append("stdout", "kept")
+    assert hub.app_ids() == {"gone", "kept"}
+    await hub.forget_apps({"gone"})
+    assert hub.app_ids() == {"kept"}
+    assert [b.instance for b in hub.buffers("shop")] == ["web.3"]
+    running.append("stdout", "still stopping")  # its instance may write until it stops
+    assert [line.text for line in follower.take(10)] == ["retired", "kept"]
+
+
+async def test_forgetting_everything_leaves_no_line_and_ends_every_follower() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop")
+    waiting = asyncio.ensure_future(follower.get_many(10))
+    hub.buffer("shop", "web.1", "a").append("stdout", "x")
+    assert [line.text for line in await waiting] == ["x"]
+    hub.buffer("shop", "web.2").append("stdout", "no id")
+    hub.retire("shop", "web.2")
+    waiting = asyncio.ensure_future(follower.get_many(10))
+    await hub.forget_everything()
+    assert [line.text for line in await asyncio.wait_for(waiting, 5)] == ["no id"]
+    assert await asyncio.wait_for(follower.get_many(10), 5) == []  # ended: no waiting
+    assert hub.buffers("shop") == [] and hub.app_ids() == set()

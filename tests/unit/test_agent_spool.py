@@ -4,7 +4,9 @@ restart; and history that goes past the in-memory buffer into it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,12 +18,23 @@ from hypothesis import strategies as st
 from paas.agent.logbuffer import LogHub
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
-from paas.agent.spool import Query, Span, Spool, Verdict, decode, encode
+from paas.agent.spool import Found, Query, Spool, Verdict
+from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode
 
 
-def line(seq: int, text: str = "", instance: str = "web.1", run: int = 1) -> LogLine:
+def line(
+    seq: int, text: str = "", instance: str = "web.1", run: int = 1, app_id: str = ""
+) -> LogLine:
     return LogLine(
-        time.time(), "shop", instance, "stdout", "node-1", seq, text or f"line {seq}", run
+        time.time(),
+        "shop",
+        instance,
+        "stdout",
+        "node-1",
+        seq,
+        text or f"line {seq}",
+        run,
+        app_id=app_id,
     )
 
 
@@ -35,7 +48,7 @@ async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
 
 def test_a_record_keeps_every_field_and_any_text() -> None:
     for text in ["plain", "tabs\tin\tit", "new\nline", "bad \ufffd bytes", "", "back\\slash\\n"]:
-        original = LogLine(1.5, "shop", "web.3", "stderr", "n", 7, text, 2, True)
+        original = LogLine(1.5, "shop", "web.3", "stderr", "n", 7, text, 2, True, "3f2a-1")
         assert decode(encode(original).encode()[:-1], "n") == original
     assert decode(b"torn\trecord", "n") is None
 
@@ -105,7 +118,7 @@ async def test_a_new_spool_finds_where_each_instance_stopped_and_cuts_a_torn_end
     await first.close()
     current = max((tmp_path / "logs").glob("*.log"))
     with current.open("ab") as file:
-        file.write(b"shop\tweb.1\t12.0\tstdout\t201\t3\t0\thalf a rec")  # the agent died here
+        file.write(b"\tshop\tweb.1\t12.0\tstdout\t201\t3\t0\thalf a rec")  # the agent died here
 
     second = Spool(tmp_path / "logs", "node-1", file_bytes=5_000, files=4)
     await second.open()
@@ -276,3 +289,209 @@ async def test_a_disk_that_refuses_writes_is_said_in_the_history_and_writing_res
     assert spool.failure == ""
     found = await spool.read([Query("shop", "web.1", count=10)])
     assert [x.text for x in found[("shop", "web.1")].lines] == ["line 21"]
+
+
+# ------------------------------------------------------------------ app ids
+
+
+def seqs_of(found: dict[tuple[str, str], Found], instance: str = "web.1") -> list[int]:
+    return [x.seq for x in found[("shop", instance)].lines]
+
+
+def on_disk(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("*.log")))
+
+
+async def test_a_query_with_an_app_id_reads_only_that_app_and_without_one_every_app_of_the_name(
+    spool: Spool,
+) -> None:
+    for seq in range(1, 6):
+        spool.write(line(seq, app_id="old-shop"))  # an app destroyed, then made again
+    for seq in range(6, 11):
+        spool.write(line(seq, app_id="new-shop"))
+    await spool.flush()
+    old = await spool.read([Query("shop", "web.1", app_id="old-shop")])
+    new = await spool.read([Query("shop", "web.1", app_id="new-shop")])
+    either = await spool.read([Query("shop", "web.1")])
+    assert seqs_of(old) == [1, 2, 3, 4, 5]
+    assert seqs_of(new) == [6, 7, 8, 9, 10]
+    assert seqs_of(either) == list(range(1, 11))
+    assert (await spool.read([Query("shop", "web.1", app_id="other")]))[
+        ("shop", "web.1")
+    ].lines == []
+    assert spool.instances("shop", "new-shop")["web.1"].first_seq == 6
+    assert spool.instances("shop")["web.1"].first_seq == 1
+    assert spool.instances("shop", "other") == {}
+    assert spool.app_ids() == {"old-shop", "new-shop"}
+
+
+async def test_forget_deletes_an_app_s_lines_from_every_file_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "logs"
+    spool = Spool(directory, "node-1", file_bytes=4_000, files=10)
+    await spool.open()
+    try:
+        for seq in range(1, 101):  # a file of only "gone" lines, then files of both
+            spool.write(line(seq, "gone " + "x" * 40, instance="web.2", app_id="gone"))
+            if seq % 10 == 0:
+                await spool.flush()
+        for seq in range(1, 201):
+            spool.write(line(seq, app_id="kept"))
+            spool.write(line(100 + seq, "gone " + "x" * 40, instance="web.2", app_id="gone"))
+            if seq % 10 == 0:
+                await spool.flush()
+        await spool.flush()
+        files_before = len(list(directory.glob("*.log")))
+        assert files_before > 3 and b"gone" in on_disk(directory)
+
+        await spool.forget({"gone"})
+
+        assert b"gone" not in on_disk(directory)  # deleted, not only hidden
+        assert len(list(directory.glob("*.log"))) < files_before  # its own file went whole
+        assert spool.app_ids() == {"kept"}
+        assert spool.instances("shop") == {"web.1": spool.instances("shop")["web.1"]}
+        found = await spool.read([Query("shop", "web.1", count=1000), Query("shop", "web.2")])
+        assert seqs_of(found) == list(range(1, 201))
+        assert found[("shop", "web.2")].lines == []
+        spool.write(line(201, "after", app_id="kept"))  # writing goes on at the end
+        found = await spool.read([Query("shop", "web.1", count=2)])
+        assert [x.text for x in found[("shop", "web.1")].lines] == ["line 200", "after"]
+    finally:
+        await spool.close()
+
+    again = Spool(directory, "node-1", file_bytes=4_000, files=10)  # the index on disk agrees
+    await again.open()
+    try:
+        assert again.app_ids() == {"kept"}
+        found = await again.read([Query("shop", "web.1", count=1000)])
+        assert seqs_of(found) == [*range(1, 201), 201]
+    finally:
+        await again.close()
+
+
+async def test_lines_of_an_app_being_forgotten_are_not_read_from_the_moment_it_is_asked(
+    spool: Spool,
+) -> None:
+    for seq in range(1, 11):
+        spool.write(line(seq, app_id="gone"))
+    spool.write(line(1, instance="web.2", app_id="kept"))
+    await spool.flush()
+    forgetting = asyncio.ensure_future(spool.forget({"gone"}))
+    await asyncio.sleep(0)  # one turn: forget has begun, the writer thread has not finished
+    assert spool.instances("shop") == {"web.2": spool.instances("shop")["web.2"]}
+    assert spool.app_ids() == {"kept"}
+    await forgetting
+    assert spool.app_ids() == {"kept"}
+
+
+async def test_lines_handed_over_before_forget_are_deleted_with_the_rest(spool: Spool) -> None:
+    for seq in range(1, 11):
+        spool.write(line(seq, app_id="gone"))  # not yet handed to the writer thread
+    await spool.forget({"gone"})
+    assert spool.app_ids() == set()
+    assert b"gone" not in on_disk(spool.directory)
+
+
+async def test_clear_deletes_every_line_and_the_spool_writes_on(spool: Spool) -> None:
+    for seq in range(1, 11):
+        spool.write(line(seq, app_id="a"))
+    await spool.flush()
+    spool.write(line(11, app_id="a"))  # handed over after the flush, before the clear
+    await spool.clear()
+    assert spool.app_ids() == set() and spool.instances("shop") == {}
+    assert on_disk(spool.directory) == b""
+    spool.write(line(1, "fresh", app_id="b"))
+    found = await spool.read([Query("shop", "web.1")])
+    assert [x.text for x in found[("shop", "web.1")].lines] == ["fresh"]
+
+
+async def test_a_spool_of_another_format_is_deleted_on_open(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    # What an agent before app ids wrote: app, instance, time, stream, seq, run, flags, text.
+    (directory / "000001.log").write_bytes(b"shop\tweb.1\t12.0\tstdout\t1\t1\t0\told line\n")
+    spool = Spool(directory, "node-1")
+    await spool.open()
+    try:
+        assert spool.instances("shop") == {} and spool.app_ids() == set()
+        assert (directory / "FORMAT").read_text().strip() == FORMAT
+        assert b"old line" not in on_disk(directory)
+    finally:
+        await spool.close()
+
+
+async def test_a_flush_whose_caller_gave_up_does_not_stop_the_writer(spool: Spool) -> None:
+    """A reader cancelled while it waits for the spool (a client that hung up) must not
+    kill the writer thread: every later flush would wait forever."""
+    spool.write(line(1))
+    with spool._lock:  # the writer thread blocks on it while it writes
+        waiting = asyncio.ensure_future(spool.flush())
+        await asyncio.sleep(0)  # the flush is queued
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+    spool.write(line(2))
+    await asyncio.wait_for(spool.flush(), 10)
+    assert seqs_of(await spool.read([Query("shop", "web.1")])) == [1, 2]
+
+
+def test_a_rewrite_waits_for_the_reads_in_progress_and_reads_wait_for_it() -> None:
+    exclusion = Exclusion()
+    events: list[str] = []
+    reading = threading.Event()
+    done_reading = threading.Event()
+
+    def reader() -> None:
+        with exclusion.reading():
+            reading.set()
+            done_reading.wait(10)
+            events.append("read")
+
+    def rewriter() -> None:
+        with exclusion.rewriting():
+            events.append("rewrite")
+
+    first = threading.Thread(target=reader)
+    first.start()
+    assert reading.wait(10)
+    second = threading.Thread(target=rewriter)
+    second.start()
+    deadline = time.monotonic() + 10
+    while not exclusion._waiting and time.monotonic() < deadline:  # the rewrite is waiting
+        time.sleep(0.001)
+    assert exclusion._waiting == 1 and events == []
+    done_reading.set()
+    first.join(10)
+    second.join(10)
+    assert events == ["read", "rewrite"]
+
+
+async def test_history_of_an_app_id_leaves_out_an_earlier_app_of_the_same_name(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "logs", "node-1")
+    hub = LogHub("node-1", lines=5, spool=spool)
+    await hub.open()
+    old = hub.buffer("shop", "web.1", "old-id")
+    for i in range(1, 21):
+        old.append("stdout", f"old {i}")
+    new = hub.buffer("shop", "web.1", "new-id")
+    for i in range(1, 21):
+        new.append("stdout", f"new {i}")
+    mine, _ = await read_history(hub, "shop", process_matcher(""), 1000, app_id="new-id")
+    assert [x.text for x in mine] == [f"new {i}" for i in range(1, 21)]  # from disk, then memory
+    theirs, _ = await read_history(hub, "shop", process_matcher(""), 1000, app_id="old-id")
+    assert [x.text for x in theirs] == [f"old {i}" for i in range(1, 21)]
+    # Without an app id: the app that has the name now, from memory and from disk.
+    by_name, _ = await read_history(hub, "shop", process_matcher(""), 1000)
+    assert [x.text for x in by_name] == [f"new {i}" for i in range(1, 21)]
+    hub.retire("shop", "web.1")
+    await hub.close()
+    restarted = LogHub("node-1", lines=5, spool=Spool(spool.directory, "node-1"))
+    await restarted.open()  # memory is empty: the newest lines on disk say which app
+    try:
+        by_name, _ = await read_history(restarted, "shop", process_matcher(""), 1000)
+        assert [x.text for x in by_name] == [f"new {i}" for i in range(1, 21)]
+    finally:
+        await restarted.close()

@@ -1,0 +1,219 @@
+"""What the log spool's files hold, and reading them: the spool's format on disk.
+
+A record is one line: its fields tab-separated, the text last (as JSON if it holds
+a newline), the whole ending in a newline:
+
+    APP_ID  APP  INSTANCE  TIMESTAMP  STREAM  SEQ  RUN  FLAGS  TEXT
+
+`FORMAT` names this layout (the spool writes it to its FORMAT file and deletes the
+files of any other). A SpoolFile is the index of one file: the span of seqs and
+runs of each (app id, app, instance) it holds, and its size in complete records.
+Exclusion keeps readers of the files and the writer thread rewriting them apart.
+
+It does no I/O of its own but on the file objects it is handed; the Spool
+(spool.py) owns the directory, the writer thread and when each piece runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from paas.agent.logline import LogLine
+
+READ_BLOCK = 1 << 20
+SUFFIX = ".log"
+INDEX_SUFFIX = ".idx"
+REWRITE_SUFFIX = ".rewrite"
+# Records: app id, app, instance, timestamp, stream, seq, run, flags, text.
+FORMAT = "paas log spool 2"
+FORMAT_FILE = "FORMAT"
+# Record flags: the line is continued; the text is JSON (it held a newline).
+CONTINUED = 1
+JSON_TEXT = 2
+
+IdKey = tuple[str, str, str]  # (app id, app, instance): what the index keeps
+
+
+@dataclass(slots=True)
+class Span:
+    """One instance's lines in one file (or, merged, in the whole spool)."""
+
+    first_seq: int = 0  # 0 until a line with a seq is seen
+    last_seq: int = 0
+    last_run: int = 0
+    lines: int = 0
+
+    def add(self, seq: int, run: int) -> None:
+        if seq:
+            if not self.first_seq:
+                self.first_seq = seq
+            self.last_seq = max(self.last_seq, seq)
+        self.last_run = max(self.last_run, run)
+        self.lines += 1
+
+    def add_all(self, lines: list[LogLine]) -> None:
+        """`add` each of `lines`, in order."""
+        seqs = [line.seq for line in lines if line.seq]
+        if seqs:
+            if not self.first_seq:
+                self.first_seq = seqs[0]
+            self.last_seq = max(self.last_seq, max(seqs))
+        self.last_run = max(self.last_run, max(line.run for line in lines))
+        self.lines += len(lines)
+
+    def merge(self, other: Span) -> None:
+        if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
+            self.first_seq = other.first_seq
+        self.last_seq = max(self.last_seq, other.last_seq)
+        self.last_run = max(self.last_run, other.last_run)
+        self.lines += other.lines
+
+
+@dataclass
+class SpoolFile:
+    number: int
+    spans: dict[IdKey, Span] = field(default_factory=dict)
+    size: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.number:06d}{SUFFIX}"
+
+    def add(self, record: bytes) -> None:
+        """Count one record (with its newline) into the spans and the size."""
+        found = header(record[:-1])
+        if found is not None:
+            key, seq, run = found
+            self.spans.setdefault(key, Span()).add(seq, run)
+        self.size += len(record)
+
+
+# ------------------------------------------------------------------ records
+
+
+def encode(line: LogLine) -> str:
+    """One record: tab-separated fields, the text last; a text holding a newline as JSON.
+
+    The timestamp is written in full (repr): lines read back must sort where the
+    buffer's copies of them do, and lines read together share one timestamp.
+    """
+    text = line.text
+    flags = CONTINUED if line.continued else 0
+    if "\n" in text:
+        text = json.dumps(text)
+        flags |= JSON_TEXT
+    return (
+        f"{line.app_id}\t{line.app}\t{line.instance}\t{line.timestamp!r}\t{line.stream}\t"
+        f"{line.seq}\t{line.run}\t{flags}\t{text}\n"
+    )
+
+
+def decode(record: bytes, node: str) -> LogLine | None:
+    """The line of one record (without its newline); None if it is not one (a torn write)."""
+    fields = record.split(b"\t", 8)
+    if len(fields) != 9:
+        return None
+    app_id, app, instance, stamp, stream, seq, run, flags, text = fields
+    try:
+        bits = int(flags)
+        decoded = text.decode("utf-8", "replace")
+        if bits & JSON_TEXT:
+            decoded = str(json.loads(decoded))
+        return LogLine(
+            float(stamp),
+            app.decode("utf-8", "replace"),
+            instance.decode("utf-8", "replace"),
+            stream.decode("utf-8", "replace"),
+            node,
+            int(seq),
+            decoded,
+            int(run),
+            bool(bits & CONTINUED),
+            app_id.decode("utf-8", "replace"),
+        )
+    except ValueError:
+        return None
+
+
+def header(record: bytes) -> tuple[IdKey, int, int] | None:
+    """(app id, app, instance), seq and run of a record, without decoding its text."""
+    fields = record.split(b"\t", 7)
+    if len(fields) != 8:
+        return None
+    try:
+        app_id, app, instance = (field.decode("utf-8", "replace") for field in fields[:3])
+        return (app_id, app, instance), int(fields[5]), int(fields[6])
+    except ValueError:
+        return None
+
+
+def records_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
+    """The complete records of the first `end` bytes of `file`, newest first."""
+    position = end
+    tail = b""
+    while position > 0:
+        step = min(READ_BLOCK, position)
+        position -= step
+        file.seek(position)
+        block = file.read(step) + tail
+        records = block.split(b"\n")
+        tail = records[0]  # may be the end of a record that starts in the block before
+        for record in reversed(records[1:]):
+            if record:
+                yield record
+    if tail:
+        yield tail
+
+
+def records(file: BinaryIO, end: int) -> Iterator[bytes]:
+    """The complete records (each with its newline) of the first `end` bytes of `file`."""
+    position = 0
+    for record in file:
+        position += len(record)
+        if position > end or not record.endswith(b"\n"):
+            return  # past what is indexed, or torn by a crash
+        yield record
+
+
+class Exclusion:
+    """Many readers of the files at once, or the writer thread rewriting them; a rewrite
+    that waits goes before readers that come after it."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._readers = 0
+        self._rewriting = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._changed:
+            while self._rewriting or self._waiting:
+                self._changed.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def rewriting(self) -> Iterator[None]:
+        with self._changed:
+            self._waiting += 1
+            while self._rewriting or self._readers:
+                self._changed.wait()
+            self._waiting -= 1
+            self._rewriting = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._rewriting = False
+                self._changed.notify_all()
