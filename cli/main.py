@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from paas.cli.errors import (
     UsageError,
 )
 from paas.common.addresses import DEFAULT_SCHEDULER
+from paas.common.digits import parse_digits
 
 
 class _Parser(argparse.ArgumentParser):
@@ -545,28 +547,31 @@ def _log_level_option(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------ value types
 
 
+# Seconds as people write them: 10, 0.5, .5, 10. (not float()'s `1_0`, `1e3`, `٣`, `inf`).
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
 def _count(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
+        number = parse_digits(text)
+        if number is None or not low <= number <= high:
             raise argparse.ArgumentTypeError(
                 f"expected a whole number from {low} to {high}, got {text!r}"
             )
-        return int(text)
+        return number
 
     return parse
 
 
 def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
+    number = parse_digits(text)
+    if number is None:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(text)
+    return number
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
+    value = float(text) if _SECONDS.fullmatch(text) else -1.0
     if not 0 <= value < 1e6:
         raise argparse.ArgumentTypeError(f"expected seconds, e.g. 10 or 0.5, got {text!r}")
     return value
@@ -605,10 +610,11 @@ def _etcd_list(text: str) -> list[str]:
 
 
 def _port_range(text: str) -> tuple[int, int]:
-    low, dash, high = text.partition("-")
-    if not dash or not low.isdigit() or not high.isdigit() or not 0 < int(low) <= int(high) < 65536:
+    first, dash, last = text.partition("-")
+    low, high = parse_digits(first), parse_digits(last)
+    if not dash or low is None or high is None or not 0 < low <= high < 65536:
         raise argparse.ArgumentTypeError(f"expected LOW-HIGH ports, e.g. 5000-5999, got {text!r}")
-    return int(low), int(high)
+    return low, high
 
 
 def _label(text: str) -> tuple[str, str]:

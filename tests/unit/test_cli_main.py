@@ -84,6 +84,10 @@ def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         (["web=100000"], "over the maximum"),
         (["web=1", "web+2"], "given more than once"),
         (["we b=1"], "invalid process type"),
+        (["web=\N{ARABIC-INDIC DIGIT THREE}"], "invalid count '\N{ARABIC-INDIC DIGIT THREE}'"),
+        (["web=\N{SUPERSCRIPT TWO}"], "invalid count '\N{SUPERSCRIPT TWO}'"),
+        (["web+" + "9" * 5000], "invalid count"),
+        (["web=1\n"], "invalid count"),
     ],
 )
 def test_bad_formation_is_refused_before_anything_is_sent(
@@ -162,7 +166,10 @@ def test_a_bad_app_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid app name 'Bad_Name'" in one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("process", ["web.x", "web.0", "we b"])
+@pytest.mark.parametrize(
+    "process",
+    ["web.x", "web.0", "we b", "web\n", "web.1\n", "web.\N{ARABIC-INDIC DIGIT ONE}"],
+)
 def test_a_bad_process_filter_is_a_usage_error(
     process: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,6 +189,14 @@ def test_a_bad_process_filter_is_a_usage_error(
         (["restart", "we!b"], "error: invalid process type 'we!b': use letters, digits, '_' "
                               "and '-' (at most 63)"),
         (["ps", "web.0"], "error: invalid instance name 'web.0': expected TYPE.N, e.g. web.3"),
+        (["stop", "web.\N{ARABIC-INDIC DIGIT THREE}"],
+         "error: invalid instance name 'web.\N{ARABIC-INDIC DIGIT THREE}': expected TYPE.N, "
+         "e.g. web.3"),
+        (["stop", "web.\N{SUPERSCRIPT TWO}"],
+         "error: invalid instance name 'web.\N{SUPERSCRIPT TWO}': expected TYPE.N, e.g. web.3"),
+        (["logs", "--since", "\N{ARABIC-INDIC DIGIT THREE}m"], "error: --since: invalid time "
+         "'\N{ARABIC-INDIC DIGIT THREE}m': expected a duration like 30s, 10m, 1h, 2d or an "
+         "ISO-8601 time like 2026-01-31T12:00:00Z"),
         (["logs", "--since", "soon"], "error: --since: invalid time 'soon': expected a duration "
          "like 30s, 10m, 1h, 2d or an ISO-8601 time like 2026-01-31T12:00:00Z"),
         (["logs", "--since", "2999-01-01"], "error: --since: invalid time '2999-01-01': it is "
@@ -203,6 +218,8 @@ def test_a_bad_instance_or_time_is_refused_before_anything_is_sent(
 @pytest.mark.parametrize(
     ("words", "message"),
     [
+        (["logs", "-n", "\N{ARABIC-INDIC DIGIT THREE}"], "expected a whole number"),
+        (["logs", "-n", "\N{SUPERSCRIPT TWO}"], "expected a whole number"),
         (["logs", "--previous", "web.1", "-f"], "cannot be followed (-f)"),
         (["logs", "--previous", "web.1", "-p", "web"], "leave out -p"),
         (["stop"], "the following arguments are required: INSTANCE"),
@@ -272,6 +289,36 @@ def test_bad_daemon_flags_are_usage_errors(
     words: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(words) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["up", "--agents", "\N{ARABIC-INDIC DIGIT THREE}"],
+        ["up", "--node-grace", "\N{ARABIC-INDIC DIGIT THREE}"],
+        ["up", "--node-grace", "1_0"],
+        ["up", "--node-grace", "nan"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--ports",
+         "\N{ARABIC-INDIC DIGIT FIVE}000-6000"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--capacity",
+         "\N{SUPERSCRIPT TWO}"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--log-spool-files",
+         "\N{FULLWIDTH DIGIT ONE}"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--log-buffer-lines",
+         "9" * 5000],
+        ["agent", "--join", "a:\N{ARABIC-INDIC DIGIT ONE}", "--name", "n", "--listen", "x:1"],
+        ["agent", "--join", "a:1", "--name", "n\n", "--listen", "x:1"],
+        ["scheduler", "--etcd", "a:1", "--listen", "x:1", "--leader-ttl", "\N{SUPERSCRIPT TWO}"],
+    ],
+)  # fmt: skip
+def test_daemon_numbers_and_names_are_ascii_and_whole(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Parsing only: were a flag taken, run() would start the daemon.
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(words)
+    assert exited.value.code == 2
     one_error_line(capsys.readouterr().err)
 
 
