@@ -17,17 +17,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from paas.cli import render
+from paas.cli.appconfig import DOTENV, AppConfigError, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
-from paas.cli.appconfig import AppConfigError, parse_app_config
 from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER
+from paas.common.configvars import PROCFILE_LIMIT, check_no_nul, check_size
 from paas.common.drainurl import DrainURLError, parse_drain_url
+from paas.common.errors import InvalidInput
 from paas.common.formation import FormationError, parse_changes
 from paas.common.names import InstanceName, NameError_, check_app_name, check_process_type
-from paas.common.procfile import ProcfileError, parse_procfile
+from paas.common.procfile import parse_procfile
 from paas.proto import paas_pb2 as pb
 
 Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
@@ -198,10 +200,8 @@ class AppSource:
 
 
 def read_app_dir(directory: Path) -> AppSource:
-    """Read and check DIR/Procfile, DIR/.env and DIR/paas.toml; raise CommandError
-    naming the problem."""
-    from dotenv import dotenv_values
-
+    """Read and check DIR/Procfile, DIR/.env and DIR/paas.toml as the scheduler will
+    (names, NUL bytes, the size limits); raise CommandError naming the problem."""
     directory = directory.expanduser().resolve()
     if not directory.is_dir():
         raise CommandError(f"{directory} is not a directory")
@@ -210,31 +210,37 @@ def read_app_dir(directory: Path) -> AppSource:
         raise CommandError(
             f"no Procfile in {directory}: list the process types there, e.g. 'web: python app.py'"
         )
+    text = _read_text(procfile)
     try:
-        text = procfile.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {procfile}: {exc}") from None
-    try:
+        check_size(str(procfile), text, PROCFILE_LIMIT)
+        check_no_nul(str(procfile), text)
         commands = parse_procfile(text, source=str(procfile))
-    except ProcfileError as exc:
+    except InvalidInput as exc:
         raise CommandError(str(exc)) from None
     env: dict[str, str] = {}
-    dotenv = directory / ".env"
+    dotenv = directory / DOTENV
     if dotenv.is_file():
-        # A bare `KEY` line has no value (None): it sets nothing, as in honcho.
-        env = {key: value for key, value in dotenv_values(dotenv).items() if value is not None}
+        try:
+            env = parse_dotenv(_read_text(dotenv), source=str(dotenv))
+        except (InvalidInput, AppConfigError) as exc:
+            raise CommandError(str(exc)) from None
     settings: dict[str, pb.ProcessSettings] = {}
     config = directory / APP_CONFIG
     if config.exists():
         try:
-            config_text = config.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CommandError(f"cannot read {config}: {exc}") from None
-        try:
-            settings = parse_app_config(config_text, commands, source=str(config))
+            settings = parse_app_config(_read_text(config), commands, source=str(config))
         except AppConfigError as exc:
             raise CommandError(str(exc)) from None
     return AppSource(directory, text, env, settings)
+
+
+def _read_text(path: Path) -> str:
+    """`path` as UTF-8 text, a byte order mark at its start dropped (some editors
+    save one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
 
 
 # ------------------------------------------------------------------ handlers
