@@ -36,6 +36,7 @@ from typing import Any
 
 from dotenv.parser import parse_stream
 
+from paas.cli.errors import CLIError
 from paas.common.configvars import check_config_vars
 from paas.proto import paas_pb2 as pb
 
@@ -55,7 +56,7 @@ _CHECKS = {"port": pb.ProcessSettings.CHECK_PORT, "none": pb.ProcessSettings.CHE
 KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:])
 
 
-class AppConfigError(ValueError):
+class AppConfigError(CLIError, ValueError):
     """paas.toml is malformed; the message is one line naming file, key and problem."""
 
 

@@ -430,6 +430,15 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
     console().print(table)
 
 
+def destroyed(app: str, instances: int) -> str:
+    """What `paas apps destroy` says once the scheduler has done it."""
+    stopped = f"{instances} instance{'' if instances == 1 else 's'}"
+    return (
+        f"Destroyed {app}: stopped its {stopped} and deleted its formation, releases, "
+        "config vars, log drains and logs"
+    )
+
+
 def formation(app: str, counts: Mapping[str, int]) -> str:
     return f"Scaled {app} to {describe(dict(counts))}"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from paas.cli.errors import CLIError
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # 90s, 10m, 1.5h, 2d, and sums of them: 1h30m. ASCII digits only ([0-9], not \d,
 # which takes `٣` too), matched whole.
@@ -16,7 +18,7 @@ _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?[smhd])+")
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 
 
-class TimeSpecError(ValueError):
+class TimeSpecError(CLIError, ValueError):
     """A time that does not parse; the message shows the forms that do."""
 
 

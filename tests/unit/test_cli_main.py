@@ -13,22 +13,24 @@ from pathlib import Path
 import pytest
 
 from paas.cli.localcluster import free_port
-from paas.cli.main import build_parser, run
+from paas.cli.main import COMMANDS, Command, Scope, build_parser, run
 from paas.cli.up import sanitise_app_name
 
-COMMANDS = [
-    [],
+COMMANDS_WORDS = [
     ["up"],
     ["scheduler"],
     ["agent"],
     ["apps"],
     ["apps", "create"],
+    ["apps", "destroy"],
     ["deploy"],
     ["scale"],
     ["ps"],
     ["restart"],
     ["stop"],
     ["nodes"],
+    ["nodes", "drain"],
+    ["nodes", "undrain"],
     ["logs"],
     ["drains"],
     ["drains", "add"],
@@ -52,12 +54,39 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("words", COMMANDS, ids=lambda words: " ".join(words) or "paas")
+@pytest.mark.parametrize(
+    "words", [[], *COMMANDS_WORDS], ids=lambda words: " ".join(words) or "paas"
+)
 def test_help_of_every_command_exits_0(
     words: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run([*words, "--help"]) == 0
     assert "usage: paas" in capsys.readouterr().out
+
+
+def test_the_help_tests_cover_the_command_table() -> None:
+    assert {tuple(words) for words in COMMANDS_WORDS} == {command.words for command in COMMANDS}
+
+
+def test_paas_help_lists_every_command_and_each_parent_its_subcommands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in COMMANDS:
+        *parent, word = command.words
+        assert run([*parent, "--help"]) == 0
+        listing = capsys.readouterr().out
+        assert f"    {word} " in listing or f"    {word}\n" in listing, (command.words, listing)
+        assert command.summary in " ".join(listing.split())
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command.words))
+def test_each_command_takes_the_options_of_its_scope(
+    command: Command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*command.words, "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert ("--scheduler" in usage) == (command.scope is not Scope.LOCAL)
+    assert ("[-a NAME]" in usage) == (command.scope is Scope.APP)
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -362,3 +391,54 @@ def test_a_bad_drain_url_is_refused_before_anything_is_sent(
 def test_drains_need_an_app(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["drains", "add", "syslog://logs.example.com:514"]) == 1
     assert "no app given" in one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- apps destroy
+
+
+@pytest.mark.parametrize(
+    ("words", "given"),
+    [
+        (["apps", "destroy", "shop"], ""),
+        (["apps", "destroy", "shop", "--confirm", "shp"], " (--confirm names 'shp')"),
+        (["apps", "destroy", "shop", "--confirm", ""], " (--confirm names '')"),
+        (["apps", "destroy", "shop", "--confirm", "SHOP"], " (--confirm names 'SHOP')"),
+    ],
+)
+def test_apps_destroy_without_the_name_repeated_changes_nothing(
+    words: list[str], given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nobody listens at PAAS_SCHEDULER: were a call made, it would say so instead.
+    assert run(words) == 1
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err) == (
+        "error: destroying shop stops its instances and deletes its releases, config and "
+        "logs for good: repeat its name to go ahead: "
+        f"`paas apps destroy shop --confirm shop`{given}"
+    )
+    assert captured.out == ""
+
+
+def test_apps_destroy_checks_the_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "Shop", "--confirm", "Shop"]) == 1
+    assert "invalid app name 'Shop'" in one_error_line(capsys.readouterr().err)
+
+
+def test_apps_destroy_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "--confirm", "shop"]) == 2
+    assert "required: NAME" in one_error_line(capsys.readouterr().err)
+
+
+def test_apps_destroy_does_not_take_the_app_from_paas_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PAAS_APP", "shop")
+    assert run(["apps", "destroy", "--confirm", "shop"]) == 2
+    one_error_line(capsys.readouterr().err)
+    assert run(["apps", "destroy", "-a", "shop", "--confirm", "shop"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_a_confirmed_destroy_is_sent(nowhere: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "shop", "--confirm", "shop"]) == 1
+    assert "cannot reach the scheduler" in one_error_line(capsys.readouterr().err)
