@@ -190,9 +190,10 @@ def test_a_missing_procfile_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no Procfile in" in one_error_line(capsys.readouterr().err)
 
 
-def test_a_bad_app_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["apps", "create", "Bad_Name"]) == 1
-    assert "invalid app name 'Bad_Name'" in one_error_line(capsys.readouterr().err)
+@pytest.mark.parametrize("name", ["Bad_Name", "shop\n", "shop\r\n"])
+def test_a_bad_app_name_is_refused(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "create", name]) == 1
+    assert f"invalid app name {name!r}" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(
