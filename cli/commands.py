@@ -102,7 +102,7 @@ def prepare_destroy(args: argparse.Namespace) -> None:
         given = "" if args.confirm is None else f" (--confirm names {args.confirm!r})"
         raise CommandError(
             f"destroying {args.name} stops its instances and deletes its releases, config "
-            f"and logs for good: repeat its name to go ahead: "
+            f"and logs for good: to go ahead, repeat its name with --confirm: "
             f"`paas apps destroy {args.name} --confirm {args.name}`{given}"
         )
 

@@ -414,7 +414,7 @@ def test_apps_destroy_without_the_name_repeated_changes_nothing(
     captured = capsys.readouterr()
     assert one_error_line(captured.err) == (
         "error: destroying shop stops its instances and deletes its releases, config and "
-        "logs for good: repeat its name to go ahead: "
+        "logs for good: to go ahead, repeat its name with --confirm: "
         f"`paas apps destroy shop --confirm shop`{given}"
     )
     assert captured.out == ""
