@@ -1,4 +1,6 @@
-"""DIR/paas.toml: per process type supervision settings that `paas deploy` sends.
+"""What `paas deploy` reads from DIR beside the Procfile: paas.toml and .env.
+
+DIR/paas.toml holds per process type supervision settings:
 
     [types.web]
     stop_grace = 60        # seconds from SIGTERM to SIGKILL
@@ -11,21 +13,36 @@
     stop_after_disconnected = 5   # seconds an agent cut off from the scheduler keeps
                                   # it running (below the node grace): at most one copy
 
-Pure: text in, `ProcessSettings` per type out, or an `AppConfigError` whose one
-line names the file, the key and the problem. It reads no file and sends
-nothing; the scheduler checks the settings again and the agent applies them.
+DIR/.env holds config vars, `KEY=VALUE` a line, read as python-dotenv parses
+them (quotes, `export`, escapes in double quotes) but literal, as honcho and
+foreman read them: `${VAR}` and `$VAR` stay as written. Nothing is expanded
+from the shell of whoever runs `paas deploy`, which is not the environment the
+processes run in. A process's shell may still expand them when its Procfile
+command names them.
+
+Pure: text in, `ProcessSettings` per type or config vars out, or an
+`AppConfigError` (`ConfigVarsError` for a var the scheduler would refuse) whose
+one line names the file, the key and the problem. It reads no file and sends
+nothing; the scheduler checks both again and the agent applies them.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import tomllib
 from collections.abc import Iterable
 from typing import Any
 
+from dotenv.parser import parse_stream
+
+from paas.cli.errors import CLIError
+from paas.common.configvars import check_config_vars
 from paas.proto import paas_pb2 as pb
 
 FILENAME = "paas.toml"
+DOTENV = ".env"
+_BOM = "\ufeff"
 
 # Seconds-valued keys, in the order `--help` and errors list them.
 _SECONDS = (
@@ -39,7 +56,7 @@ _CHECKS = {"port": pb.ProcessSettings.CHECK_PORT, "none": pb.ProcessSettings.CHE
 KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:])
 
 
-class AppConfigError(ValueError):
+class AppConfigError(CLIError, ValueError):
     """paas.toml is malformed; the message is one line naming file, key and problem."""
 
 
@@ -102,6 +119,25 @@ def _positive_seconds(where: str, value: object) -> float:
         # 0 means "the agent's default" on the wire: say so rather than surprise.
         raise AppConfigError(f"{where}: must be above 0 (leave it out for the default)")
     return float(value)
+
+
+def parse_dotenv(text: str, source: str = DOTENV) -> dict[str, str]:
+    """The config vars of a .env file's `text`, literal, checked as the scheduler checks
+    them (`ConfigVarsError`). A bare `KEY` line has no value and sets nothing, as in
+    honcho; a line that is no `KEY=VALUE` is an `AppConfigError` naming its number."""
+    env: dict[str, str] = {}
+    # parse_stream, not dotenv_values: that one would only log a line it cannot
+    # parse and drop it, and it expands ${VAR} unless told not to.
+    for binding in parse_stream(io.StringIO(text.removeprefix(_BOM))):
+        if binding.error:
+            line = binding.original.string.rstrip("\r\n")
+            raise AppConfigError(
+                f"{source}:{binding.original.line}: expected KEY=VALUE, got {line!r}"
+            )
+        if binding.key is not None and binding.value is not None:
+            env[binding.key] = binding.value
+    check_config_vars(env)
+    return env
 
 
 def _show(value: object) -> str:

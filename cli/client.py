@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import grpc.aio
 
+from paas.cli.errors import CLIError
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
@@ -58,7 +59,7 @@ _OPS = {
 }
 
 
-class SchedulerError(Exception):
+class SchedulerError(CLIError):
     """A scheduler replica answered and refused; the message is its status details."""
 
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
@@ -134,6 +135,12 @@ class SchedulerClient:
     async def list_apps(self) -> list[pb.App]:
         response = await self._unary(lambda stub: stub.ListApps, pb.ListAppsRequest())
         return list(response.apps)
+
+    async def destroy_app(self, name: str, confirm: str) -> int:
+        """Destroy the app `name` (`confirm` must repeat it); how many instances stopped."""
+        request = pb.DestroyAppRequest(name=name, confirm=confirm)
+        response = await self._unary(lambda stub: stub.DestroyApp, request)
+        return response.instances
 
     async def deploy(
         self,

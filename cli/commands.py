@@ -1,9 +1,12 @@
-"""The API commands: apps, apps create, deploy, scale, ps, restart, stop, nodes, logs, drains.
+"""The API commands' behaviour: apps, apps create/destroy, deploy, scale, ps, restart,
+stop, nodes, nodes drain/undrain, logs, drains, drains add/remove.
 
-Each handler checks its input locally first (formation words, Procfile, app
-name) so a mistake is a one-line error with nothing sent, then makes its call
-through `SchedulerClient` and hands the answer to `render`. Handlers never
-print directly and never pick exit codes beyond raising `CommandError`.
+Each command is a `prepare` that checks its input locally (formation words,
+Procfile, app name) so a mistake is a one-line error with nothing sent, and a
+handler that makes its call through `SchedulerClient` and hands the answer to
+`render`. `api` joins the two into what the command table in `main` runs.
+Handlers never print directly and never pick exit codes; they raise
+`CommandError` or let a paas.common `InvalidInput` through, which `main` prints.
 """
 
 from __future__ import annotations
@@ -17,43 +20,47 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from paas.cli import render
+from paas.cli.appconfig import DOTENV, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
-from paas.cli.appconfig import AppConfigError, parse_app_config
-from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.client import SchedulerClient
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.timespec import TimeSpecError, parse_since
-from paas.common.addresses import DEFAULT_SCHEDULER
-from paas.common.drainurl import DrainURLError, parse_drain_url
-from paas.common.formation import FormationError, parse_changes
+from paas.common.addresses import DEFAULT_SCHEDULER, AddressError, parse_address_list
+from paas.common.configvars import PROCFILE_LIMIT, check_no_nul, check_size
+from paas.common.drainurl import parse_drain_url
+from paas.common.formation import parse_changes
 from paas.common.names import InstanceName, NameError_, check_app_name, check_process_type
-from paas.common.procfile import ProcfileError, parse_procfile
+from paas.common.procfile import parse_procfile
 from paas.proto import paas_pb2 as pb
 
 Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
+Prepare = Callable[[argparse.Namespace], None]
 
 
-def run(handler: str, args: argparse.Namespace) -> int:
-    """Run one API command; refusals become `CommandError`."""
-    handle = _HANDLERS[handler]
-    prepare = _PREPARE.get(handler)
-    if prepare is not None:
-        prepare(args)  # local checks first: nothing is sent when they fail
-    addresses = scheduler_addresses(args)
+def api(handle: Handler, prepare: Prepare | None = None) -> Callable[[argparse.Namespace], int]:
+    """An API command: `prepare(args)` (local checks: nothing is sent when they fail),
+    then `handle` with a client of the scheduler. A command that follows (`logs -f`)
+    ends with Ctrl-C, and that is a success."""
 
-    async def call() -> None:
-        async with SchedulerClient(addresses) as client:
-            await handle(client, args)
+    def run(args: argparse.Namespace) -> int:
+        if prepare is not None:
+            prepare(args)
+        addresses = scheduler_addresses(args)
 
-    try:
-        asyncio.run(call())
-    except SchedulerError as exc:
-        raise CommandError(str(exc)) from None
-    except KeyboardInterrupt:
-        if handler == "logs" and args.follow:
-            return EXIT_OK  # Ctrl-C is how `paas logs -f` ends
-        raise
-    return EXIT_OK
+        async def call() -> None:
+            async with SchedulerClient(addresses) as client:
+                await handle(client, args)
+
+        try:
+            asyncio.run(call())
+        except KeyboardInterrupt:
+            if getattr(args, "follow", False):
+                return EXIT_OK
+            raise
+        return EXIT_OK
+
+    return run
 
 
 # ------------------------------------------------------------------ where and what
@@ -61,8 +68,6 @@ def run(handler: str, args: argparse.Namespace) -> int:
 
 def scheduler_addresses(args: argparse.Namespace) -> list[str]:
     """--scheduler, else $PAAS_SCHEDULER, else the default; checked."""
-    from paas.common.addresses import AddressError, parse_address_list
-
     text = getattr(args, "scheduler", None) or os.environ.get("PAAS_SCHEDULER") or ""
     source = "--scheduler" if getattr(args, "scheduler", None) else "PAAS_SCHEDULER"
     if not text.strip():
@@ -82,51 +87,45 @@ def app_name(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------ local checks
+# An app-scoped command finds `args.app` already set (main resolves -a/$PAAS_APP).
 
 
-def _prepare_scale(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
-    try:
-        args.parsed_changes = parse_changes(list(args.changes))
-    except FormationError as exc:
-        raise CommandError(str(exc)) from None
+def prepare_create(args: argparse.Namespace) -> None:
+    check_app_name(args.name)
 
 
-def _prepare_create(args: argparse.Namespace) -> None:
-    try:
-        check_app_name(args.name)
-    except NameError_ as exc:
-        raise CommandError(str(exc)) from None
+def prepare_destroy(args: argparse.Namespace) -> None:
+    # As `heroku apps:destroy`: the name twice, so a slip of the finger or a
+    # stale $PAAS_APP cannot destroy an app.
+    check_app_name(args.name)
+    if args.confirm != args.name:
+        given = "" if args.confirm is None else f" (--confirm names {args.confirm!r})"
+        raise CommandError(
+            f"destroying {args.name} stops its instances and deletes its releases, config "
+            f"and logs for good: to go ahead, repeat its name with --confirm: "
+            f"`paas apps destroy {args.name} --confirm {args.name}`{given}"
+        )
 
 
-def _prepare_app(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
-
-
-def _prepare_deploy(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
+def prepare_deploy(args: argparse.Namespace) -> None:
     args.source = read_app_dir(Path(args.dir))
 
 
-def _prepare_ps(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
+def prepare_scale(args: argparse.Namespace) -> None:
+    args.parsed_changes = parse_changes(list(args.changes))
+
+
+def prepare_process(args: argparse.Namespace) -> None:
+    """`ps` and `restart`: an optional process type or instance."""
     if args.process:
         args.process = _process_or_instance(args.process)
 
 
-def _prepare_restart(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
-    if args.process:
-        args.process = _process_or_instance(args.process)
-
-
-def _prepare_stop(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
+def prepare_stop(args: argparse.Namespace) -> None:
     args.instance = _instance(args.instance, hint="to stop them all: `paas scale {}=0`")
 
 
-def _prepare_logs(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
+def prepare_logs(args: argparse.Namespace) -> None:
     if args.previous is not None:
         if args.follow:
             raise UsageError("--previous shows a run that has ended: it cannot be followed (-f)")
@@ -144,29 +143,19 @@ def _prepare_logs(args: argparse.Namespace) -> None:
             raise CommandError(f"--since: {exc}") from None
 
 
-def _prepare_drains_add(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
-    try:
-        args.url = parse_drain_url(args.url).url
-    except DrainURLError as exc:
-        raise CommandError(str(exc)) from None
+def prepare_drains_add(args: argparse.Namespace) -> None:
+    args.url = parse_drain_url(args.url).url
 
 
-def _prepare_drains_remove(args: argparse.Namespace) -> None:
-    args.app = app_name(args)
+def prepare_drains_remove(args: argparse.Namespace) -> None:
     args.url = args.url.strip()
     if not args.url:
         raise CommandError("no drain URL given (`paas drains` lists them)")
 
 
 def _process_or_instance(text: str) -> str:
-    """`web` or `web.3`, checked; a bad one is a CommandError."""
-    try:
-        if "." in text:
-            return str(InstanceName.parse(text))
-        return check_process_type(text)
-    except NameError_ as exc:
-        raise CommandError(str(exc)) from None
+    """`web` or `web.3`, checked."""
+    return str(InstanceName.parse(text)) if "." in text else check_process_type(text)
 
 
 def _instance(text: str, hint: str = "") -> str:
@@ -198,10 +187,9 @@ class AppSource:
 
 
 def read_app_dir(directory: Path) -> AppSource:
-    """Read and check DIR/Procfile, DIR/.env and DIR/paas.toml; raise CommandError
-    naming the problem."""
-    from dotenv import dotenv_values
-
+    """Read and check DIR/Procfile, DIR/.env and DIR/paas.toml as the scheduler will
+    (names, NUL bytes, the size limits); a problem is a CommandError, InvalidInput or
+    AppConfigError naming the file."""
     directory = directory.expanduser().resolve()
     if not directory.is_dir():
         raise CommandError(f"{directory} is not a directory")
@@ -210,46 +198,46 @@ def read_app_dir(directory: Path) -> AppSource:
         raise CommandError(
             f"no Procfile in {directory}: list the process types there, e.g. 'web: python app.py'"
         )
-    try:
-        text = procfile.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CommandError(f"cannot read {procfile}: {exc}") from None
-    try:
-        commands = parse_procfile(text, source=str(procfile))
-    except ProcfileError as exc:
-        raise CommandError(str(exc)) from None
-    env: dict[str, str] = {}
-    dotenv = directory / ".env"
-    if dotenv.is_file():
-        # A bare `KEY` line has no value (None): it sets nothing, as in honcho.
-        env = {key: value for key, value in dotenv_values(dotenv).items() if value is not None}
-    settings: dict[str, pb.ProcessSettings] = {}
+    text = _read_text(procfile)
+    check_size(str(procfile), text, PROCFILE_LIMIT)
+    check_no_nul(str(procfile), text)
+    commands = parse_procfile(text, source=str(procfile))
+    dotenv = directory / DOTENV
+    env = parse_dotenv(_read_text(dotenv), source=str(dotenv)) if dotenv.is_file() else {}
     config = directory / APP_CONFIG
+    settings: dict[str, pb.ProcessSettings] = {}
     if config.exists():
-        try:
-            config_text = config.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CommandError(f"cannot read {config}: {exc}") from None
-        try:
-            settings = parse_app_config(config_text, commands, source=str(config))
-        except AppConfigError as exc:
-            raise CommandError(str(exc)) from None
+        settings = parse_app_config(_read_text(config), commands, source=str(config))
     return AppSource(directory, text, env, settings)
+
+
+def _read_text(path: Path) -> str:
+    """`path` as UTF-8 text, a byte order mark at its start dropped (some editors
+    save one)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {path}: {exc}") from None
 
 
 # ------------------------------------------------------------------ handlers
 
 
-async def _apps(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def apps(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.apps(await client.list_apps(), as_json=args.json)
 
 
-async def _apps_create(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def apps_create(client: SchedulerClient, args: argparse.Namespace) -> None:
     app = await client.create_app(args.name)
     render.out(f"Created app {app.name}")
 
 
-async def _deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def apps_destroy(client: SchedulerClient, args: argparse.Namespace) -> None:
+    stopped = await client.destroy_app(args.name, args.confirm)
+    render.out(render.destroyed(args.name, stopped))
+
+
+async def deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
     source: AppSource = args.source
     release = await client.deploy(
         args.app, str(source.directory), source.procfile, source.env, source.settings
@@ -265,12 +253,12 @@ async def _deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
     )
 
 
-async def _scale(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def scale(client: SchedulerClient, args: argparse.Namespace) -> None:
     formation = await client.scale(args.app, args.parsed_changes)
     render.out(render.formation(args.app, formation))
 
 
-async def _ps(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def ps(client: SchedulerClient, args: argparse.Namespace) -> None:
     views = await client.list_instances(args.app)
     wanted: str | None = args.process
     if wanted:
@@ -280,31 +268,31 @@ async def _ps(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.instances(views, as_json=args.json, verbose=args.verbose)
 
 
-async def _restart(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def restart(client: SchedulerClient, args: argparse.Namespace) -> None:
     names = await client.restart(args.app, args.process)
     render.out(render.restarting(args.app, names))
 
 
-async def _stop(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def stop(client: SchedulerClient, args: argparse.Namespace) -> None:
     await client.stop(args.app, args.instance)
     render.out(render.stopping(args.app, args.instance))
 
 
-async def _nodes(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def nodes(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.nodes(await client.list_nodes(), as_json=args.json)
 
 
-async def _drain(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def drain(client: SchedulerClient, args: argparse.Namespace) -> None:
     node = await client.drain(args.node, drain=True)
     render.out(f"Draining {node.name}: its instances move to other nodes, new ones stay off")
 
 
-async def _undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
     node = await client.drain(args.node, drain=False)
     render.out(f"{node.name} takes instances again")
 
 
-async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     # Flushed once per batch that arrives: live lines show at once, a flood costs
     # one write per batch, not per line.
     printer = render.LogPrinter(flush_each=False, as_json=args.json)
@@ -344,46 +332,15 @@ async def _logs(client: SchedulerClient, args: argparse.Namespace) -> None:
         )
 
 
-async def _drains(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def drains(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.drains(args.app, await client.list_drains(args.app), as_json=args.json)
 
 
-async def _drains_add(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def drains_add(client: SchedulerClient, args: argparse.Namespace) -> None:
     drain = await client.add_drain(args.app, args.url)
     render.out(f"Added log drain {drain.url} to {args.app} (token {drain.token})")
 
 
-async def _drains_remove(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def drains_remove(client: SchedulerClient, args: argparse.Namespace) -> None:
     drain = await client.remove_drain(args.app, args.url)
     render.out(f"Removed log drain {drain.url} from {args.app}")
-
-
-_HANDLERS: dict[str, Handler] = {
-    "apps": _apps,
-    "apps create": _apps_create,
-    "deploy": _deploy,
-    "scale": _scale,
-    "ps": _ps,
-    "restart": _restart,
-    "stop": _stop,
-    "nodes": _nodes,
-    "nodes drain": _drain,
-    "nodes undrain": _undrain,
-    "logs": _logs,
-    "drains": _drains,
-    "drains add": _drains_add,
-    "drains remove": _drains_remove,
-}
-
-_PREPARE: dict[str, Callable[[argparse.Namespace], None]] = {
-    "apps create": _prepare_create,
-    "deploy": _prepare_deploy,
-    "scale": _prepare_scale,
-    "ps": _prepare_ps,
-    "restart": _prepare_restart,
-    "stop": _prepare_stop,
-    "logs": _prepare_logs,
-    "drains": _prepare_app,
-    "drains add": _prepare_drains_add,
-    "drains remove": _prepare_drains_remove,
-}

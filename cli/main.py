@@ -1,10 +1,12 @@
 """`paas`: the command line, its words and options, and its exit codes.
 
-Owns parsing and dispatch: each subcommand is declared here with its --help
-and handed to a handler in `commands` (API calls), `daemons` (`paas
-scheduler`, `paas agent`) or `up` (`paas up`). Exit codes: 0 success, 1 a
-refused request or bad input, 2 a usage error. Every expected error is one
-line on stderr starting with `error: `; no tracebacks for them.
+Owns parsing and dispatch through one table, `COMMANDS`: each entry is a
+command's words, its --help, its arguments, its scope (does it run on this
+machine, talk to the cluster, or act on one app) and what runs it: `commands`
+for API calls, `daemons` for `paas scheduler` and `paas agent`, `up` for
+`paas up`. Exit codes: 0 success, 1 a refused request or bad input, 2 a usage
+error. Every expected error (`paas.cli.errors`) is one line on stderr starting
+with `error: `; no tracebacks for them.
 """
 
 from __future__ import annotations
@@ -14,18 +16,48 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NoReturn
 
-from paas.cli import render
+from paas.cli import argtypes, commands, render
 from paas.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_REFUSED,
     EXIT_USAGE,
-    CommandError,
-    UsageError,
+    CLIError,
+    exit_code,
 )
 from paas.common.addresses import DEFAULT_SCHEDULER
+from paas.common.errors import InvalidInput
+
+
+class Scope(Enum):
+    """What a command acts on, and so which options it takes after its words."""
+
+    LOCAL = "local"  # runs here (up, scheduler, agent): no --scheduler
+    CLUSTER = "cluster"  # talks to the scheduler: --scheduler
+    APP = "app"  # acts on one app: --scheduler and -a/--app (default $PAAS_APP)
+
+
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Command:
+    """One entry of the command table."""
+
+    words: tuple[str, ...]  # ("apps", "destroy"); a subcommand follows its parent
+    summary: str  # its line in the parent's --help
+    description: str  # its own --help; paragraphs apart by a blank line, wrapped here
+    scope: Scope
+    run: Callable[[argparse.Namespace], int]
+    arguments: Arguments = _no_arguments
+    epilog: str = ""  # shown as written: examples, URL forms
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,9 +67,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-_FORMATTER = argparse.RawDescriptionHelpFormatter
-
-
 def _scheduler_help() -> str:
     return (
         "scheduler address HOST:PORT, or several replicas comma-separated "
@@ -45,14 +74,16 @@ def _scheduler_help() -> str:
     )
 
 
-def _api_options(app_scoped: bool) -> _Parser:
-    """Options every API command takes, after the command word."""
+def _scope_options(scope: Scope) -> list[argparse.ArgumentParser]:
+    """The options a command of `scope` takes after its words."""
+    if scope is Scope.LOCAL:
+        return []
     parent = _Parser(add_help=False)
     # SUPPRESS: an option given before the command word is not overwritten here.
     parent.add_argument(
         "--scheduler", metavar="ADDR[,ADDR]", default=argparse.SUPPRESS, help=_scheduler_help()
     )
-    if app_scoped:
+    if scope is Scope.APP:
         parent.add_argument(
             "-a",
             "--app",
@@ -60,13 +91,18 @@ def _api_options(app_scoped: bool) -> _Parser:
             default=argparse.SUPPRESS,
             help="the app (default: $PAAS_APP)",
         )
-    return parent
+    return [parent]
+
+
+def _wrap(text: str) -> str:
+    return "\n\n".join(textwrap.fill(paragraph) for paragraph in text.split("\n\n"))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in `COMMANDS`; each sets `args.command_entry`."""
     parser = _Parser(
         prog="paas",
-        formatter_class=_FORMATTER,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A multi-host process scheduler: the twelve-factor process model "
         "across a cluster.",
         epilog="Start a local cluster with `paas up`, then:\n"
@@ -76,25 +112,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR]", help=_scheduler_help())
     parser.add_argument("-a", "--app", metavar="NAME", help="the app (default: $PAAS_APP)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    top.required = True
+    # The subcommand group under each command's words, made when its first
+    # subcommand comes (the table lists a parent before its subcommands).
+    groups: dict[tuple[str, ...], Any] = {(): top}
+    parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+    for command in COMMANDS:
+        *words, word = command.words
+        parent = tuple(words)
+        if parent not in groups:
+            groups[parent] = parsers[parent].add_subparsers(
+                dest=f"{'_'.join(parent)}_command", metavar="COMMAND", parser_class=_Parser
+            )
+        sub = groups[parent].add_parser(
+            word,
+            parents=_scope_options(command.scope),
+            help=command.summary,
+            description=_wrap(command.description),
+            epilog=command.epilog or None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.arguments(sub)
+        sub.set_defaults(command_entry=command)
+        parsers[command.words] = sub
+    return parser
 
-    app_api = [_api_options(app_scoped=True)]
-    global_api = [_api_options(app_scoped=False)]
 
-    # -------------------------------------------------------------- up
-    up = commands.add_parser(
-        "up",
-        help="run etcd, a scheduler and N agents on this machine, in the foreground",
-        description="Run etcd, a scheduler and N agents on this machine in the foreground. "
-        "With --deploy, also create the app, deploy DIR, scale it and follow its logs. "
-        "Ctrl-C stops all of it and leaves no process behind.",
-        formatter_class=_FORMATTER,
-        epilog="example:\n  paas up --deploy examples/hello --scale web=2 worker=1",
-    )
+# ------------------------------------------------------------------ arguments
+
+
+def _up_arguments(up: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--agents",
-        type=_count(1, 200),
+        type=argtypes.count(1, 200),
         default=3,
         metavar="N",
         help="how many agents (nodes) to run (default: 3)",
@@ -126,100 +177,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--node-grace",
-        type=_seconds,
+        type=argtypes.seconds,
         default=10.0,
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
-    up.set_defaults(handler="up")
 
-    # -------------------------------------------------------------- scheduler
-    scheduler = commands.add_parser(
-        "scheduler",
-        help="run one scheduler replica",
-        description="Run one scheduler replica. Every replica serves the API; one is "
-        "elected leader through etcd and does the scheduling.",
-        formatter_class=_FORMATTER,
-        epilog="example:\n  paas scheduler --etcd http://127.0.0.1:2379 --listen 0.0.0.0:7070",
-    )
+
+def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
     scheduler.add_argument(
         "--etcd",
         required=True,
-        type=_etcd_list,
+        type=argtypes.etcd_list,
         metavar="URL[,URL]",
         help="etcd endpoints, e.g. http://10.0.0.1:2379,10.0.0.2:2379",
     )
     scheduler.add_argument(
         "--listen",
         required=True,
-        type=_address,
+        type=argtypes.address,
         metavar="HOST:PORT",
         help="where to serve the API and agent sessions",
     )
     scheduler.add_argument(
         "--advertise",
-        type=_address,
+        type=argtypes.address,
         default=None,
         metavar="HOST:PORT",
         help="address other replicas redirect clients to (default: --listen)",
     )
     scheduler.add_argument(
         "--node-grace",
-        type=_seconds,
+        type=argtypes.seconds,
         default=10.0,
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
     scheduler.add_argument(
         "--leader-ttl",
-        type=_count(1, 3600),
+        type=argtypes.count(1, 3600),
         default=5,
         metavar="S",
         help="seconds of the leader election lease (default: 5)",
     )
     _log_level_option(scheduler)
-    scheduler.set_defaults(handler="scheduler")
 
-    # -------------------------------------------------------------- agent
-    agent = commands.add_parser(
-        "agent",
-        help="run the agent of this host",
-        description="Run this host's agent: it joins the scheduler and runs the instances "
-        "the scheduler assigns to it.",
-        formatter_class=_FORMATTER,
-        epilog="example:\n  paas agent --join 10.0.0.1:7070 --name node-1 --listen 10.0.0.5:7071",
-    )
+
+def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     agent.add_argument(
         "--join",
         required=True,
-        type=_address_list,
+        type=argtypes.address_list,
         metavar="HOST:PORT[,...]",
         help="the scheduler replicas to dial",
     )
     agent.add_argument(
         "--name",
         required=True,
-        type=_node_name,
+        type=argtypes.node_name,
         metavar="NAME",
         help="this node's name, unique in the cluster",
     )
     agent.add_argument(
         "--listen",
         required=True,
-        type=_address,
+        type=argtypes.address,
         metavar="HOST:PORT",
         help="where to serve the agent's own API (log reading)",
     )
     agent.add_argument(
         "--advertise",
-        type=_address,
+        type=argtypes.address,
         default=None,
         metavar="HOST:PORT",
         help="where the scheduler reaches this agent (default: --listen)",
     )
     agent.add_argument(
         "--ports",
-        type=_port_range,
+        type=argtypes.port_range,
         default=None,
         metavar="LOW-HIGH",
         help="range of $PORT values for instances (default: 5000-5999)",
@@ -234,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--capacity",
-        type=_count(1, 100_000),
+        type=argtypes.count(1, 100_000),
         default=None,
         metavar="N",
         help="most instances this node runs at once (default: 256)",
@@ -247,262 +282,134 @@ def build_parser() -> argparse.ArgumentParser:
     )
     agent.add_argument(
         "--stop-grace",
-        type=_seconds,
+        type=argtypes.seconds,
         default=None,
         metavar="S",
         help="seconds between SIGTERM and SIGKILL when stopping (default: 30)",
     )
     agent.add_argument(
         "--log-buffer-lines",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=None,
         metavar="N",
         help="log lines kept in memory per instance (default: 10000)",
     )
     agent.add_argument(
         "--log-spool-file-size",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=None,
         metavar="BYTES",
         help="size of each on-disk log spool file before it rotates (default: 64 MiB)",
     )
     agent.add_argument(
         "--log-spool-files",
-        type=_non_negative_int,
+        type=argtypes.non_negative_int,
         default=None,
         metavar="N",
         help="spool files kept per agent; 0 keeps logs in memory only (default: 4)",
     )
     agent.add_argument(
         "--label",
-        type=_label,
+        type=argtypes.label,
         action="append",
         default=[],
         metavar="K=V",
         help="a node label, repeatable",
     )
     _log_level_option(agent)
-    agent.set_defaults(handler="agent")
 
-    # -------------------------------------------------------------- apps
-    apps = commands.add_parser(
-        "apps",
-        parents=global_api,
-        help="list apps, or create one",
-        description="List apps, or create one with `paas apps create NAME`.",
-    )
-    apps.add_argument("--json", action="store_true", help="print a JSON array")
-    apps.set_defaults(handler="apps")
-    apps_commands = apps.add_subparsers(
-        dest="apps_command", metavar="COMMAND", parser_class=_Parser
-    )
-    create = apps_commands.add_parser(
-        "create",
-        parents=global_api,
-        help="create an app",
-        description="Create an app. Names start with a lowercase letter, then lowercase "
-        "letters, digits and '-' (at most 30).",
-    )
-    create.add_argument("name", metavar="NAME")
-    create.set_defaults(handler="apps create")
 
-    # -------------------------------------------------------------- deploy
-    deploy = commands.add_parser(
-        "deploy",
-        parents=app_api,
-        help="new release from DIR/Procfile",
-        description="Make a new release from DIR/Procfile; DIR becomes the working "
-        "directory of every process. DIR/.env, if present, sets config vars.",
+def _log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="how much to log to stderr (default: info)",
     )
-    deploy.add_argument(
+
+
+def _json_option(what: str = "") -> Arguments:
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--json", action="store_true", help=f"print a JSON array{what}"
+        )
+
+    return arguments
+
+
+def _app_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+
+
+def _destroy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help="the app to destroy")
+    parser.add_argument(
+        "--confirm",
+        metavar="NAME",
+        default=None,
+        help="the app's name again: without it nothing is destroyed",
+    )
+
+
+def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "dir", metavar="DIR", nargs="?", default=".", help="the app's directory (default: .)"
     )
-    deploy.set_defaults(handler="deploy")
 
-    # -------------------------------------------------------------- scale
-    scale = commands.add_parser(
-        "scale",
-        parents=app_api,
-        help="set how many instances of each type run",
-        description="Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes.",
-        formatter_class=_FORMATTER,
-        epilog="example:\n  paas scale web=10 worker+2 clock-1",
-    )
-    scale.add_argument("changes", metavar="TYPE=N", nargs="+")
-    scale.set_defaults(handler="scale")
 
-    # -------------------------------------------------------------- ps
-    ps = commands.add_parser(
-        "ps",
-        parents=app_api,
-        help="the app's instances",
-        description="One line per instance: name, type, node, pid, port, CPU (100 = one "
-        "core), resident memory, and its state as a person reads it: `up 3m`, `starting "
-        "4s`, `crashed 4\N{MULTIPLICATION SIGN}, exit 1 after 2s, next start in 40s`. "
-        "With -v, also each "
-        "instance's forensics: why its state changed, when its last run started and "
-        "exited, and the last lines that run wrote.",
-        formatter_class=_FORMATTER,
-        epilog="examples:\n  paas ps\n  paas ps -v web.3\n  paas ps --json",
-    )
-    ps.add_argument(
+def _scale_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("changes", metavar="TYPE=N", nargs="+")
+
+
+def _ps_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "process",
         metavar="TYPE|INSTANCE",
         nargs="?",
         default=None,
         help="only this process type (web) or instance (web.3)",
     )
-    ps.add_argument(
+    parser.add_argument(
         "-v", "--verbose", action="store_true", help="also each instance's forensics and output"
     )
-    ps.add_argument(
+    parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON array (forensics included: reason, last_lines, ...)",
+        help="print a JSON array (forensics included: reason, last_lines, ...; times "
+        "ISO 8601 UTC, since_unix the state change in unix seconds)",
     )
-    ps.set_defaults(handler="ps")
 
-    # -------------------------------------------------------------- restart and stop
-    restart = commands.add_parser(
-        "restart",
-        parents=app_api,
-        help="restart all instances, those of a type, or one",
-        description="Restart instances: with no argument every instance of the app, with "
-        "a process type (web) each of its instances, with an instance name (web.3) just "
-        "that one. More than one restart one at a time (rolling): the scheduler restarts "
-        "the next once the last is up again.",
-        formatter_class=_FORMATTER,
-        epilog="examples:\n  paas restart\n  paas restart web\n  paas restart web.3",
-    )
-    restart.add_argument(
+
+def _restart_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "process",
         metavar="TYPE|INSTANCE",
         nargs="?",
         default="",
         help="a process type (web) or an instance (web.3); default: every instance",
     )
-    restart.set_defaults(handler="restart")
 
-    stop = commands.add_parser(
-        "stop",
-        parents=app_api,
-        help="stop one instance; the formation starts a new one",
-        description="Stop one instance (SIGTERM to its process group, SIGKILL after the "
-        "stop grace). As with `heroku ps:stop`, the formation is unchanged, so a new "
-        "instance takes its place; to run fewer, use `paas scale`.",
-        formatter_class=_FORMATTER,
-        epilog="example:\n  paas stop web.3",
-    )
-    stop.add_argument("instance", metavar="INSTANCE", help="the instance, e.g. web.3")
-    stop.set_defaults(handler="stop")
 
-    # -------------------------------------------------------------- nodes
-    nodes = commands.add_parser(
-        "nodes",
-        parents=global_api,
-        help="the cluster's nodes",
-        description="One line per node: name, state (ready, lost, draining), address, "
-        "instances, capacity.",
-    )
-    nodes.add_argument("--json", action="store_true", help="print a JSON array")
-    nodes.set_defaults(handler="nodes")
-    nodes_commands = nodes.add_subparsers(
-        dest="nodes_command", metavar="COMMAND", parser_class=_Parser
-    )
-    for word, text in (
-        (
-            "drain",
-            "Move the node's instances to other nodes (each new copy is up before its old "
-            "one stops) and keep new instances off it, e.g. before maintenance.",
-        ),
-        ("undrain", "Let the node take instances again."),
-    ):
-        command = nodes_commands.add_parser(
-            word, parents=global_api, help=text.split(" (")[0].split(", e.g.")[0],
-            description=text,
-        )  # fmt: skip
-        command.add_argument("node", metavar="NAME", help="the node, as `paas nodes` names it")
-        command.set_defaults(handler=f"nodes {word}")
+def _stop_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instance", metavar="INSTANCE", help="the instance, e.g. web.3")
 
-    # -------------------------------------------------------------- drains
-    drains = commands.add_parser(
-        "drains",
-        parents=app_api,
-        help="the app's log drains: where its log stream is forwarded",
-        description=textwrap.fill(
-            "List the app's log drains, or add and remove them. A log drain receives the "
-            "app's whole log stream as it comes, as with `heroku drains`: the output of "
-            "every instance on every node and the scheduler's own events "
-            "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the "
-            "drain's token, app-name the app, procid the instance (web.3, scheduler)."
-        )
-        + "\n\n"
-        + textwrap.fill(
-            "The list shows each drain's URL, token, the lines sent and dropped since the "
-            "current scheduler leader took over, and its last delivery problem."
-        ),
-        formatter_class=_FORMATTER,
-        epilog="URLs:\n"
-        "  syslog://HOST:PORT           syslog over TCP, octet-counted (RFC 6587)\n"
-        "  http(s)://HOST[:PORT]/PATH   POSTs of batches in Heroku's logplex framing\n"
-        "                               (application/logplex-1)\n"
-        "examples:\n"
-        "  paas drains add syslog://logs.example.com:6514\n"
-        "  paas drains add https://user:secret@collector.example.com/heroku\n"
-        "  paas drains --json\n"
-        "  paas drains remove syslog://logs.example.com:6514\n\n"
-        "A drain that is slow or down holds up to 10000 lines and retries (0.5 s, doubling\n"
-        "to 30 s); lines beyond are dropped and counted, and it receives `N lines dropped`\n"
-        "when it catches up. See docs/operators.md for delivery across a change of leader.",
-    )
-    drains.add_argument("--json", action="store_true", help="print a JSON array")
-    drains.set_defaults(handler="drains")
-    drains_commands = drains.add_subparsers(
-        dest="drains_command", metavar="COMMAND", parser_class=_Parser
-    )
-    for word, summary, text in (
-        (
-            "add",
-            "forward the app's log stream to URL",
-            "Forward the app's log stream to URL, from the moment it is added. Adding a "
-            "URL the app already drains to is refused.",
-        ),
-        (
-            "remove",
-            "stop forwarding to URL",
-            "Stop forwarding the app's log stream to URL and forget the drain.",
-        ),
-    ):
-        command = drains_commands.add_parser(
-            word, parents=app_api, help=summary, description=text, formatter_class=_FORMATTER,
-            epilog=f"example:\n  paas drains {word} syslog://logs.example.com:6514",
-        )  # fmt: skip
-        command.add_argument(
-            "url", metavar="URL", help="syslog://HOST:PORT or http(s)://HOST[:PORT]/PATH"
-        )
-        command.set_defaults(handler=f"drains {word}")
 
-    # -------------------------------------------------------------- logs
-    logs = commands.add_parser(
-        "logs",
-        parents=app_api,
-        help="the app's log lines",
-        description="The app's recent log lines, merged across instances, in Heroku's "
-        "format; with -f, then live ones until Ctrl-C. A following `paas logs -f` "
-        "outlives a broken stream, a scheduler restart or a new leader: it reconnects "
-        "and goes on where it was, printing no line twice.",
-        formatter_class=_FORMATTER,
-        epilog="examples:\n"
-        "  paas logs -n 200 -p web\n"
-        "  paas logs -f --since 10m\n"
-        "  paas logs --previous web.3      # why did web.3 crash?\n"
-        "  paas logs --json | jq -r 'select(.stream == \"stderr\") | .text'",
+def _node_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node", metavar="NAME", help="the node, as `paas nodes` names it")
+
+
+def _drain_url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "url", metavar="URL", help="syslog://HOST:PORT or http(s)://HOST[:PORT]/PATH"
     )
+
+
+def _logs_arguments(logs: argparse.ArgumentParser) -> None:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument(
         "-n",
         "--num",
-        type=_count(0, 1_000_000),
+        type=argtypes.count(0, 1_000_000),
         default=0,
         metavar="N",
         help="how many recent lines (default: 100)",
@@ -510,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-p",
         "--process",
-        type=_process,
+        type=argtypes.process,
         default=None,
         metavar="TYPE|INSTANCE",
         help="only this process type (web) or instance (web.3)",
@@ -536,114 +443,247 @@ def build_parser() -> argparse.ArgumentParser:
         "app, instance, stream (stdout, stderr, paas), node, seq, run, continued (a piece "
         "of an over-long line; the next piece follows), text",
     )
-    logs.set_defaults(handler="logs")
-
-    return parser
 
 
-def _log_level_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="how much to log to stderr (default: info)",
-    )
+# ------------------------------------------------------------------ runners of local commands
+# Imported when run: `paas ps` need not load the scheduler, nor `paas agent` the cluster.
 
 
-# ------------------------------------------------------------------ value types
+def _run_up(args: argparse.Namespace) -> int:
+    from paas.cli.up import run_up
+
+    return run_up(args)
 
 
-def _count(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(
-                f"expected a whole number from {low} to {high}, got {text!r}"
-            )
-        return int(text)
+def _run_scheduler(args: argparse.Namespace) -> int:
+    from paas.cli.daemons import run_scheduler
 
-    return parse
+    return run_scheduler(args)
 
 
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
-    return int(text)
+def _run_agent(args: argparse.Namespace) -> int:
+    from paas.cli.daemons import run_agent
+
+    return run_agent(args)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 1e6:
-        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 10 or 0.5, got {text!r}")
-    return value
+# ------------------------------------------------------------------ the table
 
+_DRAINS_DESCRIPTION = (
+    "List the app's log drains, or add and remove them. A log drain receives the "
+    "app's whole log stream as it comes, as with `heroku drains`: the output of "
+    "every instance on every node and the scheduler's own events "
+    "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the "
+    "drain's token, app-name the app, procid the instance (web.3, scheduler)."
+    "\n\n"
+    "The list shows each drain's URL, token, the lines sent and dropped since the "
+    "current scheduler leader took over, and its last delivery problem."
+)
+_DRAINS_EPILOG = (
+    "URLs:\n"
+    "  syslog://HOST:PORT           syslog over TCP, octet-counted (RFC 6587)\n"
+    "  http(s)://HOST[:PORT]/PATH   POSTs of batches in Heroku's logplex framing\n"
+    "                               (application/logplex-1)\n"
+    "examples:\n"
+    "  paas drains add syslog://logs.example.com:6514\n"
+    "  paas drains add https://user:secret@collector.example.com/heroku\n"
+    "  paas drains --json\n"
+    "  paas drains remove syslog://logs.example.com:6514\n\n"
+    "A drain that is slow or down holds up to 10000 lines and retries (0.5 s, doubling\n"
+    "to 30 s); lines beyond are dropped and counted, and it receives `N lines dropped`\n"
+    "when it catches up. See docs/operators.md for delivery across a change of leader."
+)
 
-def _address(text: str) -> str:
-    from paas.common.addresses import AddressError, parse_address
-
-    try:
-        parse_address(text)
-    except AddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.strip()
-
-
-def _address_list(text: str) -> list[str]:
-    from paas.common.addresses import AddressError, parse_address_list
-
-    try:
-        return parse_address_list(text)
-    except AddressError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _etcd_list(text: str) -> list[str]:
-    """`http://a:2379,b:2379` -> ['a:2379', 'b:2379']."""
-    stripped = []
-    for part in text.split(","):
-        part = part.strip().rstrip("/")
-        for scheme in ("http://", "https://"):
-            if part.startswith(scheme):
-                part = part[len(scheme) :]
-        if part:
-            stripped.append(part)
-    return _address_list(",".join(stripped))
-
-
-def _port_range(text: str) -> tuple[int, int]:
-    low, dash, high = text.partition("-")
-    if not dash or not low.isdigit() or not high.isdigit() or not 0 < int(low) <= int(high) < 65536:
-        raise argparse.ArgumentTypeError(f"expected LOW-HIGH ports, e.g. 5000-5999, got {text!r}")
-    return int(low), int(high)
-
-
-def _label(text: str) -> tuple[str, str]:
-    key, eq, value = text.partition("=")
-    if not eq or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected a label K=V, e.g. zone=a, got {text!r}")
-    return key.strip(), value.strip()
-
-
-def _node_name(text: str) -> str:
-    from paas.common.names import NameError_, check_node_name
-
-    try:
-        return check_node_name(text)
-    except NameError_ as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _process(text: str) -> str:
-    from paas.common.names import InstanceName, NameError_, check_process_type
-
-    try:
-        if "." in text:
-            return str(InstanceName.parse(text))
-        return check_process_type(text)
-    except NameError_ as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        ("up",),
+        "run etcd, a scheduler and N agents on this machine, in the foreground",
+        "Run etcd, a scheduler and N agents on this machine in the foreground. "
+        "With --deploy, also create the app, deploy DIR, scale it and follow its logs. "
+        "Ctrl-C stops all of it and leaves no process behind.",
+        Scope.LOCAL,
+        _run_up,
+        _up_arguments,
+        epilog="example:\n  paas up --deploy examples/hello --scale web=2 worker=1",
+    ),
+    Command(
+        ("scheduler",),
+        "run one scheduler replica",
+        "Run one scheduler replica. Every replica serves the API; one is "
+        "elected leader through etcd and does the scheduling.",
+        Scope.LOCAL,
+        _run_scheduler,
+        _scheduler_arguments,
+        epilog="example:\n  paas scheduler --etcd http://127.0.0.1:2379 --listen 0.0.0.0:7070",
+    ),
+    Command(
+        ("agent",),
+        "run the agent of this host",
+        "Run this host's agent: it joins the scheduler and runs the instances "
+        "the scheduler assigns to it.",
+        Scope.LOCAL,
+        _run_agent,
+        _agent_arguments,
+        epilog="example:\n  paas agent --join 10.0.0.1:7070 --name node-1 --listen 10.0.0.5:7071",
+    ),
+    Command(
+        ("apps",),
+        "list apps, or create or destroy one",
+        "List apps, or create one with `paas apps create NAME`, or destroy one with "
+        "`paas apps destroy NAME --confirm NAME`.",
+        Scope.CLUSTER,
+        commands.api(commands.apps),
+        _json_option(" (created_at ISO 8601 UTC)"),
+    ),
+    Command(
+        ("apps", "create"),
+        "create an app",
+        "Create an app. Names start with a lowercase letter, then lowercase "
+        "letters, digits and '-' (at most 30).",
+        Scope.CLUSTER,
+        commands.api(commands.apps_create, commands.prepare_create),
+        _app_name_argument,
+    ),
+    Command(
+        ("apps", "destroy"),
+        "destroy an app and everything it has, for good",
+        "Destroy an app, as `heroku apps:destroy`: stop every instance of it on every "
+        "node, and delete its formation, releases, config vars, events, log drains and "
+        "the logs the agents keep of it. There is no undo, so the app's name must be "
+        "given twice: as NAME and with --confirm. Without --confirm, or with another "
+        "name, nothing is changed.",
+        Scope.CLUSTER,
+        commands.api(commands.apps_destroy, commands.prepare_destroy),
+        _destroy_arguments,
+        epilog="example:\n  paas apps destroy shop --confirm shop",
+    ),
+    Command(
+        ("deploy",),
+        "new release from DIR/Procfile",
+        "Make a new release from DIR/Procfile; DIR becomes the working directory of "
+        "every process. DIR/.env, if present, sets config vars, taken literally: "
+        "${VAR} and $VAR are not expanded (as with honcho and foreman). DIR/paas.toml, "
+        "if present, sets per process type supervision settings.",
+        Scope.APP,
+        commands.api(commands.deploy, commands.prepare_deploy),
+        _deploy_arguments,
+    ),
+    Command(
+        ("scale",),
+        "set how many instances of each type run",
+        "Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes.",
+        Scope.APP,
+        commands.api(commands.scale, commands.prepare_scale),
+        _scale_arguments,
+        epilog="example:\n  paas scale web=10 worker+2 clock-1",
+    ),
+    Command(
+        ("ps",),
+        "the app's instances",
+        "One line per instance: name, type, node, pid, port, CPU (100 = one "
+        "core), resident memory, and its state as a person reads it: `up 3m`, `starting "
+        "4s`, `crashed 4\N{MULTIPLICATION SIGN}, exit 1 after 2s, next start in 40s`. "
+        "With -v, also each instance's forensics: why its state changed, when its last "
+        "run started and exited, and the last lines that run wrote.",
+        Scope.APP,
+        commands.api(commands.ps, commands.prepare_process),
+        _ps_arguments,
+        epilog="examples:\n  paas ps\n  paas ps -v web.3\n  paas ps --json",
+    ),
+    Command(
+        ("restart",),
+        "restart all instances, those of a type, or one",
+        "Restart instances: with no argument every instance of the app, with "
+        "a process type (web) each of its instances, with an instance name (web.3) just "
+        "that one. More than one restart one at a time (rolling): the scheduler restarts "
+        "the next once the last is up again.",
+        Scope.APP,
+        commands.api(commands.restart, commands.prepare_process),
+        _restart_arguments,
+        epilog="examples:\n  paas restart\n  paas restart web\n  paas restart web.3",
+    ),
+    Command(
+        ("stop",),
+        "stop one instance; the formation starts a new one",
+        "Stop one instance (SIGTERM to its process group, SIGKILL after the "
+        "stop grace). As with `heroku ps:stop`, the formation is unchanged, so a new "
+        "instance takes its place; to run fewer, use `paas scale`.",
+        Scope.APP,
+        commands.api(commands.stop, commands.prepare_stop),
+        _stop_arguments,
+        epilog="example:\n  paas stop web.3",
+    ),
+    Command(
+        ("nodes",),
+        "the cluster's nodes",
+        "One line per node: name, state (ready, lost, draining), address, "
+        "instances, capacity.",
+        Scope.CLUSTER,
+        commands.api(commands.nodes),
+        _json_option(" (last_seen ISO 8601 UTC)"),
+    ),
+    Command(
+        ("nodes", "drain"),
+        "move the node's instances to other nodes",
+        "Move the node's instances to other nodes (each new copy is up before its old "
+        "one stops) and keep new instances off it, e.g. before maintenance.",
+        Scope.CLUSTER,
+        commands.api(commands.drain),
+        _node_argument,
+    ),
+    Command(
+        ("nodes", "undrain"),
+        "let the node take instances again",
+        "Let the node take instances again.",
+        Scope.CLUSTER,
+        commands.api(commands.undrain),
+        _node_argument,
+    ),
+    Command(
+        ("drains",),
+        "the app's log drains: where its log stream is forwarded",
+        _DRAINS_DESCRIPTION,
+        Scope.APP,
+        commands.api(commands.drains),
+        _json_option(),
+        epilog=_DRAINS_EPILOG,
+    ),
+    Command(
+        ("drains", "add"),
+        "forward the app's log stream to URL",
+        "Forward the app's log stream to URL, from the moment it is added. Adding a "
+        "URL the app already drains to is refused.",
+        Scope.APP,
+        commands.api(commands.drains_add, commands.prepare_drains_add),
+        _drain_url_argument,
+        epilog="example:\n  paas drains add syslog://logs.example.com:6514",
+    ),
+    Command(
+        ("drains", "remove"),
+        "stop forwarding to URL",
+        "Stop forwarding the app's log stream to URL and forget the drain.",
+        Scope.APP,
+        commands.api(commands.drains_remove, commands.prepare_drains_remove),
+        _drain_url_argument,
+        epilog="example:\n  paas drains remove syslog://logs.example.com:6514",
+    ),
+    Command(
+        ("logs",),
+        "the app's log lines",
+        "The app's recent log lines, merged across instances, in Heroku's "
+        "format; with -f, then live ones until Ctrl-C. A following `paas logs -f` "
+        "outlives a broken stream, a scheduler restart or a new leader: it reconnects "
+        "and goes on where it was, printing no line twice.",
+        Scope.APP,
+        commands.api(commands.logs, commands.prepare_logs),
+        _logs_arguments,
+        epilog="examples:\n"
+        "  paas logs -n 200 -p web\n"
+        "  paas logs -f --since 10m\n"
+        "  paas logs --previous web.3      # why did web.3 crash?\n"
+        "  paas logs --json | jq -r 'select(.stream == \"stderr\") | .text'",
+    ),
+)
 
 
 # ------------------------------------------------------------------ entry points
@@ -656,14 +696,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's usage error
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command: Command = args.command_entry
     try:
-        return _dispatch(args)
-    except UsageError as exc:
+        if command.scope is Scope.APP:
+            args.app = commands.app_name(args)
+        return command.run(args)
+    except (CLIError, InvalidInput) as exc:
+        # The one place an expected failure becomes its line and exit code.
         render.error(str(exc))
-        return EXIT_USAGE
-    except CommandError as exc:
-        render.error(str(exc))
-        return EXIT_REFUSED
+        return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
@@ -672,21 +713,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    handler: str = args.handler
-    if handler == "up":
-        from paas.cli.up import run_up
-
-        return run_up(args)
-    if handler in ("scheduler", "agent"):
-        from paas.cli.daemons import run_agent, run_scheduler
-
-        return run_scheduler(args) if handler == "scheduler" else run_agent(args)
-    from paas.cli import commands
-
-    return commands.run(handler, args)
 
 
 def main() -> None:

@@ -124,8 +124,16 @@ def _instance_order(view: pb.InstanceView) -> tuple[str, str, int, str]:
         return (view.app, view.type, 0, view.name)
 
 
+def iso_time(unix: float) -> str | None:
+    """A moment in `--json` output: ISO 8601 in UTC with microseconds, as `logs --json`
+    writes timestamps; None (null) for 0, which means "never" on the wire."""
+    return timestamp(unix) if unix > 0 else None
+
+
 def instance_dict(view: pb.InstanceView) -> dict[str, Any]:
-    """One `ps --json` object; numbers are 0 and strings "" when there is none."""
+    """One `ps --json` object; numbers are 0 and strings "" when there is none, times
+    ISO 8601 UTC or null. `since_unix` is `since` in unix seconds, for scripts that
+    compute with it."""
     return {
         "app": view.app,
         "name": view.name,
@@ -136,14 +144,15 @@ def instance_dict(view: pb.InstanceView) -> dict[str, Any]:
         "port": view.port,
         "restarts": view.restarts,
         "last_exit": view.last_exit,
-        "since": view.since,
+        "since": iso_time(view.since),
+        "since_unix": view.since,
         "release": view.release,
         "incarnation": view.incarnation,
         "reason": view.reason,
-        "started_at": view.started_at,
-        "exited_at": view.exited_at,
+        "started_at": iso_time(view.started_at),
+        "exited_at": iso_time(view.exited_at),
         "ran_for": view.ran_for,
-        "next_start": view.next_start,
+        "next_start": iso_time(view.next_start),
         "last_lines": list(view.last_lines),
         "cpu_percent": view.cpu_percent,
         "rss_bytes": view.rss_bytes,
@@ -304,13 +313,14 @@ def details(view: pb.InstanceView, now: float) -> Text:
 
 
 def node_dict(node: pb.Node) -> dict[str, Any]:
+    """One `nodes --json` object; `last_seen` ISO 8601 UTC, or null if never seen."""
     return {
         "name": node.name,
         "state": node_state_name(node.state),
         "address": node.address,
         "instances": node.instances,
         "capacity": node.capacity,
-        "last_seen": node.last_seen,
+        "last_seen": iso_time(node.last_seen),
         "labels": dict(node.labels),
         "cpu_percent": node.cpu_percent,
         "rss_bytes": node.rss_bytes,
@@ -389,12 +399,13 @@ def drains(app: str, items: Iterable[pb.LogDrain], as_json: bool = False) -> Non
 
 
 def app_dict(app: pb.App) -> dict[str, Any]:
+    """One `apps --json` object; `created_at` ISO 8601 UTC."""
     return {
         "name": app.name,
         "release": app.release,
         "formation": dict(app.formation),
         "process_types": list(app.process_types),
-        "created_at": app.created_at,
+        "created_at": iso_time(app.created_at),
     }
 
 
@@ -417,6 +428,15 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
             ", ".join(app.process_types) or "-",
         )
     console().print(table)
+
+
+def destroyed(app: str, instances: int) -> str:
+    """What `paas apps destroy` says once the scheduler has done it."""
+    stopped = f"{instances} instance{'' if instances == 1 else 's'}"
+    return (
+        f"Destroyed {app}: stopped its {stopped} and deleted its formation, releases, "
+        "config vars, log drains and logs"
+    )
 
 
 def formation(app: str, counts: Mapping[str, int]) -> str:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from paas.cli.errors import CLIError
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-# 90s, 10m, 1.5h, 2d, and sums of them: 1h30m.
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhd])+$")
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+# 90s, 10m, 1.5h, 2d, and sums of them: 1h30m. ASCII digits only ([0-9], not \d,
+# which takes `٣` too), matched whole.
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?[smhd])+")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
 
 
-class TimeSpecError(ValueError):
+class TimeSpecError(CLIError, ValueError):
     """A time that does not parse; the message shows the forms that do."""
 
 
@@ -26,7 +29,7 @@ def parse_since(text: str, now: float) -> float:
     it would select nothing.
     """
     spec = text.strip()
-    if _DURATION.match(spec):
+    if _DURATION.fullmatch(spec):
         seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(spec))
         return now - seconds
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from paas.common.digits import parse_digits
 from paas.common.errors import InvalidInput
 
 DEFAULT_SCHEDULER = "127.0.0.1:7070"
@@ -14,10 +15,11 @@ class AddressError(InvalidInput):
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    host, colon, port = text.strip().rpartition(":")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    host, colon, digits = text.strip().rpartition(":")
+    port = parse_digits(digits)  # ASCII digits only
+    if not colon or not host or port is None or not 0 < port < 65536:
         raise AddressError(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:7070")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), port
 
 
 def parse_address_list(text: str) -> list[str]:

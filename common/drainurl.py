@@ -18,8 +18,12 @@ from urllib.parse import urlsplit
 from paas.common.errors import InvalidInput
 
 SCHEMES = ("syslog", "http", "https")
-# A DNS name as resolvers take it: labels of letters, digits, '-' and '_', dot-separated.
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+$")
+# A DNS name as resolvers take it: at most 253 characters of dot-separated labels,
+# each 1 to 63 letters, digits, '-' and '_', not starting or ending with '-'. One
+# label at a time: a single pattern for the whole name with an optional dot
+# backtracks exponentially on a long bad name (the scheduler runs this too).
+_MAX_HOST_NAME = 253
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _MAX_URL = 2048
 
 
@@ -105,5 +109,12 @@ def _valid_host(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return bool(_HOST_NAME.match(host)) and not host.replace(".", "").isdigit()
+        return _valid_host_name(host) and not host.replace(".", "").isdigit()
     return True
+
+
+def _valid_host_name(host: str) -> bool:
+    if not 0 < len(host) <= _MAX_HOST_NAME:
+        return False
+    labels = host.removesuffix(".").split(".")  # a trailing dot: the name is absolute
+    return all(_LABEL.fullmatch(label) for label in labels)

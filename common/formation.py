@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from paas.common.digits import parse_digits
 from paas.common.errors import InvalidInput
 from paas.common.names import NameError_, check_process_type
 
@@ -17,9 +18,10 @@ from paas.common.names import NameError_, check_process_type
 MAX_INSTANCES_PER_TYPE = 1000
 
 # `=` splits at its first occurrence (so `web=-1` is a bad count); `+`/`-` at the
-# last, since process types may contain `-` (`my-type-1`).
-_SET = re.compile(r"^(?P<type>[^=]+)(?P<op>=)(?P<count>.*)$")
-_ADD_SUB = re.compile(r"^(?P<type>.+)(?P<op>[+-])(?P<count>[^+-]*)$")
+# last, since process types may contain `-` (`my-type-1`). Matched whole, newlines
+# included, so `web=1\n` is a bad count rather than `web=1`.
+_SET = re.compile(r"(?P<type>[^=]+)(?P<op>=)(?P<count>.*)", re.DOTALL)
+_ADD_SUB = re.compile(r"(?P<type>.+)(?P<op>[+-])(?P<count>[^+-]*)", re.DOTALL)
 
 
 class FormationError(InvalidInput):
@@ -44,22 +46,22 @@ class Change:
 
 def parse_change(word: str) -> Change:
     """Parse one word: `web=10`, `worker+2`, `clock-1`."""
-    match = _SET.match(word) if "=" in word else _ADD_SUB.match(word)
+    match = _SET.fullmatch(word) if "=" in word else _ADD_SUB.fullmatch(word)
     if not match:
         raise FormationError(
             f"invalid formation {word!r}: expected TYPE=N, TYPE+N or TYPE-N, e.g. web=2"
         )
-    type_, op, count = match["type"], Op(match["op"]), match["count"]
+    type_, op, digits = match["type"], Op(match["op"]), match["count"]
     try:
         check_process_type(type_)
     except NameError_ as exc:
         raise FormationError(str(exc)) from None
-    if not count.isdigit():
+    number = parse_digits(digits)  # ASCII only: `web=٣` is no count
+    if number is None:
         raise FormationError(
-            f"invalid count {count!r} in {word!r}: expected a whole number from 0 "
+            f"invalid count {digits!r} in {word!r}: expected a whole number from 0 "
             f"to {MAX_INSTANCES_PER_TYPE}"
         )
-    number = int(count)
     if number > MAX_INSTANCES_PER_TYPE:
         raise FormationError(
             f"count {number} in {word!r} is over the maximum of {MAX_INSTANCES_PER_TYPE}"

@@ -1,17 +1,22 @@
-"""Names of apps, process types and instances, and the rules they follow."""
+"""Names of apps, process types and instances, and the rules they follow.
+
+Every pattern is matched whole (`fullmatch`): with `re.match` and `$`, a name
+with a trailing newline would pass. Instance indexes are ASCII digits only.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from paas.common.digits import parse_digits
 from paas.common.errors import InvalidInput
 
 # Process types as Heroku and Foreman accept them: letters, digits, _ and -.
-_PROCESS_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_PROCESS_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 # App names are DNS-label-like so they can one day become host names.
-_APP = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_APP = re.compile(r"[a-z][a-z0-9-]{0,29}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 class NameError_(InvalidInput):
@@ -19,7 +24,7 @@ class NameError_(InvalidInput):
 
 
 def check_process_type(name: str) -> str:
-    if not _PROCESS_TYPE.match(name):
+    if not _PROCESS_TYPE.fullmatch(name):
         raise NameError_(
             f"invalid process type {name!r}: use letters, digits, '_' and '-' (at most 63)"
         )
@@ -27,7 +32,7 @@ def check_process_type(name: str) -> str:
 
 
 def check_app_name(name: str) -> str:
-    if not _APP.match(name):
+    if not _APP.fullmatch(name):
         raise NameError_(
             f"invalid app name {name!r}: start with a lowercase letter, then lowercase "
             "letters, digits and '-' (at most 30)"
@@ -36,7 +41,7 @@ def check_app_name(name: str) -> str:
 
 
 def check_node_name(name: str) -> str:
-    if not _NODE.match(name):
+    if not _NODE.fullmatch(name):
         raise NameError_(f"invalid node name {name!r}: use letters, digits, '_', '.' and '-'")
     return name
 
@@ -53,7 +58,8 @@ class InstanceName:
 
     @classmethod
     def parse(cls, text: str) -> InstanceName:
-        type_, dot, index = text.rpartition(".")
-        if not dot or not index.isdigit() or int(index) < 1:
+        type_, dot, digits = text.rpartition(".")
+        index = parse_digits(digits)
+        if not dot or index is None or index < 1:
             raise NameError_(f"invalid instance name {text!r}: expected TYPE.N, e.g. web.3")
-        return cls(check_process_type(type_), int(index))
+        return cls(check_process_type(type_), index)

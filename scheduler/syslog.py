@@ -1,6 +1,6 @@
 """How log lines look on the wire to a log drain: RFC 5424 syslog messages, octet-counted.
 
-One message per line, as Heroku's logplex writes them:
+One message per line, in RFC 5424's own layout:
 
     <190>1 2026-11-28T19:47:03.123456+00:00 d.1f0e... shop web.3 - - listening on 5003
 
@@ -8,12 +8,21 @@ PRI is facility local7 with severity info for stdout, err for stderr and
 notice for paas's own lines; the timestamp is RFC 3339 with microseconds in
 UTC; HOSTNAME is the drain's token (so the receiver can tell drains apart, as
 with Heroku); APP-NAME the app; PROCID the instance (`web.3`, or `scheduler`);
-no MSGID and no structured data; MSG the line's text, UTF-8 without a BOM (as
-logplex sends it, and as most receivers expect).
+MSGID and STRUCTURED-DATA both NIL (`- -`); MSG the line's text, UTF-8 without
+a BOM.
+
+This is not logplex's message format, though it borrows its ideas: logplex
+leaves STRUCTURED-DATA out (one `-`, then the text), and its APP-NAME is `app`
+for the app's output (`heroku` for the platform's lines), not the app's name.
+A receiver that parses RFC 5424 reads paas's messages; one that splits
+logplex's by position would take the second `-` for the first word of the text.
 
 Framing, RFC 6587 octet counting: `LEN SP MESSAGE`, LEN the message's length
-in bytes. A syslog drain gets a stream of such frames over TCP; an HTTP drain
-gets them as the body of a POST (Content-Type application/logplex-1).
+in bytes. A syslog drain gets a stream of such frames over TCP. An HTTP drain
+gets a batch of them as the body of a POST with logplex's HTTP headers
+(`Content-Type: application/logplex-1`, `Logplex-Msg-Count`, `Logplex-Frame-Id`,
+`Logplex-Drain-Token`; see `logplex_headers`), the messages inside still in the
+RFC 5424 layout above.
 
 Pure functions: it formats bytes and never does I/O.
 """

@@ -1,10 +1,12 @@
-"""DIR/paas.toml: per process type supervision settings, checked before anything is sent."""
+"""DIR/paas.toml and DIR/.env: what `paas deploy` sends beside the Procfile, checked
+before anything is sent."""
 
 from __future__ import annotations
 
 import pytest
 
-from paas.cli.appconfig import AppConfigError, parse_app_config
+from paas.cli.appconfig import AppConfigError, parse_app_config, parse_dotenv
+from paas.common.configvars import ConfigVarsError, check_config_vars
 from paas.proto import paas_pb2 as pb
 
 TYPES = ["web", "worker"]
@@ -91,3 +93,51 @@ def test_bad_toml_names_the_file_and_the_line() -> None:
     with pytest.raises(AppConfigError, match=r"^/app/paas.toml: not valid TOML: .*line 2") as err:
         parse_app_config("[types.web]\nstop_grace = = 5\n", TYPES, source="/app/paas.toml")
     assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- .env
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        ("A=1\nB=two words\n", {"A": "1", "B": "two words"}),
+        ("export A=1\n", {"A": "1"}),
+        ("# a comment\n\nA='quoted'\n", {"A": "quoted"}),
+        ('A="line\\nbreak"\n', {"A": "line\nbreak"}),
+        # Literal, as honcho and foreman read it: nothing expands from the shell of
+        # whoever deploys, nor from the file itself.
+        ("A=${HOME}/x\n", {"A": "${HOME}/x"}),
+        ('A="${HOME}"\n', {"A": "${HOME}"}),
+        ("A=1\nB=${A}\n", {"A": "1", "B": "${A}"}),
+        ("A=${PAAS_TEST_UNSET:-default}\n", {"A": "${PAAS_TEST_UNSET:-default}"}),
+        ("A=$HOME\n", {"A": "$HOME"}),
+        ("BARE\nA=1\n", {"A": "1"}),  # a key without a value sets nothing
+        ("A=\n", {"A": ""}),
+        ("\ufeffA=1\n", {"A": "1"}),
+    ],
+    ids=["plain", "export", "quotes", "escape", "brace", "quoted-brace", "same-file",
+         "default", "dollar", "bare", "empty", "bom"],
+)  # fmt: skip
+def test_dotenv_values_are_literal(text: str, env: dict[str, str]) -> None:
+    assert parse_dotenv(text) == env
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("BAD-KEY=1\n", "invalid config var name 'BAD-KEY'"),
+        ("1A=1\n", "invalid config var name '1A'"),
+        ("A=x\0y\n", "config var A has a NUL byte in its value"),
+        ("A=" + "x" * (32 * 1024) + "\n", "an app may have at most 32 KiB"),
+    ],
+)
+def test_dotenv_vars_the_scheduler_refuses_are_refused_the_same(
+    text: str, message: str
+) -> None:
+    with pytest.raises(ConfigVarsError) as raised:
+        parse_dotenv(text)
+    assert message in str(raised.value)
+    with pytest.raises(ConfigVarsError) as scheduler:
+        check_config_vars(dict(line.split("=", 1) for line in text.splitlines()))
+    assert str(raised.value) == str(scheduler.value)

@@ -40,6 +40,7 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             pb.LogLine(timestamp=2.0, app="shop", instance="web.1", stream="stdout", text="b"),
         ]
         self.log_requests: list[pb.LogsRequest] = []
+        self.destroyed: list[pb.DestroyAppRequest] = []
         # Serves Logs instead of log_lines when set.
         self.logs: Callable[[pb.LogsRequest, Context], AsyncIterator[pb.LogLine]] | None = None
 
@@ -93,7 +94,8 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         self, request: pb.DestroyAppRequest, context: Context
     ) -> pb.DestroyAppResponse:
         await self._gate(context)
-        return pb.DestroyAppResponse()
+        self.destroyed.append(request)
+        return pb.DestroyAppResponse(instances=3)
 
     async def AddDrain(self, request: pb.AddDrainRequest, context: Context) -> pb.LogDrain:
         await self._gate(context)
@@ -361,3 +363,49 @@ async def test_a_follower_gives_up_on_a_refusal_retrying_cannot_change(
         with pytest.raises(SchedulerError, match="unknown app 'shop'"):
             async for _ in client.follow_logs("shop"):
                 pass
+
+
+async def test_destroy_app_sends_the_name_and_its_confirmation(replicas: list[Replica]) -> None:
+    follower, leader = replicas
+    follower.fake.refuse = redirect_to(leader.address)
+    async with SchedulerClient([follower.address]) as client:
+        assert await client.destroy_app("shop", "shop") == 3
+    assert leader.fake.destroyed == [pb.DestroyAppRequest(name="shop", confirm="shop")]
+
+
+async def test_the_real_program_destroys_an_app_and_says_what_went(
+    replicas: list[Replica],
+) -> None:
+    code, out, err = await paas(replicas[0].address, "apps", "destroy", "shop", "--confirm", "shop")
+    assert (code, err) == (0, "")
+    assert out == (
+        "Destroyed shop: stopped its 3 instances and deleted its formation, releases, "
+        "config vars, log drains and logs\n"
+    )
+    assert replicas[0].fake.destroyed == [pb.DestroyAppRequest(name="shop", confirm="shop")]
+
+
+async def test_the_real_program_refuses_an_unconfirmed_destroy_without_a_call(
+    replicas: list[Replica],
+) -> None:
+    code, out, err = await paas(replicas[0].address, "apps", "destroy", "shop")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: destroying shop stops its instances") and err.count("\n") == 1
+    assert replicas[0].fake.calls == 0
+
+
+async def test_a_destroy_the_scheduler_refuses_is_one_line(replicas: list[Replica]) -> None:
+    replicas[0].fake.refuse = refuse_with(grpc.StatusCode.NOT_FOUND, "unknown app 'shop'")
+    code, out, err = await paas(replicas[0].address, "apps", "destroy", "shop", "--confirm", "shop")
+    assert (code, out, err) == (1, "", "error: unknown app 'shop'\n")
+
+
+async def test_the_real_program_prints_times_as_iso_8601_in_ps_json(
+    replicas: list[Replica],
+) -> None:
+    replicas[0].fake.instances[0].since = 1_795_895_223.5
+    code, out, err = await paas(replicas[0].address, "ps", "--json")
+    assert (code, err) == (0, "")
+    row = json.loads(out)[0]
+    assert row["since"] == "2026-11-28T19:47:03.500000+00:00"
+    assert row["since_unix"] == 1_795_895_223.5

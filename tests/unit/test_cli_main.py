@@ -13,22 +13,24 @@ from pathlib import Path
 import pytest
 
 from paas.cli.localcluster import free_port
-from paas.cli.main import build_parser, run
+from paas.cli.main import COMMANDS, Command, Scope, build_parser, run
 from paas.cli.up import sanitise_app_name
 
-COMMANDS = [
-    [],
+COMMANDS_WORDS = [
     ["up"],
     ["scheduler"],
     ["agent"],
     ["apps"],
     ["apps", "create"],
+    ["apps", "destroy"],
     ["deploy"],
     ["scale"],
     ["ps"],
     ["restart"],
     ["stop"],
     ["nodes"],
+    ["nodes", "drain"],
+    ["nodes", "undrain"],
     ["logs"],
     ["drains"],
     ["drains", "add"],
@@ -52,12 +54,39 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("words", COMMANDS, ids=lambda words: " ".join(words) or "paas")
+@pytest.mark.parametrize(
+    "words", [[], *COMMANDS_WORDS], ids=lambda words: " ".join(words) or "paas"
+)
 def test_help_of_every_command_exits_0(
     words: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run([*words, "--help"]) == 0
     assert "usage: paas" in capsys.readouterr().out
+
+
+def test_the_help_tests_cover_the_command_table() -> None:
+    assert {tuple(words) for words in COMMANDS_WORDS} == {command.words for command in COMMANDS}
+
+
+def test_paas_help_lists_every_command_and_each_parent_its_subcommands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in COMMANDS:
+        *parent, word = command.words
+        assert run([*parent, "--help"]) == 0
+        listing = capsys.readouterr().out
+        assert f"    {word} " in listing or f"    {word}\n" in listing, (command.words, listing)
+        assert command.summary in " ".join(listing.split())
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command.words))
+def test_each_command_takes_the_options_of_its_scope(
+    command: Command, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run([*command.words, "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert ("--scheduler" in usage) == (command.scope is not Scope.LOCAL)
+    assert ("[-a NAME]" in usage) == (command.scope is Scope.APP)
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,6 +113,10 @@ def test_unknown_option_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         (["web=100000"], "over the maximum"),
         (["web=1", "web+2"], "given more than once"),
         (["we b=1"], "invalid process type"),
+        (["web=\N{ARABIC-INDIC DIGIT THREE}"], "invalid count '\N{ARABIC-INDIC DIGIT THREE}'"),
+        (["web=\N{SUPERSCRIPT TWO}"], "invalid count '\N{SUPERSCRIPT TWO}'"),
+        (["web+" + "9" * 5000], "invalid count"),
+        (["web=1\n"], "invalid count"),
     ],
 )
 def test_bad_formation_is_refused_before_anything_is_sent(
@@ -157,12 +190,16 @@ def test_a_missing_procfile_is_refused(tmp_path: Path, capsys: pytest.CaptureFix
     assert "no Procfile in" in one_error_line(capsys.readouterr().err)
 
 
-def test_a_bad_app_name_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["apps", "create", "Bad_Name"]) == 1
-    assert "invalid app name 'Bad_Name'" in one_error_line(capsys.readouterr().err)
+@pytest.mark.parametrize("name", ["Bad_Name", "shop\n", "shop\r\n"])
+def test_a_bad_app_name_is_refused(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "create", name]) == 1
+    assert f"invalid app name {name!r}" in one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("process", ["web.x", "web.0", "we b"])
+@pytest.mark.parametrize(
+    "process",
+    ["web.x", "web.0", "we b", "web\n", "web.1\n", "web.\N{ARABIC-INDIC DIGIT ONE}"],
+)
 def test_a_bad_process_filter_is_a_usage_error(
     process: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,6 +219,14 @@ def test_a_bad_process_filter_is_a_usage_error(
         (["restart", "we!b"], "error: invalid process type 'we!b': use letters, digits, '_' "
                               "and '-' (at most 63)"),
         (["ps", "web.0"], "error: invalid instance name 'web.0': expected TYPE.N, e.g. web.3"),
+        (["stop", "web.\N{ARABIC-INDIC DIGIT THREE}"],
+         "error: invalid instance name 'web.\N{ARABIC-INDIC DIGIT THREE}': expected TYPE.N, "
+         "e.g. web.3"),
+        (["stop", "web.\N{SUPERSCRIPT TWO}"],
+         "error: invalid instance name 'web.\N{SUPERSCRIPT TWO}': expected TYPE.N, e.g. web.3"),
+        (["logs", "--since", "\N{ARABIC-INDIC DIGIT THREE}m"], "error: --since: invalid time "
+         "'\N{ARABIC-INDIC DIGIT THREE}m': expected a duration like 30s, 10m, 1h, 2d or an "
+         "ISO-8601 time like 2026-01-31T12:00:00Z"),
         (["logs", "--since", "soon"], "error: --since: invalid time 'soon': expected a duration "
          "like 30s, 10m, 1h, 2d or an ISO-8601 time like 2026-01-31T12:00:00Z"),
         (["logs", "--since", "2999-01-01"], "error: --since: invalid time '2999-01-01': it is "
@@ -203,6 +248,8 @@ def test_a_bad_instance_or_time_is_refused_before_anything_is_sent(
 @pytest.mark.parametrize(
     ("words", "message"),
     [
+        (["logs", "-n", "\N{ARABIC-INDIC DIGIT THREE}"], "expected a whole number"),
+        (["logs", "-n", "\N{SUPERSCRIPT TWO}"], "expected a whole number"),
         (["logs", "--previous", "web.1", "-f"], "cannot be followed (-f)"),
         (["logs", "--previous", "web.1", "-p", "web"], "leave out -p"),
         (["stop"], "the following arguments are required: INSTANCE"),
@@ -276,6 +323,36 @@ def test_bad_daemon_flags_are_usage_errors(
 
 
 @pytest.mark.parametrize(
+    "words",
+    [
+        ["up", "--agents", "\N{ARABIC-INDIC DIGIT THREE}"],
+        ["up", "--node-grace", "\N{ARABIC-INDIC DIGIT THREE}"],
+        ["up", "--node-grace", "1_0"],
+        ["up", "--node-grace", "nan"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--ports",
+         "\N{ARABIC-INDIC DIGIT FIVE}000-6000"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--capacity",
+         "\N{SUPERSCRIPT TWO}"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--log-spool-files",
+         "\N{FULLWIDTH DIGIT ONE}"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--log-buffer-lines",
+         "9" * 5000],
+        ["agent", "--join", "a:\N{ARABIC-INDIC DIGIT ONE}", "--name", "n", "--listen", "x:1"],
+        ["agent", "--join", "a:1", "--name", "n\n", "--listen", "x:1"],
+        ["scheduler", "--etcd", "a:1", "--listen", "x:1", "--leader-ttl", "\N{SUPERSCRIPT TWO}"],
+    ],
+)  # fmt: skip
+def test_daemon_numbers_and_names_are_ascii_and_whole(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Parsing only: were a flag taken, run() would start the daemon.
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(words)
+    assert exited.value.code == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
     ("directory", "app"),
     [("hello", "hello"), ("My_App 2", "my-app-2"), ("2fast", "fast"), ("...", "app")],
 )
@@ -315,3 +392,54 @@ def test_a_bad_drain_url_is_refused_before_anything_is_sent(
 def test_drains_need_an_app(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["drains", "add", "syslog://logs.example.com:514"]) == 1
     assert "no app given" in one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- apps destroy
+
+
+@pytest.mark.parametrize(
+    ("words", "given"),
+    [
+        (["apps", "destroy", "shop"], ""),
+        (["apps", "destroy", "shop", "--confirm", "shp"], " (--confirm names 'shp')"),
+        (["apps", "destroy", "shop", "--confirm", ""], " (--confirm names '')"),
+        (["apps", "destroy", "shop", "--confirm", "SHOP"], " (--confirm names 'SHOP')"),
+    ],
+)
+def test_apps_destroy_without_the_name_repeated_changes_nothing(
+    words: list[str], given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nobody listens at PAAS_SCHEDULER: were a call made, it would say so instead.
+    assert run(words) == 1
+    captured = capsys.readouterr()
+    assert one_error_line(captured.err) == (
+        "error: destroying shop stops its instances and deletes its releases, config and "
+        "logs for good: to go ahead, repeat its name with --confirm: "
+        f"`paas apps destroy shop --confirm shop`{given}"
+    )
+    assert captured.out == ""
+
+
+def test_apps_destroy_checks_the_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "Shop", "--confirm", "Shop"]) == 1
+    assert "invalid app name 'Shop'" in one_error_line(capsys.readouterr().err)
+
+
+def test_apps_destroy_needs_a_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "--confirm", "shop"]) == 2
+    assert "required: NAME" in one_error_line(capsys.readouterr().err)
+
+
+def test_apps_destroy_does_not_take_the_app_from_paas_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PAAS_APP", "shop")
+    assert run(["apps", "destroy", "--confirm", "shop"]) == 2
+    one_error_line(capsys.readouterr().err)
+    assert run(["apps", "destroy", "-a", "shop", "--confirm", "shop"]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_a_confirmed_destroy_is_sent(nowhere: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["apps", "destroy", "shop", "--confirm", "shop"]) == 1
+    assert "cannot reach the scheduler" in one_error_line(capsys.readouterr().err)

@@ -76,6 +76,47 @@ def test_nodes_json_is_one_array_with_the_documented_keys(
     assert nodes[0]["labels"] == {"zone": "a"}
 
 
+# 2026-11-28T19:47:03.5Z
+MOMENT = 1_795_895_223.5
+ISO = "2026-11-28T19:47:03.500000+00:00"
+
+
+def test_times_in_ps_json_are_iso_8601_utc_as_in_logs_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    render.instances(
+        [pb.InstanceView(name="web.1", type="web", state=pb.BACKOFF, since=MOMENT,
+                         started_at=MOMENT - 2, exited_at=MOMENT, ran_for=2.0,
+                         next_start=MOMENT + 4)],
+        as_json=True,
+    )  # fmt: skip
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["since"] == ISO
+    assert row["started_at"] == "2026-11-28T19:47:01.500000+00:00"
+    assert row["exited_at"] == ISO
+    assert row["next_start"] == "2026-11-28T19:47:07.500000+00:00"
+    assert row["since_unix"] == MOMENT, "scripts that compute with it keep a number"
+    assert row["ran_for"] == 2.0, "a duration stays seconds"
+    log = render.log_dict(pb.LogLine(timestamp=MOMENT))
+    assert log["timestamp"] == row["since"]
+
+
+def test_a_time_that_never_was_is_null_not_1970(capsys: pytest.CaptureFixture[str]) -> None:
+    render.instances([pb.InstanceView(name="web.1", type="web", state=pb.PENDING)], as_json=True)
+    row = json.loads(capsys.readouterr().out)[0]
+    assert [row[key] for key in ("since", "started_at", "exited_at", "next_start")] == [None] * 4
+    assert row["since_unix"] == 0
+
+
+def test_times_in_nodes_and_apps_json_are_iso_8601_utc_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    render.nodes([pb.Node(name="node-1", last_seen=MOMENT), pb.Node(name="node-2")], as_json=True)
+    assert [n["last_seen"] for n in json.loads(capsys.readouterr().out)] == [ISO, None]
+    render.apps([pb.App(name="shop", created_at=MOMENT), pb.App(name="zoo")], as_json=True)
+    assert [a["created_at"] for a in json.loads(capsys.readouterr().out)] == [ISO, None]
+
+
 @pytest.mark.parametrize("state", list(pb.InstanceState.values()))
 def test_state_names_are_the_proto_names_in_lowercase(state: int) -> None:
     name = render.state_name(state)

@@ -33,8 +33,11 @@ def test_an_iso_time_without_a_zone_is_local_time() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "10", "10x", "m10", "-5m", "yesterday", "1h 30m", "2026-13-01"]
-)
+    "text",
+    ["", "10", "10x", "m10", "-5m", "yesterday", "1h 30m", "2026-13-01",
+     "\N{ARABIC-INDIC DIGIT THREE}m", "1\N{SUPERSCRIPT TWO}m", "\N{FULLWIDTH DIGIT ONE}h",
+     "1.\N{DEVANAGARI DIGIT FIVE}h", "10m\n5s", "\N{ARABIC-INDIC DIGIT TWO}026-01-31"],
+)  # fmt: skip
 def test_anything_else_is_refused_showing_what_would_do(text: str) -> None:
     with pytest.raises(TimeSpecError, match="expected a duration like 30s, 10m, 1h, 2d or an ISO"):
         parse_since(text, NOW)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from paas.common.drainurl import DrainURLError, parse_drain_url, redacted
@@ -47,6 +49,12 @@ def test_accepted_urls_and_their_parts(url: str, scheme: str, host: str, port: i
         ("syslog://999.1.1.1:514", "invalid host"),
         ("http://exa mple.com/", "blanks or control characters"),
         ("https://collector.example.com/x#frag", "#fragment"),
+        ("syslog://a..b:514", "invalid host"),
+        ("syslog://-a.b:514", "invalid host"),
+        ("syslog://a-.b:514", "invalid host"),
+        (f"syslog://{'a' * 64}.b:514", "invalid host"),
+        (f"syslog://{'a.' * 127}b:514", "invalid host"),
+        ("syslog://logs.example.com:\N{ARABIC-INDIC DIGIT FIVE}14", "invalid port"),
     ],
 )
 def test_refused_urls_name_the_problem(url: str, problem: str) -> None:
@@ -55,6 +63,21 @@ def test_refused_urls_name_the_problem(url: str, problem: str) -> None:
     message = str(refused.value)
     assert problem in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("host", ["a" * 60 + "-", "a" * 30 + "." + "b" * 30 + "-", "a" * 300])
+def test_a_long_bad_host_is_refused_at_once(host: str) -> None:
+    # The scheduler checks AddDrain with this on its event loop: no backtracking
+    # that grows with the length of the host (it once took seconds at 26 letters).
+    started = time.perf_counter()
+    with pytest.raises(DrainURLError, match="invalid host"):
+        parse_drain_url(f"syslog://{host}:514")
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("host", ["a", "a.b", "a.b.", "x_y.example", "a" * 63 + ".b", "1a.com"])
+def test_host_names_as_resolvers_take_them(host: str) -> None:
+    assert parse_drain_url(f"syslog://{host}:514").host == host.lower()
 
 
 def test_a_password_is_hidden_where_the_url_is_shown() -> None:

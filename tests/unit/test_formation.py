@@ -43,6 +43,15 @@ def test_words_parse_as_heroku_does(word: str, change: Change) -> None:
         (f"web={MAX_INSTANCES_PER_TYPE + 1}", "over the maximum"),
         ("we b=1", "invalid process type"),
         ("web=1.5", "invalid count"),
+        ("web=\N{ARABIC-INDIC DIGIT THREE}", "invalid count '\N{ARABIC-INDIC DIGIT THREE}'"),
+        ("web=\N{SUPERSCRIPT TWO}", "invalid count '\N{SUPERSCRIPT TWO}'"),
+        ("web+\N{FULLWIDTH DIGIT ONE}", "invalid count"),
+        ("web=" + "9" * 5000, "invalid count"),
+        ("web=+1", "invalid count"),
+        ("web= 1", "invalid count"),
+        ("web=1\n", "invalid count"),
+        ("web=1_0", "invalid count"),
+        ("web\n=1", "invalid process type"),
     ],
 )
 def test_malformed_words_are_refused_naming_the_problem(word: str, message: str) -> None:

@@ -1,0 +1,110 @@
+"""Value types of the command line's options: text in, a checked value out, or an
+`argparse.ArgumentTypeError` whose message argparse prints as a usage error (exit 2).
+
+Numbers are ASCII digits only (`paas.common.digits`); names and addresses are
+checked by the same rules the scheduler applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable
+
+from paas.common.addresses import AddressError, parse_address, parse_address_list
+from paas.common.digits import parse_digits
+from paas.common.names import InstanceName, NameError_, check_node_name, check_process_type
+
+# Seconds as people write them: 10, 0.5, .5, 10. (not all that float() takes: `1_0`,
+# `1e3`, `inf`, or digits of other scripts).
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def count(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        number = parse_digits(text)
+        if number is None or not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}"
+            )
+        return number
+
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    number = parse_digits(text)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return number
+
+
+def seconds(text: str) -> float:
+    """A non-negative number of seconds below a million."""
+    value = float(text) if _SECONDS.fullmatch(text) else -1.0
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 10 or 0.5, got {text!r}")
+    return value
+
+
+def address(text: str) -> str:
+    try:
+        parse_address(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def address_list(text: str) -> list[str]:
+    try:
+        return parse_address_list(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def etcd_list(text: str) -> list[str]:
+    """`http://a:2379,b:2379` -> ['a:2379', 'b:2379']."""
+    stripped = []
+    for part in text.split(","):
+        part = part.strip().rstrip("/")
+        for scheme in ("http://", "https://"):
+            if part.startswith(scheme):
+                part = part[len(scheme) :]
+        if part:
+            stripped.append(part)
+    return address_list(",".join(stripped))
+
+
+def port_range(text: str) -> tuple[int, int]:
+    first, dash, last = text.partition("-")
+    low, high = parse_digits(first), parse_digits(last)
+    if not dash or low is None or high is None or not 0 < low <= high < 65536:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH ports, e.g. 5000-5999, got {text!r}")
+    return low, high
+
+
+def label(text: str) -> tuple[str, str]:
+    """A node label `K=V`."""
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected a label K=V, e.g. zone=a, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def node_name(text: str) -> str:
+    try:
+        return check_node_name(text)
+    except NameError_ as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def process(text: str) -> str:
+    """A process type (`web`) or an instance (`web.3`)."""
+    try:
+        if "." in text:
+            return str(InstanceName.parse(text))
+        return check_process_type(text)
+    except NameError_ as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
