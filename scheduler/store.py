@@ -372,7 +372,8 @@ class Store:
 
     async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
         """Read everything reconcile needs. Releases never change once written, so the
-        caller's cache spares re-reading them."""
+        caller's cache, keyed by (app id, version), spares re-reading them: a re-created app
+        of the same name has other releases."""
         apps = await self.apps()
         formations = {}
         for key, value, _ in await self._get_prefix(f"{PREFIX}formation/"):
@@ -383,12 +384,12 @@ class Store:
         for app in apps.values():
             if app.release == 0:
                 continue
-            cached = release_cache.get((app.name, app.release))
+            cached = release_cache.get((app.id, app.release))
             if cached is None:
                 cached = await self.release(app.name, app.release)
                 if cached is None:
                     continue
-                release_cache[(app.name, app.release)] = cached
+                release_cache[(app.id, app.release)] = cached
             releases[app.name] = cached
         return World(
             apps=apps,
