@@ -5,12 +5,15 @@
     │   ├── PortsExhausted   no port of --ports is free on this host
     │   └── PortLockError    the --port-lock-dir cannot be used
     ├── ReaperError      the reaper sidecar cannot start              (reaper.py)
-    └── SpawnError       an instance's process cannot be started      (processes.py)
+    ├── SpawnError       an instance's process cannot be started      (processes.py)
+    └── LogStateError    what the agent keeps of its instances' logs  (spool.py)
+        ├── SpoolError       the spool cannot open, write or delete
+        └── MembershipError  the cluster id cannot be recorded or read (membership.py)
 
-Each message names the thing and what to do, in one line, so `paas agent` can
-print it as is and an instance can show it as the reason it crashed. The
-agent's start failures (server.py) and the log spool's (spool.py, SpoolError)
-belong under this root too.
+AgentError itself is raised when the agent cannot start (server.py: its state
+directory or its --listen address). Each message names the thing and what to do,
+in one line, so `paas agent` can print it as is and an instance can show it as
+the reason it crashed.
 
 TransitionError (states.py) is not under it on purpose: an edge the state table
 lacks is a bug in the supervisor, never something the agent was asked to do.

@@ -25,6 +25,7 @@ import grpc
 
 from paas.agent import spool
 from paas.agent.config import AgentConfig
+from paas.agent.errors import AgentError
 from paas.agent.logbuffer import LogHub
 from paas.agent.membership import Membership
 from paas.agent.orphans import OrphanReaper
@@ -40,10 +41,6 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVER_STOP_GRACE = 1.0
-
-
-class AgentError(RuntimeError):
-    """The agent cannot start; the message says why and what to do (one line)."""
 
 
 SESSION_LEAVE_TIMEOUT = 3.0

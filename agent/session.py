@@ -247,9 +247,12 @@ class Session:
             kind = message.WhichOneof("kind")
             if kind == "welcome":
                 # Awaited: no desired set is taken before the old cluster's logs are gone.
+                before = self.membership.cluster_id
                 try:
                     await self.membership.welcome(message.welcome.cluster_id)
                     welcomed = True
+                    if before and before != self.membership.cluster_id:
+                        self.supervisor.new_cluster()
                 except LogStateError as exc:
                     # The workload matters more than the logs: keep the session.
                     log.error("%s; this node serves no logs until a welcome is taken", exc)

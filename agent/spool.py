@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
+from paas.agent.errors import AgentError
 from paas.agent.logline import LogLine
 from paas.agent.spoolfiles import (
     FORMAT,
@@ -97,7 +98,7 @@ Key = tuple[str, str]  # (app, instance): what a reader asks for
 _KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
 
 
-class LogStateError(RuntimeError):
+class LogStateError(AgentError):
     """Root of the errors of what the agent keeps of its instances' logs (one line each,
     naming the thing and what to do):
 

@@ -570,6 +570,11 @@ class Supervisor:
         """A new session with the scheduler: its generations start over."""
         self._generation = 0
 
+    def new_cluster(self) -> None:
+        """The scheduler is another cluster's (a new etcd): its incarnations are another
+        etcd's revisions and start over, so none of the old cluster's counts as newer."""
+        self._highest.clear()
+
     def apply(self, desired: pb.DesiredSet) -> bool:
         """Drive every instance towards `desired`; False if the set was ignored."""
         if self._closing:

@@ -324,7 +324,8 @@ async def measure_cluster(
                 )
             await asyncio.sleep(POLL_INTERVAL)
         elapsed = time.perf_counter() - start
-        stamps = [float(row["since"]) for row in web if isinstance(row.get("since"), int | float)]
+        since = [row.get("since_unix") for row in web]
+        stamps = [float(value) for value in since if isinstance(value, int | float)]
         last_up = max(stamps) - wall_start if stamps else None
 
         for row in web:

@@ -73,7 +73,7 @@ def run_agent(args: argparse.Namespace) -> int:
         **optional,
     )
     _configure_logging(args.log_level)
-    from paas.agent.server import AgentError
+    from paas.agent.errors import AgentError
 
     try:
         return _serve(serve(config))

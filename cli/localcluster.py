@@ -36,9 +36,8 @@ from types import TracebackType
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
-from paas.common.ports import free_port as free_port
-from paas.common.processes import how_it_ended as describe_exit
-from paas.common.processes import signal_group as _killpg
+from paas.common.ports import free_port as free_port  # re-exported for tests/conftest.py
+from paas.common.processes import how_it_ended, signal_group
 from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -416,7 +415,7 @@ class LocalCluster:
                     if not part.running:
                         returncode = part.process.returncode if part.process else None
                         raise ClusterError(
-                            f"agent {name}", describe_exit(returncode), part.log_path
+                            f"agent {name}", how_it_ended(returncode), part.log_path
                         )
                 try:
                     nodes = {node.name: node for node in await client.list_nodes()}
@@ -461,7 +460,7 @@ class LocalCluster:
             if not part.running:
                 returncode = part.process.returncode if part.process else None
                 raise ClusterError(
-                    part.name, f"{describe_exit(returncode)} while starting", part.log_path
+                    part.name, f"{how_it_ended(returncode)} while starting", part.log_path
                 )
             if time.monotonic() > deadline:
                 raise ClusterError(part.name, f"{problem} within {self.ready_timeout:g} s",
@@ -535,7 +534,7 @@ class LocalCluster:
                 for proc in _descendants(part):
                     with contextlib.suppress(psutil.Error):
                         proc.kill()
-                _killpg(part.process.pid, signal.SIGKILL)
+                signal_group(part.process.pid, signal.SIGKILL)
 
     async def wait_exit(self) -> ClusterError:
         """Wait until some part exits on its own (not through stop()); describe it."""
@@ -551,7 +550,7 @@ class LocalCluster:
                 await asyncio.Event().wait()  # stopping on purpose: never report
             for future in done:
                 part = waits[future]
-                return ClusterError(part.name, describe_exit(future.result()), part.log_path)
+                return ClusterError(part.name, how_it_ended(future.result()), part.log_path)
 
     def _parts(self) -> list[_Part]:
         parts = list(self._agents.values())
@@ -569,10 +568,10 @@ class LocalCluster:
             await asyncio.wait_for(process.wait(), patience)
         except TimeoutError:
             log.warning("%s did not stop within %g s of SIGTERM; killing it", part.name, patience)
-            _killpg(process.pid, signal.SIGKILL)
+            signal_group(process.pid, signal.SIGKILL)
             await process.wait()
         # Helpers it left in its own process group go with it.
-        _killpg(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
 
     def _kill_leftovers(self, part: _Part) -> None:
         leftovers = [proc for proc in part.descendants if _alive(proc)]

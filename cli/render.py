@@ -399,9 +399,11 @@ def drains(app: str, items: Iterable[pb.LogDrain], as_json: bool = False) -> Non
 
 
 def app_dict(app: pb.App) -> dict[str, Any]:
-    """One `apps --json` object; `created_at` ISO 8601 UTC."""
+    """One `apps --json` object; `created_at` ISO 8601 UTC; `id` tells a re-created app of
+    the same name from the one destroyed."""
     return {
         "name": app.name,
+        "id": app.id,
         "release": app.release,
         "formation": dict(app.formation),
         "process_types": list(app.process_types),

@@ -50,6 +50,7 @@ import aiohttp
 from paas.common.drainurl import DrainURL, parse_drain_url, redacted
 from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, timestamp
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.errors import DeliveryError
 from paas.scheduler.events import EventLog
 from paas.scheduler.logmerge import Cursors
 from paas.scheduler.logreader import LogStream
@@ -87,10 +88,6 @@ RESUME_MARGIN = 2.0
 REREAD_AFTER = 1.0
 SYSLOG_BATCH_LINES = 1024
 HTTP_BATCH_LINES = 500
-
-
-class DeliveryError(Exception):
-    """The endpoint did not take a batch; the message says why, for `paas drains`."""
 
 
 class Endpoint(Protocol):

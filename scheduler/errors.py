@@ -9,7 +9,9 @@
     ├── NotLeading        this replica does not lead: a follower (it names the
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
-    └── AlreadyExists     an app or a drain made twice
+    ├── AlreadyExists     an app or a drain made twice
+    └── DeliveryError     a log drain's endpoint did not take a batch; kept for
+                          `paas drains`, retried, never sent to a caller (drains.py)
 
     paas.common.errors.InvalidInput (ValueError)
                           a request that breaks a rule: a name, a count, a size,
@@ -32,6 +34,10 @@ import grpc
 
 class SchedulerError(Exception):
     """Something the scheduler refuses or cannot do; the message says what and why."""
+
+
+class DeliveryError(SchedulerError):
+    """A log drain's endpoint did not take a batch; the message says why, for `paas drains`."""
 
 
 class StoreError(SchedulerError):

@@ -35,7 +35,7 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.common.grpcutil import LEADER_METADATA_KEY
-from paas.scheduler.errors import AlreadyExists, NotFound, NotLeading
+from paas.scheduler.errors import AlreadyExists, DeliveryError, NotFound, NotLeading
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
 from paas.scheduler.validate import check_request
 
@@ -88,6 +88,9 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, DeliveryError):
+        # Drains keep these to themselves; one that escaped is a remote end's failure.
+        return Status(grpc.StatusCode.UNAVAILABLE, str(exc))
     return None
 
 

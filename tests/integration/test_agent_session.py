@@ -20,12 +20,13 @@ import psutil
 import pytest
 
 from paas.agent.config import AgentConfig
+from paas.agent.errors import AgentError
 from paas.agent.logbuffer import LogHub
 from paas.agent.membership import Membership
 from paas.agent.ports import PortPool
 from paas.agent.processes import group_alive, install_child_watcher
 from paas.agent.reaper import Reaper
-from paas.agent.server import AgentError, run_agent
+from paas.agent.server import run_agent
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor
 from paas.common import ports

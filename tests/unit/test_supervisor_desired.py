@@ -115,6 +115,19 @@ async def test_a_stale_incarnation_never_starts(node: Node) -> None:
     await node.close()
 
 
+async def test_a_new_cluster_starts_its_incarnations_over(node: Node) -> None:
+    node.apply(worker("worker.1", 300))
+    await node.until("worker.1", State.UP)
+    node.apply(generation=2)
+    await node.until("worker.1", None)
+    node.supervisor.new_cluster()  # another etcd: its revisions count from the start
+    node.apply(worker("worker.1", 4))
+    await node.until("worker.1", State.UP)
+    instance = node.supervisor.instance(APP, "worker.1")
+    assert instance is not None and instance.incarnation == 4
+    await node.close()
+
+
 async def test_an_older_generation_is_ignored_until_a_new_session(node: Node) -> None:
     node.apply(worker("worker.1"), generation=5)
     await node.until("worker.1", State.UP)
