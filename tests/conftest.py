@@ -1,6 +1,7 @@
 """Fixtures shared by all tests: `cluster` is a real local cluster for integration tests,
 `etcd` a bare single-member etcd for tests of the store, `leading_store` a Store on it
-whose replica leads (so its writes are allowed)."""
+whose replica leads (so its writes are allowed), `scheduler` a raw gRPC stub on the
+`cluster`'s scheduler."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 import pytest
 
 from paas.cli.localcluster import LocalCluster, etcd_binary, free_port
+from paas.common.grpcutil import CHANNEL_OPTIONS
+from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.leader import Leadership
 from paas.scheduler.store import Store
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
 
 
 @pytest.fixture
@@ -70,3 +78,12 @@ async def leading_store(etcd: str) -> AsyncIterator[Store]:
         with contextlib.suppress(asyncio.CancelledError):
             await election
         await store.close()
+
+
+@pytest.fixture
+async def scheduler(cluster: LocalCluster) -> AsyncIterator[SchedulerAsyncStub]:
+    """A raw Scheduler stub on the cluster's scheduler: requests as no CLI would send them."""
+    async with grpc.aio.insecure_channel(
+        cluster.scheduler_address, options=CHANNEL_OPTIONS
+    ) as channel:
+        yield pb_grpc.SchedulerStub(channel)

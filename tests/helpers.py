@@ -109,3 +109,24 @@ async def wait_for(
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{detail}")
         await asyncio.sleep(interval)
+
+
+async def etcd_keys(endpoint: str) -> dict[str, bytes]:
+    """Every key under /paas/ of the etcd at `endpoint` (HOST:PORT), with its value."""
+    import aetcd
+
+    from paas.scheduler.store import PREFIX
+
+    host, port = endpoint.rsplit(":", 1)
+    client = aetcd.Client(host=host, port=int(port))
+    try:
+        result = await client.get_prefix(PREFIX.encode())
+    finally:
+        await client.close()
+    return {kv.key.decode(): kv.value for kv in result.kvs}
+
+
+async def keys_of(endpoint: str, app: str) -> list[str]:
+    """The keys under /paas/ of the etcd at `endpoint` that name `app` as a path segment."""
+    return sorted(key for key in await etcd_keys(endpoint) if f"/{app}/" in key + "/")
+

@@ -5,20 +5,16 @@ were)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aetcd
 import grpc
 import pytest
 
 from paas.cli.localcluster import LocalCluster
-from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.proto import paas_pb2 as pb
-from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.store import PREFIX
-from tests.helpers import wait_for
+from tests.helpers import etcd_keys, wait_for
 
 if TYPE_CHECKING:
     from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
@@ -28,27 +24,13 @@ pytestmark = pytest.mark.integration
 PROCFILE = "web: exec sleep 1000\n"
 
 
-@pytest.fixture
-async def scheduler(cluster: LocalCluster) -> AsyncIterator[SchedulerAsyncStub]:
-    async with grpc.aio.insecure_channel(
-        cluster.scheduler_address, options=CHANNEL_OPTIONS
-    ) as channel:
-        yield pb_grpc.SchedulerStub(channel)
-
-
 async def keys(cluster: LocalCluster) -> dict[str, bytes]:
     """Every key of the cluster's etcd but the scheduler's events (which a refusal does
     not write either, but which unrelated parts may add meanwhile) and the leader's."""
-    host, port = cluster.etcd_endpoint.rsplit(":", 1)
-    client = aetcd.Client(host=host, port=int(port))
-    try:
-        result = await client.get_prefix(PREFIX.encode())
-    finally:
-        await client.close()
     return {
-        kv.key.decode(): kv.value
-        for kv in result.kvs
-        if not kv.key.decode().startswith((f"{PREFIX}events/", f"{PREFIX}leader"))
+        key: value
+        for key, value in (await etcd_keys(cluster.etcd_endpoint)).items()
+        if not key.startswith((f"{PREFIX}events/", f"{PREFIX}leader"))
     }
 
 

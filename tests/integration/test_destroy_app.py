@@ -4,21 +4,17 @@ starts with no releases and none of the old one's events."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import aetcd
 import grpc
 import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
-from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.proto import paas_pb2 as pb
-from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.store import PREFIX
-from tests.helpers import wait_for
+from tests.helpers import keys_of, wait_for
 
 if TYPE_CHECKING:
     from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
@@ -26,25 +22,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 PROCFILE = "worker: exec sleep 1000\n"
-
-
-@pytest.fixture
-async def scheduler(cluster: LocalCluster) -> AsyncIterator[SchedulerAsyncStub]:
-    async with grpc.aio.insecure_channel(
-        cluster.scheduler_address, options=CHANNEL_OPTIONS
-    ) as channel:
-        yield pb_grpc.SchedulerStub(channel)
-
-
-async def keys_of(cluster: LocalCluster, app: str) -> list[str]:
-    """Every key under /paas/ that names `app` as a path segment."""
-    host, port = cluster.etcd_endpoint.rsplit(":", 1)
-    client = aetcd.Client(host=host, port=int(port))
-    try:
-        result = await client.get_prefix(PREFIX.encode())
-    finally:
-        await client.close()
-    return sorted(kv.key.decode() for kv in result.kvs if f"/{app}/" in kv.key.decode() + "/")
 
 
 def gone(pid: int) -> bool:
@@ -82,7 +59,7 @@ async def test_destroying_an_app_stops_it_and_leaves_nothing_of_it(
         return found if len(found) == 3 and all(found) else None
 
     running: list[int] = await wait_for(three_running, timeout=60, what="3 workers running")
-    before = await keys_of(cluster, "shop")
+    before = await keys_of(cluster.etcd_endpoint, "shop")
     assert any("/drains/shop/" in key for key in before)
 
     for confirm in ("", "shop2"):
@@ -90,14 +67,14 @@ async def test_destroying_an_app_stops_it_and_leaves_nothing_of_it(
             await scheduler.DestroyApp(pb.DestroyAppRequest(name="shop", confirm=confirm))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "--confirm NAME" in (raised.value.details() or "")
-    assert [k for k in await keys_of(cluster, "shop") if "/events/" not in k] == [
+    assert [k for k in await keys_of(cluster.etcd_endpoint, "shop") if "/events/" not in k] == [
         k for k in before if "/events/" not in k
     ], "a refused destroy changed something"
     assert not any(gone(pid) for pid in running)
 
     destroyed = await scheduler.DestroyApp(pb.DestroyAppRequest(name="shop", confirm="shop"))
     assert destroyed.instances == 3
-    assert await keys_of(cluster, "shop") == []
+    assert await keys_of(cluster.etcd_endpoint, "shop") == []
     await wait_for(lambda: all(gone(pid) for pid in running), timeout=30, what="workers gone")
     names = [app.name for app in (await scheduler.ListApps(pb.ListAppsRequest())).apps]
     assert "shop" not in names
@@ -110,7 +87,7 @@ async def test_destroying_an_app_stops_it_and_leaves_nothing_of_it(
     listed = {app.name: app for app in (await scheduler.ListApps(pb.ListAppsRequest())).apps}
     assert listed["shop"].release == 0 and listed["shop"].id == again.id
     assert await scheduler_events(scheduler, "shop") == ["App created"]
-    now = await keys_of(cluster, "shop")
+    now = await keys_of(cluster.etcd_endpoint, "shop")
     assert [k for k in now if "/events/" not in k] == [
         f"{PREFIX}apps/shop",
         f"{PREFIX}formation/shop",

@@ -14,7 +14,6 @@ import re
 import signal
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,6 @@ import pytest
 
 from paas.cli.localcluster import LocalCluster
 from paas.proto import paas_pb2 as pb
-from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import paas, wait_for
 
 if TYPE_CHECKING:
@@ -52,12 +50,6 @@ def app_dir(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "Procfile").write_text(PROCFILE)
     return directory
-
-
-@pytest.fixture
-async def scheduler(cluster: LocalCluster) -> AsyncIterator[SchedulerAsyncStub]:
-    async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
-        yield pb_grpc.SchedulerStub(channel)
 
 
 async def start(cluster: LocalCluster, app_dir: Path, *formation: str) -> None:

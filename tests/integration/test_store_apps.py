@@ -3,12 +3,10 @@ app leaves no key behind, and the cluster has one id that the first leader makes
 
 from __future__ import annotations
 
-import aetcd
 import pytest
 
 from paas.common.names import InstanceName
 from paas.scheduler.store import (
-    PREFIX,
     Assign,
     ConflictError,
     DrainProgress,
@@ -17,20 +15,9 @@ from paas.scheduler.store import (
     ReleaseRecord,
     Store,
 )
-from tests.helpers import wait_for
+from tests.helpers import keys_of, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-async def keys_of(etcd: str, app: str) -> list[str]:
-    """Every key under /paas/ that names `app` as a path segment."""
-    host, port = etcd.rsplit(":", 1)
-    client = aetcd.Client(host=host, port=int(port))
-    try:
-        result = await client.get_prefix(PREFIX.encode())
-    finally:
-        await client.close()
-    return [kv.key.decode() for kv in result.kvs if f"/{app}/" in kv.key.decode() + "/"]
 
 
 async def deploy_and_place(store: Store, app: str) -> None:
