@@ -117,6 +117,9 @@ class Session:
         self.supervisor = supervisor
         self.membership = membership or Membership(config.state_dir / config.name, supervisor.logs)
         self.scheduler: str | None = None  # the scheduler of the open session, if any
+        # The cluster of the last Welcome this run, taken or not (the supervisor's
+        # incarnations are its etcd's revisions).
+        self._cluster_id = ""
         self._outbox: _Outbox | None = None
         self._quiet_since: float | None = None
         self._last_warning = 0.0
@@ -247,12 +250,14 @@ class Session:
             kind = message.WhichOneof("kind")
             if kind == "welcome":
                 # Awaited: no desired set is taken before the old cluster's logs are gone.
-                before = self.membership.cluster_id
+                cluster_id = message.welcome.cluster_id
+                if self._cluster_id and cluster_id != self._cluster_id:
+                    # Whatever becomes of the logs, the new cluster's work must start.
+                    self.supervisor.new_cluster()
+                self._cluster_id = cluster_id
                 try:
-                    await self.membership.welcome(message.welcome.cluster_id)
+                    await self.membership.welcome(cluster_id)
                     welcomed = True
-                    if before and before != self.membership.cluster_id:
-                        self.supervisor.new_cluster()
                 except LogStateError as exc:
                     # The workload matters more than the logs: keep the session.
                     log.error("%s; this node serves no logs until a welcome is taken", exc)

@@ -127,6 +127,7 @@ class Instance:
         self.name = assignment.name
         self.type = assignment.type
         self.incarnation = assignment.incarnation
+        self.app_id = assignment.app_id
         self._processes: Processes = processes or HostProcesses()
         self._clock: Clock = clock or SystemClock()
         self.state = State.PENDING
@@ -620,7 +621,7 @@ class Supervisor:
             if slot is None:
                 slot = self._slots[key] = _Slot(key)
                 slot.task = asyncio.create_task(self._drive(slot), name=f"slot {key[0]}/{key[1]}")
-            if slot.desired is None or slot.desired.incarnation != assignment.incarnation:
+            if slot.desired is None or not _same_order(slot.desired, assignment):
                 slot.desired = assignment
                 slot.wake.set()
         for key, slot in self._slots.items():
@@ -649,7 +650,9 @@ class Supervisor:
             while True:
                 want, current = slot.desired, slot.current
                 if current is not None and (
-                    want is None or want.incarnation != current.incarnation
+                    want is None
+                    or want.incarnation != current.incarnation
+                    or want.app_id != current.app_id
                 ):
                     reason = (
                         "no longer assigned to this node"
@@ -712,3 +715,9 @@ class Supervisor:
                 listener(status)
             except Exception:
                 log.exception("a status listener failed")
+
+
+def _same_order(a: pb.Assignment, b: pb.Assignment) -> bool:
+    """Whether two assignments are one order: the same incarnation of the same app. The
+    app id tells apart two clusters whose etcds reached the same revision."""
+    return a.incarnation == b.incarnation and a.app_id == b.app_id

@@ -32,12 +32,12 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from, settings_problem
-from paas.scheduler.store import AppRecord, ConflictError, ReleaseRecord, Store
+from paas.scheduler.store import AppRecord, ConflictError, ReleaseRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 # How long a destroy waits for the app's queued events to reach etcd (so that the
-# delete covers them); past it they are dropped instead (EventLog.forget).
+# delete covers them); past it they are dropped after the delete (EventLog.forget).
 _EVENTS_FLUSH = 2.0
 
 
@@ -93,10 +93,7 @@ class AppsService:
         # `confirm` is checked with the request's shape (validate.py).
         app = await require_app(self._store, request.name)
         drains = await self._store.drains(app.name)
-        # Nothing of the app may be written after the delete: no restart step, no
-        # queued event (those already handed to the writer land first, then go too).
-        await self._restarts.stop(app.name)
-        self._events.forget(app.name)
+        # Events queued before the delete reach etcd first, so the delete covers them.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._events.flush(), _EVENTS_FLUSH)
 
@@ -106,8 +103,17 @@ class AppsService:
                 raise NotFound(f"app {request.name!r} was destroyed and created anew meanwhile")
             return current, await self._store.destroy_app(current)
 
+        # A refusal (etcd down, a lost lead, a race) changes nothing: all that follows
+        # happens only once the app is gone. A restart step or reconcile pass that read
+        # the app before cannot write it back (Assign is guarded on the app's key).
         _, instances = await retry_conflicts(attempt, "the app")
-        self._events.forget(app.name)
+        await self._restarts.stop(app.name)
+        self._events.forget(app.name)  # queued events of it are never written now
+        # An event the writer took between the flush and the forget may have landed.
+        try:
+            await self._store.trim_events(app.name, 0)
+        except StoreError as exc:
+            log.warning("app %s destroyed, but its last events may be left: %s", app.name, exc)
         for drain in drains:
             await self._drains.forget(drain.app, drain.url)
         self._reconciler.kick()  # the agents' desired sets lose the app's instances

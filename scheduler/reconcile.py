@@ -117,12 +117,16 @@ class Reconciler:
         result = plan(desired, nodes, placed)
         self._announce_unplaced(result, nodes)
         if not result.empty:
-            self._announce(result, world)
             self._hand_off(result, world)
             await self._store.apply(
-                [Assign(p.app, p.name, p.node, p.release) for p in result.place]
+                [
+                    Assign(p.app, p.name, p.node, p.release, world.apps[p.app].create_revision)
+                    for p in result.place
+                ]
                 + [Unassign(app, name) for app, name in result.stop]
             )
+            # Only what was committed is told: an app destroyed meanwhile gets no event.
+            self._announce(result, world)
             world = await self._store.world(self._releases)
         self.world = world
         self._push(world)

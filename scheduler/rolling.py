@@ -9,8 +9,10 @@ replica stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.errors import NotFound
 from paas.scheduler.events import EventLog
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import Sessions
@@ -47,7 +49,12 @@ class Restarts:
 
     async def reassign(self, record: InstanceRecord) -> int:
         """Give the instance a new incarnation on its node: the agent restarts it."""
-        await self._store.apply([Assign(record.app, record.name, record.node, record.release)])
+        app = await self._store.app(record.app)
+        if app is None:
+            raise NotFound(f"app {record.app!r} is gone")
+        await self._store.apply(
+            [Assign(record.app, record.name, record.node, record.release, app.create_revision)]
+        )
         self._reconciler.kick()
         for current in await self._store.instances():
             if current.app == record.app and current.name == record.name:
@@ -65,7 +72,12 @@ class Restarts:
         for record in records:
             try:
                 incarnation = await self.reassign(record)
+            except NotFound:
+                return  # destroyed: nothing of the app may be written any more
             except StoreError as exc:
+                with contextlib.suppress(StoreError):
+                    if await self._store.app(app) is None:
+                        return  # destroyed meanwhile (the reassign's guard failed)
                 self._events.add(app, f"Rolling restart stopped at {record.name}: {exc}")
                 return
             status = await self._sessions.wait_for_report(

@@ -129,6 +129,9 @@ class AppRecord:
     release: int  # current release version, 0 before the first deploy
     id: str = ""  # unique for ever: agents keep the app's logs under it
     mod_revision: int = 0
+    # Of the app's key: stays while the app lives, another for a re-created one, so a
+    # write about the app can be guarded on it (Assign).
+    create_revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -195,12 +198,19 @@ class World:
 
 @dataclass(frozen=True)
 class Assign:
-    """Write: (re)assign an instance. A new incarnation even if nothing else changed."""
+    """Write: (re)assign an instance. A new incarnation even if nothing else changed.
+
+    Written only while the app is the one that was read: `app_created` is the create
+    revision of its key (AppRecord.create_revision), 0 for "while an app of the name
+    exists". So a reconcile pass or a restart step that read the world before a
+    destroy cannot bring the app's instances back, nor give a re-created app of the
+    same name an instance of the old one."""
 
     app: str
     name: InstanceName
     node: str
     release: int
+    app_created: int = 0
 
 
 @dataclass(frozen=True)
@@ -256,29 +266,34 @@ class Store:
 
     # ------------------------------------------------------------ reads
 
-    async def _get_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+    async def _kvs(self, prefix: str) -> list[Any]:
         try:
             result = await self._client.get_prefix(prefix.encode())
         except aetcd.exceptions.ClientError as exc:
             raise etcd_error(self.endpoints, exc) from exc
-        return [(kv.key.decode(), kv.value, kv.mod_revision) for kv in result.kvs]
+        return list(result.kvs)
 
-    async def _get(self, key: str) -> tuple[bytes, int] | None:
+    async def _get_prefix(self, prefix: str) -> list[tuple[str, bytes, int]]:
+        return [(kv.key.decode(), kv.value, kv.mod_revision) for kv in await self._kvs(prefix)]
+
+    async def _get(self, key: str) -> tuple[bytes, int, int] | None:
+        """The key's value, mod revision and create revision; None if it has none."""
         try:
             result = await self._client.get(key.encode())
         except aetcd.exceptions.ClientError as exc:
             raise etcd_error(self.endpoints, exc) from exc
         if result is None:
             return None
-        return result.value, result.mod_revision
+        return result.value, result.mod_revision, result.create_revision
 
     async def app(self, name: str) -> AppRecord | None:
         found = await self._get(_app_key(name))
-        return None if found is None else _app_from(found[0], found[1])
+        return None if found is None else _app_from(found[0], found[1], found[2])
 
     async def apps(self) -> dict[str, AppRecord]:
-        rows = await self._get_prefix(f"{PREFIX}apps/")
-        return {record.name: record for record in (_app_from(v, rev) for _, v, rev in rows)}
+        kvs = await self._kvs(f"{PREFIX}apps/")
+        records = (_app_from(kv.value, kv.mod_revision, kv.create_revision) for kv in kvs)
+        return {record.name: record for record in records}
 
     async def cluster_id(self) -> str:
         """The cluster's id; the first leader to ask makes it (a guarded put-if-absent)."""
@@ -575,16 +590,25 @@ class Store:
         )
 
     async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
-        """Commit assignment changes, in chunks that fit one etcd txn each."""
-        ops: list[Any] = []
-        for change in changes:
-            key = _instance_key(change.app, change.name).encode()
-            if isinstance(change, Assign):
-                ops.append(tx.Put(key, _dumps({"node": change.node, "release": change.release})))
-            else:
-                ops.append(tx.Delete(key))
-        for start in range(0, len(ops), _MAX_TXN_OPS):
-            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+        """Commit assignment changes, in chunks that fit one etcd txn each; ConflictError
+        if an Assign's app is gone or is another app now (its chunk is not written)."""
+        for start in range(0, len(changes), _MAX_TXN_OPS):
+            chunk = changes[start : start + _MAX_TXN_OPS]
+            ops: list[Any] = []
+            apps: dict[str, int] = {}
+            for change in chunk:
+                key = _instance_key(change.app, change.name).encode()
+                if isinstance(change, Assign):
+                    value = {"node": change.node, "release": change.release}
+                    ops.append(tx.Put(key, _dumps(value)))
+                    apps[change.app] = change.app_created
+                else:
+                    ops.append(tx.Delete(key))
+            compare = [
+                tx.Create(_app_key(app)) == created if created else tx.Version(_app_key(app)) > 0
+                for app, created in sorted(apps.items())
+            ]
+            await self._txn(compare, ops)
 
     async def add_events(self, lines: Sequence[pb.LogLine]) -> None:
         """Keep scheduler events, each under its app and seq (a repeat overwrites)."""
@@ -639,7 +663,7 @@ def _app_to(app: AppRecord) -> dict[str, Any]:
     return {"name": app.name, "id": app.id, "created_at": app.created_at, "release": app.release}
 
 
-def _app_from(value: bytes, mod_revision: int) -> AppRecord:
+def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecord:
     data = json.loads(value)
     name, created_at = str(data["name"]), float(data["created_at"])
     # An app written before ids existed gets one from what made it unique then.
@@ -650,6 +674,7 @@ def _app_from(value: bytes, mod_revision: int) -> AppRecord:
         release=int(data.get("release", 0)),
         id=str(data.get("id") or legacy_id),
         mod_revision=mod_revision,
+        create_revision=create_revision,
     )
 
 

@@ -102,3 +102,27 @@ async def test_a_follower_cannot_make_the_cluster_id(etcd: str) -> None:
             await follower.cluster_id()
     finally:
         await follower.close()
+
+
+async def test_an_assignment_read_before_a_destroy_cannot_bring_the_app_back(
+    etcd: str, leading_store: Store
+) -> None:
+    read = await leading_store.create_app("shop")
+    read = await leading_store.app("shop") or read
+    assert read.create_revision > 0
+    late = Assign("shop", InstanceName("web", 1), "node-1", 1, read.create_revision)
+    await leading_store.destroy_app(read)
+    with pytest.raises(ConflictError):
+        await leading_store.apply([late])  # a reconcile pass that read the world before
+    assert await keys_of(etcd, "shop") == []
+
+    await leading_store.create_app("shop")  # another app of the same name
+    with pytest.raises(ConflictError):
+        await leading_store.apply([late])
+    assert [r.app for r in await leading_store.instances()] == []
+    current = await leading_store.app("shop")
+    assert current is not None and current.create_revision != read.create_revision
+    await leading_store.apply(
+        [Assign("shop", InstanceName("web", 1), "node-1", 1, current.create_revision)]
+    )
+    assert [str(r.name) for r in await leading_store.instances()] == ["web.1"]

@@ -128,6 +128,27 @@ async def test_a_new_cluster_starts_its_incarnations_over(node: Node) -> None:
     await node.close()
 
 
+async def test_the_same_incarnation_of_another_app_id_is_another_order(node: Node) -> None:
+    # Two clusters whose etcds reached the same revision: the app id tells them apart.
+    old = worker("worker.1", 7)
+    old.app_id = "old-cluster-app"
+    node.apply(old)
+    await node.until("worker.1", State.UP)
+    node.supervisor.new_cluster()
+    new = worker("worker.1", 7)
+    new.app_id = "new-cluster-app"
+    node.apply(new)
+    await node.clock.run_until(
+        lambda: (
+            (i := node.supervisor.instance(APP, "worker.1")) is not None
+            and i.app_id == "new-cluster-app"
+            and i.state is State.UP
+        )
+    )
+    assert [c.returncode for c in node.processes.children] == [-signal.SIGTERM, None]
+    await node.close()
+
+
 async def test_an_older_generation_is_ignored_until_a_new_session(node: Node) -> None:
     node.apply(worker("worker.1"), generation=5)
     await node.until("worker.1", State.UP)
