@@ -65,6 +65,7 @@ async def test_a_deposed_leader_cannot_write(stores: tuple[Store, Store]) -> Non
     second, second_task = await campaign(b, "b")
     try:
         await wait_for(lambda: second.is_leader, timeout=20, what="b to take over")
+        await b.create_app("shop")  # an Assign lands only while its app exists
         with pytest.raises(NotLeaderError):
             await a.apply([Assign("shop", InstanceName("web", 1), "node-1", 1)])
         assert await b.instances() == [], "the deposed leader's write did not land"
