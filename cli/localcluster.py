@@ -403,6 +403,11 @@ class LocalCluster:
                 f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}", None
             )
 
+    def _release_port_blocks(self) -> None:
+        for _, fd in self._port_blocks:
+            os.close(fd)  # closing releases the lock
+        self._port_blocks.clear()
+
     async def _wait_agents_ready(self, names: list[str]) -> None:
         """Until the scheduler lists each agent as ready, seen since it was (re)started."""
         pending = list(names)
@@ -522,9 +527,7 @@ class LocalCluster:
             await self._terminate(self._etcd, TERMINATE_TIMEOUT)
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
-        for _, fd in self._port_blocks:
-            os.close(fd)  # closing releases the lock
-        self._port_blocks.clear()
+        self._release_port_blocks()
 
     def kill(self) -> None:
         """SIGKILL every part's process group at once: the impatient second Ctrl-C."""
