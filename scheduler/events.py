@@ -180,6 +180,10 @@ class EventLog:
             self._loader = None
         if leading and self._store is not None:
             self._loader = asyncio.create_task(self._load(self._store))
+        if not leading:
+            # What this replica held is etcd's now, or lost with its lead: should it lead
+            # again it loads afresh, and a destroyed app's events do not come back.
+            self._events.clear()
 
     async def _load(self, store: EventStore) -> None:
         while True:

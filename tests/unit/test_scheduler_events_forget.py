@@ -30,3 +30,22 @@ async def test_a_forgotten_apps_queued_events_never_reach_etcd() -> None:
     assert "Scaled to web@2" not in written
     assert written[-1] == "App created"
     assert [line.text for line in store.kept["other"]] == ["App created"]
+
+
+async def test_a_replica_that_leads_again_shows_only_what_etcd_kept() -> None:
+    store = FakeStore()
+    events = EventLog("a", store)
+    events.start()
+    try:
+        events.on_leadership(True)
+        events.add("shop", "Release v1 created")
+        await events.flush()
+        # Deposed; meanwhile another leader destroys shop (etcd forgets its events).
+        events.on_leadership(False)
+        store.kept.pop("shop", None)
+        assert events.recent("shop") == [], "a replica that does not lead holds nothing"
+        events.on_leadership(True)
+        events.add("shop", "App created")  # a new app of that name, on this leader
+        assert [line.text for line in events.recent("shop")] == ["App created"]
+    finally:
+        await events.close()
