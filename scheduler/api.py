@@ -66,7 +66,7 @@ class SchedulerService:
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
-            SessionService(store, sessions, reconciler),
+            SessionService(store, sessions, reconciler, leadership),
         ]
         for name, handler in guarded_handlers(parts, Guard(leadership)).items():
             setattr(self, name, handler)

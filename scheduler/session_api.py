@@ -18,7 +18,8 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.proto import paas_pb2 as pb
-from paas.scheduler.guard import Context
+from paas.scheduler.errors import NotLeading
+from paas.scheduler.guard import Context, LeaderView
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import AgentSession, Sessions
 from paas.scheduler.store import NodeRecord, Store
@@ -33,10 +34,13 @@ SESSION_SILENCE_TIMEOUT = 5.0
 class SessionService:
     """Session: registers the agent's node, then relays its reports and its desired sets."""
 
-    def __init__(self, store: Store, sessions: Sessions, reconciler: Reconciler) -> None:
+    def __init__(
+        self, store: Store, sessions: Sessions, reconciler: Reconciler, leadership: LeaderView
+    ) -> None:
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
+        self._leadership = leadership
 
     async def Session(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: Context
@@ -51,6 +55,12 @@ class SessionService:
         session = AgentSession(first.hello)
         welcome = pb.Welcome(cluster_id=await self._store.cluster_id())
         await self._register(session)
+        # The guard checked the lead when the call came; it may have gone during the
+        # awaits since, after the sessions were closed for it. Checked again with no
+        # await before the attach: a follower never holds a session, and the agent is
+        # redirected to the leader at once instead of staying here while its node is lost.
+        if not self._leadership.is_leader:
+            raise NotLeading(self._leadership.leader_address)
         self._sessions.attach(session)
         log.info("agent %s connected from %s", session.name, context.peer())
         reader = asyncio.create_task(self._read_session(session, request_iterator))
