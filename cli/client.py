@@ -78,6 +78,11 @@ class SchedulerUnreachable(SchedulerError):
         self.addresses = addresses
 
 
+# How long a replica gets to take a connection before the next one is tried (a paused
+# replica takes the TCP connection but never answers it).
+DIAL_TIMEOUT = 1.5
+
+
 class _Unreachable(Exception):
     """This one address did not answer; try the next."""
 
@@ -395,22 +400,48 @@ class SchedulerClient:
         deadline = loop.time() + self.retry_for
         while True:
             busy: _Busy | None = None
-            for address in self.addresses:
-                try:
-                    return await self._attempt_with_redirect(address, attempt)
-                except _Unreachable:
-                    continue
-                except _Busy as exc:
-                    busy = exc
+            # A replica that takes the connection but never answers (a paused process)
+            # gets DIAL_TIMEOUT on the first round, so the next one is asked at once; only
+            # when none answered that fast are they given the whole call timeout.
+            for patience in (DIAL_TIMEOUT, self.timeout):
+                for address in self.addresses:
+                    try:
+                        return await self._attempt_with_redirect(address, attempt, patience)
+                    except _Unreachable:
+                        continue
+                    except _Busy as exc:
+                        busy = exc
+                if busy is not None:
+                    break
             if busy is None:
                 raise SchedulerUnreachable(self.addresses)
             if loop.time() >= deadline:
                 raise busy.error
             await asyncio.sleep(0.5)
 
+    async def _dial(self, address: str, patience: float) -> None:
+        """Until the channel to `address` is connected: _Unreachable at once when the
+        connection fails (refused, no route), and after `patience` s while it hangs."""
+        self._stub(address)
+        channel = self._channels[address]
+
+        async def connected() -> None:
+            state = channel.get_state(try_to_connect=True)
+            while state != grpc.ChannelConnectivity.READY:
+                if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    raise _Unreachable(address)
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+
+        try:
+            await asyncio.wait_for(connected(), patience)
+        except TimeoutError:
+            raise _Unreachable(address) from None
+
     async def _attempt_with_redirect(
-        self, address: str, attempt: Callable[[str], Awaitable[T]]
+        self, address: str, attempt: Callable[[str], Awaitable[T]], patience: float
     ) -> T:
+        await self._dial(address, patience)
         try:
             return await attempt(address)
         except grpc.aio.AioRpcError as exc:
@@ -420,7 +451,15 @@ class SchedulerClient:
         if leader == address:
             raise _Busy(SchedulerError(f"the scheduler at {address} names itself as leader"))
         try:
+            await self._dial(leader, patience)
             return await attempt(leader)
+        except _Unreachable:
+            raise _Busy(
+                SchedulerError(
+                    f"the scheduler leader at {leader} (named by {address}) cannot be reached",
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+            ) from None
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and _leader_of(exc):
                 # Replicas disagree who leads: an election is in progress.

@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 
-from paas.cli.client import SchedulerClient, SchedulerError, SchedulerUnreachable
+from paas.cli.client import DIAL_TIMEOUT, SchedulerClient, SchedulerError, SchedulerUnreachable
 from paas.cli.localcluster import free_port
 from paas.common.grpcutil import LEADER_METADATA_KEY
 from paas.proto import paas_pb2 as pb
@@ -409,3 +410,32 @@ async def test_the_real_program_prints_times_as_iso_8601_in_ps_json(
     row = json.loads(out)[0]
     assert row["since"] == "2026-11-28T19:47:03.500000+00:00"
     assert row["since_unix"] == 1_795_895_223.5
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """The address of a replica that takes connections and never answers (as a paused
+    process does: the kernel completes the handshake, nobody speaks HTTP/2)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+async def test_a_replica_that_never_answers_costs_the_call_at_most_the_dial_timeout(
+    replicas: list[Replica], silent: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with SchedulerClient([silent, replicas[0].address]) as client:
+        assert [node.name for node in await client.list_nodes()] == ["node-1"]
+    assert loop.time() - started < DIAL_TIMEOUT + 1.5, "the next replica was asked in time"
+
+
+async def test_a_lone_replica_slow_to_answer_gets_the_whole_call_timeout(silent: str) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with SchedulerClient([silent], timeout=DIAL_TIMEOUT + 1.0) as client:
+        with pytest.raises(SchedulerUnreachable):
+            await client.list_nodes()
+    assert loop.time() - started >= DIAL_TIMEOUT + 1.0, "it was not given up on early"
