@@ -21,6 +21,9 @@ class AgentConfig:
     stop_grace: float = 30.0  # SIGTERM -> SIGKILL, seconds
     boot_timeout: float = 60.0  # a web instance must accept on $PORT within this
     heartbeat_interval: float = 1.0
+    # A session whose scheduler sends nothing (it heartbeats every second) for this
+    # long is ended and the next replica dialled.
+    scheduler_silence: float = 5.0
     log_buffer_lines: int = 10_000  # kept per instance
     # The on-disk log spool (STATE_DIR/NAME/logs): rotated files of every line, and
     # how many bytes of lines may wait for its writer thread before lines are dropped.

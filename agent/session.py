@@ -49,6 +49,10 @@ QUIET_WARNING_EVERY = 30.0
 LEAVE_TIMEOUT = 1.0
 
 
+class _SchedulerSilent(Exception):
+    """The scheduler of the session stopped sending, heartbeats included."""
+
+
 class _Outbox:
     """Statuses waiting to be sent, the latest per instance, oldest change first."""
 
@@ -242,8 +246,17 @@ class Session:
 
     async def _read(self, call: Any, address: str) -> None:
         welcomed = False  # this session's scheduler has said which cluster it is
+        silence = self.config.scheduler_silence
         while True:
-            message = await call.read()
+            try:
+                message = await asyncio.wait_for(call.read(), silence)
+            except TimeoutError:
+                # The scheduler sends at least a heartbeat every second: one that says
+                # nothing this long is paused, cut off or gone (gRPC's own keepalive
+                # would take a minute to say so). On to the next replica.
+                raise _SchedulerSilent(
+                    f"scheduler {address} sent nothing for {silence:g} s"
+                ) from None
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             self._opened(address)

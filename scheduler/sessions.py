@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Callable
 
 from paas.proto import paas_pb2 as pb
 
+# How often a session's scheduler end sends a heartbeat when it has nothing else to send.
+HEARTBEAT_INTERVAL = 1.0
+
 
 class AgentSession:
     """One agent's stream: its reports in, its desired set out (level-triggered)."""
@@ -69,7 +72,13 @@ class AgentSession:
     async def outgoing(self) -> AsyncIterator[pb.SchedulerMessage]:
         """The messages to write to the agent, until the session closes."""
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_INTERVAL)
+            except TimeoutError:
+                # Nothing to send: a heartbeat, by which the agent knows this replica is
+                # alive (a paused one sends none, and the agent moves on in seconds).
+                yield pb.SchedulerMessage(heartbeat=pb.Heartbeat(time=time.time()))
+                continue
             self._wake.clear()
             if self._closed:
                 return

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -111,12 +112,17 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
 
     Each session opens with a Welcome naming `cluster_id` (none if it is "", as a
     scheduler from before cluster ids). With `leader` set it is a follower and
-    refuses every session, naming the leader.
+    refuses every session, naming the leader. It heartbeats every `heartbeat` seconds
+    when it has nothing else to send, as the real one does; None plays a scheduler
+    that has stopped answering (paused) but keeps the stream open.
     """
 
-    def __init__(self, leader: str = "", cluster_id: str = CLUSTER) -> None:
+    def __init__(
+        self, leader: str = "", cluster_id: str = CLUSTER, heartbeat: float | None = 1.0
+    ) -> None:
         self.leader = leader
         self.cluster_id = cluster_id
+        self.heartbeat = heartbeat
         self.hellos: list[pb.Hello] = []
         self.messages: list[pb.AgentMessage] = []
         self.refused = 0
@@ -178,17 +184,30 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         try:
             while not reader.done():
                 getter = asyncio.create_task(self._outgoing.get())
-                await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
+                await asyncio.wait(
+                    {getter, reader}, timeout=self.heartbeat, return_when=asyncio.FIRST_COMPLETED
+                )
+                getter.cancel()
+                try:
+                    item: pb.SchedulerMessage | None = await getter
+                except asyncio.CancelledError:
+                    item = None
+                if item is not None:
+                    yield item
+                elif reader.done():
                     break
-                yield getter.result()
+                elif self.heartbeat is not None:
+                    # As the real scheduler does: an agent ends a silent session.
+                    yield pb.SchedulerMessage(heartbeat=pb.Heartbeat(time=time.time()))
         finally:
             reader.cancel()
 
 
-def fake_scheduler(leader: str = "", cluster_id: str = CLUSTER) -> FakeScheduler:
-    return FakeScheduler(leader, cluster_id)  # type: ignore[abstract]  # only Session is served
+def fake_scheduler(
+    leader: str = "", cluster_id: str = CLUSTER, heartbeat: float | None = 1.0
+) -> FakeScheduler:
+    # Only Session is served.
+    return FakeScheduler(leader, cluster_id, heartbeat)  # type: ignore[abstract]
 
 
 class Servers:
@@ -360,6 +379,38 @@ async def test_a_follower_sends_the_agent_to_the_leader(
         await eventually(lambda: leader.hellos, "hello at the leader")
         await eventually(lambda: session.scheduler == leader_address, "the session to open")
         assert follower.refused >= 1 and not follower.hellos
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await supervisor.close()
+
+
+async def test_a_scheduler_that_stops_answering_is_left_for_the_next_within_seconds(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    # A paused leader: the stream stays open, nothing comes (not even a heartbeat).
+    paused = fake_scheduler(heartbeat=None)
+    paused_address = await servers.start(paused)
+    other = fake_scheduler()
+    other_address = await servers.start(other)
+    install_child_watcher()
+    config = config_for(paused_address, other_address, scheduler_silence=2.0)
+    supervisor = Supervisor(config, LogHub(config.name, 100), PortPool(*config.ports))
+    session = Session(config, supervisor, "127.0.0.1:1")
+    task = asyncio.create_task(session.run())
+    try:
+        await eventually(lambda: paused.hellos, "hello at the first scheduler")
+        paused.push(worker("worker.1", SLEEPERS), generation=1)
+        up = await eventually(lambda: paused.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        loop = asyncio.get_running_loop()
+        silent_since = loop.time()
+        hello = await eventually(other.hello, "hello at the next scheduler")
+        # Its silence (2 s here, 5 by default) and a redial; gRPC alone took a minute.
+        assert loop.time() - silent_since < 2.0 + 5.0
+        assert [(s.name, s.pid) for s in hello.running] == [("worker.1", up.pid)]
+        assert live([up.pid]) == [up.pid], "the workload never stopped"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
