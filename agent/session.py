@@ -47,6 +47,11 @@ RETRY_CAP = 1.0
 QUIET_WARNING_EVERY = 30.0
 # On leaving, how long to wait for the scheduler to end the half-closed stream.
 LEAVE_TIMEOUT = 1.0
+# A scheduler gets this long to send its first message (the Welcome, or a refusal).
+FIRST_MESSAGE_TIMEOUT = 3.0
+# A replica that went silent is not dialled again (nor followed to, when a follower
+# names it as the leader it still believes in) for this long, while others may answer.
+SILENT_REPLICA_AVOIDED_FOR = 15.0
 
 
 class _SchedulerSilent(Exception):
@@ -124,6 +129,7 @@ class Session:
         # The cluster of the last Welcome this run, taken or not (the supervisor's
         # incarnations are its etcd's revisions).
         self._cluster_id = ""
+        self._silent: dict[str, float] = {}  # replica -> when its session went silent
         self._outbox: _Outbox | None = None
         self._quiet_since: float | None = None
         self._last_warning = 0.0
@@ -162,8 +168,7 @@ class Session:
             if redirect is not None:
                 address, redirect = redirect, None
             else:
-                address = join[index % len(join)]
-                index += 1
+                address, index = self._next_address(join, index)
             error: BaseException | None = None
             try:
                 await self._serve(address)
@@ -171,8 +176,21 @@ class Session:
                 error = exc
                 leader = leader_of(exc)
                 if leader and leader != address:
-                    log.info("scheduler %s is a follower; the leader is %s", address, leader)
-                    redirect = leader
+                    if self._went_silent(leader):
+                        # A follower that has not yet seen the lead pass on names the
+                        # paused leader: ask the others again instead.
+                        log.info(
+                            "scheduler %s is a follower and names %s as the leader, which "
+                            "went silent; trying the other replicas",
+                            address,
+                            leader,
+                        )
+                    else:
+                        log.info("scheduler %s is a follower; the leader is %s", address, leader)
+                        redirect = leader
+            except _SchedulerSilent as exc:
+                error = exc
+                self._silent[address] = time.monotonic()
             except Exception as exc:  # never let the session end the agent
                 error = exc
             finally:
@@ -198,6 +216,19 @@ class Session:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leaving.wait(), delay)
             delay = min(RETRY_CAP, delay * 2)
+
+    def _went_silent(self, address: str) -> bool:
+        since = self._silent.get(address)
+        return since is not None and time.monotonic() - since < SILENT_REPLICA_AVOIDED_FOR
+
+    def _next_address(self, join: list[str], index: int) -> tuple[str, int]:
+        """The next replica of `join` to dial, from `index` on, and the index after it: one
+        that did not go silent of late, if any did not."""
+        for step in range(len(join)):
+            address = join[(index + step) % len(join)]
+            if not self._went_silent(address):
+                return address, index + step + 1
+        return join[index % len(join)], index + 1
 
     def _complain(self, address: str, error: BaseException) -> None:
         now = time.monotonic()
@@ -246,10 +277,13 @@ class Session:
 
     async def _read(self, call: Any, address: str) -> None:
         welcomed = False  # this session's scheduler has said which cluster it is
-        silence = self.config.scheduler_silence
+        # The session is open only once the scheduler speaks (its Welcome comes first):
+        # writes to a paused one succeed, into its socket buffers.
+        silence = min(self.config.scheduler_silence, FIRST_MESSAGE_TIMEOUT)
         while True:
             try:
                 message = await asyncio.wait_for(call.read(), silence)
+                silence = self.config.scheduler_silence
             except TimeoutError:
                 # The scheduler sends at least a heartbeat every second: one that says
                 # nothing this long is paused, cut off or gone (gRPC's own keepalive
@@ -297,12 +331,11 @@ class Session:
                 return
             await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
             next_beat = loop.time() + interval
-            # A refusing follower would have ended the call by now.
-            self._opened(address)
 
     def _opened(self, address: str) -> None:
         if self.scheduler is None:
             self.scheduler = address
+            self._silent.pop(address, None)
             log.info("session open with scheduler %s", address)
             self._fence.connected()
             self._quiet_since = None

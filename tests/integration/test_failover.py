@@ -3,6 +3,7 @@ node, and the other replica takes over the API and the agents' sessions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator
@@ -162,6 +163,55 @@ async def test_an_agent_paused_past_its_grace_runs_nothing_twice_when_it_wakes(
         return sorted(names) == ["worker.1", "worker.2", "worker.3"]
 
     await wait_for(no_duplicates, timeout=60, what="one live process per instance name")
+
+
+def copies_per_name() -> dict[str, int]:
+    """How many live processes of the app `shop` each instance name has."""
+    counts: dict[str, int] = {}
+    for proc in psutil.process_iter(["environ", "name"]):
+        try:
+            env = proc.info["environ"] or {}
+        except psutil.Error:
+            continue
+        if env.get("PAAS_APP") == "shop" and proc.info["name"] == "sleep":
+            name = str(env.get("PAAS_INSTANCE"))
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+async def test_a_leader_paused_for_20_s_restarts_nothing_and_runs_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # The defaults (10 s node grace, 5 s leader lease): the agents must find the new
+    # leader within the grace it gives them, and a paused leader must not hold them.
+    async with LocalCluster(
+        agents=3, stop_grace=2.0, log_to=tmp_path / "logs", schedulers=2
+    ) as cluster:
+        await deploy(cluster, tmp_path, "web=0", "worker=6")
+        before = {r["name"]: r["pid"] for r in await all_up(cluster, 6)}
+        leader = cluster.scheduler_process(0)
+        loop = asyncio.get_running_loop()
+        leader.send_signal(signal.SIGSTOP)
+        try:
+            paused_until = loop.time() + 20.0
+            samples = 0
+            while loop.time() < paused_until:
+                counts = copies_per_name()
+                assert all(n == 1 for n in counts.values()), f"run twice: {counts}"
+                samples += 1
+                await asyncio.sleep(0.25)
+            assert samples > 20
+            # The CLI with the paused replica first in its list answers in time.
+            async with SchedulerClient(cluster.scheduler_addresses) as client:
+                started = loop.time()
+                nodes = await client.list_nodes()
+                assert loop.time() - started < 3.0, "the paused replica held the call"
+            assert [n.state for n in nodes] == [pb.NODE_READY] * 3, "a node was lost"
+        finally:
+            leader.send_signal(signal.SIGCONT)
+        after = {r["name"]: r["pid"] for r in await all_up(cluster, 6)}
+        assert after == before, "an instance was restarted or moved by the pause"
+        assert all(n == 1 for n in copies_per_name().values())
 
 
 async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(
