@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install proto check lint typecheck unit integration bench clean
+.PHONY: run test install proto check lint typecheck unit integration bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ integration: install
 
 bench: install
 	$(BIN)/python bench/scale.py
+
+# A soak of mixed random faults with the invariants checked all along (SEED=N to replay).
+chaos: install
+	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) build *.egg-info
