@@ -72,7 +72,8 @@ class Soak:
         self.violations.append(text)
 
 
-def app_processes() -> list[psutil.Process]:
+def app_processes() -> list[tuple[psutil.Process, dict[str, str]]]:
+    """The app's processes, each with its environment (read once)."""
     found = []
     for proc in psutil.process_iter(["environ", "name"]):
         try:
@@ -80,7 +81,7 @@ def app_processes() -> list[psutil.Process]:
         except psutil.Error:
             continue
         if env.get("PAAS_APP") == APP and proc.info["name"] == "sleep":
-            found.append(proc)
+            found.append((proc, env))
     return found
 
 
@@ -88,9 +89,8 @@ def findings(agent_pids: set[int]) -> set[str]:
     """What breaks an invariant in /proc now: duplicate runs, processes outside agents."""
     runs: dict[str, set[str]] = defaultdict(set)
     found: set[str] = set()
-    for proc in app_processes():
+    for proc, env in app_processes():
         try:
-            env = proc.environ()
             parents = {parent.pid for parent in proc.parents()}
         except psutil.Error:
             continue

@@ -36,7 +36,7 @@ from types import TracebackType
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
-from paas.common.ports import free_port as free_port  # re-exported for tests/conftest.py
+from paas.common.ports import free_port
 from paas.common.processes import how_it_ended, signal_group
 from paas.proto import paas_pb2 as pb
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from paas.cli.localcluster import LocalCluster, etcd_binary, free_port
+from paas.cli.localcluster import LocalCluster, etcd_binary
 from paas.common.grpcutil import CHANNEL_OPTIONS
+from paas.common.ports import free_port
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.leader import Leadership
 from paas.scheduler.store import Store

@@ -19,7 +19,8 @@ import grpc
 import pytest
 from aiohttp import web
 
-from paas.cli.localcluster import LocalCluster, free_port
+from paas.cli.localcluster import LocalCluster
+from paas.common.ports import free_port
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import paas, wait_for

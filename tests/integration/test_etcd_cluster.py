@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from paas.cli.localcluster import etcd_binary, free_port
+from paas.cli.localcluster import etcd_binary
+from paas.common.ports import free_port
 from paas.scheduler.store import Store
 from tests.helpers import wait_for
 

@@ -16,8 +16,8 @@ import grpc.aio
 import pytest
 
 from paas.cli.client import DIAL_TIMEOUT, SchedulerClient, SchedulerError, SchedulerUnreachable
-from paas.cli.localcluster import free_port
 from paas.common.grpcutil import LEADER_METADATA_KEY
+from paas.common.ports import free_port
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import wait_for

@@ -8,9 +8,9 @@ import pytest
 
 from paas.cli.commands import read_app_dir
 from paas.cli.errors import CommandError
-from paas.cli.localcluster import free_port
 from paas.cli.main import run
 from paas.common.configvars import CONFIG_VARS_LIMIT, PROCFILE_LIMIT
+from paas.common.ports import free_port
 
 
 @pytest.fixture(autouse=True)

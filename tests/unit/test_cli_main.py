@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from paas.cli.localcluster import free_port
 from paas.cli.main import COMMANDS, Command, Scope, build_parser, run
 from paas.cli.up import sanitise_app_name
+from paas.common.ports import free_port
 
 COMMANDS_WORDS = [
     ["up"],
