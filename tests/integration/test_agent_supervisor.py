@@ -344,11 +344,12 @@ async def test_the_pid_is_the_apps_own_process_not_a_wrapper_shell(
 async def test_each_run_carries_its_own_run_token(start_node: NodeFactory) -> None:
     node = await start_node()
     node.apply(assignment("worker.1", f'echo "run ${RUN_ID_VAR} of ${AGENT_ID_VAR}"; exit 1'))
-    await eventually(
-        lambda: (s := node.status("worker.1")) is not None and s.restarts >= 2, "two restarts"
-    )
-    runs = [t.split() for t in node.texts("worker.1") if t.startswith("run ")]
-    assert len(runs) >= 3
+    def three_runs() -> list[list[str]] | None:
+        # A restart is counted when the run starts, before its line is read: wait on lines.
+        runs = [t.split() for t in node.texts("worker.1") if t.startswith("run ")]
+        return runs if len(runs) >= 3 else None
+
+    runs = await eventually(three_runs, "the lines of three runs")
     assert len({run[1] for run in runs}) == len(runs)  # a new token for every run
     assert {run[3] for run in runs} == {node.supervisor.agent_id}
 
