@@ -322,10 +322,11 @@ class Release(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     version: _builtins.int
     dir: _builtins.str
-    """working directory of every process"""
+    """--in-place only: the working directory on every host"""
     created_at: _builtins.float
     description: _builtins.str
     @_builtins.property
@@ -340,6 +341,10 @@ class Release(_message.Message):
     def settings(self) -> _containers.MessageMap[_builtins.str, Global___ProcessSettings]:
         """process type -> supervision settings"""
 
+    @_builtins.property
+    def slug(self) -> Global___Slug:
+        """the code every process runs in; unset with dir"""
+
     def __init__(
         self,
         *,
@@ -351,10 +356,11 @@ class Release(_message.Message):
         created_at: _builtins.float = ...,
         description: _builtins.str = ...,
         settings: _abc.Mapping[_builtins.str, Global___ProcessSettings] | None = ...,
+        slug: Global___Slug | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slug", b"slug"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "settings", b"settings", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "settings", b"settings", "slug", b"slug", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,6 +368,8 @@ Global___Release: _TypeAlias = Release  # noqa: Y015
 
 @_typing.final
 class DeployRequest(_message.Message):
+    """Exactly one of `slug` (uploaded first with UploadSlug) and `dir` (--in-place)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -410,9 +418,10 @@ class DeployRequest(_message.Message):
     PROCFILE_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     dir: _builtins.str
-    """absolute path, the processes' working directory"""
+    """--in-place: absolute path, the processes' working directory on every host"""
     procfile: _builtins.str
     """the Procfile's text; the scheduler parses it again"""
     @_builtins.property
@@ -420,6 +429,10 @@ class DeployRequest(_message.Message):
     @_builtins.property
     def settings(self) -> _containers.MessageMap[_builtins.str, Global___ProcessSettings]:
         """from DIR/paas.toml, per process type"""
+
+    @_builtins.property
+    def slug(self) -> Global___Slug:
+        """a slug the scheduler holds (StatSlug says so)"""
 
     def __init__(
         self,
@@ -429,14 +442,193 @@ class DeployRequest(_message.Message):
         procfile: _builtins.str = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         settings: _abc.Mapping[_builtins.str, Global___ProcessSettings] | None = ...,
+        slug: Global___Slug | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slug", b"slug"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dir", b"dir", "env", b"env", "procfile", b"procfile", "settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "dir", b"dir", "env", b"env", "procfile", b"procfile", "settings", b"settings", "slug", b"slug"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeployRequest: _TypeAlias = DeployRequest  # noqa: Y015
+
+@_typing.final
+class Slug(_message.Message):
+    """---------------------------------------------------------------- slugs
+
+    A slug: the app's tree as a gzip-compressed tar, named by its content.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """sha256 of the compressed bytes, 64 lowercase hex digits"""
+    size: _builtins.int
+    """compressed bytes"""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Slug: _TypeAlias = Slug  # noqa: Y015
+
+@_typing.final
+class StatSlugRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatSlugRequest: _TypeAlias = StatSlugRequest  # noqa: Y015
+
+@_typing.final
+class StatSlugResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWN_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MAX_SIZE_FIELD_NUMBER: _builtins.int
+    known: _builtins.bool
+    """stored whole: a deploy may name it without uploading"""
+    size: _builtins.int
+    """its size when known"""
+    max_size: _builtins.int
+    """the largest slug this scheduler accepts"""
+    def __init__(
+        self,
+        *,
+        known: _builtins.bool = ...,
+        size: _builtins.int = ...,
+        max_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["known", b"known", "max_size", b"max_size", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatSlugResponse: _TypeAlias = StatSlugResponse  # noqa: Y015
+
+@_typing.final
+class SlugUpload(_message.Message):
+    """UploadSlug: the first message names the app and the slug (digest and size);
+    every message may carry data, in order. The scheduler checks size and digest
+    before anything is stored; a broken or partial upload stores nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    data: _builtins.bytes
+    @_builtins.property
+    def slug(self) -> Global___Slug: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        slug: Global___Slug | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "data", b"data", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlugUpload: _TypeAlias = SlugUpload  # noqa: Y015
+
+@_typing.final
+class UploadSlugResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLUG_FIELD_NUMBER: _builtins.int
+    EXISTED_FIELD_NUMBER: _builtins.int
+    existed: _builtins.bool
+    """already stored: nothing was written"""
+    @_builtins.property
+    def slug(self) -> Global___Slug: ...
+    def __init__(
+        self,
+        *,
+        slug: Global___Slug | None = ...,
+        existed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["existed", b"existed", "slug", b"slug"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadSlugResponse: _TypeAlias = UploadSlugResponse  # noqa: Y015
+
+@_typing.final
+class FetchSlugRequest(_message.Message):
+    """FetchSlug (agents): the slug's bytes in order, `size` in the first message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    node: _builtins.str
+    """the asking agent's name"""
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchSlugRequest: _TypeAlias = FetchSlugRequest  # noqa: Y015
+
+@_typing.final
+class SlugData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SlugData: _TypeAlias = SlugData  # noqa: Y015
 
 @_typing.final
 class FormationChange(_message.Message):
@@ -1353,6 +1545,7 @@ class Assignment(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     APP_ID_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     name: _builtins.str
     type: _builtins.str
@@ -1367,6 +1560,10 @@ class Assignment(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def settings(self) -> Global___ProcessSettings: ...
+    @_builtins.property
+    def slug(self) -> Global___Slug:
+        """run in the agent's unpacked copy of it; unset with dir (--in-place)"""
+
     def __init__(
         self,
         *,
@@ -1380,10 +1577,11 @@ class Assignment(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         settings: Global___ProcessSettings | None = ...,
         app_id: _builtins.str = ...,
+        slug: Global___Slug | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "slug", b"slug"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_id", b"app_id", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "settings", b"settings", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_id", b"app_id", "command", b"command", "dir", b"dir", "env", b"env", "incarnation", b"incarnation", "name", b"name", "release", b"release", "settings", b"settings", "slug", b"slug", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,21 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.DeployRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.Release.FromString,
                 _registered_method=True)
+        self.StatSlug = channel.unary_unary(
+                '/paas.v1.Scheduler/StatSlug',
+                request_serializer=paas_dot_proto_dot_paas__pb2.StatSlugRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.StatSlugResponse.FromString,
+                _registered_method=True)
+        self.UploadSlug = channel.stream_unary(
+                '/paas.v1.Scheduler/UploadSlug',
+                request_serializer=paas_dot_proto_dot_paas__pb2.SlugUpload.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.UploadSlugResponse.FromString,
+                _registered_method=True)
+        self.FetchSlug = channel.unary_stream(
+                '/paas.v1.Scheduler/FetchSlug',
+                request_serializer=paas_dot_proto_dot_paas__pb2.FetchSlugRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.SlugData.FromString,
+                _registered_method=True)
         self.Scale = channel.unary_unary(
                 '/paas.v1.Scheduler/Scale',
                 request_serializer=paas_dot_proto_dot_paas__pb2.ScaleRequest.SerializeToString,
@@ -134,6 +149,25 @@ class SchedulerServicer:
 
     def Deploy(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatSlug(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadSlug(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchSlug(self, request, context):
+        """Agents only: a slug's bytes, so that agents need no etcd credentials.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -228,6 +262,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Deploy,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.DeployRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.Release.SerializeToString,
+            ),
+            'StatSlug': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatSlug,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.StatSlugRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.StatSlugResponse.SerializeToString,
+            ),
+            'UploadSlug': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadSlug,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.SlugUpload.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.UploadSlugResponse.SerializeToString,
+            ),
+            'FetchSlug': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSlug,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.FetchSlugRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.SlugData.SerializeToString,
             ),
             'Scale': grpc.unary_unary_rpc_method_handler(
                     servicer.Scale,
@@ -393,6 +442,87 @@ class Scheduler:
             '/paas.v1.Scheduler/Deploy',
             paas_dot_proto_dot_paas__pb2.DeployRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatSlug(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/StatSlug',
+            paas_dot_proto_dot_paas__pb2.StatSlugRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.StatSlugResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadSlug(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/paas.v1.Scheduler/UploadSlug',
+            paas_dot_proto_dot_paas__pb2.SlugUpload.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.UploadSlugResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSlug(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/paas.v1.Scheduler/FetchSlug',
+            paas_dot_proto_dot_paas__pb2.FetchSlugRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.SlugData.FromString,
             options,
             channel_credentials,
             insecure,

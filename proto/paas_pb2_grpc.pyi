@@ -41,6 +41,10 @@ class SchedulerStub:
     ListApps: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]
     DestroyApp: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]
     Deploy: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]
+    StatSlug: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StatSlugRequest, _paas_pb2.StatSlugResponse]
+    UploadSlug: _grpc.StreamUnaryMultiCallable[_paas_pb2.SlugUpload, _paas_pb2.UploadSlugResponse]
+    FetchSlug: _grpc.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]
+    """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]
     ListInstances: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]
@@ -63,6 +67,10 @@ class SchedulerAsyncStub(SchedulerStub):
     ListApps: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]  # type: ignore[assignment]
     DestroyApp: _aio.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]  # type: ignore[assignment]
     Deploy: _aio.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]  # type: ignore[assignment]
+    StatSlug: _aio.UnaryUnaryMultiCallable[_paas_pb2.StatSlugRequest, _paas_pb2.StatSlugResponse]  # type: ignore[assignment]
+    UploadSlug: _aio.StreamUnaryMultiCallable[_paas_pb2.SlugUpload, _paas_pb2.UploadSlugResponse]  # type: ignore[assignment]
+    FetchSlug: _aio.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]  # type: ignore[assignment]
+    """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _aio.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]  # type: ignore[assignment]
     ListInstances: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]  # type: ignore[assignment]
@@ -106,6 +114,28 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.DeployRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.Release, _abc.Awaitable[_paas_pb2.Release]]: ...
+
+    @_abc_1.abstractmethod
+    def StatSlug(
+        self,
+        request: _paas_pb2.StatSlugRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.StatSlugResponse, _abc.Awaitable[_paas_pb2.StatSlugResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UploadSlug(
+        self,
+        request_iterator: _MaybeAsyncIterator[_paas_pb2.SlugUpload],
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.UploadSlugResponse, _abc.Awaitable[_paas_pb2.UploadSlugResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FetchSlug(
+        self,
+        request: _paas_pb2.FetchSlugRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_paas_pb2.SlugData], _abc.AsyncIterator[_paas_pb2.SlugData]]:
+        """Agents only: a slug's bytes, so that agents need no etcd credentials."""
 
     @_abc_1.abstractmethod
     def Scale(

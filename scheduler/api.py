@@ -7,6 +7,7 @@
     drains_api.DrainsService        AddDrain, RemoveDrain, ListDrains
     logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)
     session_api.SessionService      Session, the agents' stream
+    slugs_api.SlugsService          StatSlug, UploadSlug, FetchSlug
 
 Every RPC of the Scheduler service in the proto is taken from exactly one of
 them and wrapped by guard.Guard (leadership first, then errors to statuses);
@@ -38,6 +39,7 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
+from paas.scheduler.slugs_api import SlugsService
 from paas.scheduler.store import Store
 
 # The Scheduler service as the proto declares it: what must be served.
@@ -67,6 +69,7 @@ class SchedulerService:
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler, leadership),
+            SlugsService(),
         ]
         for name, handler in guarded_handlers(parts, Guard(leadership)).items():
             setattr(self, name, handler)

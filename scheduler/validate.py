@@ -27,6 +27,7 @@ from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
 from paas.common.logformat import SCHEDULER_INSTANCE
 from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
+from paas.common.slugs import CHUNK_SIZE, check_digest
 from paas.proto import paas_pb2 as pb
 
 # An app directory is a path: PATH_MAX on Linux.
@@ -110,6 +111,25 @@ def _deploy(request: pb.DeployRequest) -> None:
         check_process_type(type_)
         if settings.check not in pb.ProcessSettings.Check.values():
             raise InvalidInput(f"{type_}: unknown check {settings.check}")
+
+
+def _slug_digest(request: pb.StatSlugRequest | pb.FetchSlugRequest) -> None:
+    check_digest(request.digest)
+
+
+def _slug_upload(message: pb.SlugUpload) -> None:
+    """One message of UploadSlug: the first names app and slug, every one may carry
+    at most one chunk. Which message must be first is the handler's to check."""
+    if message.app:
+        _app(message.app)
+    if message.HasField("slug"):
+        check_digest(message.slug.digest)
+        if message.slug.size <= 0:
+            raise InvalidInput(f"a slug's size must be positive, got {message.slug.size}")
+    if len(message.data) > CHUNK_SIZE:
+        raise InvalidInput(
+            f"a slug chunk holds at most {CHUNK_SIZE} bytes, got {len(message.data)}"
+        )
 
 
 def _scale(request: pb.ScaleRequest) -> None:
@@ -209,5 +229,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.AddDrainRequest.DESCRIPTOR.full_name: _drain_url,
     pb.RemoveDrainRequest.DESCRIPTOR.full_name: _drain_url,
     pb.ListDrainsRequest.DESCRIPTOR.full_name: _app_only,
+    pb.StatSlugRequest.DESCRIPTOR.full_name: _slug_digest,
+    pb.FetchSlugRequest.DESCRIPTOR.full_name: _slug_digest,
+    pb.SlugUpload.DESCRIPTOR.full_name: _slug_upload,
     pb.AgentMessage.DESCRIPTOR.full_name: check_agent_message,
 }

@@ -130,6 +130,22 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SchedulerMessage()
 
+    async def StatSlug(self, request: pb.StatSlugRequest, context: Context) -> pb.StatSlugResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def UploadSlug(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.SlugUpload], context: Context
+    ) -> pb.UploadSlugResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def FetchSlug(  # type: ignore[override]
+        self, request: pb.FetchSlugRequest, context: Context
+    ) -> AsyncIterator[pb.SlugData]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        yield pb.SlugData()
+
 
 class Replica:
     def __init__(self) -> None:
