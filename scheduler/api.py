@@ -8,6 +8,7 @@
     logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)
     session_api.SessionService      Session, the agents' stream
     slugs_api.SlugsService          StatSlug, UploadSlug, FetchSlug
+    tokens_api.TokensService        CreateToken, ListTokens, RevokeToken, Join
 
 Every RPC of the Scheduler service in the proto is taken from exactly one of
 them and wrapped by guard.Guard (leadership first, then errors to statuses);
@@ -41,6 +42,7 @@ from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.slugs_api import SlugsService
 from paas.scheduler.store import Store
+from paas.scheduler.tokens_api import NodeIssuer, TokensService
 
 # The Scheduler service as the proto declares it: what must be served.
 SCHEDULER = pb.DESCRIPTOR.services_by_name["Scheduler"]
@@ -56,7 +58,9 @@ class SchedulerService:
         sessions: Sessions,
         reconciler: Reconciler,
         events: EventLog,
+        issuer: NodeIssuer | None = None,
     ) -> None:
+        """`issuer`: the cluster CA that signs nodes' certificates; None with --insecure."""
         self._sessions = sessions
         self._reader = LogReader(sessions, events)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
@@ -70,6 +74,7 @@ class SchedulerService:
             LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler, leadership),
             SlugsService(),
+            TokensService(store, issuer),
         ]
         for name, handler in guarded_handlers(parts, Guard(leadership)).items():
             setattr(self, name, handler)

@@ -10,6 +10,8 @@
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
+    ├── JoinRefused       a join token that is unknown, expired, used up or
+    │                     revoked, or a CSR that cannot be signed   (tokens_api.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -86,3 +88,7 @@ class NotFound(SchedulerError):
 
 class AlreadyExists(SchedulerError):
     """What the request would create exists already."""
+
+
+class JoinRefused(SchedulerError):
+    """An agent may not join with what it sent; the message says why, in one line."""

@@ -25,6 +25,11 @@ Layout, under /paas/:
     drain-progress/APP/ID        {"cursors", "since", "dropped"}: how far the drain
                                  got, saved every few seconds by the leader; the
                                  reconcile watch ignores these keys
+    tokens/ID                    a join token: {"secret_hash", "created_at", "expires_at",
+                                 "uses", "uses_left", "revoked"}; the secret itself is
+                                 never stored (common/jointoken.py); a join takes a use
+                                 with a compare on the key's mod revision; the
+                                 reconcile watch ignores these keys
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -47,6 +52,7 @@ import aetcd.rpc
 import aetcd.transactions as tx
 import grpc
 
+from paas.common.jointoken import TokenRecord
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import ConflictError as ConflictError
@@ -108,6 +114,11 @@ def _prefix_end(prefix: str) -> bytes:
 
 
 _DRAIN_PROGRESS = f"{PREFIX}drain-progress/"
+_TOKENS = f"{PREFIX}tokens/"
+
+
+def _token_key(token_id: str) -> str:
+    return f"{_TOKENS}{token_id}"
 
 
 def _drain_id(url: str) -> str:
@@ -385,6 +396,17 @@ class Store:
             dropped=int(data.get("dropped", 0)),
         )
 
+    async def tokens(self) -> list[TokenRecord]:
+        """Every join token kept, oldest first."""
+        rows = await self._get_prefix(_TOKENS)
+        records = [_token_from(key[len(_TOKENS) :], value) for key, value, _ in rows]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def token(self, token_id: str) -> tuple[TokenRecord, int] | None:
+        """The token and its key's mod revision (for `update_token`); None if unknown."""
+        found = await self._get(_token_key(token_id))
+        return None if found is None else (_token_from(token_id, found[0]), found[1])
+
     async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
         """Read everything reconcile needs. Releases never change once written, so the
         caller's cache, keyed by (app id, version), spares re-reading them: a re-created app
@@ -589,6 +611,25 @@ class Store:
             [tx.Put(_drain_progress_key(drain.app, drain.url).encode(), _dumps(value))],
         )
 
+    async def add_token(self, token: TokenRecord) -> None:
+        """Write a new join token; ConflictError if its id is taken."""
+        key = _token_key(token.id)
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(_token_to(token)))])
+
+    async def update_token(self, token: TokenRecord, mod_revision: int) -> None:
+        """Replace the token if its key is unchanged since read at `mod_revision`
+        (ConflictError otherwise): of two joins racing for its last use, one wins."""
+        key = _token_key(token.id)
+        await self._txn(
+            [tx.Mod(key) == mod_revision], [tx.Put(key.encode(), _dumps(_token_to(token)))]
+        )
+
+    async def delete_tokens(self, token_ids: Sequence[str]) -> None:
+        """Forget tokens (spent ones, long past use)."""
+        ops = [tx.Delete(_token_key(token_id).encode()) for token_id in token_ids]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
     async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
         """Commit assignment changes, in chunks that fit one etcd txn each; ConflictError
         if an Assign's app is gone or is another app now (its chunk is not written)."""
@@ -639,6 +680,7 @@ class Store:
         Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
         progress = _DRAIN_PROGRESS.encode()
+        tokens = _TOKENS.encode()
         try:
             watch = await self._client.watch_prefix(PREFIX.encode())
         except aetcd.exceptions.ClientError as exc:
@@ -646,7 +688,7 @@ class Store:
         try:
             async for event in watch:
                 # A drain's progress changes every few seconds and concerns no one else.
-                if event.kv.key.startswith((events, progress)):
+                if event.kv.key.startswith((events, progress, tokens)):
                     continue
                 yield None
         except aetcd.exceptions.ClientError as exc:
@@ -675,6 +717,30 @@ def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecor
         id=str(data.get("id") or legacy_id),
         mod_revision=mod_revision,
         create_revision=create_revision,
+    )
+
+
+def _token_to(token: TokenRecord) -> dict[str, Any]:
+    return {
+        "secret_hash": token.secret_hash,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "uses": token.uses,
+        "uses_left": token.uses_left,
+        "revoked": token.revoked,
+    }
+
+
+def _token_from(token_id: str, value: bytes) -> TokenRecord:
+    data = json.loads(value)
+    return TokenRecord(
+        id=token_id,
+        secret_hash=str(data["secret_hash"]),
+        created_at=float(data["created_at"]),
+        expires_at=float(data["expires_at"]),
+        uses=int(data["uses"]),
+        uses_left=int(data["uses_left"]),
+        revoked=bool(data.get("revoked", False)),
     )
 
 

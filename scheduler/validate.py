@@ -25,6 +25,8 @@ from paas.common.addresses import parse_address
 from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_nul, check_size
 from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
+from paas.common.jointoken import MAX_TEXT as TOKEN_TEXT_LIMIT
+from paas.common.jointoken import check_token_id, check_ttl, check_uses, parse_token
 from paas.common.logformat import SCHEDULER_INSTANCE
 from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
 from paas.common.slugs import CHUNK_SIZE, check_digest
@@ -37,6 +39,8 @@ MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
 # A drain URL, a node's address, a label: no legitimate one comes near this.
 TEXT_LIMIT = 2048
 MAX_LABELS = 64
+# A CSR in PEM for one EC or RSA key is well under 4 KiB.
+CSR_LIMIT = 16 * 1024
 
 
 def check_request(request: Message) -> None:
@@ -193,6 +197,32 @@ def _app_only(request: pb.ListDrainsRequest) -> None:
     _app(request.app)
 
 
+def _create_token(request: pb.CreateTokenRequest) -> None:
+    # 0 asks for the default; anything else must be a lifetime and a count we take.
+    if request.ttl != 0:
+        check_ttl(request.ttl)
+    if request.uses != 0:
+        check_uses(request.uses)
+
+
+def _revoke_token(request: pb.RevokeTokenRequest) -> None:
+    check_token_id(request.id)
+
+
+def _csr(what: str, csr: bytes) -> None:
+    if not csr:
+        raise InvalidInput(f"{what}: no certificate signing request given")
+    if len(csr) > CSR_LIMIT:
+        raise InvalidInput(f"{what}: a certificate signing request holds at most {CSR_LIMIT} bytes")
+
+
+def _join(request: pb.JoinRequest) -> None:
+    check_size("the join token", request.token, TOKEN_TEXT_LIMIT + 8)
+    parse_token(request.token)
+    check_node_name(request.node)
+    _csr("join", request.csr)
+
+
 def _nothing(request: Message) -> None:
     pass
 
@@ -212,6 +242,8 @@ def check_agent_message(message: pb.AgentMessage) -> None:
         for key, value in hello.labels.items():
             _text("a label", key, 256)
             _text(f"the label {key}", value, 256)
+    elif kind == "renew":
+        _csr("renew", message.renew.csr)
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -233,4 +265,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.FetchSlugRequest.DESCRIPTOR.full_name: _slug_digest,
     pb.SlugUpload.DESCRIPTOR.full_name: _slug_upload,
     pb.AgentMessage.DESCRIPTOR.full_name: check_agent_message,
+    pb.CreateTokenRequest.DESCRIPTOR.full_name: _create_token,
+    pb.ListTokensRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RevokeTokenRequest.DESCRIPTOR.full_name: _revoke_token,
+    pb.JoinRequest.DESCRIPTOR.full_name: _join,
 }

@@ -146,6 +146,26 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SlugData()
 
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.JoinToken:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
 
 class Replica:
     def __init__(self) -> None:
