@@ -49,6 +49,21 @@ def seconds(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A lifetime as people write it: 90s, 30m, 1h, 90d (plain digits are seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    value = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration, e.g. 90s, 30m, 1h or 7d, got {text!r}"
+        )
+    return float(value)
+
+
 def address(text: str) -> str:
     try:
         parse_address(text)

@@ -196,6 +196,19 @@ class SchedulerClient:
         request = pb.DrainRequest(node=node, drain=drain)
         return await self._unary(lambda stub: stub.Drain, request)
 
+    async def create_token(self, ttl: float, uses: int) -> pb.CreateTokenResponse:
+        """A new join token (its text is in the answer only)."""
+        request = pb.CreateTokenRequest(ttl=ttl, uses=uses)
+        return await self._unary(lambda stub: stub.CreateToken, request)
+
+    async def list_tokens(self) -> list[pb.JoinToken]:
+        response = await self._unary(lambda stub: stub.ListTokens, pb.ListTokensRequest())
+        return list(response.tokens)
+
+    async def revoke_token(self, token_id: str) -> pb.JoinToken:
+        request = pb.RevokeTokenRequest(id=token_id)
+        return await self._unary(lambda stub: stub.RevokeToken, request)
+
     async def list_drains(self, app: str) -> list[pb.LogDrain]:
         request = pb.ListDrainsRequest(app=app)
         response = await self._unary(lambda stub: stub.ListDrains, request)

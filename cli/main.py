@@ -319,6 +319,27 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     _log_level_option(agent)
 
 
+def _tokens_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ttl",
+        type=argtypes.duration,
+        default=3600.0,
+        metavar="DURATION",
+        help="how long the token may be used: 90s, 30m, 1h, 7d (default: 1h)",
+    )
+    parser.add_argument(
+        "--uses",
+        type=argtypes.count(1, 10_000),
+        default=1,
+        metavar="N",
+        help="how many agents may join with it (default: 1)",
+    )
+
+
+def _token_id_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="the token's id, as `paas tokens` lists it")
+
+
 def _log_level_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
@@ -330,9 +351,7 @@ def _log_level_option(parser: argparse.ArgumentParser) -> None:
 
 def _json_option(what: str = "") -> Arguments:
     def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--json", action="store_true", help=f"print a JSON array{what}"
-        )
+        parser.add_argument("--json", action="store_true", help=f"print a JSON array{what}")
 
     return arguments
 
@@ -465,6 +484,15 @@ def _run_agent(args: argparse.Namespace) -> int:
     from paas.cli.daemons import run_agent
 
     return run_agent(args)
+
+
+def _tokens_api(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from paas.cli import tokens
+
+        return commands.api(getattr(tokens, name))(args)
+
+    return run
 
 
 # ------------------------------------------------------------------ the table
@@ -616,8 +644,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("nodes",),
         "the cluster's nodes",
-        "One line per node: name, state (ready, lost, draining), address, "
-        "instances, capacity.",
+        "One line per node: name, state (ready, lost, draining), address, instances, capacity.",
         Scope.CLUSTER,
         commands.api(commands.nodes),
         _json_option(" (last_seen ISO 8601 UTC)"),
@@ -638,6 +665,38 @@ COMMANDS: tuple[Command, ...] = (
         Scope.CLUSTER,
         commands.api(commands.undrain),
         _node_argument,
+    ),
+    Command(
+        ("tokens",),
+        "join tokens: how agents on other hosts join the cluster",
+        "List the join tokens: id, state (usable, expired, used up, revoked), when made, "
+        "when they expire, uses left. A token's secret is never shown again after "
+        "`paas tokens create`: the scheduler keeps only its hash.",
+        Scope.CLUSTER,
+        _tokens_api("tokens"),
+        _json_option(" (created, expires ISO 8601 UTC)"),
+    ),
+    Command(
+        ("tokens", "create"),
+        "make a join token and print it",
+        "Make a join token and print it, with the `paas agent` line that uses it. The "
+        "token pins this cluster's CA (its sha256), so the agent can check it reaches "
+        "this scheduler and no other before it has a certificate. It expires (default "
+        "1 h) and serves one join unless --uses says more.",
+        Scope.CLUSTER,
+        _tokens_api("tokens_create"),
+        _tokens_create_arguments,
+        epilog="examples:\n  paas tokens create\n  paas tokens create --ttl 30m --uses 3",
+    ),
+    Command(
+        ("tokens", "revoke"),
+        "refuse any further join with a token",
+        "Refuse any further join with the token ID. Nodes that joined with it keep "
+        "their certificates.",
+        Scope.CLUSTER,
+        _tokens_api("tokens_revoke"),
+        _token_id_argument,
+        epilog="example:\n  paas tokens revoke 3f9a0c1b2d4e",
     ),
     Command(
         ("drains",),

@@ -35,6 +35,9 @@ COMMANDS_WORDS = [
     ["drains"],
     ["drains", "add"],
     ["drains", "remove"],
+    ["tokens"],
+    ["tokens", "create"],
+    ["tokens", "revoke"],
 ]
 
 
@@ -443,3 +446,32 @@ def test_apps_destroy_does_not_take_the_app_from_paas_app(
 def test_a_confirmed_destroy_is_sent(nowhere: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["apps", "destroy", "shop", "--confirm", "shop"]) == 1
     assert "cannot reach the scheduler" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tokens", "create", "--ttl", "0"],
+        ["tokens", "create", "--ttl", "1y"],
+        ["tokens", "create", "--ttl", "-5m"],
+        ["tokens", "create", "--uses", "0"],
+        ["tokens", "revoke"],
+    ],
+)
+def test_bad_token_options_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(argv) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_durations_read_as_people_write_them() -> None:
+    from paas.cli.argtypes import duration
+
+    assert [duration(text) for text in ("45", "45s", "30m", "1h", "7d")] == [
+        45.0,
+        45.0,
+        1800.0,
+        3600.0,
+        7 * 86400.0,
+    ]
