@@ -44,3 +44,6 @@ class AgentConfig:
     # a process with children of its own (tests, benches): then it waits only for
     # zombies known to be an instance's (see orphans.py).
     own_all_children: bool = True
+    # A join token (paas1....) for the first start, when the node has no certificate
+    # in STATE_DIR/NAME/node.credentials yet (or it expired); later starts need none.
+    token: str = ""

@@ -33,6 +33,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
         advertise=args.advertise or "",
         node_grace=args.node_grace,
         leader_ttl=args.leader_ttl,
+        **({"node_cert_ttl": args.node_cert_ttl} if args.node_cert_ttl is not None else {}),
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))
@@ -58,6 +59,8 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["advertise"] = args.advertise
     if args.stop_grace is not None:
         optional["stop_grace"] = args.stop_grace
+    if args.token is not None:
+        optional["token"] = args.token
     for flag, field in (
         ("log_buffer_lines", "log_buffer_lines"),
         ("log_spool_file_size", "log_spool_file_bytes"),

@@ -220,6 +220,14 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds of the leader election lease (default: 5)",
     )
+    scheduler.add_argument(
+        "--node-cert-ttl",
+        type=argtypes.duration,
+        default=None,
+        metavar="DURATION",
+        help="how long a node certificate lives, e.g. 24h or 6s; agents renew theirs "
+        "at two thirds of it over their session (default: 24h)",
+    )
     _log_level_option(scheduler)
 
 
@@ -237,6 +245,13 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         type=argtypes.node_name,
         metavar="NAME",
         help="this node's name, unique in the cluster",
+    )
+    agent.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="a join token (`paas tokens create`) for the first start, when the node has "
+        "no certificate in its state directory yet; later starts need none",
     )
     agent.add_argument(
         "--listen",

@@ -14,3 +14,6 @@ class SchedulerConfig:
     node_grace: float = 10.0  # seconds an agent may be silent before its node is lost
     leader_ttl: int = 5  # seconds of the election lease
     replica_id: str = ""  # defaults to a random id
+    # Seconds a node certificate lives (signed at Join and at each renewal, which the
+    # agent asks for at two thirds of it).
+    node_cert_ttl: float = 24 * 3600.0

@@ -118,6 +118,7 @@ class TokensService:
 
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.JoinToken:
         self._ca()  # refuses with --insecure
+
         async def attempt() -> TokenRecord:
             found = await self._store.token(request.id)
             if found is None:

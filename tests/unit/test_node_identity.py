@@ -1,0 +1,100 @@
+"""The node's certificate: when it renews, what a renewal must be, and how the first
+start tells the cluster's scheduler from an impostor by the token's CA digest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from paas.agent.enroll import JoinError, check_chain
+from paas.agent.identity import IdentityError, NodeIdentity, renew_at
+from paas.common import pki
+
+NODE = pki.Identity(pki.Role.NODE, "node-1")
+SCHEDULER = pki.Identity(pki.Role.SCHEDULER, "s1")
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.CertificateAuthority:
+    return pki.CertificateAuthority.create()
+
+
+def test_a_certificate_renews_at_two_thirds_of_its_life() -> None:
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert renew_at(start, start + dt.timedelta(hours=24)) == start + dt.timedelta(hours=16)
+    assert renew_at(start, start + dt.timedelta(seconds=6)) == start + dt.timedelta(seconds=4)
+
+
+def test_a_renewal_is_taken_for_the_new_key_written_0600_and_used(
+    ca: pki.CertificateAuthority, tmp_path: Path
+) -> None:
+    path = tmp_path / "node-1" / "node.credentials"
+    first = ca.issue_credentials(NODE, dt.timedelta(hours=1))
+    pki.write_credentials(path, first)
+    identity = NodeIdentity(path, first)
+    csr = identity.begin_renewal()
+    cert = pki.cert_pem(ca.sign_csr(csr, NODE, dt.timedelta(hours=1)))
+    identity.complete_renewal(cert)
+    assert identity.renewals == 1
+    assert identity.credentials.serial != first.serial
+    assert identity.credentials.key != first.key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert pki.read_credentials(path).serial == identity.credentials.serial
+
+
+def test_a_renewal_for_another_key_node_or_ca_is_refused(
+    ca: pki.CertificateAuthority, tmp_path: Path
+) -> None:
+    path = tmp_path / "node.credentials"
+    first = ca.issue_credentials(NODE, dt.timedelta(hours=1))
+    identity = NodeIdentity(path, first)
+    with pytest.raises(IdentityError, match="did not ask"):
+        identity.complete_renewal(first.cert_pem)
+    csr = identity.begin_renewal()
+    other_key = pki.make_csr(pki.generate_key(), NODE)
+    with pytest.raises(IdentityError, match="not for the key"):
+        identity.complete_renewal(pki.cert_pem(ca.sign_csr(other_key, NODE, dt.timedelta(hours=1))))
+    other = pki.Identity(pki.Role.NODE, "node-2")
+    with pytest.raises(IdentityError, match="names"):
+        identity.complete_renewal(pki.cert_pem(ca.sign_csr(csr, other, dt.timedelta(hours=1))))
+    stranger = pki.CertificateAuthority.create()
+    with pytest.raises(IdentityError, match="CA"):
+        identity.complete_renewal(pki.cert_pem(stranger.sign_csr(csr, NODE, dt.timedelta(hours=1))))
+    assert identity.credentials == first
+    assert not path.exists()
+
+
+def _served(
+    ca: pki.CertificateAuthority, identity: pki.Identity = SCHEDULER
+) -> list[x509.Certificate]:
+    leaf = ca.issue_credentials(identity, dt.timedelta(hours=1))
+    return [leaf.cert, ca.cert]
+
+
+def test_the_scheduler_holding_the_pinned_ca_is_trusted(ca: pki.CertificateAuthority) -> None:
+    assert check_chain("s:7070", _served(ca), ca.digest) == ca.cert
+
+
+def test_a_scheduler_of_another_ca_is_an_impostor(ca: pki.CertificateAuthority) -> None:
+    impostor = pki.CertificateAuthority.create()
+    with pytest.raises(JoinError, match="impostor"):
+        check_chain("s:7070", _served(impostor), ca.digest)
+    with pytest.raises(JoinError, match="impostor"):
+        check_chain("s:7070", [], ca.digest)
+
+
+def test_a_leaf_not_issued_by_the_pinned_ca_is_an_impostor(ca: pki.CertificateAuthority) -> None:
+    # An impostor that serves the real CA certificate beside its own leaf.
+    impostor = pki.CertificateAuthority.create()
+    leaf = _served(impostor)[0]
+    with pytest.raises(JoinError, match="impostor"):
+        check_chain("s:7070", [leaf, ca.cert], ca.digest)
+
+
+def test_a_node_certificate_cannot_pose_as_the_scheduler(ca: pki.CertificateAuthority) -> None:
+    with pytest.raises(JoinError, match="not a scheduler"):
+        check_chain("s:7070", _served(ca, NODE), ca.digest)
