@@ -35,6 +35,7 @@ from paas.scheduler.guard import Guard, LeaderView
 from paas.scheduler.instances_api import InstancesService
 from paas.scheduler.logreader import LogReader
 from paas.scheduler.logs_api import LogsService
+from paas.scheduler.nodecerts import NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
@@ -42,7 +43,7 @@ from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.slugs_api import SlugsService
 from paas.scheduler.store import Store
-from paas.scheduler.tokens_api import NodeIssuer, TokensService
+from paas.scheduler.tokens_api import TokensService
 
 # The Scheduler service as the proto declares it: what must be served.
 SCHEDULER = pb.DESCRIPTOR.services_by_name["Scheduler"]
@@ -58,9 +59,9 @@ class SchedulerService:
         sessions: Sessions,
         reconciler: Reconciler,
         events: EventLog,
-        issuer: NodeIssuer | None = None,
+        certificates: NodeCertificates | None = None,
     ) -> None:
-        """`issuer`: the cluster CA that signs nodes' certificates; None with --insecure."""
+        """`certificates`: signs nodes' certificates (Join, renewals); None with --insecure."""
         self._sessions = sessions
         self._reader = LogReader(sessions, events)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
@@ -72,9 +73,9 @@ class SchedulerService:
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
-            SessionService(store, sessions, reconciler, leadership),
+            SessionService(store, sessions, reconciler, leadership, certificates),
             SlugsService(),
-            TokensService(store, issuer),
+            TokensService(store, certificates),
         ]
         for name, handler in guarded_handlers(parts, Guard(leadership)).items():
             setattr(self, name, handler)
