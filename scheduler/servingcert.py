@@ -1,0 +1,104 @@
+"""The replica's own certificate, renewed by the replica itself and reloaded without a restart.
+
+Each replica issues itself a serving certificate at start (tlsdir.py). This module
+keeps it current: at two thirds of its life it issues the next one from the CA it
+holds, and gRPC picks it up at the next handshake through dynamic server
+credentials (open connections, agent sessions among them, keep theirs). The same
+certificate is the replica's client certificate when it dials agents: readers
+take `credentials` at each dial, so they dial with the newest.
+
+The server asks for a client certificate but does not require one at the
+handshake: an agent's first Join has none. The guard (auth.py) refuses every
+other RPC without one.
+
+    serving = ServingCertificate(tls.credentials, reissue=lambda: ...)
+    server.add_secure_port(listen, serving.server_credentials())
+    task = asyncio.create_task(serving.run())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+
+import grpc
+
+from paas.common import pki
+
+log = logging.getLogger(__name__)
+
+RENEW_AT_FRACTION = 2 / 3
+# After a failed re-issue (a CA key that cannot be read, say), try again this soon.
+RETRY_AFTER = 5.0
+
+
+def renew_in(credentials: pki.Credentials, now: dt.datetime) -> float:
+    """Seconds from `now` until `credentials` is due for renewal (may be negative)."""
+    cert = credentials.cert
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return (start + (end - start) * RENEW_AT_FRACTION - now).total_seconds()
+
+
+class ServingCertificate:
+    """The current serving (and agent-dialing) credentials of this replica."""
+
+    def __init__(
+        self, credentials: pki.Credentials, reissue: Callable[[], pki.Credentials]
+    ) -> None:
+        """`reissue`: makes the next credentials (blocking: it signs with the CA key)."""
+        self._credentials = credentials
+        self._reissue = reissue
+        self._lock = threading.Lock()  # gRPC calls the fetcher on its own threads
+        self._version = 0
+        self._served = 0
+
+    @property
+    def credentials(self) -> pki.Credentials:
+        return self._credentials
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            _configuration(self._credentials),
+            self._fetch,  # type: ignore[arg-type]  # None keeps the current one
+            require_client_authentication=False,
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            if self._served == self._version:
+                return None
+            self._served = self._version
+            credentials = self._credentials
+        return _configuration(credentials)
+
+    async def renew(self) -> None:
+        credentials = await asyncio.to_thread(self._reissue)
+        with self._lock:
+            self._credentials = credentials
+            self._version += 1
+        log.info(
+            "serving certificate renewed (serial %s, valid until %s)",
+            credentials.serial,
+            credentials.expires.isoformat(timespec="seconds"),
+        )
+
+    async def run(self) -> None:
+        """Renew at two thirds of each certificate's life, until cancelled."""
+        while True:
+            await asyncio.sleep(max(0.0, renew_in(self._credentials, dt.datetime.now(dt.UTC))))
+            try:
+                await self.renew()
+            except Exception as exc:  # keep serving the current one, and say so
+                log.error("cannot renew the serving certificate: %s; retrying", exc)
+                await asyncio.sleep(RETRY_AFTER)
+
+
+def _configuration(credentials: pki.Credentials) -> grpc.ServerCertificateConfiguration:
+    # The chain, leaf then CA: a joining agent pins the CA by its digest (agent/enroll.py).
+    return grpc.ssl_server_certificate_configuration(
+        [(credentials.key_pem, credentials.cert_pem + credentials.ca_pem)],
+        root_certificates=credentials.ca_pem,
+    )
