@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable
 
 import grpc
+from cryptography import x509
 
 from paas.common import pki
 
@@ -94,6 +95,16 @@ class ServingCertificate:
             except Exception as exc:  # keep serving the current one, and say so
                 log.error("cannot renew the serving certificate: %s; retrying", exc)
                 await asyncio.sleep(RETRY_AFTER)
+
+
+def reissue_like(
+    ca: pki.CertificateAuthority, credentials: pki.Credentials, ttl: dt.timedelta
+) -> pki.Credentials:
+    """New credentials (a new key) naming what `credentials` names: its identity and
+    every host name and address of its certificate, for `ttl`."""
+    sans = credentials.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    hosts = [n for n in sans.value if isinstance(n, x509.DNSName | x509.IPAddress)]
+    return ca.issue_credentials(credentials.identity, ttl, hosts)
 
 
 def _configuration(credentials: pki.Credentials) -> grpc.ServerCertificateConfiguration:

@@ -98,3 +98,25 @@ def test_a_leaf_not_issued_by_the_pinned_ca_is_an_impostor(ca: pki.CertificateAu
 def test_a_node_certificate_cannot_pose_as_the_scheduler(ca: pki.CertificateAuthority) -> None:
     with pytest.raises(JoinError, match="not a scheduler"):
         check_chain("s:7070", _served(ca, NODE), ca.digest)
+
+
+def test_the_scheduler_reissues_itself_a_certificate_naming_the_same_hosts(
+    ca: pki.CertificateAuthority,
+) -> None:
+    from paas.scheduler.servingcert import reissue_like, renew_in
+
+    first = ca.issue_credentials(
+        SCHEDULER, dt.timedelta(hours=3), pki.hosts_to_sans(["127.0.0.1", "sched.example"])
+    )
+    again = reissue_like(ca, first, dt.timedelta(hours=3))
+    assert again.identity == first.identity
+    assert again.key != first.key and again.serial != first.serial
+    names = x509.SubjectAlternativeName
+    assert (
+        again.cert.extensions.get_extension_for_class(names).value
+        == first.cert.extensions.get_extension_for_class(names).value
+    )
+    start = first.cert.not_valid_before_utc
+    assert renew_in(first, start) == pytest.approx(
+        (first.cert.not_valid_after_utc - start).total_seconds() * 2 / 3
+    )
