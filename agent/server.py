@@ -34,8 +34,16 @@ from paas.agent.reaper import Reaper, ReaperError
 from paas.agent.servicer import AgentService
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor, install_child_watcher
-from paas.common.addresses import unauthenticated_warning
 from paas.common.grpcutil import SERVER_OPTIONS
+from paas.common.pki import (
+    Credentials,
+    CredentialsFileError,
+    Identity,
+    PKIError,
+    Role,
+    read_credentials,
+)
+from paas.common.tls import INSECURE_WARNING, RequireRole, add_port
 from paas.proto import paas_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,33 @@ def _bound(listen: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def node_credentials(config: AgentConfig) -> Credentials | None:
+    """The node's credentials (None with --insecure); AgentError if they cannot be used."""
+    if config.insecure:
+        return None
+    path = config.credentials_path
+    try:
+        creds = read_credentials(path)
+    except CredentialsFileError as exc:
+        if not path.exists():
+            raise AgentError(
+                f"the agent cannot start: no node credentials at {path}: join once with "
+                "--token TOKEN (`paas tokens create`), or run with --insecure against an "
+                "--insecure scheduler"
+            ) from None
+        raise AgentError(f"the agent cannot start: {exc}") from None
+    try:
+        identity = creds.identity
+    except PKIError as exc:
+        raise AgentError(f"the agent cannot start: {path}: {exc}") from None
+    if identity != Identity(Role.NODE, config.name):
+        raise AgentError(
+            f"the agent cannot start: {path} holds the certificate of {identity}, "
+            f"not of node {config.name!r}"
+        )
+    return creds
+
+
 async def run_agent(config: AgentConfig) -> None:
     """Run the agent until cancelled or SIGTERM/SIGINT; then stop every instance and return.
 
@@ -60,6 +95,7 @@ async def run_agent(config: AgentConfig) -> None:
     `config.listen` may have port 0 (any free port); hello then names the bound one.
     Raises AgentError if it cannot start (state directory or address in use).
     """
+    tls = node_credentials(config)
     install_child_watcher()
     loop = asyncio.get_running_loop()
 
@@ -73,7 +109,9 @@ async def run_agent(config: AgentConfig) -> None:
         raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports, config.port_lock_dir), reaper)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # The agent's API answers only the scheduler (its certificate's role).
+    interceptors = [RequireRole(Role.SCHEDULER)] if tls else []
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # Logs are served once a scheduler has said which cluster this is (membership.py).
     membership = Membership(config.state_dir / config.name, logs)
     session: Session | None = None
@@ -86,7 +124,7 @@ async def run_agent(config: AgentConfig) -> None:
             raise AgentError(f"the agent cannot start: {exc}") from None
         pb_grpc.add_AgentServicer_to_server(AgentService(logs, membership), server)
         try:
-            port = server.add_insecure_port(config.listen)
+            port = add_port(server, config.listen, tls)
         except RuntimeError:
             port = 0
         if not port:
@@ -96,9 +134,8 @@ async def run_agent(config: AgentConfig) -> None:
             )
         await server.start()
         bound = _bound(config.listen, port)
-        warning = unauthenticated_warning("the agent", bound)
-        if warning:
-            print(warning, file=sys.stderr)
+        if tls is None:
+            print(INSECURE_WARNING.format(what="the agent", address=bound), file=sys.stderr)
         address = config.advertise or bound  # where the scheduler reaches this agent
         log.info("agent %s serving on %s, joining %s", config.name, bound, ",".join(config.join))
 
@@ -107,7 +144,7 @@ async def run_agent(config: AgentConfig) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
-        session = Session(config, supervisor, address, membership)
+        session = Session(config, supervisor, address, membership, tls)
         session_task = asyncio.create_task(session.run(), name="scheduler session")
         await stop.wait()
         log.info("agent %s stopping: stopping every instance", config.name)

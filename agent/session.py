@@ -34,6 +34,8 @@ from paas.agent.membership import Membership
 from paas.agent.spool import LogStateError
 from paas.agent.supervisor import Supervisor
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.pki import Credentials
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -117,11 +119,14 @@ class Session:
         supervisor: Supervisor,
         address: str = "",
         membership: Membership | None = None,
+        tls: Credentials | None = None,
     ) -> None:
-        """`membership`: the node's (by default one over the supervisor's log hub)."""
+        """`membership`: the node's (by default one over the supervisor's log hub);
+        `tls`: the node credentials to dial with (None: plaintext, `--insecure`)."""
         if not config.join:
             raise ValueError("no scheduler address to join: give --join HOST:PORT")
         self.config = config
+        self.tls = tls  # read at each dial, so renewed credentials take at the next one
         self.address = address or config.advertise or config.listen
         self.supervisor = supervisor
         self.membership = membership or Membership(config.state_dir / config.name, supervisor.logs)
@@ -247,7 +252,7 @@ class Session:
 
     async def _serve(self, address: str) -> None:
         """One session with `address`, until it ends; a failure raises."""
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with dial(address, self.tls, CHANNEL_OPTIONS) as channel:
             # Called without a request iterator, the stream is driven by write() and read().
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()

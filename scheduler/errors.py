@@ -10,6 +10,8 @@
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
+    ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
+    ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -67,6 +69,14 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     ):
         return StoreError(f"etcd is unreachable ({where}): {detail}")
     return StoreError(f"etcd refused the request ({where}): {detail}")
+
+
+class Unauthenticated(SchedulerError):
+    """The caller presented no usable certificate: none, expired, or revoked."""
+
+
+class PermissionDenied(SchedulerError):
+    """The caller's certificate is valid, but its role or name may not do this."""
 
 
 class NotLeading(SchedulerError):

@@ -18,6 +18,7 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.auth import Authorizer
 from paas.scheduler.errors import NotLeading
 from paas.scheduler.guard import Context, LeaderView
 from paas.scheduler.reconcile import Reconciler
@@ -35,8 +36,15 @@ class SessionService:
     """Session: registers the agent's node, then relays its reports and its desired sets."""
 
     def __init__(
-        self, store: Store, sessions: Sessions, reconciler: Reconciler, leadership: LeaderView
+        self,
+        store: Store,
+        sessions: Sessions,
+        reconciler: Reconciler,
+        leadership: LeaderView,
+        authorizer: Authorizer | None = None,
     ) -> None:
+        """`authorizer`: the guard's, which also checks the Hello's node name (None: off)."""
+        self._authorizer = authorizer or Authorizer(None)
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
@@ -52,6 +60,7 @@ class SessionService:
         if first.WhichOneof("kind") != "hello":
             raise InvalidInput("the first message must be hello")
         check_agent_message(first)
+        self._authorizer.check_session_name(context, first.hello.name)
         session = AgentSession(first.hello)
         welcome = pb.Welcome(cluster_id=await self._store.cluster_id())
         await self._register(session)

@@ -26,7 +26,13 @@ from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_n
 from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
 from paas.common.logformat import SCHEDULER_INSTANCE
-from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
+from paas.common.names import (
+    InstanceName,
+    check_app_name,
+    check_credential_name,
+    check_node_name,
+    check_process_type,
+)
 from paas.common.slugs import CHUNK_SIZE, check_digest
 from paas.proto import paas_pb2 as pb
 
@@ -193,6 +199,29 @@ def _app_only(request: pb.ListDrainsRequest) -> None:
     _app(request.app)
 
 
+# A PEM CSR for one P-256 key is under 1 KiB.
+CSR_LIMIT = 16 * 1024
+# The longest life an admin credential may be given.
+MAX_CREDENTIAL_TTL = 10 * 365 * 86400
+
+
+def _create_credentials(request: pb.CreateCredentialsRequest) -> None:
+    check_credential_name(request.name)
+    if not request.csr:
+        raise InvalidInput("no certificate signing request given")
+    if len(request.csr) > CSR_LIMIT:
+        raise InvalidInput(f"a certificate signing request is at most {CSR_LIMIT} bytes")
+    if not 0 <= request.ttl_seconds <= MAX_CREDENTIAL_TTL:
+        raise InvalidInput(
+            f"a credential's lifetime must be from 1 s to {MAX_CREDENTIAL_TTL // 86400} days, "
+            f"not {request.ttl_seconds} s"
+        )
+
+
+def _credential_name(request: pb.RevokeCredentialsRequest) -> None:
+    check_credential_name(request.name)
+
+
 def _nothing(request: Message) -> None:
     pass
 
@@ -233,4 +262,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.FetchSlugRequest.DESCRIPTOR.full_name: _slug_digest,
     pb.SlugUpload.DESCRIPTOR.full_name: _slug_upload,
     pb.AgentMessage.DESCRIPTOR.full_name: check_agent_message,
+    pb.CreateCredentialsRequest.DESCRIPTOR.full_name: _create_credentials,
+    pb.ListCredentialsRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RevokeCredentialsRequest.DESCRIPTOR.full_name: _credential_name,
 }
