@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from OpenSSL import SSL
 
 from paas.agent.config import AgentConfig
-from paas.agent.identity import IdentityError, NodeIdentity, credentials_path, expired
+from paas.agent.identity import IdentityError, NodeIdentity, expired
 from paas.common import pki
 from paas.common.addresses import parse_address
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
@@ -62,8 +62,8 @@ class JoinError(IdentityError):
 async def node_identity(config: AgentConfig) -> NodeIdentity:
     """The node's credentials: from its file, or (first start, or after they expired)
     by joining with `config.token`. JoinError or IdentityError when neither works."""
-    path = credentials_path(config.state_dir, config.name)
-    held = await asyncio.to_thread(_read, path)
+    path = config.credentials_path
+    held = await asyncio.to_thread(_read, path, config.name)
     now = dt.datetime.now(dt.UTC)
     if held is not None and not expired(held, now):
         if config.token:
@@ -78,7 +78,8 @@ async def node_identity(config: AgentConfig) -> NodeIdentity:
             )
         raise JoinError(
             f"node {config.name} has no certificate yet ({path}): start it once with "
-            "--token TOKEN (`paas tokens create` makes one)"
+            "--token TOKEN (`paas tokens create` makes one), or run with --insecure "
+            "against an --insecure scheduler"
         )
     try:
         token = parse_token(config.token)
@@ -96,15 +97,19 @@ async def node_identity(config: AgentConfig) -> NodeIdentity:
     return NodeIdentity(path, credentials)
 
 
-def _read(path: Path) -> pki.Credentials | None:
+def _read(path: Path, name: str) -> pki.Credentials | None:
     if not path.exists():
         return None
     try:
         credentials = pki.read_credentials(path)
+        identity = credentials.identity
     except pki.PKIError as exc:
-        raise IdentityError(f"the node's credentials cannot be used: {exc}") from None
-    if credentials.identity.role is not pki.Role.NODE:
-        raise IdentityError(f"{path} holds the credentials of {credentials.identity}, not a node")
+        raise IdentityError(f"the agent cannot start: {exc}") from None
+    if identity != pki.Identity(pki.Role.NODE, name):
+        raise IdentityError(
+            f"the agent cannot start: {path} holds the certificate of {identity}, "
+            f"not of node {name!r}"
+        )
     return credentials
 
 

@@ -1,12 +1,12 @@
 """The node's own certificate: where it is kept, what it is served with, when it renews.
 
 The node's credentials (the cluster CA, the node certificate, the key made here)
-live in STATE_DIR/NAME/node.credentials, 0600. NodeIdentity holds the current
-ones for the agent: the session dials with them, the agent's own server serves
-with them, and a renewal replaces them in both without a restart. The server's
-credentials are gRPC's dynamic ones: at each new handshake gRPC asks for the
-certificate configuration, and gets the renewed one once there is one; open
-connections keep theirs.
+live in STATE_DIR/NAME/node.credentials (AgentConfig.credentials_path), 0600.
+NodeIdentity holds the current ones for the agent: the session dials with them,
+the agent's own server serves with them, and a renewal replaces them in both
+without a restart. The server's credentials are gRPC's dynamic ones: at each new
+handshake gRPC asks for the certificate configuration, and gets the renewed one
+once there is one; open connections keep theirs.
 
 Renewal is at about two thirds of the certificate's life (`renew_at`, pure): a
 new key is made here (`begin_renewal` gives the CSR to send), and the scheduler's
@@ -30,17 +30,12 @@ from paas.common import pki
 
 log = logging.getLogger(__name__)
 
-NODE_CREDENTIALS_FILE = "node.credentials"
 # Of a certificate's life, how much is used before it is renewed.
 RENEW_AT_FRACTION = 2 / 3
 
 
 class IdentityError(AgentError):
     """The node's credentials cannot be used or renewed; the message says which and why."""
-
-
-def credentials_path(state_dir: Path, name: str) -> Path:
-    return state_dir / name / NODE_CREDENTIALS_FILE
 
 
 def renew_at(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:

@@ -40,6 +40,8 @@ from paas.agent.spool import LogStateError
 from paas.agent.supervisor import Supervisor
 from paas.common.errors import InvalidInput
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.pki import Credentials
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -259,7 +261,7 @@ class Session:
 
     async def _serve(self, address: str) -> None:
         """One session with `address`, until it ends; a failure raises."""
-        async with self._channel(address) as channel:
+        async with dial(address, self._credentials(), CHANNEL_OPTIONS) as channel:
             # Called without a request iterator, the stream is driven by write() and read().
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()
@@ -287,13 +289,9 @@ class Session:
                 if isinstance(result, Exception):
                     raise result
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        if self.identity is None:
-            return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        # The certificate of now: a renewal since the last dial is used from this one on.
-        return grpc.aio.secure_channel(
-            address, self.identity.channel_credentials(), options=CHANNEL_OPTIONS
-        )
+    def _credentials(self) -> Credentials | None:
+        # Read at each dial: a renewal since the last one is used from this one on.
+        return self.identity.credentials if self.identity is not None else None
 
     def _renewal_due(self, now: float) -> bool:
         if self.identity is None or self.identity.seconds_to_renewal() > 0:

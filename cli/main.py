@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NoReturn
 
-from paas.cli import argtypes, commands, render
+from paas.cli import argtypes, commands, credentials, render
 from paas.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CLIError,
+    UsageError,
     exit_code,
 )
 from paas.common.addresses import DEFAULT_SCHEDULER
@@ -83,6 +84,7 @@ def _scope_options(scope: Scope) -> list[argparse.ArgumentParser]:
     parent.add_argument(
         "--scheduler", metavar="ADDR[,ADDR]", default=argparse.SUPPRESS, help=_scheduler_help()
     )
+    _tls_options(parent, default=argparse.SUPPRESS)
     if scope is Scope.APP:
         parent.add_argument(
             "-a",
@@ -92,6 +94,22 @@ def _scope_options(scope: Scope) -> list[argparse.ArgumentParser]:
             help="the app (default: $PAAS_APP)",
         )
     return [parent]
+
+
+def _tls_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        default=default,
+        help="the credentials to present (default: $PAAS_CREDENTIALS, else "
+        "~/.config/paas/credentials)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default if default is not None else False,
+        help="plaintext, to a scheduler started with --insecure (or PAAS_INSECURE=1)",
+    )
 
 
 def _wrap(text: str) -> str:
@@ -112,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR]", help=_scheduler_help())
     parser.add_argument("-a", "--app", metavar="NAME", help="the app (default: $PAAS_APP)")
+    _tls_options(parser)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     top.required = True
     # The subcommand group under each command's words, made when its first
@@ -182,6 +201,12 @@ def _up_arguments(up: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
+    up.add_argument(
+        "--insecure",
+        dest="up_insecure",
+        action="store_true",
+        help="no TLS: plaintext and no authentication between every part",
+    )
 
 
 def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
@@ -227,6 +252,24 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="how long a node certificate lives, e.g. 24h or 6s; agents renew theirs "
         "at two thirds of it over their session (default: 24h)",
+    )
+    scheduler.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        default=None,
+        help="serve mutual TLS with the cluster CA in DIR (`paas cluster init --dir DIR`)",
+    )
+    scheduler.add_argument(
+        "--san",
+        metavar="NAME_OR_IP",
+        action="append",
+        default=[],
+        help="another name clients reach this replica by, for its certificate; repeatable",
+    )
+    scheduler.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no --tls-dir: serve plaintext with no authentication (said loudly)",
     )
     _log_level_option(scheduler)
 
@@ -330,6 +373,11 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         default=[],
         metavar="K=V",
         help="a node label, repeatable",
+    )
+    agent.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext to a scheduler started with --insecure; this agent's API is open",
     )
     _log_level_option(agent)
 
@@ -479,6 +527,39 @@ def _logs_arguments(logs: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", required=True, metavar="DIR", help="where to keep the CA (created)"
+    )
+    parser.add_argument(
+        "--san",
+        metavar="NAME_OR_IP",
+        action="append",
+        default=[],
+        help="a name clients reach the schedulers by, put in every scheduler's certificate; "
+        "repeatable",
+    )
+
+
+def _credentials_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help='the credentials\' name (the "by")')
+    parser.add_argument(
+        "--ttl", metavar="DURATION", default=None, help="how long they last (default: 90d)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="where to write them (default: ./NAME.credentials)",
+    )
+
+
+def _credentials_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name", metavar="NAME", help="the credentials, as `paas credentials` names them"
+    )
+
+
 # ------------------------------------------------------------------ runners of local commands
 # Imported when run: `paas ps` need not load the scheduler, nor `paas agent` the cluster.
 
@@ -493,6 +574,16 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     from paas.cli.daemons import run_scheduler
 
     return run_scheduler(args)
+
+
+def _run_cluster_word(args: argparse.Namespace) -> int:
+    raise UsageError("what to do with the cluster? `paas cluster init --dir DIR`")
+
+
+def _run_cluster_init(args: argparse.Namespace) -> int:
+    from paas.cli.credentials import cluster_init
+
+    return cluster_init(args)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -568,6 +659,55 @@ COMMANDS: tuple[Command, ...] = (
         _run_agent,
         _agent_arguments,
         epilog="example:\n  paas agent --join 10.0.0.1:7070 --name node-1 --listen 10.0.0.5:7071",
+    ),
+    Command(
+        ("cluster",),
+        "set up a cluster's trust",
+        "Set up a cluster's trust: `paas cluster init --dir DIR` makes its CA.",
+        Scope.LOCAL,
+        _run_cluster_word,
+    ),
+    Command(
+        ("cluster", "init"),
+        "make the cluster CA and the first admin credentials",
+        "Make the cluster's CA in DIR (DIR/ca.crt, and DIR/ca.key readable only by you) "
+        "and the first admin credentials, DIR/admin.credentials (valid a year): the CA "
+        "certificate, a client certificate and its key in one file, 0600. Start the "
+        "schedulers with `--tls-dir DIR`. An existing CA is never overwritten.",
+        Scope.LOCAL,
+        _run_cluster_init,
+        _cluster_init_arguments,
+        epilog="example:\n  paas cluster init --dir /etc/paas --san sched.example.com\n"
+        "  export PAAS_CREDENTIALS=/etc/paas/admin.credentials",
+    ),
+    Command(
+        ("credentials",),
+        "admin credentials: list, create, revoke",
+        "List the cluster's admin credentials: name, certificate serial, expiry and "
+        "whether revoked. Keys are never stored by the cluster.",
+        Scope.CLUSTER,
+        commands.api(credentials.list_),
+        _json_option(" (expires_at, created_at ISO 8601 UTC)"),
+    ),
+    Command(
+        ("credentials", "create"),
+        "make new admin credentials",
+        "Make new admin credentials named NAME: the key is made here and only a "
+        "certificate signing request is sent; the scheduler signs it. The file (CA "
+        "certificate, certificate, key; 0600) is written to --out, never over a file.",
+        Scope.CLUSTER,
+        commands.api(credentials.create, credentials.prepare_create),
+        _credentials_create_arguments,
+        epilog="example:\n  paas credentials create ci --ttl 30d --out ci.credentials",
+    ),
+    Command(
+        ("credentials", "revoke"),
+        "revoke admin credentials",
+        "Revoke the credentials named NAME: every scheduler replica refuses them from "
+        "the next call on.",
+        Scope.CLUSTER,
+        commands.api(credentials.revoke),
+        _credentials_name_argument,
     ),
     Command(
         ("apps",),

@@ -432,6 +432,40 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
     console().print(table)
 
 
+# ---------------------------------------------------------------- credentials
+
+
+def credential_dict(credential: pb.Credential) -> dict[str, Any]:
+    """One `credentials --json` object; times ISO 8601 UTC."""
+    return {
+        "name": credential.name,
+        "serial": credential.serial,
+        "expires_at": iso_time(credential.expires_at),
+        "created_at": iso_time(credential.created_at),
+        "revoked": credential.revoked,
+    }
+
+
+def credentials(items: Iterable[pb.Credential], as_json: bool = False) -> None:
+    ordered = sorted(items, key=lambda c: c.name)
+    if as_json:
+        print_json([credential_dict(c) for c in ordered])
+        return
+    if not ordered:
+        info("no credentials: make some with `paas credentials create NAME`")
+        return
+    now = time.time()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("name", "serial", "expires", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for c in ordered:
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(c.expires_at))
+        if c.expires_at <= now:
+            expires += " (expired)"
+        table.add_row(c.name, c.serial, expires, "revoked" if c.revoked else "-")
+    console().print(table)
+
+
 def destroyed(app: str, instances: int) -> str:
     """What `paas apps destroy` says once the scheduler has done it."""
     stopped = f"{instances} instance{'' if instances == 1 else 's'}"

@@ -47,6 +47,7 @@ Files in a cluster directory (`paas cluster init --dir DIR`):
     DIR/ca.key              the CA key, 0600
     DIR/sans                extra names for scheduler certificates, one a line (optional)
     DIR/admin.credentials   the first admin credentials, 0600
+    DIR/admin.crt           their certificate alone (no key), for the scheduler to list
 
 Errors: PKIError (InvalidInput) for anything wrong with a certificate, CSR or CA;
 CredentialsFileError (PKIError) for a file that is missing, unreadable or too open.
@@ -77,6 +78,7 @@ CA_CERT_FILE = "ca.crt"
 CA_KEY_FILE = "ca.key"
 SANS_FILE = "sans"
 ADMIN_CREDENTIALS_FILE = "admin.credentials"
+ADMIN_CERT_FILE = "admin.crt"
 
 CA_TTL = dt.timedelta(days=3650)
 FIRST_ADMIN_TTL = dt.timedelta(days=365)

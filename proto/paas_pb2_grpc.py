@@ -144,6 +144,21 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.AgentMessage.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.SchedulerMessage.FromString,
                 _registered_method=True)
+        self.CreateCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/CreateCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.FromString,
+                _registered_method=True)
+        self.ListCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/ListCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.FromString,
+                _registered_method=True)
+        self.RevokeCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/RevokeCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Credential.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -286,6 +301,25 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCredentials(self, request, context):
+        """Admin credentials: sign a CSR for a new name, list them, revoke one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -398,6 +432,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.AgentMessage.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.SchedulerMessage.SerializeToString,
+            ),
+            'CreateCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.SerializeToString,
+            ),
+            'ListCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.SerializeToString,
+            ),
+            'RevokeCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Credential.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -994,6 +1043,87 @@ class Scheduler:
             '/paas.v1.Scheduler/Session',
             paas_dot_proto_dot_paas__pb2.AgentMessage.SerializeToString,
             paas_dot_proto_dot_paas__pb2.SchedulerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/CreateCredentials',
+            paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/ListCredentials',
+            paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/RevokeCredentials',
+            paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Credential.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,10 @@ class SchedulerStub:
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
     """
+    CreateCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.CreateCredentialsRequest, _paas_pb2.CreateCredentialsResponse]
+    """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+    ListCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]
+    RevokeCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -97,6 +101,10 @@ class SchedulerAsyncStub(SchedulerStub):
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
     """
+    CreateCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.CreateCredentialsRequest, _paas_pb2.CreateCredentialsResponse]  # type: ignore[assignment]
+    """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+    ListCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]  # type: ignore[assignment]
+    RevokeCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]  # type: ignore[assignment]
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -258,6 +266,28 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         """Agents only: hello first, then heartbeats and status changes; the
         scheduler answers with desired sets whenever they change.
         """
+
+    @_abc_1.abstractmethod
+    def CreateCredentials(
+        self,
+        request: _paas_pb2.CreateCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.CreateCredentialsResponse, _abc.Awaitable[_paas_pb2.CreateCredentialsResponse]]:
+        """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+
+    @_abc_1.abstractmethod
+    def ListCredentials(
+        self,
+        request: _paas_pb2.ListCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.ListCredentialsResponse, _abc.Awaitable[_paas_pb2.ListCredentialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeCredentials(
+        self,
+        request: _paas_pb2.RevokeCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Credential, _abc.Awaitable[_paas_pb2.Credential]]: ...
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,10 @@ class SchedulerConfig:
     node_grace: float = 10.0  # seconds an agent may be silent before its node is lost
     leader_ttl: int = 5  # seconds of the election lease
     replica_id: str = ""  # defaults to a random id
+    # The cluster CA (`paas cluster init --dir`); None only with `insecure`.
+    tls_dir: Path | None = None
+    insecure: bool = False  # plaintext and no authentication, said loudly at start
+    sans: tuple[str, ...] = ()  # more names for the serving certificate
     # Seconds a node certificate lives (signed at Join and at each renewal, which the
     # agent asks for at two thirds of it).
     node_cert_ttl: float = 24 * 3600.0

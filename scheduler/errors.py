@@ -12,6 +12,8 @@
     ├── AlreadyExists     an app or a drain made twice
     ├── JoinRefused       a join token that is unknown, expired, used up or
     │                     revoked, or a CSR that cannot be signed   (tokens_api.py)
+    ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
+    ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -69,6 +71,14 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     ):
         return StoreError(f"etcd is unreachable ({where}): {detail}")
     return StoreError(f"etcd refused the request ({where}): {detail}")
+
+
+class Unauthenticated(SchedulerError):
+    """The caller presented no usable certificate: none, expired, or revoked."""
+
+
+class PermissionDenied(SchedulerError):
+    """The caller's certificate is valid, but its role or name may not do this."""
 
 
 class NotLeading(SchedulerError):

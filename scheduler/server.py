@@ -17,8 +17,9 @@ import uuid
 
 import grpc
 
-from paas.common.addresses import unauthenticated_warning
 from paas.common.grpcutil import SERVER_OPTIONS
+from paas.common.pki import PKIError
+from paas.common.tls import INSECURE_WARNING, add_port
 from paas.scheduler.api import SchedulerService
 from paas.scheduler.config import SchedulerConfig
 from paas.scheduler.events import EventLog
@@ -26,17 +27,20 @@ from paas.scheduler.leader import Leadership
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.store import Store
+from paas.scheduler.tlsdir import SchedulerTLS, load_scheduler_tls
 
 log = logging.getLogger(__name__)
 
 
 async def run_scheduler(config: SchedulerConfig) -> None:
-    """Serve until cancelled or told to stop by SIGTERM/SIGINT."""
-    warning = unauthenticated_warning("the scheduler", config.listen)
-    if warning:
-        print(warning, file=sys.stderr)
+    """Serve until cancelled or told to stop by SIGTERM/SIGINT.
+
+    Raises InvalidInput (pki.PKIError) if neither TLS nor --insecure is set, or the
+    TLS directory cannot be used.
+    """
     address = config.advertise or config.listen
     replica_id = config.replica_id or f"scheduler-{uuid.uuid4().hex[:8]}"
+    tls = _tls(config, replica_id)
 
     store = Store(config.etcd)
     reconciler_task: asyncio.Task[None] | None = None
@@ -60,13 +64,15 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             service.on_leadership(leading)
 
     leadership = Leadership(store, replica_id, address, config.leader_ttl, on_change)
-    service = SchedulerService(store, leadership, sessions, reconciler, events)
+    service = SchedulerService(store, leadership, sessions, reconciler, events, tls)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service.add_to_server(server)
-    if server.add_insecure_port(config.listen) == 0:
+    if add_port(server, config.listen, tls.credentials if tls else None) == 0:
         raise SystemExit(f"error: cannot listen on {config.listen}")
     await server.start()
+    if tls is None:
+        log.warning(INSECURE_WARNING.format(what="the scheduler", address=config.listen))
     log.info("scheduler %s listening on %s, etcd %s", replica_id, config.listen, config.etcd)
 
     stop = asyncio.Event()
@@ -92,3 +98,19 @@ async def run_scheduler(config: SchedulerConfig) -> None:
                 await reconciler_task
         await service.close()
         await store.close()
+
+
+def _tls(config: SchedulerConfig, replica_id: str) -> SchedulerTLS | None:
+    """The replica's TLS, None with --insecure (said on stderr); PKIError if neither."""
+    if config.tls_dir is None:
+        if not config.insecure:
+            raise PKIError(
+                "the scheduler needs --tls-dir DIR (the CA of `paas cluster init --dir DIR`), "
+                "or --insecure to serve plaintext with no authentication"
+            )
+        print(INSECURE_WARNING.format(what="the scheduler", address=config.listen),
+              file=sys.stderr)  # fmt: skip
+        return None
+    return load_scheduler_tls(
+        config.tls_dir, replica_id, [config.listen, config.advertise], config.sans
+    )

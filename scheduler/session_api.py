@@ -18,6 +18,7 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.auth import Authorizer
 from paas.scheduler.errors import JoinRefused, NotLeading
 from paas.scheduler.guard import Context, LeaderView
 from paas.scheduler.nodecerts import NodeCertificates
@@ -41,9 +42,12 @@ class SessionService:
         sessions: Sessions,
         reconciler: Reconciler,
         leadership: LeaderView,
+        authorizer: Authorizer | None = None,
         certificates: NodeCertificates | None = None,
     ) -> None:
-        """`certificates`: signs the renewals agents ask for; None with --insecure."""
+        """`authorizer`: the guard's, which also checks the Hello's node name (None: off);
+        `certificates`: signs the renewals agents ask for (None: --insecure)."""
+        self._authorizer = authorizer or Authorizer(None)
         self._certificates = certificates
         self._store = store
         self._sessions = sessions
@@ -60,6 +64,7 @@ class SessionService:
         if first.WhichOneof("kind") != "hello":
             raise InvalidInput("the first message must be hello")
         check_agent_message(first)
+        self._authorizer.check_session_name(context, first.hello.name)
         session = AgentSession(first.hello)
         welcome = pb.Welcome(cluster_id=await self._store.cluster_id())
         await self._register(session)

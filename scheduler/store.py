@@ -30,6 +30,10 @@ Layout, under /paas/:
                                  never stored (common/jointoken.py); a join takes a use
                                  with a compare on the key's mod revision; the
                                  reconcile watch ignores these keys
+    credentials/NAME             {"name", "serial", "expires_at", "created_at", "revoked"}:
+                                 an admin credential (never its key)
+    revoked/SERIAL               {"name", "revoked_at"}: the deny list of certificate
+                                 serials (lowercase hex) every replica checks on each call
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -129,6 +133,14 @@ def _drain_key(app: str, url: str) -> str:
     return f"{PREFIX}drains/{app}/{_drain_id(url)}"
 
 
+def _credential_key(name: str) -> str:
+    return f"{PREFIX}credentials/{name}"
+
+
+def _revoked_key(serial: str) -> str:
+    return f"{PREFIX}revoked/{serial}"
+
+
 def _drain_progress_key(app: str, url: str) -> str:
     return f"{_DRAIN_PROGRESS}{app}/{_drain_id(url)}"
 
@@ -194,6 +206,17 @@ class DrainProgress:
     cursors: dict[tuple[str, str], int]
     since: float
     dropped: int = 0
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    """An admin credential as etcd keeps it: its name, certificate serial and expiry."""
+
+    name: str
+    serial: str  # lowercase hex
+    expires_at: float
+    created_at: float
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -671,6 +694,39 @@ class Store:
         await self._txn([], [tx.Delete(prefix.encode(), range_end=end)])
         return count - keep
 
+    # ------------------------------------------------------------ credentials
+
+    async def credentials(self) -> dict[str, CredentialRecord]:
+        kvs = await self._kvs(f"{PREFIX}credentials/")
+        records = (_credential_from(kv.value) for kv in kvs)
+        return {record.name: record for record in records}
+
+    async def credential(self, name: str) -> CredentialRecord | None:
+        found = await self._get(_credential_key(name))
+        return None if found is None else _credential_from(found[0])
+
+    async def add_credential(self, record: CredentialRecord) -> None:
+        """Write a new credential; ConflictError if the name is taken."""
+        key = _credential_key(record.name)
+        value = _dumps(dataclasses.asdict(record))
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), value)])
+
+    async def revoke_credential(self, record: CredentialRecord, revoked_at: float) -> None:
+        """Mark the credential revoked and put its serial on the deny list, in one txn."""
+        revoked = dataclasses.replace(record, revoked=True)
+        entry = {"name": record.name, "revoked_at": revoked_at}
+        await self._txn(
+            [],
+            [
+                tx.Put(_credential_key(record.name).encode(), _dumps(dataclasses.asdict(revoked))),
+                tx.Put(_revoked_key(record.serial).encode(), _dumps(entry)),
+            ],
+        )
+
+    async def is_revoked(self, serial: str) -> bool:
+        """Whether the serial is on the deny list (one read of one key)."""
+        return await self._get(_revoked_key(serial)) is not None
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
@@ -699,6 +755,17 @@ class Store:
                 await watch.cancel()
             except Exception:
                 pass
+
+
+def _credential_from(value: bytes) -> CredentialRecord:
+    data = json.loads(value)
+    return CredentialRecord(
+        name=str(data["name"]),
+        serial=str(data["serial"]),
+        expires_at=float(data["expires_at"]),
+        created_at=float(data["created_at"]),
+        revoked=bool(data.get("revoked", False)),
+    )
 
 
 def _app_to(app: AppRecord) -> dict[str, Any]:

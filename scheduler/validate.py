@@ -28,7 +28,13 @@ from paas.common.formation import MAX_INSTANCES_PER_TYPE
 from paas.common.jointoken import MAX_TEXT as TOKEN_TEXT_LIMIT
 from paas.common.jointoken import check_token_id, check_ttl, check_uses, parse_token
 from paas.common.logformat import SCHEDULER_INSTANCE
-from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
+from paas.common.names import (
+    InstanceName,
+    check_app_name,
+    check_credential_name,
+    check_node_name,
+    check_process_type,
+)
 from paas.common.slugs import CHUNK_SIZE, check_digest
 from paas.proto import paas_pb2 as pb
 
@@ -39,8 +45,6 @@ MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
 # A drain URL, a node's address, a label: no legitimate one comes near this.
 TEXT_LIMIT = 2048
 MAX_LABELS = 64
-# A CSR in PEM for one EC or RSA key is well under 4 KiB.
-CSR_LIMIT = 16 * 1024
 
 
 def check_request(request: Message) -> None:
@@ -223,6 +227,29 @@ def _join(request: pb.JoinRequest) -> None:
     _csr("join", request.csr)
 
 
+# A PEM CSR for one P-256 key is under 1 KiB.
+CSR_LIMIT = 16 * 1024
+# The longest life an admin credential may be given.
+MAX_CREDENTIAL_TTL = 10 * 365 * 86400
+
+
+def _create_credentials(request: pb.CreateCredentialsRequest) -> None:
+    check_credential_name(request.name)
+    if not request.csr:
+        raise InvalidInput("no certificate signing request given")
+    if len(request.csr) > CSR_LIMIT:
+        raise InvalidInput(f"a certificate signing request is at most {CSR_LIMIT} bytes")
+    if not 0 <= request.ttl_seconds <= MAX_CREDENTIAL_TTL:
+        raise InvalidInput(
+            f"a credential's lifetime must be from 1 s to {MAX_CREDENTIAL_TTL // 86400} days, "
+            f"not {request.ttl_seconds} s"
+        )
+
+
+def _credential_name(request: pb.RevokeCredentialsRequest) -> None:
+    check_credential_name(request.name)
+
+
 def _nothing(request: Message) -> None:
     pass
 
@@ -269,4 +296,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.ListTokensRequest.DESCRIPTOR.full_name: _nothing,
     pb.RevokeTokenRequest.DESCRIPTOR.full_name: _revoke_token,
     pb.JoinRequest.DESCRIPTOR.full_name: _join,
+    pb.CreateCredentialsRequest.DESCRIPTOR.full_name: _create_credentials,
+    pb.ListCredentialsRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RevokeCredentialsRequest.DESCRIPTOR.full_name: _credential_name,
 }

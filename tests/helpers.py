@@ -129,4 +129,3 @@ async def etcd_keys(endpoint: str) -> dict[str, bytes]:
 async def keys_of(endpoint: str, app: str) -> list[str]:
     """The keys under /paas/ of the etcd at `endpoint` that name `app` as a path segment."""
     return sorted(key for key in await etcd_keys(endpoint) if f"/{app}/" in key + "/")
-

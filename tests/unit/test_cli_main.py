@@ -38,14 +38,22 @@ COMMANDS_WORDS = [
     ["tokens"],
     ["tokens", "create"],
     ["tokens", "revoke"],
+    ["cluster"],
+    ["cluster", "init"],
+    ["credentials"],
+    ["credentials", "create"],
+    ["credentials", "revoke"],
 ]
 
 
 @pytest.fixture(autouse=True)
 def nowhere(monkeypatch: pytest.MonkeyPatch) -> str:
-    """No app from the environment, and a scheduler address where nobody listens."""
+    """No app from the environment, and a scheduler address where nobody listens
+    (plaintext: what these tests show comes before any credentials matter)."""
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.delenv("PAAS_APP", raising=False)
+    monkeypatch.delenv("PAAS_CREDENTIALS", raising=False)
+    monkeypatch.setenv("PAAS_INSECURE", "1")
     monkeypatch.setenv("PAAS_SCHEDULER", address)
     return address
 
