@@ -11,8 +11,11 @@ trusts the CA the join token pins (Docker Swarm's and kubeadm's way):
    not this cluster's scheduler, an impostor; nothing is sent), and the leaf
    must be issued by it and carry the scheduler role;
 3. a new key is made here (it never leaves the host), and Join is called over a
-   verified gRPC connection with that CA as the only root: the token, the node
-   name and a CSR; the answer is the node certificate.
+   verified gRPC connection with that CA as the only root, at the join address the
+   now trusted certificate names (paas://join/HOST:PORT: gRPC's Python servers
+   cannot ask for a client certificate without requiring one, so joins have a port
+   of their own): the token, the node name and a CSR; the answer is the node
+   certificate.
 
 The credentials are written to STATE_DIR/NAME/node.credentials (0600, atomic).
 Later starts read that file and need no token. A token the scheduler refuses
@@ -43,7 +46,7 @@ from paas.agent.identity import IdentityError, NodeIdentity, expired
 from paas.common import pki
 from paas.common.addresses import parse_address
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
-from paas.common.jointoken import JoinToken, TokenError, parse_token
+from paas.common.jointoken import JoinToken, TokenError, join_address_of, parse_token
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -125,8 +128,8 @@ async def join(addresses: list[str], name: str, token: JoinToken) -> pki.Credent
     while True:
         address = queue.pop(0)
         try:
-            ca = await asyncio.to_thread(trusted_ca, address, token.ca_digest)
-            answer = await _call_join(address, ca, token, name, csr)
+            ca, joins = await asyncio.to_thread(trusted_ca, address, token.ca_digest)
+            answer = await _call_join(address, joins, ca, token, name, csr)
         except _Redirect as redirect:
             queue.insert(0, redirect.leader)
             continue
@@ -206,9 +209,31 @@ def _handshake(
             raise _Retry(f"scheduler {address} did not finish a TLS handshake in time")
 
 
-def trusted_ca(address: str, digest: str) -> x509.Certificate:
-    """The CA the token pins, if the scheduler at `address` holds it; else JoinError."""
-    return check_chain(address, scheduler_chain(address), digest)
+def trusted_ca(address: str, digest: str) -> tuple[x509.Certificate, str]:
+    """The CA the token pins, if the scheduler at `address` holds it (else JoinError),
+    and where that scheduler takes joins, as its certificate says."""
+    chain = scheduler_chain(address)
+    ca = check_chain(address, chain, digest)
+    joins = join_address_of(chain[0])
+    if joins is None:
+        raise JoinError(
+            f"scheduler {address} takes no joins (its certificate names no join address)"
+        )
+    return ca, _dialable(joins, address)
+
+
+def _dialable(joins: str, address: str) -> str:
+    """The join address, with the host the agent reached the scheduler by when the
+    scheduler takes joins on every address of its host."""
+    host, port = parse_address(joins)
+    try:
+        wildcard = ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        wildcard = False
+    if not wildcard:
+        return joins
+    reached, _ = parse_address(address)
+    return f"[{reached}]:{port}" if ":" in reached else f"{reached}:{port}"
 
 
 def check_chain(address: str, chain: list[x509.Certificate], digest: str) -> x509.Certificate:
@@ -238,10 +263,14 @@ def check_chain(address: str, chain: list[x509.Certificate], digest: str) -> x50
 
 
 async def _call_join(
-    address: str, ca: x509.Certificate, token: JoinToken, name: str, csr: bytes
+    address: str, joins: str, ca: x509.Certificate, token: JoinToken, name: str, csr: bytes
 ) -> pb.JoinResponse:
+    """Join at `joins`, verified against `ca` only, for a certificate that names the
+    host of `address` (the scheduler the operator named)."""
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.cert_pem(ca))
-    async with grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS) as channel:
+    host, _ = parse_address(address)
+    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", host)]
+    async with grpc.aio.secure_channel(joins, credentials, options=options) as channel:
         stub: Any = pb_grpc.SchedulerStub(channel)
         try:
             response: pb.JoinResponse = await stub.Join(

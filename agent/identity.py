@@ -8,7 +8,7 @@ without a restart. The server's credentials are gRPC's dynamic ones: at each new
 handshake gRPC asks for the certificate configuration, and gets the renewed one
 once there is one; open connections keep theirs.
 
-Renewal is at about two thirds of the certificate's life (`renew_at`, pure): a
+Renewal is at about two thirds of the certificate's life (common/renewal.py): a
 new key is made here (`begin_renewal` gives the CSR to send), and the scheduler's
 answer is taken only if it is for that key, issued by the same CA, for the same
 node (`complete_renewal`), and then written atomically before it is used.
@@ -27,20 +27,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from paas.agent.errors import AgentError
 from paas.common import pki
+from paas.common.renewal import renew_at
 
 log = logging.getLogger(__name__)
-
-# Of a certificate's life, how much is used before it is renewed.
-RENEW_AT_FRACTION = 2 / 3
 
 
 class IdentityError(AgentError):
     """The node's credentials cannot be used or renewed; the message says which and why."""
-
-
-def renew_at(not_before: dt.datetime, not_after: dt.datetime) -> dt.datetime:
-    """When a certificate valid from `not_before` to `not_after` is renewed."""
-    return not_before + (not_after - not_before) * RENEW_AT_FRACTION
 
 
 def expired(credentials: pki.Credentials, now: dt.datetime) -> bool:
@@ -57,6 +50,7 @@ class NodeIdentity:
         self._renewals = 0
         self._lock = threading.Lock()  # the server's fetcher runs on a gRPC thread
         self._served = 0  # the renewal the server's configuration was last made for
+        self._received = dt.datetime.now(dt.UTC)  # when the current certificate came
 
     @property
     def credentials(self) -> pki.Credentials:
@@ -72,7 +66,7 @@ class NodeIdentity:
 
     def seconds_to_renewal(self, now: dt.datetime | None = None) -> float:
         cert = self._credentials.cert
-        due = renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc)
+        due = renew_at(cert.not_valid_before_utc, cert.not_valid_after_utc, self._received)
         return (due - (now or dt.datetime.now(dt.UTC))).total_seconds()
 
     # ------------------------------------------------------------ renewal
@@ -105,6 +99,7 @@ class NodeIdentity:
         pki.write_credentials(self.path, renewed)
         with self._lock:
             self._credentials = renewed
+            self._received = dt.datetime.now(dt.UTC)
             self._pending = None
             self._renewals += 1
         log.info(

@@ -43,7 +43,15 @@ def run_scheduler(args: argparse.Namespace) -> int:
         tls_dir=Path(args.tls_dir).expanduser().resolve() if args.tls_dir else None,
         insecure=args.insecure,
         sans=tuple(args.san),
-        **({"node_cert_ttl": args.node_cert_ttl} if args.node_cert_ttl is not None else {}),
+        **{
+            field: value
+            for field, value in (
+                ("node_cert_ttl", args.node_cert_ttl),
+                ("serving_cert_ttl", args.serving_cert_ttl),
+                ("join_listen", args.join_listen),
+            )
+            if value is not None
+        },
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))

@@ -254,6 +254,23 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         "at two thirds of it over their session (default: 24h)",
     )
     scheduler.add_argument(
+        "--join-listen",
+        type=argtypes.address,
+        default=None,
+        metavar="HOST:PORT",
+        help="where agents that have no certificate yet join (with a token); their "
+        "scheduler's certificate tells them, so agents are given only --join "
+        "(default: --listen's host, any free port; set it to open a firewall for it)",
+    )
+    scheduler.add_argument(
+        "--serving-cert-ttl",
+        type=argtypes.duration,
+        default=None,
+        metavar="DURATION",
+        help="how long the replica's own serving certificate lives; it re-issues itself "
+        "one at two thirds of it and reloads it without a restart (default: 30d)",
+    )
+    scheduler.add_argument(
         "--tls-dir",
         metavar="DIR",
         default=None,

@@ -14,6 +14,13 @@ searched through a fast hash either.
 
 Whether a stored token may be used (`refusal`) and what using it leaves
 (`consumed`) are decided here, apart from etcd. Pure: no I/O.
+
+Where joins are taken: gRPC's Python servers either require a client
+certificate or do not ask for one, so a replica takes joins (the one call made
+without a certificate) on a port of its own, `--join-listen`. Its serving
+certificate names that address in a URI SAN, paas://join/HOST:PORT
+(`join_uri`, `join_address_of`): an agent reads it once it trusts the
+certificate, and needs to be given only the scheduler's usual address.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+
+from cryptography import x509
 
 from paas.common.errors import InvalidInput
 
@@ -41,6 +50,26 @@ _ID = re.compile(r"[0-9a-f]{12}")
 _SECRET = re.compile(r"[0-9a-f]{32}")
 # The longest text that can be a token, for request size checks.
 MAX_TEXT = len(PREFIX) + 3 + 64 + 12 + 32
+
+
+JOIN_URI_PREFIX = "paas://join/"
+
+
+def join_uri(address: str) -> x509.UniformResourceIdentifier:
+    """The SAN by which a scheduler's certificate says where it takes joins."""
+    return x509.UniformResourceIdentifier(JOIN_URI_PREFIX + address)
+
+
+def join_address_of(cert: x509.Certificate) -> str | None:
+    """Where the scheduler of `cert` takes joins (HOST:PORT), if it says."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in sans.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(JOIN_URI_PREFIX):
+            return uri[len(JOIN_URI_PREFIX) :]
+    return None
 
 
 class TokenError(InvalidInput):

@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import grpc
 
+from paas.common.pki import Credentials
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.apps_api import AppsService
@@ -43,6 +44,7 @@ from paas.scheduler.nodecerts import DEFAULT_NODE_CERT_TTL, NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
+from paas.scheduler.servingcert import ServingCertificate
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.slugs_api import SlugsService
@@ -66,12 +68,21 @@ class SchedulerService:
         events: EventLog,
         tls: SchedulerTLS | None = None,
         node_cert_ttl: float = DEFAULT_NODE_CERT_TTL,
+        serving: ServingCertificate | None = None,
     ) -> None:
         """`tls` None: TLS is off (`--insecure`), every caller is let in; else its CA
-        signs nodes' certificates (Join, renewals), each for `node_cert_ttl` seconds."""
+        signs nodes' certificates (Join, renewals), each for `node_cert_ttl` seconds.
+        `serving`: the replica's own certificate as it is renewed (agents are dialed
+        with it); without it, the one of `tls`."""
         certificates = NodeCertificates(tls.ca, node_cert_ttl) if tls else None
+
+        def own_credentials() -> Credentials | None:
+            if serving is not None:
+                return serving.credentials
+            return tls.credentials if tls else None
+
         self._sessions = sessions
-        self._reader = LogReader(sessions, events, tls.credentials if tls else None)
+        self._reader = LogReader(sessions, events, own_credentials)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         authorizer = Authorizer(store if tls else None)

@@ -7,8 +7,10 @@ The TLS handshake already proved the caller holds a certificate from the cluster
     node        Session (only as itself: the Hello's name must be the certificate's,
                 `Authorizer.check_session_name`) and FetchSlug; nothing an operator calls
     scheduler   nothing on this API (replicas dial agents, not each other)
-    none        only the RPCs in ANONYMOUS_METHODS (empty here; the join of a new
-                agent, which has no certificate yet, goes there)
+    none        only the RPCs in ANONYMOUS_METHODS: Join, by which a new agent
+                that has no certificate yet trades a join token for one
+                (tokens_api.py); the server asks for a client certificate but
+                does not require one at the handshake, so this check is the gate
 
 A certificate past its expiry, or whose serial is on the deny list in etcd
 (store.py `revoked/SERIAL`), is refused UNAUTHENTICATED. The deny list is read on
@@ -33,7 +35,7 @@ from paas.scheduler.errors import PermissionDenied, Unauthenticated
 
 # RPCs a caller without a certificate may make (only reachable on a port that does
 # not require one).
-ANONYMOUS_METHODS: frozenset[str] = frozenset()
+ANONYMOUS_METHODS: frozenset[str] = frozenset({"Join"})
 # What a node certificate may call; every other RPC is an operator's (admin).
 NODE_METHODS: frozenset[str] = frozenset({"Session", "FetchSlug"})
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paas.common.pki import SCHEDULER_TTL
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -22,3 +24,9 @@ class SchedulerConfig:
     # Seconds a node certificate lives (signed at Join and at each renewal, which the
     # agent asks for at two thirds of it).
     node_cert_ttl: float = 24 * 3600.0
+    # Seconds the replica's own serving certificate lives; it re-issues itself one at
+    # two thirds of that and reloads it without a restart.
+    # Where agents without a certificate yet call Join (no client certificate asked
+    # for there); "" = the host of `listen`, any free port (its certificate names it).
+    join_listen: str = ""
+    serving_cert_ttl: float = SCHEDULER_TTL.total_seconds()

@@ -66,18 +66,25 @@ class LogReader:
     """Reads apps' lines from the connected agents; holds one channel per agent address."""
 
     def __init__(
-        self, sessions: Sessions, events: EventLog, tls: Credentials | None = None
+        self,
+        sessions: Sessions,
+        events: EventLog,
+        tls: Callable[[], Credentials | None] = lambda: None,
     ) -> None:
-        """`tls`: the scheduler's own credentials to dial agents with (None: plaintext)."""
+        """`tls`: the scheduler's own credentials to dial agents with, as they are now
+        (they are renewed: servingcert.py); None: plaintext."""
         self._sessions = sessions
         self._events = events
         self._tls = tls
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._serial = ""  # of the credentials the kept channels were made with
+        self._retired: list[grpc.aio.Channel] = []  # made with older credentials
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._retired]:
             await channel.close(None)
         self._channels.clear()
+        self._retired.clear()
 
     async def merged_batches(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
         """The app's lines of every node and the scheduler's events, merged: the last
@@ -149,9 +156,17 @@ class LogReader:
     def stub(self, address: str, node: str) -> AgentAsyncStub:
         """The agent of `node` at `address` (one channel each, kept until `close`); with
         TLS its certificate must name `node`."""
+        tls = self._tls()
+        serial = tls.serial if tls is not None else ""
+        if serial != self._serial:
+            # Renewed: new channels present the new certificate; calls under way on the
+            # old ones finish on them (a channel object lives on while a call holds it).
+            self._serial = serial
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
         channel = self._channels.get((address, node))
         if channel is None:
-            channel = dial(address, self._tls, CHANNEL_OPTIONS, server_name=node)
+            channel = dial(address, tls, CHANNEL_OPTIONS, server_name=node)
             self._channels[(address, node)] = channel
         return pb_grpc.AgentStub(channel)
 

@@ -11,8 +11,9 @@ import pytest
 from cryptography import x509
 
 from paas.agent.enroll import JoinError, check_chain
-from paas.agent.identity import IdentityError, NodeIdentity, renew_at
+from paas.agent.identity import IdentityError, NodeIdentity
 from paas.common import pki
+from paas.common.renewal import renew_at
 
 NODE = pki.Identity(pki.Role.NODE, "node-1")
 SCHEDULER = pki.Identity(pki.Role.SCHEDULER, "s1")
@@ -23,10 +24,16 @@ def ca() -> pki.CertificateAuthority:
     return pki.CertificateAuthority.create()
 
 
-def test_a_certificate_renews_at_two_thirds_of_its_life() -> None:
+def test_a_certificate_renews_at_two_thirds_of_its_life_from_when_it_came() -> None:
     start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
-    assert renew_at(start, start + dt.timedelta(hours=24)) == start + dt.timedelta(hours=16)
-    assert renew_at(start, start + dt.timedelta(seconds=6)) == start + dt.timedelta(seconds=4)
+    day, six = start + dt.timedelta(hours=24), start + dt.timedelta(seconds=6)
+    assert renew_at(start, day, start) == start + dt.timedelta(hours=16)
+    assert renew_at(start, six, start) == start + dt.timedelta(seconds=4)
+    # Backdated five minutes by the CA: the life counts from its receipt.
+    backdated = start - dt.timedelta(minutes=5)
+    assert renew_at(backdated, six, start) == start + dt.timedelta(seconds=4)
+    # Read from a file with 3 h left: renewed at two thirds of those.
+    assert renew_at(start, day, day - dt.timedelta(hours=3)) == day - dt.timedelta(hours=1)
 
 
 def test_a_renewal_is_taken_for_the_new_key_written_0600_and_used(
@@ -116,7 +123,5 @@ def test_the_scheduler_reissues_itself_a_certificate_naming_the_same_hosts(
         again.cert.extensions.get_extension_for_class(names).value
         == first.cert.extensions.get_extension_for_class(names).value
     )
-    start = first.cert.not_valid_before_utc
-    assert renew_in(first, start) == pytest.approx(
-        (first.cert.not_valid_after_utc - start).total_seconds() * 2 / 3
-    )
+    now = dt.datetime.now(dt.UTC)
+    assert renew_in(first, now, now) == pytest.approx(2 * 3600, abs=5)
