@@ -3,8 +3,9 @@
 A token joins one agent; used up, expired, revoked, unknown and impostor tokens end
 the agent with exit 1 and one line, changing nothing in etcd; two agents racing for
 one single-use token: one joins; a joined node restarts without a token; and with
-6-second node certificates, ten renewals under a running formation restart no
-instance and drop no session, and the agent serves the newest certificate.
+6-second node certificates (and 9-second serving certificates), ten renewals under
+a running formation restart no instance and drop no session, and the agent and the
+scheduler serve their newest certificates.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class TLSCluster:
     etcd: str
     tls_dir: Path
     node_cert_ttl: str = "24h"
+    serving_cert_ttl: str = "30d"
     address: str = ""
     scheduler: asyncio.subprocess.Process | None = None
     agents: list[Agent] = field(default_factory=list)
@@ -82,7 +84,7 @@ class TLSCluster:
             self.scheduler_log,
             "scheduler", "--etcd", self.etcd, "--listen", self.address,
             "--tls-dir", str(self.tls_dir), "--node-grace", "3",
-            "--node-cert-ttl", self.node_cert_ttl,
+            "--node-cert-ttl", self.node_cert_ttl, "--serving-cert-ttl", self.serving_cert_ttl,
         )  # fmt: skip
 
         async def answers() -> bool:
@@ -146,8 +148,10 @@ async def _spawn(log: Path, *args: str) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def _cluster(tmp_path: Path, etcd: str, node_cert_ttl: str) -> AsyncIterator[TLSCluster]:
-    cluster = TLSCluster(tmp_path, etcd, tmp_path / "tls", node_cert_ttl)
+async def _cluster(
+    tmp_path: Path, etcd: str, node_cert_ttl: str, serving_cert_ttl: str = "30d"
+) -> AsyncIterator[TLSCluster]:
+    cluster = TLSCluster(tmp_path, etcd, tmp_path / "tls", node_cert_ttl, serving_cert_ttl)
     try:
         await cluster.start()
         yield cluster
@@ -300,7 +304,7 @@ async def test_a_first_start_without_a_token_says_how_to_join(tls_cluster: TLSCl
 
 @pytest.fixture
 async def short_lived(tmp_path: Path, etcd: str) -> AsyncIterator[TLSCluster]:
-    async for cluster in _cluster(tmp_path, etcd, "6s"):
+    async for cluster in _cluster(tmp_path, etcd, "6s", "9s"):
         yield cluster
 
 
@@ -314,6 +318,7 @@ async def test_ten_renewals_restart_no_instance_and_drop_no_session(
     agent = await cluster.agent("node-1", await cluster.token())
     await cluster.wait_ready("node-1")
     first = served_certificate(agent.listen)
+    scheduler_first = served_certificate(cluster.address)
 
     app = tmp_path / "app"
     app.mkdir()
@@ -342,6 +347,11 @@ async def test_ten_renewals_restart_no_instance_and_drop_no_session(
     assert log.count("agent node-1 connected") == 1, "the session was dropped"
     assert agent.output().count("session open with scheduler") == 1, "the agent reconnected"
     assert f"({RENEWALS} this session)" in log
+    # The scheduler re-issued its own certificate meanwhile (9 s ones), and serves it
+    # without a restart.
+    assert log.count("serving certificate renewed") >= 4
+    assert served_certificate(cluster.address).serial_number != scheduler_first.serial_number
+    assert cluster.scheduler is not None and cluster.scheduler.returncode is None
 
     # The agent's own server serves the certificate its file holds, the newest (polled:
     # a renewal may land between the two reads).
