@@ -44,7 +44,7 @@ import grpc.aio
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
-from paas.cli.credentials import init_cluster_dir
+from paas.cli.credentials import LOCAL_CA_NAME, init_cluster_dir
 from paas.common import pki
 from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.ports import free_port
@@ -327,7 +327,7 @@ class LocalCluster:
         if not self.tls:
             return
         if not (self.tls_dir / pki.CA_KEY_FILE).exists():
-            init_cluster_dir(self.tls_dir, [])
+            init_cluster_dir(self.tls_dir, [], ca_name=LOCAL_CA_NAME)
         self._ca = pki.CertificateAuthority.load(self.tls_dir)
         self.client_tls = pki.read_credentials(self.credentials_path)
 

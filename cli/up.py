@@ -20,6 +20,7 @@ import grpc
 from paas.cli import render
 from paas.cli.client import SchedulerError
 from paas.cli.commands import AppSource, read_app_dir
+from paas.cli.credentials import install_local_default
 from paas.cli.errors import EXIT_OK, EXIT_REFUSED, CommandError, UsageError
 from paas.cli.localcluster import ClusterError, LocalCluster, port_is_free
 from paas.common.addresses import DEFAULT_SCHEDULER, parse_address
@@ -97,6 +98,10 @@ async def _up(cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
                 "authentication (loopback only)"
             )
         await cluster.start()
+        if cluster.tls:
+            installed = install_local_default(cluster.credentials_path)
+            if installed is not None:
+                render.info(f"paas: admin credentials of this cluster copied to {installed}")
         render.info(
             f"paas: cluster up: scheduler at {cluster.scheduler_address}, "
             f"nodes {', '.join(cluster.agent_names)}; logs in {cluster.logs_dir}"
