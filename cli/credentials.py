@@ -41,6 +41,9 @@ from paas.common.pki import (
 )
 
 DEFAULT_CREDENTIALS = Path("~/.config/paas/credentials")
+# The CA name of a local cluster (`paas up`): its credentials may replace each other at
+# the default path, and nothing else's.
+LOCAL_CA_NAME = "paas up local cluster CA"
 FIRST_ADMIN_NAME = "admin"
 _TRUE = ("1", "true", "yes", "on")
 
@@ -75,7 +78,13 @@ def client_tls(args: argparse.Namespace) -> Credentials | None:
             "admin makes more with `paas credentials create NAME`; --insecure talks plaintext "
             "to an --insecure scheduler"
         )
-    return read_credentials(path)
+    creds = read_credentials(path)
+    if creds.expires <= dt.datetime.now(dt.UTC):
+        raise CommandError(
+            f"the credentials in {path} expired at {creds.expires:%Y-%m-%d %H:%M} UTC: ask an "
+            "admin for new ones (`paas credentials create NAME`)"
+        )
+    return creds
 
 
 def connect(addresses: list[str], args: argparse.Namespace) -> SchedulerClient:
@@ -96,10 +105,10 @@ def cluster_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def init_cluster_dir(directory: Path, sans: list[str]) -> Path:
+def init_cluster_dir(directory: Path, sans: list[str], ca_name: str = "") -> Path:
     """CA, DIR/sans, and DIR/admin.credentials (a year); the credentials' path."""
     try:
-        ca = CertificateAuthority.create()
+        ca = CertificateAuthority.create(ca_name) if ca_name else CertificateAuthority.create()
         ca.save(directory)
     except PKIError as exc:
         raise CommandError(str(exc)) from None
@@ -112,6 +121,22 @@ def init_cluster_dir(directory: Path, sans: list[str]) -> Path:
     write_credentials(path, admin, overwrite=False)
     (directory / ADMIN_CERT_FILE).write_bytes(admin.cert_pem)
     return path
+
+
+def install_local_default(creds_path: Path) -> Path | None:
+    """Copy a local cluster's admin credentials to the default path, so `paas` finds them
+    with nothing set, unless a file there is another cluster's (not a `paas up` one).
+    The path written, or None if it was left alone."""
+    default = DEFAULT_CREDENTIALS.expanduser()
+    if default.exists():
+        try:
+            theirs = read_credentials(default)
+        except PKIError:
+            return None
+        if theirs.ca_cert.subject.rfc4514_string() != f"CN={LOCAL_CA_NAME},O=paas":
+            return None
+    write_credentials(default, read_credentials(creds_path))
+    return default
 
 
 # ------------------------------------------------------------------ paas credentials
