@@ -80,9 +80,9 @@ async def node_identity(config: AgentConfig) -> NodeIdentity:
                 "(`paas tokens create`) and start the agent with --token TOKEN"
             )
         raise JoinError(
-            f"node {config.name} has no certificate yet ({path}): start it once with "
-            "--token TOKEN (`paas tokens create` makes one), or run with --insecure "
-            "against an --insecure scheduler"
+            f"the agent cannot start: no node credentials at {path}: join once with "
+            "--token TOKEN (`paas tokens create`), or run with --insecure against an "
+            "--insecure scheduler"
         )
     try:
         token = parse_token(config.token)
