@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography import x509
 
 from paas.common import pki
-from paas.common.jointoken import JoinToken, new_token
+from paas.common.jointoken import JoinToken, join_address_of, new_token
 from paas.common.ports import free_port
+from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import Result, etcd_keys, paas, wait_for
 
 pytestmark = pytest.mark.integration
@@ -364,3 +367,36 @@ async def test_ten_renewals_restart_no_instance_and_drop_no_session(
     assert (await cluster.nodes())["node-1"] == "ready"
     # Long past the first certificate's expiry: the CLI still sees the node's reports.
     assert await pids() == running
+
+
+async def test_the_join_port_answers_only_join_without_a_certificate(
+    tls_cluster: TLSCluster,
+) -> None:
+    joins = join_address_of(served_certificate(tls_cluster.address))
+    assert joins is not None and joins != tls_cluster.address
+    ca = (tls_cluster.tls_dir / "ca.crt").read_bytes()
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+    before = await durable_state(tls_cluster)
+    async with grpc.aio.secure_channel(joins, credentials) as channel:
+        stub: Any = pb_grpc.SchedulerStub(channel)
+        for call, request in [
+            (stub.CreateToken, pb.CreateTokenRequest()),
+            (stub.ListTokens, pb.ListTokensRequest()),
+            (stub.ListApps, pb.ListAppsRequest()),
+            (stub.Scale, pb.ScaleRequest(app="shop", changes=[pb.FormationChange(type="web")])),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as refused_call:
+                await call(request, timeout=10)
+            assert refused_call.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        session = stub.Session()
+        with pytest.raises(grpc.aio.AioRpcError) as refused_session:
+            await session.read()
+        assert refused_session.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Join itself is answered there: a token it does not know is refused as such.
+        unknown = str(new_token(ca_digest(tls_cluster)))
+        csr = pki.make_csr(pki.generate_key(), pki.Identity(pki.Role.NODE, "node-9"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused_join:
+            await stub.Join(pb.JoinRequest(token=unknown, node="node-9", csr=csr), timeout=10)
+        assert refused_join.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "unknown" in (refused_join.value.details() or "")
+    assert await durable_state(tls_cluster) == before
