@@ -15,6 +15,7 @@ common/jointoken.py's to say; this module reads, decides through it and writes.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from typing import Protocol
@@ -95,7 +96,10 @@ class TokensService:
         )
         await self._store.add_token(record)
         log.info(
-            "join token %s made: %d use(s) until %.0f", record.id, record.uses, record.expires_at
+            "join token %s made: %d use(s) until %s",
+            record.id,
+            record.uses,
+            dt.datetime.fromtimestamp(record.expires_at, dt.UTC).isoformat(timespec="seconds"),
         )
         return pb.CreateTokenResponse(token=token_view(record), text=str(token))
 

@@ -400,3 +400,27 @@ async def test_the_join_port_answers_only_join_without_a_certificate(
         assert refused_join.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "unknown" in (refused_join.value.details() or "")
     assert await durable_state(tls_cluster) == before
+
+
+async def test_a_node_whose_certificate_expired_while_off_joins_again_with_a_new_token(
+    short_lived: TLSCluster,
+) -> None:
+    cluster = short_lived
+    agent = await cluster.agent("node-1", await cluster.token())
+    await cluster.wait_ready("node-1")
+    agent.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(agent.process.wait(), 30) == 0
+    held = pki.read_credentials(agent.credentials)
+
+    def expired() -> bool:
+        return dt.datetime.now(dt.UTC) > held.expires
+
+    await wait_for(expired, timeout=30, interval=0.2, what="the node certificate to expire")
+    off_too_long = await cluster.agent("node-1", None, agent.state_dir)
+    line = await refused(off_too_long)
+    assert "expired" in line and "paas tokens create" in line, line
+
+    again = await cluster.agent("node-1", await cluster.token(), agent.state_dir)
+    await cluster.wait_ready("node-1")
+    assert again.process.returncode is None
+    assert pki.read_credentials(again.credentials).serial != held.serial
