@@ -49,12 +49,12 @@ def _view(record: CredentialRecord) -> pb.Credential:
     )
 
 
-def _record(cert: x509.Certificate, name: str) -> CredentialRecord:
+def _record(cert: x509.Certificate, name: str, created_at: float) -> CredentialRecord:
     return CredentialRecord(
         name=name,
         serial=serial_of(cert),
         expires_at=cert_expires_at(cert).timestamp(),
-        created_at=cert.not_valid_before_utc.timestamp(),
+        created_at=created_at,
     )
 
 
@@ -86,7 +86,10 @@ class CredentialsService:
             return
         name = identity_of(cert).name
         if await self._store.credential(name) is None:
-            await self._store.add_credential(_record(cert, name))
+            # Made by `cluster init` before any scheduler ran: its certificate's start
+            # (a few minutes before it was made) is the best record of when.
+            made = cert.not_valid_before_utc.timestamp()
+            await self._store.add_credential(_record(cert, name, made))
         self._first_admin = None
 
     async def CreateCredentials(
@@ -101,7 +104,7 @@ class CredentialsService:
             )
         ttl = dt.timedelta(seconds=request.ttl_seconds) if request.ttl_seconds else ADMIN_TTL
         cert = ca.sign_csr(request.csr, Identity(Role.ADMIN, request.name), ttl)
-        record = _record(cert, request.name)
+        record = _record(cert, request.name, time.time())
         await self._store.add_credential(record)
         log.info("issued admin credentials %s (serial %s)", record.name, record.serial)
         return pb.CreateCredentialsResponse(

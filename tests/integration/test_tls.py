@@ -272,6 +272,7 @@ async def test_created_credentials_work_and_a_revoked_one_is_refused_by_every_re
 async def test_credentials_of_a_taken_name_are_refused(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
+    assert (await paas(cluster, "credentials")).returncode == 0  # `cluster init`'s is entered
     before = await etcd_keys(cluster.etcd_endpoint)
     line = one_line(
         await paas(cluster, "credentials", "create", "admin", "--out", str(tmp_path / "a"))
