@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install proto check lint typecheck unit integration bench chaos clean
+.PHONY: run test install proto check lint typecheck unit integration bench chaos clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: install
 # A soak of mixed random faults with the invariants checked all along (SEED=N to replay).
 chaos: install
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED))
+
+# The one image of deploy/Dockerfile (etcd, scheduler, agent, CLI), built with no
+# registry: paas-base:bookworm by debootstrap when missing, or BASE_IMAGE=IMAGE.
+IMAGE ?= paas:dev
+image: install
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python deploy/build-image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info
