@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install proto check lint typecheck unit integration bench chaos clean image
+.PHONY: run test install proto check lint typecheck unit integration bench chaos clean image cluster cluster-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ chaos: install
 IMAGE ?= paas:dev
 image: install
 	IMAGE=$(IMAGE) PYTHON=$(BIN)/python deploy/build-image.sh
+
+# The compose cluster of deploy/docker-compose.yml (3 etcd, 2 schedulers, 3 agents,
+# TLS on), up and healthy; prints the PAAS_SCHEDULER and PAAS_CREDENTIALS lines.
+cluster: image
+	PAAS_IMAGE=$(IMAGE) PAAS=$(BIN)/paas deploy/cluster.sh up
+
+cluster-down:
+	PAAS_IMAGE=$(IMAGE) deploy/cluster.sh down
 
 clean:
 	rm -rf $(VENV) build *.egg-info
