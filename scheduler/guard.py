@@ -13,6 +13,7 @@ nowhere else (`status_of`):
     StoreError                 UNAVAILABLE   (etcd is unreachable ...)
     NotFound                   NOT_FOUND
     AlreadyExists              ALREADY_EXISTS
+    Refused                    FAILED_PRECONDITION (no paas-leader: not a redirect)
     InvalidInput               INVALID_ARGUMENT
 
 Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
@@ -35,7 +36,7 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.common.grpcutil import LEADER_METADATA_KEY
-from paas.scheduler.errors import AlreadyExists, DeliveryError, NotFound, NotLeading
+from paas.scheduler.errors import AlreadyExists, DeliveryError, NotFound, NotLeading, Refused
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
 from paas.scheduler.validate import check_request
 
@@ -86,6 +87,9 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExists):
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, Refused):
+        # No paas-leader metadata: clients read it as a refusal, not a redirect.
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DeliveryError):
