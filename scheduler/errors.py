@@ -96,3 +96,8 @@ class NotFound(SchedulerError):
 
 class AlreadyExists(SchedulerError):
     """What the request would create exists already."""
+
+
+class Refused(SchedulerError):
+    """The request is well formed but the cluster's state forbids it now (a node that
+    is still connected cannot be removed); the message says what to do first."""

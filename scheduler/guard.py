@@ -17,6 +17,7 @@ nowhere else (`status_of`):
     StoreError                 UNAVAILABLE   (etcd is unreachable ...)
     NotFound                   NOT_FOUND
     AlreadyExists              ALREADY_EXISTS
+    Refused                    FAILED_PRECONDITION (no paas-leader: not a redirect)
     InvalidInput               INVALID_ARGUMENT
 
 Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
@@ -46,6 +47,7 @@ from paas.scheduler.errors import (
     NotFound,
     NotLeading,
     PermissionDenied,
+    Refused,
     Unauthenticated,
 )
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
@@ -102,6 +104,9 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExists):
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, Refused):
+        # No paas-leader metadata: clients read it as a refusal, not a redirect.
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DeliveryError):
