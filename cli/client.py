@@ -217,6 +217,10 @@ class SchedulerClient:
         request = pb.RevokeTokenRequest(id=token_id)
         return await self._unary(lambda stub: stub.RevokeToken, request)
 
+    async def remove_node(self, node: str) -> pb.RemoveNodeResponse:
+        """Forget a lost node; its instances are placed elsewhere."""
+        return await self._unary(lambda stub: stub.RemoveNode, pb.RemoveNodeRequest(node=node))
+
     async def list_drains(self, app: str) -> list[pb.LogDrain]:
         request = pb.ListDrainsRequest(app=app)
         response = await self._unary(lambda stub: stub.ListDrains, request)

@@ -293,6 +293,13 @@ async def undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
     render.out(f"{node.name} takes instances again")
 
 
+async def remove_node(client: SchedulerClient, args: argparse.Namespace) -> None:
+    removed = await client.remove_node(args.node)
+    count = removed.instances
+    moved = f"; its {count} instance(s) are placed elsewhere" if count else ""
+    render.out(f"Removed node {args.node}{moved}")
+
+
 async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     # Flushed once per batch that arrives: live lines show at once, a flood costs
     # one write per batch, not per line.

@@ -831,6 +831,18 @@ COMMANDS: tuple[Command, ...] = (
         _node_argument,
     ),
     Command(
+        ("nodes", "remove"),
+        "forget a node that is gone for good",
+        "Forget a lost node (a host that is gone for good: `paas nodes` says lost); its "
+        "instances are placed on other nodes. A node still connected is refused: drain "
+        "it, stop its agent, then remove it. An agent of that name that dials in later "
+        "joins afresh.",
+        Scope.CLUSTER,
+        commands.api(commands.remove_node),
+        _node_argument,
+        epilog="example:\n  paas nodes remove node-3",
+    ),
+    Command(
         ("nodes", "undrain"),
         "let the node take instances again",
         "Let the node take instances again.",

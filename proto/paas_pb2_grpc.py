@@ -99,6 +99,11 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.DrainRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.Node.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/paas.v1.Scheduler/RemoveNode',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
         self.Logs = channel.unary_stream(
                 '/paas.v1.Scheduler/Logs',
                 request_serializer=paas_dot_proto_dot_paas__pb2.LogsRequest.SerializeToString,
@@ -238,6 +243,12 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -387,6 +398,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Drain,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.DrainRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.Node.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.RemoveNodeResponse.SerializeToString,
             ),
             'Logs': grpc.unary_stream_rpc_method_handler(
                     servicer.Logs,
@@ -800,6 +816,33 @@ class Scheduler:
             '/paas.v1.Scheduler/Drain',
             paas_dot_proto_dot_paas__pb2.DrainRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/RemoveNode',
+            paas_dot_proto_dot_paas__pb2.RemoveNodeRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,7 @@ class SchedulerStub:
     Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
     Stop: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]
     Drain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RemoveNodeRequest, _paas_pb2.RemoveNodeResponse]
     Logs: _grpc.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]
     AddDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]
     RemoveDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]
@@ -87,6 +88,7 @@ class SchedulerAsyncStub(SchedulerStub):
     Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
     Stop: _aio.UnaryUnaryMultiCallable[_paas_pb2.StopRequest, _paas_pb2.StopResponse]  # type: ignore[assignment]
     Drain: _aio.UnaryUnaryMultiCallable[_paas_pb2.DrainRequest, _paas_pb2.Node]  # type: ignore[assignment]
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_paas_pb2.RemoveNodeRequest, _paas_pb2.RemoveNodeResponse]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_paas_pb2.LogsRequest, _paas_pb2.LogBatch]  # type: ignore[assignment]
     AddDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
     RemoveDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
@@ -198,6 +200,13 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.DrainRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.Node, _abc.Awaitable[_paas_pb2.Node]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _paas_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.RemoveNodeResponse, _abc.Awaitable[_paas_pb2.RemoveNodeResponse]]: ...
 
     @_abc_1.abstractmethod
     def Logs(

@@ -14,6 +14,7 @@
     │                     revoked, or a CSR that cannot be signed   (tokens_api.py)
     ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
     ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
+    ├── Refused           well formed, but the cluster's state forbids it now
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -102,3 +103,8 @@ class AlreadyExists(SchedulerError):
 
 class JoinRefused(SchedulerError):
     """An agent may not join with what it sent; the message says why, in one line."""
+
+
+class Refused(SchedulerError):
+    """The request is well formed but the cluster's state forbids it now (a node that
+    is still connected cannot be removed); the message says what to do first."""

@@ -18,6 +18,7 @@ nowhere else (`status_of`):
     NotFound                   NOT_FOUND
     AlreadyExists              ALREADY_EXISTS
     JoinRefused                PERMISSION_DENIED
+    Refused                    FAILED_PRECONDITION (no paas-leader: not a redirect)
     InvalidInput               INVALID_ARGUMENT
 
 Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
@@ -48,6 +49,7 @@ from paas.scheduler.errors import (
     NotFound,
     NotLeading,
     PermissionDenied,
+    Refused,
     Unauthenticated,
 )
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
@@ -106,6 +108,9 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
     if isinstance(exc, JoinRefused):
         return Status(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, Refused):
+        # No paas-leader metadata: clients read it as a refusal, not a redirect.
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DeliveryError):

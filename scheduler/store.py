@@ -186,6 +186,7 @@ class NodeRecord:
     capacity: int
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
+    mod_revision: int = 0  # as read; 0 for a record not read from etcd
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ class Store:
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
         nodes = {}
-        for key, value, _ in rows:
+        for key, value, revision in rows:
             data = json.loads(value)
             name = key.rsplit("/", 1)[1]
             nodes[name] = NodeRecord(
@@ -372,6 +373,7 @@ class Store:
                 capacity=int(data["capacity"]),
                 labels=dict(data.get("labels", {})),
                 draining=bool(data.get("draining", False)),
+                mod_revision=revision,
             )
         return nodes
 
@@ -594,6 +596,11 @@ class Store:
             "draining": node.draining,
         }
         await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
+
+    async def remove_node(self, node: NodeRecord) -> None:
+        """Delete the node's record, if unchanged since it was read (ConflictError)."""
+        key = _node_key(node.name)
+        await self._txn([tx.Mod(key) == node.mod_revision], [tx.Delete(key.encode())])
 
     async def add_drain(self, drain: DrainRecord) -> None:
         """Write a new drain; ConflictError if the app has one with this URL already."""

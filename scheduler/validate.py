@@ -174,7 +174,7 @@ def _stop(request: pb.StopRequest) -> None:
     InstanceName.parse(request.instance)
 
 
-def _drain(request: pb.DrainRequest) -> None:
+def _drain(request: pb.DrainRequest | pb.RemoveNodeRequest) -> None:
     check_node_name(request.node)
 
 
@@ -284,6 +284,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.RestartRequest.DESCRIPTOR.full_name: _restart,
     pb.StopRequest.DESCRIPTOR.full_name: _stop,
     pb.DrainRequest.DESCRIPTOR.full_name: _drain,
+    pb.RemoveNodeRequest.DESCRIPTOR.full_name: _drain,
     pb.LogsRequest.DESCRIPTOR.full_name: _logs,
     pb.AddDrainRequest.DESCRIPTOR.full_name: _drain_url,
     pb.RemoveDrainRequest.DESCRIPTOR.full_name: _drain_url,

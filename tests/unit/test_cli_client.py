@@ -130,6 +130,12 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SchedulerMessage()
 
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: Context
+    ) -> pb.RemoveNodeResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
     async def StatSlug(self, request: pb.StatSlugRequest, context: Context) -> pb.StatSlugResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         raise AssertionError("unreachable")

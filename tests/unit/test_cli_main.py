@@ -30,6 +30,7 @@ COMMANDS_WORDS = [
     ["stop"],
     ["nodes"],
     ["nodes", "drain"],
+    ["nodes", "remove"],
     ["nodes", "undrain"],
     ["logs"],
     ["drains"],
