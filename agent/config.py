@@ -44,3 +44,9 @@ class AgentConfig:
     # a process with children of its own (tests, benches): then it waits only for
     # zombies known to be an instance's (see orphans.py).
     own_all_children: bool = True
+    # STATE_DIR/NAME/slugs: past this many bytes of unpacked slugs, the least recently
+    # used that no desired instance uses are removed.
+    slug_cache_budget: int = 2 << 30
+    # One slug unpacks to at most this many bytes of file contents (a bigger one, a tar
+    # bomb, is refused).
+    slug_max_unpacked: int = 1 << 30

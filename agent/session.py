@@ -8,6 +8,8 @@ heartbeats and a status for each instance change; in, the scheduler's Welcome
 (its cluster id, handed to the Membership before anything else is read) and
 desired sets, handed to the Supervisor as they come (and, once the session is
 welcomed, to the Membership, which deletes the logs of apps no longer live).
+The supervisor's slug cache fetches over the channel of the open session (so,
+after a change of leader, from the new leader).
 
 It never starts or stops a process itself, and a lost scheduler never stops
 the workload: while disconnected everything keeps running, and the next hello
@@ -131,6 +133,7 @@ class Session:
         self._cluster_id = ""
         self._silent: dict[str, float] = {}  # replica -> when its session went silent
         self._outbox: _Outbox | None = None
+        self._channel: grpc.aio.Channel | None = None  # of the session being served
         self._quiet_since: float | None = None
         self._last_warning = 0.0
         self._leaving = asyncio.Event()
@@ -251,6 +254,7 @@ class Session:
             # Called without a request iterator, the stream is driven by write() and read().
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()
+            self._channel = channel
             outbox = self._outbox = _Outbox()
             if self._leaving.is_set():
                 outbox.close()
@@ -264,6 +268,8 @@ class Session:
                     # write: the read side has the status the scheduler gave.
                     await asyncio.wait({reader}, timeout=LEAVE_TIMEOUT)
             finally:
+                self.supervisor.slugs.disconnect(channel)
+                self._channel = None
                 for task in (reader, writer):
                     task.cancel()
                 call.cancel()
@@ -337,6 +343,8 @@ class Session:
             self.scheduler = address
             self._silent.pop(address, None)
             log.info("session open with scheduler %s", address)
+            if self._channel is not None:
+                self.supervisor.slugs.connect(self._channel)
             self._fence.connected()
             self._quiet_since = None
             self._last_warning = 0.0
