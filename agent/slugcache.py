@@ -119,6 +119,13 @@ class SlugCache:
         if self._channel is channel:
             self._channel = None
 
+    async def close(self) -> None:
+        """End the fetches in flight (their temporary files are removed)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # ------------------------------------------------------------ instances
 
     def path(self, digest: str) -> Path:

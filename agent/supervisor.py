@@ -761,6 +761,7 @@ class Supervisor:
         tasks = [slot.task for slot in self._slots.values() if slot.task is not None]
         if tasks:
             await asyncio.gather(*(asyncio.shield(task) for task in tasks), return_exceptions=True)
+        await self.slugs.close()
 
     # ------------------------------------------------------------ one (app, name)
 
