@@ -56,7 +56,7 @@ from paas.agent.states import State as State
 from paas.agent.states import TransitionError, check_transition, classify_exit, seconds
 from paas.common.errors import InvalidInput
 from paas.common.logformat import PAAS_STREAM
-from paas.common.slugs import short_digest
+from paas.common.slugs import NOT_READY, short_digest
 from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ class Instance:
         delay = self._slug_backoff.next_delay(0.0)
         self._line(f"Slug not ready: {failure}")
         self.next_start = self._clock.now() + delay
-        reason = f"{failure}; retrying in {seconds(delay)}s"
+        reason = f"{NOT_READY}: {failure}"
         if self.state is State.BACKOFF:
             self.reason = reason  # failed again before it was pending (a bad digest)
             self._report(self)

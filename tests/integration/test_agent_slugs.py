@@ -215,7 +215,8 @@ async def test_a_slug_that_cannot_be_had_is_an_event_and_a_backoff_and_no_proces
             in_slug("worker.1", slug, SAYS), in_slug("worker.2", missing, SAYS), generation=1
         )
         bad = await eventually(lambda: scheduler.reported("worker.1", pb.BACKOFF), "backoff")
-        assert "digest mismatch" in bad.reason and bad.next_start > 0 and bad.pid == 0
+        assert bad.reason.startswith("slug not ready: ") and "digest mismatch" in bad.reason
+        assert bad.next_start > 0 and bad.pid == 0
         gone = await eventually(lambda: scheduler.reported("worker.2", pb.BACKOFF), "backoff")
         assert "does not have it" in gone.reason and gone.pid == 0
         # Retried like a crash: fetched again after the backoff.
