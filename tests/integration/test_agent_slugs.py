@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from paas.agent.config import AgentConfig
+from paas.agent.processes import group_alive
 from paas.agent.server import run_agent
 from paas.common.slugs import human_size, short_digest
 from paas.proto import paas_pb2 as pb
@@ -277,5 +278,51 @@ async def test_unused_slugs_are_removed_past_the_budget_and_used_ones_kept(
             return "release two" in await lines_of(hello.address, "worker.1")
 
         await eventually_async(says_two, "incarnation 2's output")
+    finally:
+        await stopped(agent)
+
+
+async def test_a_new_release_whose_slug_fails_leaves_the_old_instance_serving(
+    servers: Servers, config_for: Callable[..., AgentConfig], no_leftovers: set[int]
+) -> None:
+    scheduler = slug_scheduler()
+    old_data = make_slug({"hello.txt": b"release one\n"})
+    new_data = make_slug({"hello.txt": b"release two\n"})
+    old, new = slug_of(old_data), slug_of(new_data)
+    scheduler.slugs[old.digest] = old_data
+    address = await servers.start(scheduler)
+    config = config_for(address, restart_base=0.3)
+    agent = asyncio.create_task(run_agent(config))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(in_slug("worker.1", old, SAYS), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        # The new release's slug is not to be had (yet): the old instance keeps running.
+        scheduler.push(in_slug("worker.1", new, SAYS, incarnation=2), generation=2)
+        await eventually(lambda: scheduler.fetched.count(new.digest) >= 2, "fetch retried")
+
+        async def told() -> bool:
+            lines = await lines_of(hello.address, "worker.1")
+            return any(line.startswith("Slug of incarnation 2 not ready: ") for line in lines)
+
+        await eventually_async(told, "the failure in worker.1's log stream")
+        assert group_alive(up.pid)
+        assert scheduler.reported("worker.1", pb.STOPPING) is None
+        # Once it can be had, the replacement goes ahead.
+        scheduler.slugs[new.digest] = new_data
+        replaced = await eventually(
+            lambda: next(
+                (
+                    s
+                    for s in scheduler.statuses("worker.1")
+                    if s.incarnation == 2 and s.state == pb.UP
+                ),
+                None,
+            ),
+            "incarnation 2 up",
+        )
+        no_leftovers.add(replaced.pid)
+        await eventually(lambda: not group_alive(up.pid), "the old instance stopped")
     finally:
         await stopped(agent)
