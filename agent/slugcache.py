@@ -106,7 +106,8 @@ class SlugCache:
         self._used: dict[str, float] = {}  # digest -> when an instance last acquired it
         self._scanned = False
         self._lock = asyncio.Lock()  # one change of the directory's listing at a time
-        self.fetches = 0  # FetchSlug calls made, for tests and logs
+        self._background: set[asyncio.Task[list[str]]] = set()
+        self._closed = False
 
     # ------------------------------------------------------------ the scheduler
 
@@ -121,7 +122,8 @@ class SlugCache:
 
     async def close(self) -> None:
         """End the fetches in flight (their temporary files are removed)."""
-        tasks = list(self._tasks.values())
+        self._closed = True
+        tasks = [*self._tasks.values(), *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -159,8 +161,11 @@ class SlugCache:
         if self._tasks.get(digest) is task:
             del self._tasks[digest]
             self._phase.pop(digest, None)
-        if not task.cancelled() and task.exception() is None:
-            asyncio.get_running_loop().create_task(self.prune())
+        if not task.cancelled() and task.exception() is None and not self._closed:
+            # The cache grew: past the budget, what no instance uses goes.
+            pruning = asyncio.get_running_loop().create_task(self.prune())
+            self._background.add(pruning)
+            pruning.add_done_callback(self._background.discard)
 
     def _tell(self, digest: str, phase: str) -> None:
         self._phase[digest] = phase
@@ -269,7 +274,6 @@ class SlugCache:
             )
         except OSError as exc:
             raise _disk_error(f"fetching slug {short}", exc) from None
-        self.fetches += 1
         call: Any = pb_grpc.SchedulerStub(channel).FetchSlug(
             pb.FetchSlugRequest(digest=digest, node=self.node)
         )
