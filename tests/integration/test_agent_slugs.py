@@ -11,8 +11,9 @@ import functools
 import hashlib
 import io
 import os
+import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,56 @@ async def test_a_new_release_whose_slug_fails_leaves_the_old_instance_serving(
         await eventually(lambda: not group_alive(up.pid), "the old instance stopped")
     finally:
         await stopped(agent)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (skips where this test may not mount one)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_out_of_disk_while_unpacking_is_an_event_and_leaves_nothing(
+    servers: Servers,
+    config_for: Callable[..., AgentConfig],
+    no_leftovers: set[int],
+    small_disk: Path,
+) -> None:
+    scheduler = slug_scheduler()
+    old_data = make_slug({"hello.txt": b"release one\n"})
+    big_data = make_slug({"hello.txt": b"release two\n", "zeros": bytes(8 << 20)})
+    old, big = slug_of(old_data), slug_of(big_data)
+    assert big.size < 100_000  # fetched whole, too big only once unpacked
+    scheduler.slugs.update({old.digest: old_data, big.digest: big_data})
+    address = await servers.start(scheduler)
+    config = config_for(address, state_dir=small_disk, log_spool_files=0, restart_base=0.3)
+    agent = asyncio.create_task(run_agent(config))
+    try:
+        hello = await eventually(scheduler.hello, "hello")
+        scheduler.push(in_slug("worker.1", old, SAYS), in_slug("worker.2", big, SAYS), generation=1)
+        up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
+        no_leftovers.add(up.pid)
+        full = await eventually(lambda: scheduler.reported("worker.2", pb.BACKOFF), "backoff")
+        assert "no space left on device" in full.reason and full.pid == 0
+
+        async def told() -> bool:
+            lines = await lines_of(hello.address, "worker.2")
+            return any("no space left on device" in line for line in lines)
+
+        await eventually_async(told, "the failure in worker.2's log stream")
+        assert group_alive(up.pid)  # the other instance runs on
+    finally:
+        await stopped(agent)
+    left = sorted(os.listdir(small_disk / config.name / "slugs"))
+    assert left == [old.digest, old.digest + ".manifest"], left
