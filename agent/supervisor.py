@@ -16,6 +16,11 @@ token (orphans.py says which mechanism catches what), and the reaper is told
 every group so that even the agent's own death ends them. The decisions
 themselves (states, edges, backoff, how an exit is told) are in states.py.
 
+An assignment with a slug runs in the slug cache's unpacked, verified copy of it
+(slugcache.py): the instance is pending while the slug is fetched and backs off
+with the reason when it cannot be had, and an UP instance that a new incarnation
+with another slug replaces keeps serving until that slug is ready.
+
 One run of an instance goes through named phases, and its facts (pid, times,
 last lines, usage, exit) are kept in one `Run`:
 
