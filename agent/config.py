@@ -52,10 +52,16 @@ class AgentConfig:
     # default, STATE_DIR/NAME/node.credentials, where the first join writes them.
     credentials: Path | None = None
 
-    @property
-    def credentials_path(self) -> Path:
-        return self.credentials or self.state_dir / self.name / NODE_CREDENTIALS_FILE
-
     # A join token (paas1....) for the first start, when the node has no certificate
     # in STATE_DIR/NAME/node.credentials yet (or it expired); later starts need none.
     token: str = ""
+    # STATE_DIR/NAME/slugs: past this many bytes of unpacked slugs, the least recently
+    # used that no desired instance uses are removed.
+    slug_cache_budget: int = 2 << 30
+    # One slug unpacks to at most this many bytes of file contents (a bigger one, a tar
+    # bomb, is refused).
+    slug_max_unpacked: int = 1 << 30
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.credentials or self.state_dir / self.name / NODE_CREDENTIALS_FILE

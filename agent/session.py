@@ -12,6 +12,8 @@ With TLS it dials with the node's certificate (identity.NodeIdentity) and renews
 it over the session at two thirds of its life: a CSR for a new key up, the
 certificate down, taken in place (the next dial and the agent's own server use
 it); neither the session nor any instance is restarted for it.
+The supervisor's slug cache fetches over the channel of the open session (so,
+after a change of leader, from the new leader).
 
 It never starts or stops a process itself, and a lost scheduler never stops
 the workload: while disconnected everything keeps running, and the next hello
@@ -143,6 +145,7 @@ class Session:
         self._cluster_id = ""
         self._silent: dict[str, float] = {}  # replica -> when its session went silent
         self._outbox: _Outbox | None = None
+        self._channel: grpc.aio.Channel | None = None  # of the session being served
         self._quiet_since: float | None = None
         self._last_warning = 0.0
         self._leaving = asyncio.Event()
@@ -265,6 +268,7 @@ class Session:
             # Called without a request iterator, the stream is driven by write() and read().
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()
+            self._channel = channel
             outbox = self._outbox = _Outbox()
             if self._leaving.is_set():
                 outbox.close()
@@ -278,6 +282,8 @@ class Session:
                     # write: the read side has the status the scheduler gave.
                     await asyncio.wait({reader}, timeout=LEAVE_TIMEOUT)
             finally:
+                self.supervisor.slugs.disconnect(channel)
+                self._channel = None
                 for task in (reader, writer):
                     task.cancel()
                 call.cancel()
@@ -376,6 +382,8 @@ class Session:
             self.scheduler = address
             self._silent.pop(address, None)
             log.info("session open with scheduler %s", address)
+            if self._channel is not None:
+                self.supervisor.slugs.connect(self._channel)
             self._fence.connected()
             self._quiet_since = None
             self._last_warning = 0.0

@@ -34,6 +34,20 @@ def count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+_BYTES = re.compile(r"([0-9]{1,18}) ?(B|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
+_BYTE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes: `1073741824`, `512MiB`, `2GiB` (binary units)."""
+    match = _BYTES.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 2GiB, 512MiB or a number of bytes, got {text!r}"
+        )
+    return int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
+
+
 def non_negative_int(text: str) -> int:
     number = parse_digits(text)
     if number is None:

@@ -83,6 +83,8 @@ def run_agent(args: argparse.Namespace) -> int:
         ("log_buffer_lines", "log_buffer_lines"),
         ("log_spool_file_size", "log_spool_file_bytes"),
         ("log_spool_files", "log_spool_files"),
+        ("slug_cache_budget", "slug_cache_budget"),
+        ("slug_max_unpacked", "slug_max_unpacked"),
     ):
         if getattr(args, flag) is not None:
             optional[field] = getattr(args, flag)

@@ -384,6 +384,21 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         help="spool files kept per agent; 0 keeps logs in memory only (default: 4)",
     )
     agent.add_argument(
+        "--slug-cache-budget",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="past this size of unpacked slugs in STATE_DIR, those no instance of this "
+        "node wants are removed, least recently used first (default: 2GiB)",
+    )
+    agent.add_argument(
+        "--slug-max-unpacked",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="the most one slug may unpack to; a bigger one is refused (default: 1GiB)",
+    )
+    agent.add_argument(
         "--label",
         type=argtypes.label,
         action="append",

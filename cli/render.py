@@ -23,6 +23,7 @@ from rich.text import Text
 from paas.common.formation import describe
 from paas.common.logformat import format_line, timestamp
 from paas.common.names import InstanceName, NameError_
+from paas.common.slugs import NOT_READY
 from paas.proto import paas_pb2 as pb
 
 # Piped output is read by scripts: wide enough that no column is cut short.
@@ -201,6 +202,9 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     exit_text = _exit_text(view)
     if state == "up":
         return f"up {duration(now - (view.started_at or view.since))}" + _earlier(view)
+    if state == "backoff" and view.reason.startswith(NOT_READY):
+        # No process ran: the slug could not be had (the reason says why).
+        return f"{view.reason}, {_next_start(view, now)}"
     if state in ("backoff", "crashed"):
         parts = [f"crashed {view.restarts + 1}{TIMES}"]
         if exit_text:
@@ -208,8 +212,7 @@ def status_text(view: pb.InstanceView, now: float) -> str:
         if state == "crashed" and view.reason and view.reason != view.last_exit:
             parts.append(view.reason)
         if state == "backoff" and view.next_start:
-            wait = view.next_start - now
-            parts.append(f"next start in {duration(wait)}" if wait >= 1 else "next start now")
+            parts.append(_next_start(view, now))
         return ", ".join(parts)
     if state == "starting":
         text = f"starting {duration(now - view.since)}" if view.since else "starting"
@@ -225,6 +228,11 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     if state == "pending":
         return f"pending ({view.reason})" if view.reason else "pending"
     return state
+
+
+def _next_start(view: pb.InstanceView, now: float) -> str:
+    wait = view.next_start - now
+    return f"next start in {duration(wait)}" if wait >= 1 else "next start now"
 
 
 def _earlier(view: pb.InstanceView) -> str:

@@ -681,7 +681,9 @@ async def test_hostile_commands_leave_the_agent_responsive_and_its_memory_bounde
             "the stubborn shell and its sleep",
         )
 
-        # While `yes` floods, every ReadLogs answers within a second and memory stays bounded.
+        # While `yes` floods, every ReadLogs answers (about 0.1 s on an idle machine; the
+        # bound leaves room for a CI machine at a load of 8, where it takes about 1 s;
+        # a stalled event loop would hit the 10 s timeout) and memory stays bounded.
         def flooding() -> bool:
             return (
                 any("yes" in p.name() for p in psutil.Process(flood.pid).children(recursive=True))
@@ -701,7 +703,7 @@ async def test_hostile_commands_leave_the_agent_responsive_and_its_memory_bounde
             if lines:
                 flood_seqs.append(lines[-1].seq)
             peak = max(peak, memory.memory_info().rss)
-        assert max(latencies) < 1.0, f"ReadLogs took up to {max(latencies):.2f} s"
+        assert max(latencies) < 4.0, f"ReadLogs took up to {max(latencies):.2f} s"
         assert flood_seqs[-1] > 100_000, "the flood was read"
         assert peak - before < RSS_GROWTH_LIMIT, f"RSS grew by {(peak - before) >> 20} MiB"
 

@@ -311,10 +311,12 @@ def test_scheduler_flags_become_its_config() -> None:
 def test_agent_flags_become_its_config() -> None:
     args = build_parser().parse_args(
         ["agent", "--join", "a:7070,b:7070", "--name", "node-1", "--listen", "127.0.0.2:7071",
-         "--ports", "20000-20999", "--label", "zone=a", "--label", "disk=ssd"]
+         "--ports", "20000-20999", "--label", "zone=a", "--label", "disk=ssd",
+         "--slug-cache-budget", "512MiB", "--slug-max-unpacked", "3gib"]
     )  # fmt: skip
     assert args.join == ["a:7070", "b:7070"]
     assert args.ports == (20000, 20999)
+    assert args.slug_cache_budget == 512 << 20 and args.slug_max_unpacked == 3 << 30
     assert dict(args.label) == {"zone": "a", "disk": "ssd"}
 
 
@@ -323,6 +325,8 @@ def test_agent_flags_become_its_config() -> None:
     [
         ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--ports", "9-1"],
         ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--label", "nolabel"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--slug-cache-budget", "2GB"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--slug-cache-budget", "-1"],
         ["scheduler", "--etcd", "a:1", "--listen", "nowhere"],
         ["up", "--agents", "0"],
     ],
