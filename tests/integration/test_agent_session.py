@@ -681,7 +681,7 @@ async def test_hostile_commands_leave_the_agent_responsive_and_its_memory_bounde
             "the stubborn shell and its sleep",
         )
 
-        # While `yes` floods, every ReadLogs answers (about 0.1 s on an idle machine; the
+        # While `yes` floods, every ReadLogs answers (well under a second when idle; the
         # bound leaves room for a CI machine at a load of 8, where it takes about 1 s;
         # a stalled event loop would hit the 10 s timeout) and memory stays bounded.
         def flooding() -> bool:
