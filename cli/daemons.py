@@ -27,12 +27,19 @@ def run_scheduler(args: argparse.Namespace) -> int:
         from paas.scheduler.server import run_scheduler as serve
     except ImportError as exc:
         raise CommandError(f"the scheduler cannot start: {exc}") from None
+    # Slug flags left out keep SchedulerConfig's defaults, so those live in one place.
+    slug_options: dict[str, Any] = {
+        field: getattr(args, field)
+        for field in ("max_slug_size", "slug_budget", "keep_releases", "slug_grace")
+        if getattr(args, field, None) is not None
+    }
     config = SchedulerConfig(
         etcd=args.etcd,
         listen=args.listen,
         advertise=args.advertise or "",
         node_grace=args.node_grace,
         leader_ttl=args.leader_ttl,
+        **slug_options,
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -129,6 +129,8 @@ class LocalCluster:
         schedulers: int = 1,
         leader_ttl: int = 5,
         scheduler_host: str = "127.0.0.1",
+        scheduler_args: Sequence[str] = (),
+        etcd_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
@@ -140,6 +142,9 @@ class LocalCluster:
         # Where replicas listen; clients and local agents always dial 127.0.0.1. Tests
         # that put an agent in a network namespace make it "0.0.0.0".
         self.scheduler_host = scheduler_host
+        # More flags for every scheduler replica and for etcd (tests: slug limits, quota).
+        self.scheduler_args = list(scheduler_args)
+        self.etcd_args = list(etcd_args)
         # Every replica, as agents' --join and PAAS_SCHEDULER take them; the first leads
         # at start.
         self.scheduler_addresses: list[str] = []
@@ -289,6 +294,7 @@ class LocalCluster:
             "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"default={peer_url}",
             "--listen-metrics-urls", "",
+            *self.etcd_args,
         ]  # fmt: skip
         if self._given_data_dir is None:
             # The data dies with the cluster anyway; fsync only slows tests down.
@@ -343,6 +349,7 @@ class LocalCluster:
                 "--advertise", address,
                 "--node-grace", f"{self.node_grace:g}",
                 "--leader-ttl", f"{self.leader_ttl}",
+                *self.scheduler_args,
             ]  # fmt: skip
             part = _Part(name, argv, self.log_path(name), address=address)
             self._replicas.append(part)

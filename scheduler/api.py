@@ -26,6 +26,7 @@ import grpc
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.apps_api import AppsService
+from paas.scheduler.config import SchedulerConfig
 from paas.scheduler.drains import Drains
 from paas.scheduler.drains_api import DrainsService
 from paas.scheduler.events import EventLog
@@ -39,7 +40,9 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
+from paas.scheduler.sluggc import SlugCollector
 from paas.scheduler.slugs_api import SlugsService
+from paas.scheduler.slugstore import EtcdSlugStore
 from paas.scheduler.store import Store
 
 # The Scheduler service as the proto declares it: what must be served.
@@ -56,20 +59,28 @@ class SchedulerService:
         sessions: Sessions,
         reconciler: Reconciler,
         events: EventLog,
+        config: SchedulerConfig | None = None,
     ) -> None:
+        config = config or SchedulerConfig()
         self._sessions = sessions
+        slugs = EtcdSlugStore(store)
+        self._slug_gc = SlugCollector(store, slugs, config.keep_releases, config.slug_grace)
         self._reader = LogReader(sessions, events)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         parts: list[object] = [
-            AppsService(store, sessions, reconciler, events, self._restarts, self._drains),
+            AppsService(
+                store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
+            ),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler, leadership),
-            SlugsService(),
+            SlugsService(
+                store, slugs, self._slug_gc, leadership, config.max_slug_size, config.slug_budget
+            ),
         ]
         for name, handler in guarded_handlers(parts, Guard(leadership)).items():
             setattr(self, name, handler)
@@ -80,11 +91,13 @@ class SchedulerService:
 
     async def close(self) -> None:
         self._restarts.close()
+        await self._slug_gc.close()
         await self._drains.close()
         await self._reader.close()
 
     def on_leadership(self, leading: bool) -> None:
         self._drains.on_leadership(leading)
+        self._slug_gc.on_leadership(leading)
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()

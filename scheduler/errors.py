@@ -10,6 +10,7 @@
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
+    ├── OverBudget        a slug that would pass the slug budget (slugs_api.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -86,3 +87,7 @@ class NotFound(SchedulerError):
 
 class AlreadyExists(SchedulerError):
     """What the request would create exists already."""
+
+
+class OverBudget(SchedulerError):
+    """Storing what the request brings would pass a stated budget (--slug-budget)."""

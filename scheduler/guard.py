@@ -13,6 +13,7 @@ nowhere else (`status_of`):
     StoreError                 UNAVAILABLE   (etcd is unreachable ...)
     NotFound                   NOT_FOUND
     AlreadyExists              ALREADY_EXISTS
+    OverBudget                 RESOURCE_EXHAUSTED
     InvalidInput               INVALID_ARGUMENT
 
 Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
@@ -35,7 +36,13 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.common.grpcutil import LEADER_METADATA_KEY
-from paas.scheduler.errors import AlreadyExists, DeliveryError, NotFound, NotLeading
+from paas.scheduler.errors import (
+    AlreadyExists,
+    DeliveryError,
+    NotFound,
+    NotLeading,
+    OverBudget,
+)
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
 from paas.scheduler.validate import check_request
 
@@ -86,6 +93,8 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExists):
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, OverBudget):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DeliveryError):

@@ -60,7 +60,7 @@ async def run_scheduler(config: SchedulerConfig) -> None:
             service.on_leadership(leading)
 
     leadership = Leadership(store, replica_id, address, config.leader_ttl, on_change)
-    service = SchedulerService(store, leadership, sessions, reconciler, events)
+    service = SchedulerService(store, leadership, sessions, reconciler, events, config)
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service.add_to_server(server)
