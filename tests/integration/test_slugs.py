@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ def slug_of(size: int, seed: int = 0) -> tuple[bytes, pb.Slug]:
 
 def messages(
     app: str, slug: pb.Slug, data: bytes, chunk: int = CHUNK_SIZE
-) -> Iterable[pb.SlugUpload]:
+) -> Iterator[pb.SlugUpload]:
     yield pb.SlugUpload(app=app, slug=slug)
     for start in range(0, len(data), chunk):
         yield pb.SlugUpload(data=data[start : start + chunk])
@@ -237,9 +237,10 @@ async def test_slugs_filled_to_the_budget_never_put_etcd_out_of_space(tmp_path: 
         "--keep-releases", "1", "--max-slug-size", "2MiB", "--slug-budget", "6MiB",
         etcd_args=["--quota-backend-bytes", str(quota)],
     )  # fmt: skip
-    async with cluster, grpc.aio.insecure_channel(
-        cluster.scheduler_address, options=CHANNEL_OPTIONS
-    ) as channel:
+    async with (
+        cluster,
+        grpc.aio.insecure_channel(cluster.scheduler_address, options=CHANNEL_OPTIONS) as channel,
+    ):
         stub = pb_grpc.SchedulerStub(channel)
         for app in ("a1", "a2", "a3", "plain"):
             await stub.CreateApp(pb.CreateAppRequest(name=app))
@@ -314,7 +315,7 @@ async def test_a_failover_mid_upload_leaves_no_partial_slug(tmp_path: Path) -> N
             release = await stub.Deploy(pb.DeployRequest(app="shop", procfile=PROCFILE, slug=slug))
             assert release.slug == slug
             size, fetched = await fetch(stub, slug.digest)
-            assert fetched == data
+            assert size == len(data) and fetched == data
         keys = await slug_keys(cluster.etcd_endpoint)
         assert sorted(keys) == sorted(
             [f"{SLUGS}{slug.digest}/meta"]
