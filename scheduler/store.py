@@ -36,6 +36,7 @@ It must never decide anything: it reads and writes what it is told.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import ipaddress
@@ -765,29 +766,55 @@ class Store:
     async def changes(self) -> AsyncIterator[None]:
         """Yield once per change under /paas/ (an event only says: look again), except
         scheduler events and log drains' progress, which change nothing that reconcile
-        reads (and would wake it for every event or save the leader writes itself).
-        Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
+        reads (and would wake it for every event or save the leader writes itself), and
+        slugs, which are not even watched: a watch carries the values, and an upload's
+        chunks would stream every byte back to the leader. So two watches, on either
+        side of the slug prefix, feed one queue.
+        Ends with StoreError when a watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
         progress = _DRAIN_PROGRESS.encode()
-        slugs = _SLUGS.encode()
-        try:
-            watch = await self._client.watch_prefix(PREFIX.encode())
-        except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"cannot watch etcd: {exc}") from exc
-        try:
-            async for event in watch:
-                # A drain's progress changes every few seconds and concerns no one else.
-                if event.kv.key.startswith((events, progress, slugs)):
-                    continue
-                yield None
-        except aetcd.exceptions.ClientError as exc:
-            # A compacted revision lands here too: the caller re-reads everything anyway.
-            raise StoreError(f"the etcd watch broke: {exc}") from exc
-        finally:
+        ranges = [(PREFIX.encode(), _SLUGS.encode()), (_prefix_end(_SLUGS), _prefix_end(PREFIX))]
+        watches: list[Any] = []
+        queue: asyncio.Queue[Exception | None] = asyncio.Queue()
+        ended = StoreError("the etcd watch ended")
+
+        async def pump(watch: Any) -> None:
             try:
-                await watch.cancel()
-            except Exception:
-                pass
+                async for event in watch:
+                    # A drain's progress changes every few seconds and concerns no one else.
+                    if not event.kv.key.startswith((events, progress)):
+                        queue.put_nowait(None)
+            except aetcd.exceptions.ClientError as exc:
+                # A compacted revision lands here too: the caller re-reads everything.
+                queue.put_nowait(StoreError(f"the etcd watch broke: {exc}"))
+            except Exception as exc:
+                queue.put_nowait(exc)
+            else:
+                queue.put_nowait(ended)
+
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            try:
+                for start, end in ranges:
+                    watches.append(await self._client.watch(start, range_end=end))
+            except aetcd.exceptions.ClientError as exc:
+                raise StoreError(f"cannot watch etcd: {exc}") from exc
+            pumps = [asyncio.create_task(pump(watch)) for watch in watches]
+            while True:
+                item = await queue.get()
+                if item is ended:
+                    return
+                if item is not None:
+                    raise item
+                yield None
+        finally:
+            for task in pumps:
+                task.cancel()
+            for watch in watches:
+                try:
+                    await watch.cancel()
+                except Exception:
+                    pass
 
 
 def _app_to(app: AppRecord) -> dict[str, Any]:
