@@ -13,6 +13,7 @@ from paas.common.slugs import CHUNK_SIZE
 from paas.scheduler.errors import StoreError
 from paas.scheduler.slugstore import EtcdSlugStore
 from paas.scheduler.store import Store
+from tests.helpers import wait_for
 from tests.integration.test_slugs import slug_keys
 
 DIGEST = hashlib.sha256(b"x").hexdigest()
@@ -63,3 +64,36 @@ async def test_a_failed_write_takes_its_chunks_away(leading_store: Store) -> Non
     with pytest.raises(StoreError):
         await slugs.put(DIGEST, 2 * CHUNK_SIZE + 1, broken())
     assert await slug_keys(leading_store.endpoints[0]) == {}
+
+
+async def test_slug_writes_do_not_wake_the_reconcile_watch(leading_store: Store) -> None:
+    woken: list[None] = []
+
+    async def watch() -> None:
+        async for change in leading_store.changes():
+            woken.append(change)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        # Until the watch runs, write apps again and again: then it is known to be up.
+        made: list[str] = []
+
+        async def watching() -> bool:
+            made.append(f"warm{len(made)}")
+            await leading_store.create_app(made[-1])
+            return bool(woken)
+
+        await wait_for(watching, timeout=30, what="the watch to see an app")
+        # The last warm-up app's wake-ups may still be on their way: let them land.
+        await asyncio.sleep(0.2)
+        before = len(woken)
+        await leading_store.put_slug_chunks(DIGEST, 0, [b"a" * CHUNK_SIZE])
+        await leading_store.delete_slug(DIGEST)
+        await leading_store.create_app("shop")  # after the slug writes, in etcd's order
+        await wait_for(lambda: len(woken) >= before + 2, timeout=30, what="the app's wake-ups")
+        # Had the slug keys been watched, their two wake-ups would be here as well by now:
+        # they came first, on the same stream as the app's.
+        await asyncio.sleep(0.2)
+        assert len(woken) == before + 2
+    finally:
+        watcher.cancel()
