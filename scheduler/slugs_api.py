@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Any
@@ -84,7 +85,8 @@ class SlugsService:
         self._leadership = leadership
         self._max_size = max_size
         self._budget = budget
-        self._reserved: dict[int, int] = {}  # upload id -> bytes it may add
+        self._reserved: dict[int, int] = {}  # upload under way -> bytes it may add
+        self._uploads = itertools.count()
 
     async def StatSlug(self, request: pb.StatSlugRequest, context: Context) -> pb.StatSlugResponse:
         record = await self._slugs.stat(request.digest)
@@ -112,16 +114,20 @@ class SlugsService:
                 f"slug of {human_size(size)} is over the limit of "
                 f"{human_size(self._max_size)} (--max-slug-size)"
             )
-        await self._check_budget(size)
-        token = id(first)
-        self._reserved[token] = size
-        spool = _Spool()
+        token = next(self._uploads)
+        spool: _Spool | None = None
         try:
-            await spool.add(first.data)
-            async for message in requests:
-                check_request(message)
-                if message.app or message.HasField("slug"):
-                    raise InvalidInput("only the first message of an upload names app and slug")
+            # Checked against what other uploads reserved; reserved before any await, so
+            # two uploads at once cannot both take the last room.
+            reserved = sum(self._reserved.values())
+            self._reserved[token] = size
+            await self._check_budget(size, reserved)
+            spool = _Spool()
+            async for message in _and_the_rest(first, requests):
+                if message is not first:
+                    check_request(message)
+                    if message.app or message.HasField("slug"):
+                        raise InvalidInput("only the first message of an upload names the slug")
                 if spool.size + len(message.data) > size:
                     raise InvalidInput(f"the upload sends more than the {size} bytes it declared")
                 await spool.add(message.data)
@@ -138,12 +144,12 @@ class SlugsService:
                 )
             stored = await self._slugs.put(digest, size, spool.chunks())
         finally:
-            spool.close()
+            if spool is not None:
+                spool.close()
             del self._reserved[token]
         return pb.UploadSlugResponse(slug=first.slug, existed=not stored)
 
-    async def _check_budget(self, size: int) -> None:
-        reserved = sum(self._reserved.values())
+    async def _check_budget(self, size: int, reserved: int) -> None:
         usage = await self._slugs.usage()
         if budget_problem(size, usage.slugs, [], self._budget, reserved) is None:
             return
@@ -164,3 +170,11 @@ class SlugsService:
         async for chunk in self._slugs.read(request.digest):
             yield pb.SlugData(size=record.size if first else 0, data=chunk)
             first = False
+
+
+async def _and_the_rest(
+    first: pb.SlugUpload, rest: AsyncIterator[pb.SlugUpload]
+) -> AsyncIterator[pb.SlugUpload]:
+    yield first
+    async for message in rest:
+        yield message

@@ -103,3 +103,18 @@ def test_sizes_as_people_write_them(text: str, size: int) -> None:
 def test_sizes_that_are_not(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         byte_size(text)
+
+
+def test_the_slug_flags_of_paas_scheduler() -> None:
+    from paas.cli.main import build_parser
+
+    base = ["scheduler", "--etcd", "127.0.0.1:2379", "--listen", "127.0.0.1:7070"]
+    args = build_parser().parse_args(
+        [*base, "--max-slug-size", "50MiB", "--slug-budget", "2GiB", "--keep-releases", "3",
+         "--slug-grace", "30"]
+    )  # fmt: skip
+    assert (args.max_slug_size, args.slug_budget, args.keep_releases, args.slug_grace) == (
+        50 * MiB, 2048 * MiB, 3, 30.0
+    )  # fmt: skip
+    defaults = build_parser().parse_args(base)
+    assert defaults.slug_budget is None  # SchedulerConfig's default (1 GiB) then applies
