@@ -82,8 +82,9 @@ class SlugCollector:
     async def collect(self) -> tuple[int, int]:
         """One pass; (releases deleted, slugs deleted)."""
         async with self._lock:
-            apps = await self._store.apps()
+            # Releases first: an app created after they were read has none in them.
             releases = await self._store.all_releases()
+            apps = await self._store.apps()
             current = {app.name: app.release for app in apps.values()}
             drop = releases_to_drop(releases, current, self._keep)
             if drop:

@@ -18,14 +18,14 @@ def releases_to_drop(
     releases: Iterable[ReleaseRecord], current: Mapping[str, int], keep: int
 ) -> list[tuple[str, int]]:
     """(app, version) of every release beyond the app's `keep` newest; the current one
-    is always kept, and every release of an app that is gone is dropped."""
+    is always kept. An app missing from `current` keeps all (created after `current`
+    was read, say; a destroy deletes its own releases)."""
     by_app: dict[str, list[int]] = defaultdict(list)
     for release in releases:
         by_app[release.app].append(release.version)
     drop: list[tuple[str, int]] = []
     for app, versions in sorted(by_app.items()):
         if app not in current:
-            drop += [(app, version) for version in sorted(versions)]
             continue
         kept = set(sorted(versions, reverse=True)[: max(1, keep)]) | {current[app]}
         drop += [(app, version) for version in sorted(versions) if version not in kept]

@@ -48,10 +48,9 @@ def test_releases_beyond_the_kept_ones_go_but_never_the_current() -> None:
     ]
 
 
-def test_releases_of_an_app_that_is_gone_all_go() -> None:
-    assert releases_to_drop([release("old", 1), release("old", 2)], {}, keep=10) == [
-        ("old", 1), ("old", 2)
-    ]  # fmt: skip
+def test_releases_of_an_app_not_read_are_kept() -> None:
+    # Created after the apps were read: its first release is its current one.
+    assert releases_to_drop([release("new", 1), release("new", 2)], {}, keep=1) == []
 
 
 def test_a_slug_goes_when_no_kept_release_names_it_and_its_grace_is_over() -> None:
