@@ -12,7 +12,9 @@ Layout, under /paas/:
     apps/APP                     {"name", "id", "created_at", "release"}; the id is new
                                  for every app created, so a re-created name is another app
     formation/APP                {"web": 3, ...}
-    releases/APP/0000000007      {"version", "dir", "commands", "env", ...}
+    releases/APP/0000000007      {"version", "slug": {"digest", "size"} or "dir" (in place),
+                                 "commands", "env", ...}; the slug GC keeps the last
+                                 --keep-releases of each app
     instances/APP/web.3          {"node", "release"}; its mod revision is the
                                  assignment's incarnation
     nodes/NAME                   {"address", "capacity", "labels", "draining"}
