@@ -34,6 +34,12 @@ def run_scheduler(args: argparse.Namespace) -> int:
             "the scheduler needs --tls-dir DIR (the CA of `paas cluster init --dir DIR`), "
             "or --insecure to serve plaintext with no authentication"
         )
+    # Slug flags left out keep SchedulerConfig's defaults, so those live in one place.
+    slug_options: dict[str, Any] = {
+        field: getattr(args, field)
+        for field in ("max_slug_size", "slug_budget", "keep_releases", "slug_grace")
+        if getattr(args, field, None) is not None
+    }
     config = SchedulerConfig(
         etcd=args.etcd,
         listen=args.listen,
@@ -52,6 +58,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
             )
             if value is not None
         },
+        **slug_options,
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))

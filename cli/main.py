@@ -288,6 +288,34 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no --tls-dir: serve plaintext with no authentication (said loudly)",
     )
+    scheduler.add_argument(
+        "--max-slug-size",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="the largest slug accepted, compressed (default: 100MiB)",
+    )
+    scheduler.add_argument(
+        "--slug-budget",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="all slugs together, kept in etcd (default: 1GiB; etcd's quota must be well above)",
+    )
+    scheduler.add_argument(
+        "--keep-releases",
+        type=argtypes.count(1, 1000),
+        default=None,
+        metavar="N",
+        help="releases kept per app for rollback, the current one included (default: 10)",
+    )
+    scheduler.add_argument(
+        "--slug-grace",
+        type=argtypes.seconds,
+        default=None,
+        metavar="S",
+        help="seconds an uploaded slug no release names is kept for its deploy (default: 600)",
+    )
     _log_level_option(scheduler)
 
 

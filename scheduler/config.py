@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paas.common.pki import SCHEDULER_TTL
+from paas.common.slugs import DEFAULT_MAX_SLUG_SIZE
+
+DEFAULT_SLUG_BUDGET = 1024 * 1024 * 1024  # well under etcd's 2 GiB default quota
+DEFAULT_KEEP_RELEASES = 10
+DEFAULT_SLUG_GRACE = 600.0
 
 
 @dataclass(frozen=True)
@@ -30,3 +35,8 @@ class SchedulerConfig:
     # for there); "" = the host of `listen`, any free port (its certificate names it).
     join_listen: str = ""
     serving_cert_ttl: float = SCHEDULER_TTL.total_seconds()
+    max_slug_size: int = DEFAULT_MAX_SLUG_SIZE  # bytes, compressed, of one slug
+    slug_budget: int = DEFAULT_SLUG_BUDGET  # bytes of every slug together
+    keep_releases: int = DEFAULT_KEEP_RELEASES  # per app, for rollback; the current always
+    # An uploaded slug no release names yet is kept this long (for the deploy to come).
+    slug_grace: float = DEFAULT_SLUG_GRACE

@@ -15,6 +15,7 @@
     ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
     ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
     ├── Refused           well formed, but the cluster's state forbids it now
+    ├── OverBudget        a slug that would pass the slug budget (slugs_api.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -108,3 +109,7 @@ class JoinRefused(SchedulerError):
 class Refused(SchedulerError):
     """The request is well formed but the cluster's state forbids it now (a node that
     is still connected cannot be removed); the message says what to do first."""
+
+
+class OverBudget(SchedulerError):
+    """Storing what the request brings would pass a stated budget (--slug-budget)."""

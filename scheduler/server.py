@@ -70,7 +70,15 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     leadership = Leadership(store, replica_id, address, config.leader_ttl, on_change)
     serving = ServingCertificate(tls.credentials, lambda: tls.credentials) if tls else None
     service = SchedulerService(
-        store, leadership, sessions, reconciler, events, tls, config.node_cert_ttl, serving
+        store,
+        leadership,
+        sessions,
+        reconciler,
+        events,
+        tls,
+        config.node_cert_ttl,
+        serving,
+        config,
     )
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
