@@ -118,7 +118,10 @@ def walk(directory: Path, ignore: pathspec.GitIgnoreSpec) -> Iterator[tuple[str,
             if name in ALWAYS_LEFT_OUT:
                 continue
             path = f"{relative}/{name}" if relative else name
-            info = os.lstat(directory / path)
+            try:
+                info = os.lstat(directory / path)
+            except FileNotFoundError:
+                raise SlugPackError(changed_message(directory / path)) from None
             is_dir = stat.S_ISDIR(info.st_mode)
             if ignore.match_file(f"{path}/" if is_dir else path):
                 continue
@@ -222,10 +225,7 @@ def _add_file(
     before: os.stat_result,
     before_read: Callable[[Path], None] | None,
 ) -> None:
-    changed = SlugPackError(
-        f"{path} changed while it was packed: deploy again once it is quiet, or list it "
-        f"in {IGNORE_FILE}"
-    )
+    changed = SlugPackError(changed_message(path))
     try:
         file = path.open("rb")
     except OSError as exc:
@@ -243,6 +243,13 @@ def _add_file(
             raise changed from None
         if not _same(before, os.fstat(file.fileno())):
             raise changed
+
+
+def changed_message(path: Path) -> str:
+    return (
+        f"{path} changed while it was packed: deploy again once it is quiet, or list it "
+        f"in {IGNORE_FILE}"
+    )
 
 
 def _same(before: os.stat_result, after: os.stat_result) -> bool:
