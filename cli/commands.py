@@ -19,10 +19,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
+import grpc
+
 from paas.cli import render
 from paas.cli.appconfig import DOTENV, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
-from paas.cli.client import SchedulerClient
+from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.slugpack import IGNORE_FILE, pack
@@ -245,10 +247,10 @@ async def deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
         release = await client.deploy(
             args.app, str(source.directory), source.procfile, source.env, source.settings
         )
-        origin = f"in place in {source.directory}"
+        slug = None
     else:
         release, slug = await deploy_slug(client, args.app, source, render.out)
-        origin = f"slug {short_digest(slug.digest)}"
+    origin = f"slug {short_digest(slug.digest)}" if slug else f"{source.directory} (in place)"
     types = ", ".join(release.commands) or "no process types"
     settings = (
         f"; {APP_CONFIG} settings for {', '.join(sorted(source.settings))}"
@@ -264,16 +266,31 @@ async def deploy_slug(
     source: AppSource,
     say: Callable[[str], None],
     shown: bool | None = None,
-) -> tuple[pb.Release, pb.Slug]:
+) -> tuple[pb.Release, pb.Slug | None]:
     """Pack `source` into a slug, upload it unless the scheduler holds it already, and
     make the release that runs it (returned with the slug); `say` hears one line per
     step. A slug over the scheduler's limit is refused before a byte is sent. `shown`
-    forces the progress bar on or off (default: on a terminal)."""
+    forces the progress bar on or off (default: on a terminal).
+
+    A scheduler from before slugs (StatSlug UNIMPLEMENTED) gets an in-place release
+    of the directory, with a warning (and None for the slug): what it can run."""
     packed = await asyncio.to_thread(pack, source.directory)
     try:
         say(f"Packed {human_size(packed.size)} slug {short_digest(packed.digest)} "
             f"({packed.files} files)")  # fmt: skip
-        known = await client.stat_slug(packed.digest)
+        try:
+            known = await client.stat_slug(packed.digest)
+        except SchedulerError as exc:
+            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            render.warning(
+                f"the scheduler stores no slugs ({exc}): deploying {source.directory} in "
+                "place, as --in-place does; it runs only where that path holds the same tree"
+            )
+            release = await client.deploy(
+                app, str(source.directory), source.procfile, source.env, source.settings
+            )
+            return release, None
         if known.known:
             say(f"Already uploaded slug {short_digest(packed.digest)}: nothing to send")
         else:
