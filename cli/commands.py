@@ -27,7 +27,7 @@ from paas.cli.appconfig import FILENAME as APP_CONFIG
 from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
-from paas.cli.slugpack import IGNORE_FILE, pack
+from paas.cli.slugpack import IGNORE_FILE, PackedSlug, pack
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER, AddressError, parse_address_list
 from paas.common.configvars import PROCFILE_LIMIT, check_no_nul, check_size
@@ -300,18 +300,26 @@ async def deploy_slug(
                     f"scheduler's limit of {human_size(known.max_size)} (--max-slug-size): "
                     f"leave files out with {IGNORE_FILE}, or deploy with --in-place"
                 )
-            started = time.monotonic()
-            with render.UploadProgress(packed.size, shown=shown) as progress:
-                await client.upload_slug(app, packed.slug, packed.path, on_sent=progress.update)
-            seconds = time.monotonic() - started
-            say(f"Uploaded {human_size(packed.size)} in {seconds:.1f} s "
-                f"({render.rate(packed.size, seconds)})")  # fmt: skip
+            say(await _upload(client, app, packed, shown))
         release = await client.deploy(
             app, "", source.procfile, source.env, source.settings, slug=packed.slug
         )
         return release, packed.slug
     finally:
         packed.remove()
+
+
+async def _upload(client: SchedulerClient, app: str, packed: PackedSlug, shown: bool | None) -> str:
+    """Upload `packed` with a progress bar; the line that says how it went."""
+    started = time.monotonic()
+    with render.UploadProgress(packed.size, shown=shown) as progress:
+        answer = await client.upload_slug(app, packed.slug, packed.path, on_sent=progress.update)
+    seconds = time.monotonic() - started
+    meanwhile = "; another deploy had stored it meanwhile" if answer.existed else ""
+    return (
+        f"Uploaded {human_size(packed.size)} in {seconds:.1f} s "
+        f"({render.rate(packed.size, seconds)}){meanwhile}"
+    )
 
 
 async def scale(client: SchedulerClient, args: argparse.Namespace) -> None:
