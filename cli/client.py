@@ -15,7 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import itertools
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +55,8 @@ RECONNECT_MAX = 2.0
 RESUME_LINES = 100_000
 # The slowest upload (bytes a second) that is still making progress, not hanging.
 UPLOAD_RATE_FLOOR = 1024 * 1024
+# Chunks read from the slug file per trip to a worker thread.
+UPLOAD_READ_AHEAD = 8
 
 # Refusals a reconnecting follower gives up on: asking again cannot change them.
 _FINAL_CODES = frozenset(
@@ -194,15 +205,17 @@ class SchedulerClient:
             if on_sent is not None:
                 on_sent(0)
             with contextlib.closing(read_chunks(path, CHUNK_SIZE)) as chunks:
-                # Reading the file is blocking I/O: off the event loop.
-                while chunk := await asyncio.to_thread(next, chunks, b""):
-                    if sent:
-                        yield pb.SlugUpload(data=chunk)
-                    else:
-                        yield pb.SlugUpload(app=app, slug=slug, data=chunk)
-                    sent += len(chunk)
-                    if on_sent is not None:
-                        on_sent(sent)
+                # Reading the file is blocking I/O: off the event loop, a few chunks
+                # per hop so that the hops cost little next to the bytes.
+                while batch := await asyncio.to_thread(_take, chunks, UPLOAD_READ_AHEAD):
+                    for chunk in batch:
+                        if sent:
+                            yield pb.SlugUpload(data=chunk)
+                        else:
+                            yield pb.SlugUpload(app=app, slug=slug, data=chunk)
+                        sent += len(chunk)
+                        if on_sent is not None:
+                            on_sent(sent)
 
         async def attempt(address: str) -> pb.UploadSlugResponse:
             call = self._stub(address).UploadSlug(messages(), timeout=timeout)
@@ -544,6 +557,10 @@ class SchedulerClient:
         if channel is None:
             return False
         return channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+def _take(chunks: Iterator[bytes], count: int) -> list[bytes]:
+    return list(itertools.islice(chunks, count))
 
 
 def _leader_of(exc: grpc.aio.AioRpcError) -> str:
