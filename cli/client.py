@@ -55,6 +55,8 @@ RECONNECT_MAX = 2.0
 RESUME_LINES = 100_000
 # The slowest upload (bytes a second) that is still making progress, not hanging.
 UPLOAD_RATE_FLOOR = 1024 * 1024
+# What grpc says when a client-streaming write meets a call the server has ended.
+_CORE_ERROR = "Internal error from Core"
 # Chunks read from the slug file per trip to a worker thread.
 UPLOAD_READ_AHEAD = 8
 
@@ -200,7 +202,7 @@ class SchedulerClient:
         # progress: a big slug on a slow link is not a dead scheduler.
         timeout = self.timeout + slug.size / UPLOAD_RATE_FLOOR
 
-        async def messages() -> AsyncIterator[pb.SlugUpload]:
+        async def messages() -> AsyncGenerator[pb.SlugUpload, None]:
             sent = 0
             if on_sent is not None:
                 on_sent(0)
@@ -218,8 +220,37 @@ class SchedulerClient:
                             on_sent(sent)
 
         async def attempt(address: str) -> pb.UploadSlugResponse:
-            call = self._stub(address).UploadSlug(messages(), timeout=timeout)
-            return await call
+            # Written message by message: when the scheduler ends the call early (a
+            # follower's redirect, no leader yet, a refusal) the write in flight fails,
+            # often with "Internal error from Core"; the call's own status, awaited
+            # after it, says what the scheduler said.
+            stub: Any = self._stub(address)  # the stubs know no call without an iterator
+            call: grpc.aio.StreamUnaryCall[pb.SlugUpload, pb.UploadSlugResponse]
+            call = stub.UploadSlug(timeout=timeout)
+            source = messages()
+            try:
+                async for message in source:
+                    await call.write(message)
+                await call.done_writing()
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                pass  # the call is over: its status says why
+            except BaseException:
+                call.cancel()
+                raise
+            finally:
+                await source.aclose()
+            try:
+                return await call
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_ERROR:
+                    # The status was lost with the write; the upload starts again.
+                    raise _Busy(
+                        SchedulerError(
+                            f"the upload to the scheduler at {address} broke off",
+                            grpc.StatusCode.UNAVAILABLE,
+                        )
+                    ) from None
+                raise
 
         return await self._with_replicas(attempt)
 
