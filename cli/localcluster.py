@@ -399,10 +399,8 @@ class LocalCluster:
             self._port_blocks.append((low, fd))
         if len(self._port_blocks) < self.agents:
             raise ClusterError(
-                "agents",
-                f"no {self.agents} free blocks of {PORTS_PER_AGENT} ports are left "
-                f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}",
-                None,
+                "agents", f"no {self.agents} free blocks of {PORTS_PER_AGENT} ports are left "
+                f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}", None
             )
 
     def _release_port_blocks(self) -> None:
@@ -421,7 +419,9 @@ class LocalCluster:
                     part = self._agents[name]
                     if not part.running:
                         returncode = part.process.returncode if part.process else None
-                        raise ClusterError(f"agent {name}", how_it_ended(returncode), part.log_path)
+                        raise ClusterError(
+                            f"agent {name}", how_it_ended(returncode), part.log_path
+                        )
                 try:
                     nodes = {node.name: node for node in await client.list_nodes()}
                 except SchedulerError:

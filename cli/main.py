@@ -330,7 +330,9 @@ def _log_level_option(parser: argparse.ArgumentParser) -> None:
 
 def _json_option(what: str = "") -> Arguments:
     def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--json", action="store_true", help=f"print a JSON array{what}")
+        parser.add_argument(
+            "--json", action="store_true", help=f"print a JSON array{what}"
+        )
 
     return arguments
 
@@ -633,7 +635,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("nodes",),
         "the cluster's nodes",
-        "One line per node: name, state (ready, lost, draining), address, instances, capacity.",
+        "One line per node: name, state (ready, lost, draining), address, "
+        "instances, capacity.",
         Scope.CLUSTER,
         commands.api(commands.nodes),
         _json_option(" (last_seen ISO 8601 UTC)"),
