@@ -38,7 +38,6 @@ from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.localcluster import LocalCluster
 from paas.cli.slugpack import pack
 from paas.common.formation import parse_changes
-from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.slugs import CHUNK_SIZE, human_size, short_digest
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
@@ -66,9 +65,9 @@ def generate_tree(root: Path, total: int, files: int, seed: int = 10) -> None:
         (directory / f"f{index:04d}.bin").write_bytes(rng.randbytes(int(weight * scale)))
 
 
-async def paas_deploy(scheduler: str, directory: Path) -> tuple[float, str]:
+async def paas_deploy(cluster: LocalCluster, directory: Path) -> tuple[float, str]:
     """Run the real `paas deploy`; (wall seconds, stdout)."""
-    env = dict(os.environ, PAAS_SCHEDULER=scheduler, PAAS_APP=APP)
+    env = dict(os.environ, **cluster.client_env(), PAAS_APP=APP)
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", "deploy", str(directory),
@@ -81,7 +80,7 @@ async def paas_deploy(scheduler: str, directory: Path) -> tuple[float, str]:
     return seconds, stdout.decode()
 
 
-async def raw_upload(scheduler: str, data: bytes) -> float:
+async def raw_upload(cluster: LocalCluster, data: bytes) -> float:
     """Seconds to stream `data` (a whole slug) with the bare stub: the floor."""
     slug = pb.Slug(digest=hashlib.sha256(data).hexdigest(), size=len(data))
     chunks = [data[at : at + CHUNK_SIZE] for at in range(0, len(data), CHUNK_SIZE)]
@@ -91,7 +90,7 @@ async def raw_upload(scheduler: str, data: bytes) -> float:
         for chunk in chunks[1:]:
             yield pb.SlugUpload(data=chunk)
 
-    async with grpc.aio.insecure_channel(scheduler, options=CHANNEL_OPTIONS) as channel:
+    async with cluster.channel() as channel:
         stub = pb_grpc.SchedulerStub(channel)
         await stub.StatSlug(pb.StatSlugRequest(digest=slug.digest))  # connected
         started = time.perf_counter()
@@ -131,8 +130,7 @@ async def bench(mib: int, files: int, agents: int, workdir: Path) -> None:
     (small / "Procfile").write_text(PROCFILE)
 
     async with LocalCluster(agents=agents, stop_grace=2.0, log_to=workdir / "logs") as cluster:
-        scheduler = cluster.scheduler_address
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
+        async with cluster.client() as client:
             try:
                 await client.stat_slug("0" * 64)
             except SchedulerError as exc:
@@ -144,7 +142,7 @@ async def bench(mib: int, files: int, agents: int, workdir: Path) -> None:
                 raise
             await client.create_app(APP)
             # v1: a small slug, running on every agent before the big deploy.
-            await paas_deploy(scheduler, small)
+            await paas_deploy(cluster, small)
             await client.scale(APP, parse_changes([f"web={agents}"]))
             await wait_release(client, agents, 1, 120)
 
@@ -160,10 +158,10 @@ async def bench(mib: int, files: int, agents: int, workdir: Path) -> None:
             stat = first.stat()
             first.write_bytes(original)
             os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-            raw_seconds = await raw_upload(scheduler, data)
+            raw_seconds = await raw_upload(cluster, data)
 
             # The real CLI, the unchanged tree: a slug the scheduler does not hold.
-            deploy_seconds, out = await paas_deploy(scheduler, tree)
+            deploy_seconds, out = await paas_deploy(cluster, tree)
             released = time.perf_counter()
             rows = await wait_release(client, agents, 2, 600)
             rollout = time.perf_counter() - released

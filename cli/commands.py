@@ -25,6 +25,7 @@ from paas.cli import render
 from paas.cli.appconfig import DOTENV, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
 from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.credentials import connect
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.slugpack import IGNORE_FILE, PackedSlug, pack
@@ -53,7 +54,7 @@ def api(handle: Handler, prepare: Prepare | None = None) -> Callable[[argparse.N
         addresses = scheduler_addresses(args)
 
         async def call() -> None:
-            async with SchedulerClient(addresses) as client:
+            async with connect(addresses, args) as client:
                 await handle(client, args)
 
         try:
@@ -359,6 +360,13 @@ async def drain(client: SchedulerClient, args: argparse.Namespace) -> None:
 async def undrain(client: SchedulerClient, args: argparse.Namespace) -> None:
     node = await client.drain(args.node, drain=False)
     render.out(f"{node.name} takes instances again")
+
+
+async def remove_node(client: SchedulerClient, args: argparse.Namespace) -> None:
+    removed = await client.remove_node(args.node)
+    count = removed.instances
+    moved = f"; its {count} instance(s) are placed elsewhere" if count else ""
+    render.out(f"Removed node {args.node}{moved}")
 
 
 async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 
-from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.client import SchedulerError
 from paas.cli.localcluster import LocalCluster
 from tests.helpers import paas, ps_rows, wait_for
 
@@ -30,14 +30,14 @@ PROCFILE = "web: exec python3 -u -m http.server $PORT --bind 0.0.0.0\n"
 
 
 async def require_slug_store(cluster: LocalCluster) -> None:
-    async with SchedulerClient([cluster.scheduler_address]) as client:
+    async with cluster.client() as client:
         try:
             await client.stat_slug("0" * 64)
         except SchedulerError as exc:
             if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                 pytest.skip(
-                    "needs the scheduler's slug store and the agents' slug fetch "
-                    "(issue 10, the other two branches)"
+                    "needs the scheduler's slug store (issue 10, the scheduler branch; the agents "
+                    "fetch slugs since the slug-agent merge)"
                 )
             raise
 
