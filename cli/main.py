@@ -497,6 +497,11 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="?", default=".", help="the app's directory (default: .)"
     )
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="upload nothing: run the processes in DIR itself, the same path on every host",
+    )
 
 
 def _scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -802,14 +807,28 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("deploy",),
-        "new release from DIR/Procfile",
-        "Make a new release from DIR/Procfile; DIR becomes the working directory of "
-        "every process. DIR/.env, if present, sets config vars, taken literally: "
-        "${VAR} and $VAR are not expanded (as with honcho and foreman). DIR/paas.toml, "
-        "if present, sets per process type supervision settings.",
+        "new release from DIR: pack, upload, run it everywhere",
+        "Make a new release from DIR/Procfile. DIR is packed into a slug (a "
+        "compressed tar named by its sha256), uploaded to the scheduler unless it "
+        "holds that slug already (an unchanged tree uploads nothing), and every "
+        "agent runs the processes in its own unpacked copy: changing or deleting DIR "
+        "afterwards changes nothing that runs. DIR/.slugignore (gitignore syntax) "
+        "leaves files out of the slug; .git is always left out. A symlink out of DIR, "
+        "a fifo, socket or device, or a file that changes while it is packed is "
+        "refused. DIR/.env, if present, sets config vars, taken literally: ${VAR} and "
+        "$VAR are not expanded (as with honcho and foreman). DIR/paas.toml, if "
+        "present, sets per process type supervision settings. With --in-place nothing "
+        "is packed: every process runs in DIR itself, on every host, so DIR must be "
+        "the same path on all of them (one machine, or a shared filesystem).",
         Scope.APP,
         commands.api(commands.deploy, commands.prepare_deploy),
         _deploy_arguments,
+        epilog=(
+            "example:\n  paas deploy examples/hello\n"
+            "  Packed 1.2 KiB slug 3f2a9c1b0d4e (3 files)\n"
+            "  Uploaded 1.2 KiB in 0.0 s (1.1 MiB/s)\n"
+            "  Deployed hello v1 from slug 3f2a9c1b0d4e (web)"
+        ),
     ),
     Command(
         ("scale",),
