@@ -19,12 +19,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
-import grpc
-
 from paas.cli import render
 from paas.cli.appconfig import DOTENV, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
-from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.client import SchedulerClient
 from paas.cli.credentials import connect
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
@@ -267,31 +265,16 @@ async def deploy_slug(
     source: AppSource,
     say: Callable[[str], None],
     shown: bool | None = None,
-) -> tuple[pb.Release, pb.Slug | None]:
+) -> tuple[pb.Release, pb.Slug]:
     """Pack `source` into a slug, upload it unless the scheduler holds it already, and
     make the release that runs it (returned with the slug); `say` hears one line per
     step. A slug over the scheduler's limit is refused before a byte is sent. `shown`
-    forces the progress bar on or off (default: on a terminal).
-
-    A scheduler from before slugs (StatSlug UNIMPLEMENTED) gets an in-place release
-    of the directory, with a warning (and None for the slug): what it can run."""
+    forces the progress bar on or off (default: on a terminal)."""
     packed = await asyncio.to_thread(pack, source.directory)
     try:
         say(f"Packed {human_size(packed.size)} slug {short_digest(packed.digest)} "
             f"({packed.files} files)")  # fmt: skip
-        try:
-            known = await client.stat_slug(packed.digest)
-        except SchedulerError as exc:
-            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
-                raise
-            render.warning(
-                f"the scheduler stores no slugs ({exc}): deploying {source.directory} in "
-                "place, as --in-place does; it runs only where that path holds the same tree"
-            )
-            release = await client.deploy(
-                app, str(source.directory), source.procfile, source.env, source.settings
-            )
-            return release, None
+        known = await client.stat_slug(packed.digest)
         if known.known:
             say(f"Already uploaded slug {short_digest(packed.digest)}: nothing to send")
         else:

@@ -1,10 +1,6 @@
 """Code travels in a slug (issue 10): `paas deploy DIR` packs and uploads DIR, every
 agent runs the instances in its own unpacked copy, so deleting DIR afterwards changes
 nothing that runs; an unchanged tree is not uploaded twice.
-
-Needs all three parts of issue 10: the CLI (this branch), the scheduler's slug store
-and the agents' fetch and unpack. While the scheduler still answers StatSlug with
-UNIMPLEMENTED (the placeholder in scheduler/slugs_api.py) the test is skipped.
 """
 
 from __future__ import annotations
@@ -16,10 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
-from paas.cli.client import SchedulerError
 from paas.cli.localcluster import LocalCluster
 from tests.helpers import paas, ps_rows, wait_for
 
@@ -27,19 +21,6 @@ pytestmark = pytest.mark.integration
 
 MESSAGE = "served from the slug, not from DIR\n"
 PROCFILE = "web: exec python3 -u -m http.server $PORT --bind 0.0.0.0\n"
-
-
-async def require_slug_store(cluster: LocalCluster) -> None:
-    async with cluster.client() as client:
-        try:
-            await client.stat_slug("0" * 64)
-        except SchedulerError as exc:
-            if exc.code == grpc.StatusCode.UNIMPLEMENTED:
-                pytest.skip(
-                    "needs the scheduler's slug store (issue 10, the scheduler branch; the agents "
-                    "fetch slugs since the slug-agent merge)"
-                )
-            raise
 
 
 def get(port: int, path: str) -> str:
@@ -63,7 +44,6 @@ async def web_rows_up(cluster: LocalCluster, count: int) -> list[dict[str, Any]]
 async def test_every_instance_runs_the_slug_after_dir_is_deleted(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    await require_slug_store(cluster)
     app_dir = tmp_path / "app"
     (app_dir / "static").mkdir(parents=True)
     (app_dir / "Procfile").write_text(PROCFILE)

@@ -613,26 +613,20 @@ async def test_deploy_in_place_sends_the_directory_and_no_slug(
     assert out == f"Deployed shop v1 from {app_dir} (in place) (web)\n"
 
 
-async def test_a_scheduler_that_stores_no_slugs_gets_an_in_place_deploy_and_a_warning(
+async def test_a_scheduler_that_stores_no_slugs_refuses_the_deploy_in_one_line(
     replicas: list[Replica], app_dir: Path
 ) -> None:
     fake = replicas[0].fake
 
     async def no_slugs(context: Context) -> None:
-        if fake.deploys == [] and not fake.slug_stats:
-            fake.slug_stats.append("asked")
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "slugs are not stored yet")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "slugs are not stored yet")
 
     fake.refuse = no_slugs
     code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
-    assert code == 0
-    assert err == (
-        f"warning: the scheduler stores no slugs (slugs are not stored yet): deploying "
-        f"{app_dir} in place, as --in-place does; it runs only where that path holds the "
-        "same tree\n"
-    )
-    assert fake.uploads == [] and fake.deploys[0].dir == str(app_dir)
-    assert out.splitlines()[1:] == [f"Deployed shop v1 from {app_dir} (in place) (web)"]
+    # Never a silent fallback to --in-place: that runs only where DIR is the same tree.
+    assert code == 1
+    assert "slugs are not stored yet" in err and err.count("\n") == 1
+    assert fake.uploads == [] and fake.deploys == []
 
 
 async def test_deploy_without_a_procfile_is_one_line_and_sends_nothing(
