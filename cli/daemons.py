@@ -27,7 +27,23 @@ def run_scheduler(args: argparse.Namespace) -> int:
         from paas.scheduler.server import run_scheduler as serve
     except ImportError as exc:
         raise CommandError(f"the scheduler cannot start: {exc}") from None
+    from paas.scheduler.etcd_access import EtcdAccessError, load_etcd_access
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()
+
+    try:
+        access = load_etcd_access(
+            cacert=path(args.etcd_cacert),
+            cert=path(args.etcd_cert),
+            key=path(args.etcd_key),
+            user=args.etcd_user,
+            password_file=path(args.etcd_password_file),
+        )
+    except EtcdAccessError as exc:
+        raise CommandError(str(exc)) from None
     config = SchedulerConfig(
+        etcd_access=access,
         etcd=args.etcd,
         listen=args.listen,
         advertise=args.advertise or "",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from paas.scheduler.etcd_access import EtcdAccess
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -14,3 +16,5 @@ class SchedulerConfig:
     node_grace: float = 10.0  # seconds an agent may be silent before its node is lost
     leader_ttl: int = 5  # seconds of the election lease
     replica_id: str = ""  # defaults to a random id
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)  # TLS and user; none: plaintext
+    etcd_check: float = 15.0  # seconds a secured start-up waits to get into etcd, then exits

@@ -2,12 +2,16 @@
 
     SchedulerError
     ├── StoreError        etcd could not be reached or refused a request   (store.py)
+    │   ├── EtcdUnreachable   no answer from etcd in time (down, or a TLS
+    │   │                     handshake it or we refused)
     │   ├── NotLeaderError    a write's leadership guard failed: this replica
     │   │                     no longer leads (nothing was written)
     │   └── ConflictError     a write's other compare failed: someone changed
     │                         the key first (cas.py retries these)
     ├── NotLeading        this replica does not lead: a follower (it names the
     │                     leader) or no leader elected yet            (guard.py)
+    ├── EtcdAccessError   an etcd TLS or password input is missing, unreadable
+    │                     or readable by others               (etcd_access.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
@@ -44,6 +48,10 @@ class StoreError(SchedulerError):
     """etcd could not be reached or refused the request."""
 
 
+class EtcdUnreachable(StoreError):
+    """etcd did not answer in time: down, partitioned, or a TLS handshake failed."""
+
+
 class NotLeaderError(StoreError):
     """The leadership guard failed: this replica is no longer the leader."""
 
@@ -65,7 +73,7 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     if isinstance(exc, _UNREACHABLE) or (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _UNREACHABLE_CODES
     ):
-        return StoreError(f"etcd is unreachable ({where}): {detail}")
+        return EtcdUnreachable(f"etcd is unreachable ({where}): {detail}")
     return StoreError(f"etcd refused the request ({where}): {detail}")
 
 
