@@ -10,8 +10,6 @@
     │                         the key first (cas.py retries these)
     ├── NotLeading        this replica does not lead: a follower (it names the
     │                     leader) or no leader elected yet            (guard.py)
-    ├── EtcdAccessError   an etcd TLS or password input is missing, unreadable
-    │                     or readable by others               (etcd_access.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
@@ -20,6 +18,9 @@
     paas.common.errors.InvalidInput (ValueError)
                           a request that breaks a rule: a name, a count, a size,
                           a config var, a Procfile                 (common, validate.py)
+    └── EtcdAccessError   (also a SchedulerError) an etcd TLS or password flag's
+                          file is missing, unreadable or readable by others: refused
+                          at start, never an RPC's answer          (etcd_access.py)
 
 guard.py turns each into a gRPC status in one place, so a servicer raises and
 never calls `context.abort` itself. `etcd_error` is the one place that words

@@ -13,13 +13,15 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paas.common.errors import InvalidInput
 from paas.scheduler.errors import SchedulerError
 
 PASSWORD_ENV = "PAAS_ETCD_PASSWORD"
 
 
-class EtcdAccessError(SchedulerError):
-    """A TLS or auth input for etcd is missing, unreadable or too widely readable."""
+class EtcdAccessError(SchedulerError, InvalidInput):
+    """A TLS or auth input for etcd is missing, unreadable or too widely readable: bad
+    input to `paas scheduler`, refused before it starts (never an RPC's answer)."""
 
 
 @dataclass(frozen=True)
