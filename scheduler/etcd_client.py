@@ -5,15 +5,19 @@ and nowhere else; `EtcdClient.connect` is that method with the one line changed:
 given TLS material it opens `grpc.aio.secure_channel` with
 `grpc.ssl_channel_credentials`. Everything else (the stubs, username/password
 auth through etcd's Authenticate and the `token` metadata, the watcher) is
-aetcd's as it stands, so an aetcd upgrade that changes `connect` must be
+aetcd's as it stands, but for one thing aetcd lacks: a call refused UNAUTHENTICATED
+(etcd restarted and forgot its simple tokens) drops the channel, so that the next
+call logs in again. An aetcd upgrade that changes `connect` must be
 checked against this copy (tests/integration/test_etcd_tls.py does that).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aetcd
+import aetcd.exceptions
 import grpc
 from aetcd import rpc, watcher
 from aetcd.client import _handle_errors  # aetcd's own AioRpcError -> ClientError map
@@ -82,3 +86,40 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]  # aetcd has no type hints
             raise
         finally:
             self._is_connecting = False
+
+    # etcd forgets simple-auth tokens when it restarts, and aetcd would keep sending
+    # the old one for ever. A call that etcd answers UNAUTHENTICATED closes the
+    # channel, so that the next call connects and authenticates afresh; the call
+    # itself still fails (its caller retries as for any etcd error).
+
+    async def _forget_token(self) -> None:
+        if self._username is not None:
+            await self.close()
+
+    async def get(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get(*args, **kwargs)
+        except aetcd.exceptions.UnauthenticatedError:
+            await self._forget_token()
+            raise
+
+    async def get_prefix(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_prefix(*args, **kwargs)
+        except aetcd.exceptions.UnauthenticatedError:
+            await self._forget_token()
+            raise
+
+    async def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().transaction(*args, **kwargs)
+        except aetcd.exceptions.UnauthenticatedError:
+            await self._forget_token()
+            raise
+
+    async def lease(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().lease(*args, **kwargs)
+        except aetcd.exceptions.UnauthenticatedError:
+            await self._forget_token()
+            raise

@@ -67,7 +67,7 @@ def etcd(tmp_path: Path) -> Iterator[str]:
         process.wait()
 
 
-@dataclass(frozen=True)
+@dataclass
 class TLSEtcd:
     """An etcd that serves only https and wants a client certificate from `ca`."""
 
@@ -76,6 +76,16 @@ class TLSEtcd:
     client_cert: Path  # CN "root": etcd's user once auth is on
     client_key: Path
     directory: Path
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+
+    def restart(self) -> None:
+        """Kill etcd and start it again on the same data (it forgets auth tokens)."""
+        self.process.kill()
+        self.process.wait()
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=(self.directory / "etcd.log").open("ab")
+        )
 
     def etcdctl(self, *args: str, user: str = "") -> subprocess.CompletedProcess[str]:
         argv = [
@@ -117,11 +127,12 @@ def tls_etcd(tmp_path: Path) -> Iterator[TLSEtcd]:
     process = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("wb")
     )
+    etcd = TLSEtcd(endpoint, ca, client_cert, client_key, pki, argv, process)
     try:
-        yield TLSEtcd(endpoint, ca, client_cert, client_key, pki)
+        yield etcd
     finally:
-        process.kill()
-        process.wait()
+        etcd.process.kill()
+        etcd.process.wait()
 
 
 @pytest.fixture

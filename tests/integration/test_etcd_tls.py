@@ -82,22 +82,22 @@ async def refused(etcd: TLSEtcd, *flags: str, env: dict[str, str] | None = None)
     return lines[0]
 
 
-async def serves_an_app(address: str, etcd: TLSEtcd) -> None:
+async def serves_an_app(address: str, etcd: TLSEtcd, app: str = "shop") -> None:
     """Once the replica leads: create, deploy and scale an app; it lands in etcd."""
 
     async def created() -> bool:
-        result = await paas(address, "apps", "create", "shop")
+        result = await paas(address, "apps", "create", app, timeout=20)
         return result.returncode == 0
 
     await wait_for(created, timeout=60, what="`paas apps create` through a leading scheduler")
     source = etcd.directory / "shop"
     source.mkdir(exist_ok=True)
     (source / "Procfile").write_text("web: sleep 600\n")
-    deployed = await paas(address, "deploy", str(source), app="shop")
+    deployed = await paas(address, "deploy", str(source), app=app)
     assert deployed.returncode == 0, deployed.stderr
-    scaled = await paas(address, "scale", "web=2", app="shop")
+    scaled = await paas(address, "scale", "web=2", app=app)
     assert scaled.returncode == 0, scaled.stderr
-    formation = etcd.etcdctl("get", "/paas/formation/shop")
+    formation = etcd.etcdctl("get", f"/paas/formation/{app}")
     assert formation.returncode == 0, formation.stderr
     assert '"web": 2' in formation.stdout, formation.stdout
 
@@ -176,6 +176,19 @@ async def test_a_user_and_password_get_in_and_a_wrong_password_is_one_line(
     user = ["--etcd-user", "paas", *flags]
     async with serving(tls_etcd, *tls_flags(tls_etcd), *user, env=env) as address:
         await serves_an_app(address, tls_etcd)
+
+
+async def test_a_user_s_scheduler_gets_back_in_after_etcd_restarts_and_forgets_its_token(
+    tls_etcd: TLSEtcd,
+) -> None:
+    await etcd_ready(tls_etcd)
+    enable_auth(tls_etcd)
+    user = ["--etcd-user", "paas", "--etcd-password-file", str(password_file(tls_etcd, "right"))]
+    async with serving(tls_etcd, *tls_flags(tls_etcd), *user) as address:
+        await serves_an_app(address, tls_etcd)
+        tls_etcd.restart()
+        await etcd_ready(tls_etcd)
+        await serves_an_app(address, tls_etcd, app="cart")
 
 
 @pytest.mark.parametrize(
