@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test install proto check lint typecheck unit integration bench chaos clean
+.PHONY: run test install proto check lint typecheck unit integration bench chaos clean image cluster cluster-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,20 @@ bench: install
 # A soak of mixed random faults with the invariants checked all along (SEED=N to replay).
 chaos: install
 	$(BIN)/python bench/chaos.py $(if $(SEED),--seed $(SEED))
+
+# The one image of deploy/Dockerfile (etcd, scheduler, agent, CLI), built with no
+# registry: paas-base:bookworm by debootstrap when missing, or BASE_IMAGE=IMAGE.
+IMAGE ?= paas:dev
+image: install
+	IMAGE=$(IMAGE) PYTHON=$(BIN)/python deploy/build-image.sh
+
+# The compose cluster of deploy/docker-compose.yml (3 etcd, 2 schedulers, 3 agents,
+# TLS on), up and healthy; prints the PAAS_SCHEDULER and PAAS_CREDENTIALS lines.
+cluster: image
+	PAAS_IMAGE=$(IMAGE) PAAS=$(BIN)/paas deploy/cluster.sh up
+
+cluster-down:
+	PAAS_IMAGE=$(IMAGE) deploy/cluster.sh down
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,8 +1,8 @@
 """The `paas` command line.
 
-gRPC's core reads GRPC_VERBOSITY once, when it is first loaded, and otherwise logs
-each failed TLS handshake (to etcd, say) at INFO on stderr; the CLI and its daemons
-print one line of their own instead. Set here, before any gRPC import.
+gRPC's core logs each failed TLS handshake at INFO on stderr (`Handshake failed with
+error ...`); a refused command must be one line, so unless the user asks otherwise,
+gRPC says only its errors. Set here, before anything of the CLI imports grpc.
 """
 
 import os

@@ -49,6 +49,34 @@ def seconds(text: str) -> float:
     return value
 
 
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A lifetime as people write it: 90s, 30m, 1h, 90d (plain digits are seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    value = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration, e.g. 90s, 30m, 1h or 7d, got {text!r}"
+        )
+    return float(value)
+# A size in bytes as people write it: 100MiB, 1GiB, 512KiB, 4096 (binary units; K, M
+# and G mean KiB, MiB and GiB).
+_SIZE = re.compile(r"([0-9]+)(?:\s*([KMG])(?:iB)?)?", re.IGNORECASE)
+_UNITS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A positive size in bytes: 4096, 512KiB, 100MiB, 1GiB (also 100M)."""
+    match = _SIZE.fullmatch(text.strip())
+    value = int(match[1]) * _UNITS[match[2] and match[2].upper()] if match else 0
+    if not 0 < value < 2**50:
+        raise argparse.ArgumentTypeError(f"expected a size, e.g. 100MiB or 1GiB, got {text!r}")
+    return value
+
+
 def address(text: str) -> str:
     try:
         parse_address(text)

@@ -14,16 +14,31 @@ answered and refused). It never prints and never decides what a command means.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import contextlib
+import itertools
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 
 from paas.cli.errors import CLIError
+from paas.cli.slugpack import read_chunks
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.pki import Credentials
+from paas.common.slugs import CHUNK_SIZE
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -40,6 +55,12 @@ RECONNECT_MAX = 2.0
 # What a resumed history may hold: every line written during the outage, within
 # what the agents still keep.
 RESUME_LINES = 100_000
+# The slowest upload (bytes a second) that is still making progress, not hanging.
+UPLOAD_RATE_FLOOR = 1024 * 1024
+# What grpc says when a client-streaming write meets a call the server has ended.
+_CORE_ERROR = "Internal error from Core"
+# Chunks read from the slug file per trip to a worker thread.
+UPLOAD_READ_AHEAD = 8
 
 # Refusals a reconnecting follower gives up on: asking again cannot change them.
 _FINAL_CODES = frozenset(
@@ -70,11 +91,13 @@ class SchedulerError(CLIError):
 class SchedulerUnreachable(SchedulerError):
     """No scheduler replica could be reached at all."""
 
-    def __init__(self, addresses: list[str]) -> None:
-        super().__init__(
-            f"cannot reach the scheduler at {','.join(addresses)}: is it running? (`paas up`)",
-            grpc.StatusCode.UNAVAILABLE,
-        )
+    def __init__(self, addresses: list[str], why: str = "") -> None:
+        """`why`: what the last failed connection said, when it was not a plain refusal."""
+        where = ",".join(addresses)
+        text = f"cannot reach the scheduler at {where}: is it running? (`paas up`)"
+        if why:
+            text = f"cannot connect to the scheduler at {where}: {why}"
+        super().__init__(text, grpc.StatusCode.UNAVAILABLE)
         self.addresses = addresses
 
 
@@ -104,15 +127,19 @@ class SchedulerClient:
         timeout: float = 30.0,
         retry_for: float = 10.0,
         options: list[tuple[str, int]] | None = None,
+        tls: Credentials | None = None,
     ) -> None:
         """`timeout` bounds each unary call; `retry_for` how long to wait for a leader;
-        `options` are extra grpc channel options."""
+        `options` are extra grpc channel options; `tls` the credentials to present
+        (None: plaintext, to an `--insecure` scheduler)."""
         if not addresses:
             raise ValueError("no scheduler address given")
         self.addresses = list(addresses)
         self.timeout = timeout
         self.retry_for = retry_for
         self._options = CHANNEL_OPTIONS + list(options or [])
+        self.tls = tls
+        self._failure = ""  # why the last connection failed, if TLS refused it
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> SchedulerClient:
@@ -154,11 +181,86 @@ class SchedulerClient:
         procfile: str,
         env: dict[str, str],
         settings: Mapping[str, pb.ProcessSettings] | None = None,
+        slug: pb.Slug | None = None,
     ) -> pb.Release:
+        """A release running in `slug` (uploaded first), or in `directory` on every
+        host (--in-place: pass directory and no slug)."""
         request = pb.DeployRequest(
-            app=app, dir=directory, procfile=procfile, env=env, settings=settings or {}
+            app=app, dir=directory, procfile=procfile, env=env, settings=settings or {}, slug=slug
         )
         return await self._unary(lambda stub: stub.Deploy, request)
+
+    async def stat_slug(self, digest: str) -> pb.StatSlugResponse:
+        """Whether the scheduler holds the slug `digest`, and its size limit."""
+        return await self._unary(lambda stub: stub.StatSlug, pb.StatSlugRequest(digest=digest))
+
+    async def upload_slug(
+        self,
+        app: str,
+        slug: pb.Slug,
+        path: Path,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> pb.UploadSlugResponse:
+        """Stream the slug file at `path` to the leader in CHUNK_SIZE messages, the
+        first naming app and slug. A redirect or a replica that cannot serve yet
+        starts the upload again from the file's start (the scheduler keeps nothing
+        of a broken one). `on_sent(bytes)` hears the bytes sent so far in the
+        current attempt (it may go back to 0)."""
+        # The unary timeout plus the slug's time at the slowest rate that is still
+        # progress: a big slug on a slow link is not a dead scheduler.
+        timeout = self.timeout + slug.size / UPLOAD_RATE_FLOOR
+
+        async def messages() -> AsyncGenerator[pb.SlugUpload, None]:
+            sent = 0
+            if on_sent is not None:
+                on_sent(0)
+            with contextlib.closing(read_chunks(path, CHUNK_SIZE)) as chunks:
+                # Reading the file is blocking I/O: off the event loop, a few chunks
+                # per hop so that the hops cost little next to the bytes.
+                while batch := await asyncio.to_thread(_take, chunks, UPLOAD_READ_AHEAD):
+                    for chunk in batch:
+                        if sent:
+                            yield pb.SlugUpload(data=chunk)
+                        else:
+                            yield pb.SlugUpload(app=app, slug=slug, data=chunk)
+                        sent += len(chunk)
+                        if on_sent is not None:
+                            on_sent(sent)
+
+        async def attempt(address: str) -> pb.UploadSlugResponse:
+            # Written message by message: when the scheduler ends the call early (a
+            # follower's redirect, no leader yet, a refusal) the write in flight fails,
+            # often with "Internal error from Core"; the call's own status, awaited
+            # after it, says what the scheduler said.
+            stub: Any = self._stub(address)  # the stubs know no call without an iterator
+            call: grpc.aio.StreamUnaryCall[pb.SlugUpload, pb.UploadSlugResponse]
+            call = stub.UploadSlug(timeout=timeout)
+            source = messages()
+            try:
+                async for message in source:
+                    await call.write(message)
+                await call.done_writing()
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                pass  # the call is over: its status says why
+            except BaseException:
+                call.cancel()
+                raise
+            finally:
+                await source.aclose()
+            try:
+                return await call
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_ERROR:
+                    # The status was lost with the write; the upload starts again.
+                    raise _Busy(
+                        SchedulerError(
+                            f"the upload to the scheduler at {address} broke off",
+                            grpc.StatusCode.UNAVAILABLE,
+                        )
+                    ) from None
+                raise
+
+        return await self._with_replicas(attempt)
 
     async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
         request = pb.ScaleRequest(
@@ -196,6 +298,23 @@ class SchedulerClient:
         request = pb.DrainRequest(node=node, drain=drain)
         return await self._unary(lambda stub: stub.Drain, request)
 
+    async def create_token(self, ttl: float, uses: int) -> pb.CreateTokenResponse:
+        """A new join token (its text is in the answer only)."""
+        request = pb.CreateTokenRequest(ttl=ttl, uses=uses)
+        return await self._unary(lambda stub: stub.CreateToken, request)
+
+    async def list_tokens(self) -> list[pb.JoinToken]:
+        response = await self._unary(lambda stub: stub.ListTokens, pb.ListTokensRequest())
+        return list(response.tokens)
+
+    async def revoke_token(self, token_id: str) -> pb.JoinToken:
+        request = pb.RevokeTokenRequest(id=token_id)
+        return await self._unary(lambda stub: stub.RevokeToken, request)
+
+    async def remove_node(self, node: str) -> pb.RemoveNodeResponse:
+        """Forget a lost node; its instances are placed elsewhere."""
+        return await self._unary(lambda stub: stub.RemoveNode, pb.RemoveNodeRequest(node=node))
+
     async def list_drains(self, app: str) -> list[pb.LogDrain]:
         request = pb.ListDrainsRequest(app=app)
         response = await self._unary(lambda stub: stub.ListDrains, request)
@@ -208,6 +327,21 @@ class SchedulerClient:
     async def remove_drain(self, app: str, url: str) -> pb.LogDrain:
         request = pb.RemoveDrainRequest(app=app, url=url)
         return await self._unary(lambda stub: stub.RemoveDrain, request)
+
+    async def create_credentials(
+        self, name: str, csr: bytes, ttl_seconds: int = 0
+    ) -> pb.CreateCredentialsResponse:
+        request = pb.CreateCredentialsRequest(name=name, csr=csr, ttl_seconds=ttl_seconds)
+        return await self._unary(lambda stub: stub.CreateCredentials, request)
+
+    async def list_credentials(self) -> list[pb.Credential]:
+        request = pb.ListCredentialsRequest()
+        response = await self._unary(lambda stub: stub.ListCredentials, request)
+        return list(response.credentials)
+
+    async def revoke_credentials(self, name: str) -> pb.Credential:
+        request = pb.RevokeCredentialsRequest(name=name)
+        return await self._unary(lambda stub: stub.RevokeCredentials, request)
 
     async def logs(
         self,
@@ -381,7 +515,7 @@ class SchedulerClient:
     def _stub(self, address: str) -> SchedulerAsyncStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = dial(address, self.tls, self._options)
             self._channels[address] = channel
         return pb_grpc.SchedulerStub(channel)
 
@@ -414,7 +548,7 @@ class SchedulerClient:
                 if busy is not None:
                     break
             if busy is None:
-                raise SchedulerUnreachable(self.addresses)
+                raise SchedulerUnreachable(self.addresses, self._failure)
             if loop.time() >= deadline:
                 raise busy.error
             await asyncio.sleep(0.5)
@@ -429,6 +563,7 @@ class SchedulerClient:
             state = channel.get_state(try_to_connect=True)
             while state != grpc.ChannelConnectivity.READY:
                 if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    self._failure = await handshake_failure(channel, self.tls is not None)
                     raise _Unreachable(address)
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
@@ -494,6 +629,34 @@ class SchedulerClient:
         if channel is None:
             return False
         return channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+def _take(chunks: Iterator[bytes], count: int) -> list[bytes]:
+    return list(itertools.islice(chunks, count))
+
+
+# What gRPC's "last error" says when the TLS handshake, not the network, failed.
+_HANDSHAKE_SIGNS = ("Socket closed", "handshake", "Handshake", "SSL", "ssl", "certificate")
+
+
+async def handshake_failure(channel: grpc.aio.Channel, tls: bool) -> str:
+    """Why a channel in TRANSIENT_FAILURE failed, if it was the TLS handshake, in words
+    that say what to check; "" for a plain refusal or an unreachable host."""
+    probe = cast(Any, channel).unary_unary("/paas.Scheduler/ListNodes")
+    try:
+        await probe(b"", timeout=1.0)
+    except grpc.aio.AioRpcError as exc:
+        last = (exc.details() or "").rpartition("last error: ")[2]
+    else:
+        return ""
+    if not any(sign in last for sign in _HANDSHAKE_SIGNS):
+        return ""
+    if tls:
+        return (
+            "the TLS handshake failed: are your credentials from this cluster's CA and not "
+            "expired, and does the scheduler run with TLS (not --insecure)?"
+        )
+    return "it refused a plaintext connection: it runs with TLS, so drop --insecure/PAAS_INSECURE"
 
 
 def _leader_of(exc: grpc.aio.AioRpcError) -> str:

@@ -17,12 +17,22 @@ from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from paas.common.formation import describe
 from paas.common.logformat import format_line, timestamp
 from paas.common.names import InstanceName, NameError_
+from paas.common.slugs import NOT_READY, human_size
 from paas.proto import paas_pb2 as pb
 
 # Piped output is read by scripts: wide enough that no column is cut short.
@@ -201,6 +211,9 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     exit_text = _exit_text(view)
     if state == "up":
         return f"up {duration(now - (view.started_at or view.since))}" + _earlier(view)
+    if state == "backoff" and view.reason.startswith(NOT_READY):
+        # No process ran: the slug could not be had (the reason says why).
+        return f"{view.reason}, {_next_start(view, now)}"
     if state in ("backoff", "crashed"):
         parts = [f"crashed {view.restarts + 1}{TIMES}"]
         if exit_text:
@@ -208,8 +221,7 @@ def status_text(view: pb.InstanceView, now: float) -> str:
         if state == "crashed" and view.reason and view.reason != view.last_exit:
             parts.append(view.reason)
         if state == "backoff" and view.next_start:
-            wait = view.next_start - now
-            parts.append(f"next start in {duration(wait)}" if wait >= 1 else "next start now")
+            parts.append(_next_start(view, now))
         return ", ".join(parts)
     if state == "starting":
         text = f"starting {duration(now - view.since)}" if view.since else "starting"
@@ -225,6 +237,11 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     if state == "pending":
         return f"pending ({view.reason})" if view.reason else "pending"
     return state
+
+
+def _next_start(view: pb.InstanceView, now: float) -> str:
+    wait = view.next_start - now
+    return f"next start in {duration(wait)}" if wait >= 1 else "next start now"
 
 
 def _earlier(view: pb.InstanceView) -> str:
@@ -432,6 +449,40 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
     console().print(table)
 
 
+# ---------------------------------------------------------------- credentials
+
+
+def credential_dict(credential: pb.Credential) -> dict[str, Any]:
+    """One `credentials --json` object; times ISO 8601 UTC."""
+    return {
+        "name": credential.name,
+        "serial": credential.serial,
+        "expires_at": iso_time(credential.expires_at),
+        "created_at": iso_time(credential.created_at),
+        "revoked": credential.revoked,
+    }
+
+
+def credentials(items: Iterable[pb.Credential], as_json: bool = False) -> None:
+    ordered = sorted(items, key=lambda c: c.name)
+    if as_json:
+        print_json([credential_dict(c) for c in ordered])
+        return
+    if not ordered:
+        info("no credentials: make some with `paas credentials create NAME`")
+        return
+    now = time.time()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("name", "serial", "expires", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for c in ordered:
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(c.expires_at))
+        if c.expires_at <= now:
+            expires += " (expired)"
+        table.add_row(c.name, c.serial, expires, "revoked" if c.revoked else "-")
+    console().print(table)
+
+
 def destroyed(app: str, instances: int) -> str:
     """What `paas apps destroy` says once the scheduler has done it."""
     stopped = f"{instances} instance{'' if instances == 1 else 's'}"
@@ -579,3 +630,58 @@ class LogPrinter:
             return "bold"
         # crc32, not hash(): the same instance gets the same colour in every run.
         return _LOG_COLOURS[zlib.crc32(line.instance.encode()) % len(_LOG_COLOURS)]
+
+
+# ---------------------------------------------------------------- slug upload
+
+# An upload that is over within this many seconds shows no progress bar.
+PROGRESS_AFTER = 0.5
+
+
+class UploadProgress:
+    """A progress bar on stderr for a slug upload that takes more than a moment;
+    nothing at all unless both stdout and stderr are terminals.
+
+        with render.UploadProgress(size) as progress:
+            await client.upload_slug(app, slug, path, on_sent=progress.update)
+    """
+
+    def __init__(self, total: int, shown: bool | None = None) -> None:
+        self.total = total
+        self._shown = shown if shown is not None else sys.stdout.isatty() and sys.stderr.isatty()
+        self._started = time.monotonic()
+        self._bar: Progress | None = None  # once shown
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> UploadProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def update(self, sent: int) -> None:
+        if not self._shown:
+            return
+        if self._bar is None:
+            if time.monotonic() - self._started < PROGRESS_AFTER or sent >= self.total:
+                return
+            self._bar = Progress(
+                TextColumn("Uploading"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console(sys.stderr),
+                transient=True,
+            )
+            self._task = self._bar.add_task("upload", total=self.total)
+            self._bar.start()
+        if self._task is not None:
+            self._bar.update(self._task, completed=sent)
+
+
+def rate(size: int, seconds: float) -> str:
+    """'12.3 MiB/s', for `Uploaded ...`."""
+    return f"{human_size(int(size / max(seconds, 1e-6)))}/s"

@@ -12,6 +12,12 @@
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
+    ├── JoinRefused       a join token that is unknown, expired, used up or
+    │                     revoked, or a CSR that cannot be signed   (tokens_api.py)
+    ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
+    ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
+    ├── Refused           well formed, but the cluster's state forbids it now
+    ├── OverBudget        a slug that would pass the slug budget (slugs_api.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -78,6 +84,14 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     return StoreError(f"etcd refused the request ({where}): {detail}")
 
 
+class Unauthenticated(SchedulerError):
+    """The caller presented no usable certificate: none, expired, or revoked."""
+
+
+class PermissionDenied(SchedulerError):
+    """The caller's certificate is valid, but its role or name may not do this."""
+
+
 class NotLeading(SchedulerError):
     """This replica is not the leader; `leader` is the one that is, if known."""
 
@@ -95,3 +109,16 @@ class NotFound(SchedulerError):
 
 class AlreadyExists(SchedulerError):
     """What the request would create exists already."""
+
+
+class JoinRefused(SchedulerError):
+    """An agent may not join with what it sent; the message says why, in one line."""
+
+
+class Refused(SchedulerError):
+    """The request is well formed but the cluster's state forbids it now (a node that
+    is still connected cannot be removed); the message says what to do first."""
+
+
+class OverBudget(SchedulerError):
+    """Storing what the request brings would pass a stated budget (--slug-budget)."""

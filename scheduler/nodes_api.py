@@ -1,4 +1,4 @@
-"""The nodes: ListNodes (`paas nodes`) and Drain.
+"""The nodes: ListNodes (`paas nodes`), Drain and RemoveNode.
 
 A node's state comes from Sessions.node_state, the one place it is decided.
 """
@@ -9,7 +9,7 @@ import dataclasses
 import logging
 
 from paas.proto import paas_pb2 as pb
-from paas.scheduler.errors import NotFound
+from paas.scheduler.errors import NotFound, Refused
 from paas.scheduler.guard import Context
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import Sessions
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class NodesService:
-    """ListNodes and Drain."""
+    """ListNodes, Drain and RemoveNode."""
 
     def __init__(self, store: Store, sessions: Sessions, reconciler: Reconciler) -> None:
         self._store = store
@@ -70,3 +70,24 @@ class NodesService:
             capacity=node.capacity,
             labels=node.labels,
         )
+
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: Context
+    ) -> pb.RemoveNodeResponse:
+        """Forget a lost node. One with a session is refused: its agent would only
+        register it again, and its instances would run on without the scheduler."""
+        node = (await self._store.nodes()).get(request.node)
+        if node is None:
+            raise NotFound(f"unknown node {request.node!r} (`paas nodes` lists them)")
+        state = self._sessions.node_state(node.name, node.draining)
+        if state != pb.NODE_LOST:
+            raise Refused(
+                f"node {node.name} is {pb.NodeState.Name(state).removeprefix('NODE_').lower()}, "
+                "not lost: drain it (`paas nodes drain`), stop its agent, then remove it"
+            )
+        on_it = sum(1 for record in await self._store.instances() if record.node == node.name)
+        # Guarded by the record's revision: an agent that dialled in meanwhile wins.
+        await self._store.remove_node(node)
+        self._reconciler.kick()
+        log.info("node %s removed (%d instance(s) to place elsewhere)", node.name, on_it)
+        return pb.RemoveNodeResponse(instances=on_it)

@@ -12,7 +12,9 @@ Layout, under /paas/:
     apps/APP                     {"name", "id", "created_at", "release"}; the id is new
                                  for every app created, so a re-created name is another app
     formation/APP                {"web": 3, ...}
-    releases/APP/0000000007      {"version", "dir", "commands", "env", ...}
+    releases/APP/0000000007      {"version", "slug": {"digest", "size"} or "dir" (in place),
+                                 "commands", "env", ...}; the slug GC keeps the last
+                                 --keep-releases of each app
     instances/APP/web.3          {"node", "release"}; its mod revision is the
                                  assignment's incarnation
     nodes/NAME                   {"address", "capacity", "labels", "draining"}
@@ -25,6 +27,20 @@ Layout, under /paas/:
     drain-progress/APP/ID        {"cursors", "since", "dropped"}: how far the drain
                                  got, saved every few seconds by the leader; the
                                  reconcile watch ignores these keys
+    tokens/ID                    a join token: {"secret_hash", "created_at", "expires_at",
+                                 "uses", "uses_left", "revoked"}; the secret itself is
+                                 never stored (common/jointoken.py); a join takes a use
+                                 with a compare on the key's mod revision; the
+                                 reconcile watch ignores these keys
+    credentials/NAME             {"name", "serial", "expires_at", "created_at", "revoked"}:
+                                 an admin credential (never its key)
+    revoked/SERIAL               {"name", "revoked_at"}: the deny list of certificate
+                                 serials (lowercase hex) every replica checks on each call
+    slugs/DIGEST/chunk/000000    a slug's bytes, CHUNK_SIZE per value, in order
+    slugs/DIGEST/meta            {"digest", "size", "chunks", "created_at"}: written
+                                 last, after every chunk; a slug exists when its meta
+                                 does (chunks without it are a dead leader's leftovers).
+                                 The reconcile watch ignores these keys too
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -48,6 +64,7 @@ import aetcd.rpc
 import aetcd.transactions as tx
 import grpc
 
+from paas.common.jointoken import TokenRecord
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import ConflictError as ConflictError
@@ -61,6 +78,11 @@ PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
 CLUSTER_ID_KEY = PREFIX + "cluster-id"
 _EVENTS = PREFIX + "events/"
+_SLUGS = PREFIX + "slugs/"
+# etcd's default --max-request-bytes (1.5 MiB): a txn of slug chunks stays below it.
+ETCD_REQUEST_LIMIT = 1536 * 1024
+# Room left in each txn for keys, the guard and the request's framing.
+_TXN_OVERHEAD = 64 * 1024
 # etcd refuses txns of more than 128 operations by default.
 _MAX_TXN_OPS = 120
 
@@ -105,12 +127,34 @@ def _event_key(app: str, seq: int) -> str:
     return f"{_events_prefix(app)}{seq:020d}"
 
 
+def _slug_prefix(digest: str) -> str:
+    return f"{_SLUGS}{digest}/"
+
+
+def _slug_meta_key(digest: str) -> str:
+    return f"{_slug_prefix(digest)}meta"
+
+
+def _slug_chunk_key(digest: str, index: int) -> str:
+    return f"{_slug_prefix(digest)}chunk/{index:06d}"
+
+
+def chunks_per_txn(chunk_size: int, limit: int = ETCD_REQUEST_LIMIT) -> int:
+    """How many chunks of `chunk_size` one txn may carry below etcd's request limit."""
+    return max(1, (limit - _TXN_OVERHEAD) // chunk_size)
+
+
 def _prefix_end(prefix: str) -> bytes:
     """The first key after every key that starts with `prefix` (all ASCII here)."""
     return prefix[:-1].encode() + bytes([ord(prefix[-1]) + 1])
 
 
 _DRAIN_PROGRESS = f"{PREFIX}drain-progress/"
+_TOKENS = f"{PREFIX}tokens/"
+
+
+def _token_key(token_id: str) -> str:
+    return f"{_TOKENS}{token_id}"
 
 
 def _drain_id(url: str) -> str:
@@ -119,6 +163,14 @@ def _drain_id(url: str) -> str:
 
 def _drain_key(app: str, url: str) -> str:
     return f"{PREFIX}drains/{app}/{_drain_id(url)}"
+
+
+def _credential_key(name: str) -> str:
+    return f"{PREFIX}credentials/{name}"
+
+
+def _revoked_key(serial: str) -> str:
+    return f"{PREFIX}revoked/{serial}"
 
 
 def _drain_progress_key(app: str, url: str) -> str:
@@ -138,16 +190,35 @@ class AppRecord:
 
 
 @dataclass(frozen=True)
+class SlugRef:
+    """A slug as a release names it."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     app: str
     version: int
-    dir: str
+    dir: str  # --in-place only; "" with a slug
     commands: dict[str, str]
     env: dict[str, str]
     created_at: float
     description: str = ""
     # process type -> supervision settings, as ProcessSettings fields (JSON names)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slug: SlugRef | None = None  # None for an in-place release
+
+
+@dataclass(frozen=True)
+class SlugRecord:
+    """A stored slug's meta key: it exists whole once this is written."""
+
+    digest: str
+    size: int
+    chunks: int
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -166,6 +237,7 @@ class NodeRecord:
     capacity: int
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
+    mod_revision: int = 0  # as read; 0 for a record not read from etcd
 
 
 @dataclass(frozen=True)
@@ -186,6 +258,17 @@ class DrainProgress:
     cursors: dict[tuple[str, str], int]
     since: float
     dropped: int = 0
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    """An admin credential as etcd keeps it: its name, certificate serial and expiry."""
+
+    name: str
+    serial: str  # lowercase hex
+    expires_at: float
+    created_at: float
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -351,7 +434,7 @@ class Store:
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
         nodes = {}
-        for key, value, _ in rows:
+        for key, value, revision in rows:
             data = json.loads(value)
             name = key.rsplit("/", 1)[1]
             nodes[name] = NodeRecord(
@@ -360,6 +443,7 @@ class Store:
                 capacity=int(data["capacity"]),
                 labels=dict(data.get("labels", {})),
                 draining=bool(data.get("draining", False)),
+                mod_revision=revision,
             )
         return nodes
 
@@ -406,6 +490,17 @@ class Store:
             since=float(data["since"]),
             dropped=int(data.get("dropped", 0)),
         )
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Every join token kept, oldest first."""
+        rows = await self._get_prefix(_TOKENS)
+        records = [_token_from(key[len(_TOKENS) :], value) for key, value, _ in rows]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def token(self, token_id: str) -> tuple[TokenRecord, int] | None:
+        """The token and its key's mod revision (for `update_token`); None if unknown."""
+        found = await self._get(_token_key(token_id))
+        return None if found is None else (_token_from(token_id, found[0]), found[1])
 
     async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
         """Read everything reconcile needs. Releases never change once written, so the
@@ -537,10 +632,13 @@ class Store:
         """Write `release` as the app's current one and the formation beside it, if
         neither the app nor its formation changed since they were read."""
         app_value = _app_to(dataclasses.replace(app, release=release.version))
+        # A release names only a slug stored whole (its meta is there).
+        slug_stored = [tx.Version(_slug_meta_key(release.slug.digest)) > 0] if release.slug else []
         await self._txn(
             [
                 tx.Mod(_app_key(app.name)) == app.mod_revision,
                 tx.Mod(_formation_key(app.name)) == formation_rev,
+                *slug_stored,
             ],
             [
                 tx.Put(
@@ -571,6 +669,11 @@ class Store:
             "draining": node.draining,
         }
         await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
+
+    async def remove_node(self, node: NodeRecord) -> None:
+        """Delete the node's record, if unchanged since it was read (ConflictError)."""
+        key = _node_key(node.name)
+        await self._txn([tx.Mod(key) == node.mod_revision], [tx.Delete(key.encode())])
 
     async def add_drain(self, drain: DrainRecord) -> None:
         """Write a new drain; ConflictError if the app has one with this URL already."""
@@ -610,6 +713,25 @@ class Store:
             [tx.Version(_drain_key(drain.app, drain.url)) > 0],
             [tx.Put(_drain_progress_key(drain.app, drain.url).encode(), _dumps(value))],
         )
+
+    async def add_token(self, token: TokenRecord) -> None:
+        """Write a new join token; ConflictError if its id is taken."""
+        key = _token_key(token.id)
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(_token_to(token)))])
+
+    async def update_token(self, token: TokenRecord, mod_revision: int) -> None:
+        """Replace the token if its key is unchanged since read at `mod_revision`
+        (ConflictError otherwise): of two joins racing for its last use, one wins."""
+        key = _token_key(token.id)
+        await self._txn(
+            [tx.Mod(key) == mod_revision], [tx.Put(key.encode(), _dumps(_token_to(token)))]
+        )
+
+    async def delete_tokens(self, token_ids: Sequence[str]) -> None:
+        """Forget tokens (spent ones, long past use)."""
+        ops = [tx.Delete(_token_key(token_id).encode()) for token_id in token_ids]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
 
     async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
         """Commit assignment changes, in chunks that fit one etcd txn each; ConflictError
@@ -652,33 +774,187 @@ class Store:
         await self._txn([], [tx.Delete(prefix.encode(), range_end=end)])
         return count - keep
 
+    # ------------------------------------------------------------ credentials
+
+    async def credentials(self) -> dict[str, CredentialRecord]:
+        kvs = await self._kvs(f"{PREFIX}credentials/")
+        records = (_credential_from(kv.value) for kv in kvs)
+        return {record.name: record for record in records}
+
+    async def credential(self, name: str) -> CredentialRecord | None:
+        found = await self._get(_credential_key(name))
+        return None if found is None else _credential_from(found[0])
+
+    async def add_credential(self, record: CredentialRecord) -> None:
+        """Write a new credential; ConflictError if the name is taken."""
+        key = _credential_key(record.name)
+        value = _dumps(dataclasses.asdict(record))
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), value)])
+
+    async def revoke_credential(self, record: CredentialRecord, revoked_at: float) -> None:
+        """Mark the credential revoked and put its serial on the deny list, in one txn."""
+        revoked = dataclasses.replace(record, revoked=True)
+        entry = {"name": record.name, "revoked_at": revoked_at}
+        await self._txn(
+            [],
+            [
+                tx.Put(_credential_key(record.name).encode(), _dumps(dataclasses.asdict(revoked))),
+                tx.Put(_revoked_key(record.serial).encode(), _dumps(entry)),
+            ],
+        )
+
+    async def is_revoked(self, serial: str) -> bool:
+        """Whether the serial is on the deny list (one read of one key)."""
+        return await self._get(_revoked_key(serial)) is not None
+
+    # ------------------------------------------------------------ releases (GC)
+
+    async def all_releases(self) -> list[ReleaseRecord]:
+        """Every release of every app, as stored."""
+        return [
+            _release_from(json.loads(value))
+            for _, value, _ in await self._get_prefix(f"{PREFIX}releases/")
+        ]
+
+    async def delete_releases(self, releases: Sequence[tuple[str, int]]) -> None:
+        """Delete the releases (app, version) given, in txns of at most _MAX_TXN_OPS."""
+        ops = [tx.Delete(_release_key(app, version).encode()) for app, version in releases]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
+    # ------------------------------------------------------------ slugs
+
+    async def slug(self, digest: str) -> SlugRecord | None:
+        """The slug's meta; None unless it is stored whole."""
+        found = await self._get(_slug_meta_key(digest))
+        return None if found is None else _slug_from(json.loads(found[0]))
+
+    async def slugs(self) -> tuple[dict[str, SlugRecord], set[str]]:
+        """Every slug stored whole, by digest, and every digest with keys but no meta
+        (leftovers of a write that died, or one under way). Reads keys, then only the
+        metas: never the chunks' bytes."""
+        rows, _ = await self._newest(_SLUGS, 0, keys_only=True)
+        digests = {key.decode()[len(_SLUGS) :].split("/", 1)[0] for key, _ in rows}
+        records: dict[str, SlugRecord] = {}
+        for digest in sorted(digests):
+            record = await self.slug(digest)
+            if record is not None:
+                records[digest] = record
+        return records, digests - set(records)
+
+    async def slug_chunk(self, digest: str, index: int) -> bytes | None:
+        found = await self._get(_slug_chunk_key(digest, index))
+        return None if found is None else found[0]
+
+    async def put_slug_chunks(self, digest: str, first: int, chunks: Sequence[bytes]) -> None:
+        """Write chunks `first`, `first`+1, ... of the slug in one guarded txn."""
+        ops = [
+            tx.Put(_slug_chunk_key(digest, first + offset).encode(), chunk)
+            for offset, chunk in enumerate(chunks)
+        ]
+        await self._txn([], ops)
+
+    async def put_slug_meta(self, record: SlugRecord) -> None:
+        """Make the slug exist (its chunks written before); ConflictError if it does."""
+        key = _slug_meta_key(record.digest)
+        value = {
+            "digest": record.digest,
+            "size": record.size,
+            "chunks": record.chunks,
+            "created_at": record.created_at,
+        }
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(value))])
+
+    async def delete_slug(self, digest: str) -> None:
+        """Delete the slug's meta and chunks, meta first within the one txn."""
+        prefix = _slug_prefix(digest)
+        await self._txn([], [tx.Delete(prefix.encode(), range_end=_prefix_end(prefix))])
+
+    async def compact(self) -> int:
+        """Compact etcd's history up to now, so the space of deleted values can be reused;
+        the revision compacted to."""
+        try:
+            await self._client.connect()
+            response = await self._client.kvstub.Range(
+                aetcd.rpc.RangeRequest(key=LEADER_KEY.encode(), count_only=True),
+                timeout=self._timeout,
+                metadata=self._client.metadata,
+            )
+            revision = int(response.header.revision)
+            await self._client.compact(revision, physical=True)
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            if "compacted" in str(exc):
+                return 0  # someone compacted past it meanwhile
+            raise etcd_error(self.endpoints, exc) from exc
+        return revision
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
         """Yield once per change under /paas/ (an event only says: look again), except
         scheduler events and log drains' progress, which change nothing that reconcile
-        reads (and would wake it for every event or save the leader writes itself).
-        Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
+        reads (and would wake it for every event or save the leader writes itself), and
+        join tokens (a join changes nothing reconcile reads), and
+        slugs, which are not even watched: a watch carries the values, and an upload's
+        chunks would stream every byte back to the leader. So two watches, on either
+        side of the slug prefix, feed one queue.
+        Ends with StoreError when a watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
         progress = _DRAIN_PROGRESS.encode()
-        try:
-            watch = await self._client.watch_prefix(PREFIX.encode())
-        except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"cannot watch etcd: {exc}") from exc
-        try:
-            async for event in watch:
-                # A drain's progress changes every few seconds and concerns no one else.
-                if event.kv.key.startswith((events, progress)):
-                    continue
-                yield None
-        except aetcd.exceptions.ClientError as exc:
-            # A compacted revision lands here too: the caller re-reads everything anyway.
-            raise StoreError(f"the etcd watch broke: {exc}") from exc
-        finally:
+        tokens = _TOKENS.encode()
+        ranges = [(PREFIX.encode(), _SLUGS.encode()), (_prefix_end(_SLUGS), _prefix_end(PREFIX))]
+        watches: list[Any] = []
+        queue: asyncio.Queue[Exception | None] = asyncio.Queue()
+        ended = StoreError("the etcd watch ended")
+
+        async def pump(watch: Any) -> None:
             try:
-                await watch.cancel()
-            except Exception:
-                pass
+                async for event in watch:
+                    # A drain's progress changes every few seconds and concerns no one else.
+                    if not event.kv.key.startswith((events, progress, tokens)):
+                        queue.put_nowait(None)
+            except aetcd.exceptions.ClientError as exc:
+                # A compacted revision lands here too: the caller re-reads everything.
+                queue.put_nowait(StoreError(f"the etcd watch broke: {exc}"))
+            except Exception as exc:
+                queue.put_nowait(exc)
+            else:
+                queue.put_nowait(ended)
+
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            try:
+                for start, end in ranges:
+                    watches.append(await self._client.watch(start, range_end=end))
+            except aetcd.exceptions.ClientError as exc:
+                raise StoreError(f"cannot watch etcd: {exc}") from exc
+            pumps = [asyncio.create_task(pump(watch)) for watch in watches]
+            while True:
+                item = await queue.get()
+                if item is ended:
+                    return
+                if item is not None:
+                    raise item
+                yield None
+        finally:
+            for task in pumps:
+                task.cancel()
+            for watch in watches:
+                try:
+                    await watch.cancel()
+                except Exception:
+                    pass
+
+
+def _credential_from(value: bytes) -> CredentialRecord:
+    data = json.loads(value)
+    return CredentialRecord(
+        name=str(data["name"]),
+        serial=str(data["serial"]),
+        expires_at=float(data["expires_at"]),
+        created_at=float(data["created_at"]),
+        revoked=bool(data.get("revoked", False)),
+    )
 
 
 def _app_to(app: AppRecord) -> dict[str, Any]:
@@ -700,6 +976,39 @@ def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecor
     )
 
 
+def _token_to(token: TokenRecord) -> dict[str, Any]:
+    return {
+        "secret_hash": token.secret_hash,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "uses": token.uses,
+        "uses_left": token.uses_left,
+        "revoked": token.revoked,
+    }
+
+
+def _token_from(token_id: str, value: bytes) -> TokenRecord:
+    data = json.loads(value)
+    return TokenRecord(
+        id=token_id,
+        secret_hash=str(data["secret_hash"]),
+        created_at=float(data["created_at"]),
+        expires_at=float(data["expires_at"]),
+        uses=int(data["uses"]),
+        uses_left=int(data["uses_left"]),
+        revoked=bool(data.get("revoked", False)),
+    )
+
+
+def _slug_from(data: dict[str, Any]) -> SlugRecord:
+    return SlugRecord(
+        digest=str(data["digest"]),
+        size=int(data["size"]),
+        chunks=int(data["chunks"]),
+        created_at=float(data["created_at"]),
+    )
+
+
 def _release_to(release: ReleaseRecord) -> dict[str, Any]:
     return {
         "app": release.app,
@@ -710,10 +1019,16 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
         "created_at": release.created_at,
         "description": release.description,
         "settings": release.settings,
+        **(
+            {"slug": {"digest": release.slug.digest, "size": release.slug.size}}
+            if release.slug
+            else {}
+        ),
     }
 
 
 def _release_from(data: dict[str, Any]) -> ReleaseRecord:
+    slug = data.get("slug")
     return ReleaseRecord(
         app=str(data["app"]),
         version=int(data["version"]),
@@ -723,4 +1038,5 @@ def _release_from(data: dict[str, Any]) -> ReleaseRecord:
         created_at=float(data["created_at"]),
         description=str(data.get("description", "")),
         settings={str(k): dict(v) for k, v in data.get("settings", {}).items()},
+        slug=SlugRef(str(slug["digest"]), int(slug["size"])) if slug else None,
     )

@@ -24,6 +24,10 @@ from tests.helpers import paas, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
+# The scheduler's own API is plaintext here (--insecure): what is under test is
+# its link to etcd, which is TLS whatever the API does.
+PLAINTEXT_API = {"PAAS_INSECURE": "1"}
+
 
 def tls_flags(etcd: TLSEtcd, cert: Path | None = None, key: Path | None = None) -> list[str]:
     return [
@@ -36,7 +40,7 @@ def tls_flags(etcd: TLSEtcd, cert: Path | None = None, key: Path | None = None) 
 def scheduler_argv(etcd: TLSEtcd, listen: str, *flags: str) -> list[str]:
     return [
         sys.executable, "-m", "paas", "scheduler",
-        "--etcd", f"https://{etcd.endpoint}", "--listen", listen, *flags,
+        "--etcd", f"https://{etcd.endpoint}", "--listen", listen, "--insecure", *flags,
     ]  # fmt: skip
 
 
@@ -77,7 +81,9 @@ async def refused(etcd: TLSEtcd, *flags: str, env: dict[str, str] | None = None)
             process.kill()
             await process.wait()
     assert process.returncode not in (0, None), stderr
-    lines = stderr.decode().strip().splitlines()
+    # --insecure's warning (about the API, not etcd) comes first; then the one line.
+    insecure = "warning: the scheduler runs with --insecure"
+    lines = [line for line in stderr.decode().strip().splitlines() if not line.startswith(insecure)]
     assert len(lines) == 1, lines
     return lines[0]
 
@@ -86,16 +92,16 @@ async def serves_an_app(address: str, etcd: TLSEtcd, app: str = "shop") -> None:
     """Once the replica leads: create, deploy and scale an app; it lands in etcd."""
 
     async def created() -> bool:
-        result = await paas(address, "apps", "create", app, timeout=20)
+        result = await paas(address, "apps", "create", app, timeout=20, env=PLAINTEXT_API)
         return result.returncode == 0
 
     await wait_for(created, timeout=60, what="`paas apps create` through a leading scheduler")
     source = etcd.directory / "shop"
     source.mkdir(exist_ok=True)
     (source / "Procfile").write_text("web: sleep 600\n")
-    deployed = await paas(address, "deploy", str(source), app=app)
+    deployed = await paas(address, "deploy", str(source), app=app, env=PLAINTEXT_API)
     assert deployed.returncode == 0, deployed.stderr
-    scaled = await paas(address, "scale", "web=2", app=app)
+    scaled = await paas(address, "scale", "web=2", app=app, env=PLAINTEXT_API)
     assert scaled.returncode == 0, scaled.stderr
     formation = etcd.etcdctl("get", f"/paas/formation/{app}")
     assert formation.returncode == 0, formation.stderr
