@@ -238,6 +238,27 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
+    etcd_tls = scheduler.add_argument_group(
+        "etcd TLS and auth", "the password never on argv: a file, or PAAS_ETCD_PASSWORD"
+    )
+    etcd_tls.add_argument(
+        "--etcd-cacert", default=None, metavar="FILE", help="CA certificate that signed etcd's"
+    )
+    etcd_tls.add_argument(
+        "--etcd-cert", default=None, metavar="FILE", help="client certificate to present to etcd"
+    )
+    etcd_tls.add_argument(
+        "--etcd-key", default=None, metavar="FILE", help="its private key (mode 0600)"
+    )
+    etcd_tls.add_argument(
+        "--etcd-user", default="", metavar="NAME", help="etcd user (etcd auth enabled)"
+    )
+    etcd_tls.add_argument(
+        "--etcd-password-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the user's password (mode 0600); else PAAS_ETCD_PASSWORD",
+    )
     scheduler.add_argument(
         "--leader-ttl",
         type=argtypes.count(1, 3600),

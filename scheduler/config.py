@@ -7,6 +7,7 @@ from pathlib import Path
 
 from paas.common.pki import SCHEDULER_TTL
 from paas.common.slugs import DEFAULT_MAX_SLUG_SIZE
+from paas.scheduler.etcd_access import EtcdAccess
 
 DEFAULT_SLUG_BUDGET = 1024 * 1024 * 1024  # well under etcd's 2 GiB default quota
 DEFAULT_KEEP_RELEASES = 10
@@ -22,6 +23,8 @@ class SchedulerConfig:
     node_grace: float = 10.0  # seconds an agent may be silent before its node is lost
     leader_ttl: int = 5  # seconds of the election lease
     replica_id: str = ""  # defaults to a random id
+    etcd_access: EtcdAccess = field(default_factory=EtcdAccess)  # TLS and user; none: plaintext
+    etcd_check: float = 15.0  # seconds a secured start-up waits to get into etcd, then exits
     # The cluster CA (`paas cluster init --dir`); None only with `insecure`.
     tls_dir: Path | None = None
     insecure: bool = False  # plaintext and no authentication, said loudly at start

@@ -68,9 +68,11 @@ from paas.common.jointoken import TokenRecord
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import ConflictError as ConflictError
+from paas.scheduler.errors import EtcdUnreachable, etcd_error
 from paas.scheduler.errors import NotLeaderError as NotLeaderError
 from paas.scheduler.errors import StoreError as StoreError
-from paas.scheduler.errors import etcd_error
+from paas.scheduler.etcd_access import EtcdAccess
+from paas.scheduler.etcd_client import EtcdClient
 
 PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
@@ -328,10 +330,12 @@ def _etcd_target(endpoints: Sequence[str]) -> tuple[str, int]:
 class Store:
     """The scheduler's only door to etcd."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, access: EtcdAccess | None = None
+    ) -> None:
         host, port = _etcd_target(endpoints)
         self.endpoints = list(endpoints)
-        self._client = aetcd.Client(host=host, port=port, timeout=timeout)
+        self._client = EtcdClient(host, port, timeout, access or EtcdAccess())
         self._timeout = timeout
         self._leader_revision = 0  # create revision of our election key, 0 = not leader
         self._cluster_id = ""  # once read or made, it never changes
@@ -343,6 +347,23 @@ class Store:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def check_access(self, within: float) -> None:
+        """Read one key, retrying while etcd is unreachable for up to `within` seconds;
+        a StoreError if it still cannot be read (a TLS handshake or a password refused)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                await self._client.get(CLUSTER_ID_KEY.encode())
+                return
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+                error = etcd_error(self.endpoints, exc)
+                if not isinstance(error, EtcdUnreachable) or loop.time() >= deadline:
+                    raise error from None
+                # A fresh channel each try: aetcd keeps a failed Authenticate's state.
+                await self._client.close()
+                await asyncio.sleep(0.5)
 
     def set_leadership(self, create_revision: int) -> None:
         """Guard every later write on this election key revision (0: refuse all writes)."""
