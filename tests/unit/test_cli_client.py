@@ -626,7 +626,7 @@ async def test_a_scheduler_that_stores_no_slugs_refuses_the_deploy_in_one_line(
     # Never a silent fallback to --in-place: that runs only where DIR is the same tree.
     assert code == 1
     assert "slugs are not stored yet" in err and err.count("\n") == 1
-    assert fake.uploads == [] and fake.deploys == []
+    assert fake.uploads == [] and fake.deploys == [] and "Deployed" not in out
 
 
 async def test_deploy_without_a_procfile_is_one_line_and_sends_nothing(
