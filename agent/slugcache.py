@@ -42,7 +42,8 @@ from typing import IO, Any
 import grpc
 
 from paas.agent import unpack
-from paas.agent.errors import SlugDiskError, SlugFetchError
+from paas.agent.errors import SlugDiskError, SlugError, SlugFetchError
+from paas.common.errors import InvalidInput
 from paas.common.slugs import SlugError as InvalidDigest
 from paas.common.slugs import check_digest, human_size, short_digest
 from paas.proto import paas_pb2 as pb
@@ -153,6 +154,13 @@ class SlugCache:
             progress(self._phase[digest])
         try:
             return await asyncio.shield(task)
+        except (SlugError, InvalidInput):
+            raise
+        except Exception as exc:
+            # A bug, not a refusal: still an event and a backoff for the instance (the
+            # supervisor handles SlugError), never an instance pending for ever.
+            log.exception("slug %s: unexpected failure", short_digest(digest))
+            raise SlugError(f"slug {short_digest(digest)} could not be had: {exc!r}") from exc
         finally:
             with contextlib.suppress(ValueError):
                 watchers.remove(progress)

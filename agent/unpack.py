@@ -30,6 +30,7 @@ Everything here blocks (file I/O, hashing): callers run it in a thread.
 
 from __future__ import annotations
 
+import copy
 import errno
 import gzip
 import hashlib
@@ -41,6 +42,7 @@ import stat
 import tarfile
 import uuid
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -158,6 +160,8 @@ class _Guard:
                     "(a tar bomb, or raise --slug-max-unpacked)"
                 )
             self.files.add(name)
+        if not HAS_DATA_FILTER:
+            return _as_data(member, name)
         try:
             filtered = tarfile.data_filter(member, dest)
         except tarfile.FilterError as exc:
@@ -176,6 +180,37 @@ class _Guard:
             raise UnsafeSlug(
                 f"slug refused: link {member.name!r} points to {target!r}, outside the tree"
             )
+
+
+# tarfile's extraction filters came in 3.11.4 (Debian bookworm's python3 is 3.11.2):
+# without them, _as_data does what the `data` filter does to a member that passed
+# the checks above, which refuse everything that filter refuses.
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _as_data(member: tarfile.TarInfo, name: str) -> tarfile.TarInfo:
+    """A copy of `member` as the `data` filter leaves it: no owner to set (the files
+    belong to whoever unpacks them), no set-id or sticky bits, no group or other
+    write; files readable and writable by their owner."""
+    clean = copy.copy(member)
+    clean.name = name
+    clean.uid, clean.gid = os.getuid(), os.getgid()
+    clean.uname = clean.gname = ""
+    mode = member.mode & 0o755
+    if member.isreg() or member.islnk():
+        mode |= 0o600
+    elif member.isdir():
+        mode |= 0o700
+    clean.mode = mode
+    return clean
+
+
+def _checked(tar: tarfile.TarFile, guard: _Guard, dest: str) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed `tar`, each through `guard` (a filter of our own)."""
+    for member in tar:
+        checked = guard(member, dest)
+        if checked is not None:
+            yield checked
 
 
 class _Bounded:
@@ -224,7 +259,10 @@ def unpack(
             stream = _Bounded(compressed, limit)
             try:
                 with tarfile.open(fileobj=stream, mode="r|", errorlevel=2) as tar:  # type: ignore[call-overload]
-                    tar.extractall(temp, filter=guard)
+                    if HAS_DATA_FILTER:
+                        tar.extractall(temp, filter=guard)
+                    else:
+                        tar.extractall(temp, members=_checked(tar, guard, str(temp)))
             except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error, UnicodeError) as exc:
                 raise UnsafeSlug(f"slug refused: not a readable gzip'd tar ({exc})") from None
         manifest = describe(temp)

@@ -19,6 +19,16 @@ from paas.agent.errors import SlugDiskError, UnsafeSlug
 Member = Callable[[tarfile.TarFile], None]
 
 
+@pytest.fixture(autouse=True, params=["data filter", "no data filter"])
+def filters(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test twice: with tarfile's `data` filter (3.11.4+) and as on a Python that
+    has none (Debian bookworm's 3.11.2, the image's), where the unpacker does its work."""
+    if request.param == "data filter" and not unpack.HAS_DATA_FILTER:
+        pytest.skip("this Python's tarfile has no extraction filters")
+    if request.param == "no data filter":
+        monkeypatch.setattr(unpack, "HAS_DATA_FILTER", False)
+
+
 def file(name: str, data: bytes = b"x", mode: int = 0o644) -> Member:
     def add(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo(name)
