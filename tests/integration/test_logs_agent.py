@@ -10,8 +10,9 @@ import contextlib
 import random
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -27,6 +28,9 @@ from paas.common.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import AgentAsyncStub
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +128,7 @@ def flooded(node: Node) -> bool:
     return any(line.text == f"line {LINES - 1}" for line in buffer.lines())
 
 
-def counted(lines: list[LogLine], pattern: str) -> int:
+def counted(lines: Sequence[LogLine | pb.LogLine], pattern: str) -> int:
     """The sum of the counts that notices matching `pattern` (with its count as group 1) give."""
     found = (re.match(pattern, line.text) for line in lines if line.seq == 0)
     return sum(int(match.group(1)) for match in found if match)
@@ -173,7 +177,7 @@ async def test_a_spool_that_falls_behind_counts_what_it_did_not_write_and_says_w
 
 
 @contextlib.asynccontextmanager
-async def serving(node: Node) -> AsyncIterator[pb_grpc.AgentStub]:
+async def serving(node: Node) -> AsyncIterator[AgentAsyncStub]:
     """The node's ReadLogs over real gRPC (a membership welcomed into a cluster)."""
     membership = Membership(node.config.state_dir / node.config.name, node.logs)
     await membership.welcome("cluster-1")
