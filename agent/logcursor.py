@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from paas.agent.logbuffer import LogBuffer, LogHub, LogLine
 from paas.agent.spool import Query, Verdict
-from paas.common.logformat import PAAS_STREAM
+from paas.common.logformat import PAAS_STREAM, lost_notice
 
 # The most lines one read from the spool brings (it scans a file for them).
 SPOOL_CHUNK = 16_384
@@ -97,7 +97,7 @@ def _lost(
         PAAS_STREAM,
         node,
         0,
-        f"{count} lines of {instance} were no longer kept when this reader got to them",
+        lost_notice(count, instance),
         run,
         app_id=app_id,
     )

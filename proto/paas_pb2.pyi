@@ -1378,9 +1378,9 @@ class LogDrain(_message.Message):
     token: _builtins.str
     """names the drain in what it sends (syslog hostname field)"""
     sent: _builtins.int
-    """lines delivered since this leader took over"""
+    """lines delivered since the drain was added (kept across leaders)"""
     dropped: _builtins.int
-    """lines lost for lack of room while the drain was slow or down"""
+    """lines that left the agents' retention before the drain got to them"""
     problem: _builtins.str
     """the last delivery failure, "" while it delivers"""
     def __init__(

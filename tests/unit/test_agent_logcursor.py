@@ -11,6 +11,7 @@ import pytest
 from paas.agent.logbuffer import LogHub
 from paas.agent.logcursor import read_after
 from paas.agent.spool import Spool
+from paas.common.logformat import lost_count, lost_notice
 
 
 @pytest.fixture
@@ -61,3 +62,11 @@ async def test_an_instance_only_the_spool_holds_is_read_from_it(hub: LogHub) -> 
     await hub.spool.flush()
     chunk = await read_after(hub, None, "shop", "web.1", "id-1", 15, limit=100)
     assert [line.seq for line in chunk.lines] == [16, 17, 18, 19, 20]
+
+
+def test_every_notice_of_loss_an_agent_writes_gives_its_count_back() -> None:
+    assert lost_count(lost_notice(12, "web.1")) == 12
+    assert lost_count("7 earlier lines of web.1 are no longer kept") == 7
+    assert lost_count("3 lines not written to disk (the disk writer fell behind)") == 3
+    assert lost_count("State changed from starting to up") == 0
+    assert lost_count("line 12 lines of") == 0
