@@ -15,6 +15,8 @@ import asyncio
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import groupby
+from operator import attrgetter
 
 import grpc
 
@@ -36,6 +38,7 @@ MAX_LINES = 100_000
 FOLLOW_BATCH = 1024
 # How long a follower's live lines may wait for more to go in the same message.
 FOLLOW_GATHER = 0.005
+_INSTANCE = attrgetter("instance")
 # The most lines one step of a follower's catch-up reads (from the buffer or the spool).
 CATCH_UP_CHUNK = 8 * FOLLOW_BATCH
 
@@ -438,24 +441,21 @@ def _with_loss_notice(
 
 def _unsent(lines: list[LogLine], sent: dict[str, int], since: float) -> list[LogLine]:
     """Those of `lines` (live, in seq order per instance) past the follower's cursors
-    and `since`; the cursors move on to them."""
+    and `since`; the cursors move on to them.
+
+    A step per run of one instance's lines, not per line, where the run's first line
+    is wanted (then all of it is: seq and time go up along the run).
+    """
     out: list[LogLine] = []
-    instance = ""
-    cursor = 0
-    for line in lines:
-        if line.instance != instance:
-            if instance:
-                sent[instance] = cursor
-            instance = line.instance
-            cursor = sent.get(instance, 0)
-        if line.seq:
-            if line.seq <= cursor:
-                continue  # what the backlog had or the follower's cursor passed
-            cursor = line.seq
-        if line.timestamp >= since:
-            out.append(line)
-    if instance:
-        sent[instance] = cursor
+    for instance, group in groupby(lines, key=_INSTANCE):
+        run = list(group)
+        cursor = sent.get(instance, 0)
+        first = run[0]
+        if first.seq > cursor and first.timestamp >= since:
+            out += run
+        else:
+            out += [line for line in run if line.seq > cursor and line.timestamp >= since]
+        sent[instance] = max(cursor, run[-1].seq)
     return out
 
 
