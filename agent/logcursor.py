@@ -21,8 +21,9 @@ from paas.agent.logbuffer import LogBuffer, LogHub, LogLine
 from paas.agent.spool import Query, Verdict
 from paas.common.logformat import PAAS_STREAM, lost_notice
 
-# The most lines one read from the spool brings (it scans a file for them).
-SPOOL_CHUNK = 16_384
+# The lines one read from the spool brings, whatever the limit asked for: it scans a
+# file back from its end to them, so fewer, larger reads (memory stays bounded by this).
+SPOOL_CHUNK = 32_768
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,9 @@ async def read_after(
     after: int,
     limit: int,
 ) -> Chunk:
-    """Up to `limit` lines of (app, instance) of `app_id` with seq above `after`.
-
-    From the buffer if it still holds the next line; else from the spool, up to
-    the buffer's oldest line (or the newest on disk, without a buffer). An empty
+    """Lines of (app, instance) of `app_id` with seq above `after`: up to `limit`
+    from the buffer if it still holds the next line; else up to SPOOL_CHUNK from the
+    spool, up to the buffer's oldest line (or the newest on disk, without a buffer). An empty
     chunk with the cursor unchanged: nothing newer is kept.
     """
     if buffer is not None:
@@ -58,7 +58,7 @@ async def read_after(
         oldest = _last_on_disk(hub, app, instance, app_id) + 1
     if after + 1 >= oldest:
         return Chunk([], after)
-    below = min(oldest, after + 1 + min(limit, SPOOL_CHUNK))
+    below = min(oldest, after + 1 + SPOOL_CHUNK)
     lines: list[LogLine] = []
     if hub.spool is not None:
 

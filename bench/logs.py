@@ -473,7 +473,7 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
             )
             print(
                 f"writer:    {alone:>10,.0f} lines/s alone, {stopped:,.0f} with a stopped "
-                f"follower: {slower * 100:+.1f} % slower (goal: at most "
+                f"follower: slowed by {slower * 100:+.1f} % (goal: at most "
                 f"{SLOWDOWN_GOAL * 100:.0f} %, {verdict})"
             )
     for reader, reading in results.items():

@@ -1334,7 +1334,9 @@ class LogsRequest(_message.Message):
     """the app's id: an agent serves only lines of this incarnation of the name"""
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogCursor]:
-        """skip lines at or before these"""
+        """Skip lines at or before these. Following, an instance with a cursor is served
+        from it on, all of it (out of the agents' buffers and spools), not as the last N.
+        """
 
     def __init__(
         self,
