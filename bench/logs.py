@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 import psutil
 
 from paas.cli.client import SchedulerClient
@@ -222,9 +221,12 @@ async def follow_grpc(stub: SchedulerAsyncStub, ready: asyncio.Event, reading: R
         call.cancel()
 
 
-async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> None:
+async def follow_cli(
+    scheduler: str, credentials: dict[str, str], ready: asyncio.Event, reading: Reading
+) -> None:
     """The real `paas logs -f`, printing plain lines into a pipe that we read."""
     env = dict(os.environ, PAAS_SCHEDULER=scheduler, PAAS_APP=APP, NO_COLOR="1")
+    env.update(credentials)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "emit",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -274,14 +276,16 @@ async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit:
     so), the history tells how many lines there were; it gets LATE seconds more.
     """
     reading = Reading()
-    async with SchedulerClient(cluster.scheduler_addresses) as client:
+    async with cluster.client() as client:
         ready = asyncio.Event()
-        async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+        async with cluster.channel() as channel:
             stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
             following = asyncio.create_task(
                 follow_grpc(stub, ready, reading)
                 if reader == "grpc"
-                else follow_cli(cluster.scheduler_address, ready, reading)
+                else follow_cli(
+                    cluster.scheduler_address, cluster.credentials_env(), ready, reading
+                )
             )
             try:
                 async with asyncio.timeout(30):
@@ -311,8 +315,8 @@ async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit:
 
 async def writer_rate(cluster: LocalCluster, limit: float) -> float:
     """Lines a second the catch-up writer (STOPPED seconds flat out) writes, no follower."""
-    async with SchedulerClient(cluster.scheduler_addresses) as client:
-        async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+    async with cluster.client() as client:
+        async with cluster.channel() as channel:
             stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
             started = time.time()
             await client.scale(APP, parse_changes(["flat=1"]))
@@ -334,6 +338,7 @@ async def measure_catch_up(cluster: LocalCluster, limit: float) -> tuple[float, 
     the writer's rate meanwhile, what the follower read, and how long it took (from
     the moment it was continued to the `done` line)."""
     env = dict(os.environ, PAAS_SCHEDULER=cluster.scheduler_address, PAAS_APP=APP, NO_COLOR="1")
+    env.update(cluster.credentials_env())
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "flat",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -343,8 +348,8 @@ async def measure_catch_up(cluster: LocalCluster, limit: float) -> tuple[float, 
     reading = Reading()
     clock = time.time
     try:
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
-            async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+        async with cluster.client() as client:
+            async with cluster.channel() as channel:
                 stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
                 async with asyncio.timeout(30):
                     await process.stdout.readline()  # connected: its history came
@@ -386,7 +391,7 @@ async def wait_stopped(client: SchedulerClient) -> None:
 @contextlib.asynccontextmanager
 async def cluster_with_app(app_dir: Path, logs: Path) -> AsyncIterator[LocalCluster]:
     async with LocalCluster(agents=1, stop_grace=2.0, log_to=logs) as cluster:
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
+        async with cluster.client() as client:
             await client.create_app(APP)
             procfile = (app_dir / "Procfile").read_text()
             await client.deploy(APP, str(app_dir), procfile, {})
