@@ -7,8 +7,8 @@ line also goes to the hub's on-disk spool (spool.py), if it has one, which keeps
 what the ring buffers no longer hold. Memory is bounded everywhere: a partial
 line is at most MAX_LINE bytes, a buffer keeps its last N lines, a
 subscriber's queue is bounded. A slow reader never blocks the producer: its
-lines are dropped and counted, and it is told how many when it catches up.
-Loss is never silent.
+subscription pauses, and the reader catches up from the buffer and the spool
+at its own cursor (servicer.py, logcursor.py). Loss is never silent.
 
 It never starts or stops processes and never decides what a line means; the
 supervisor feeds it lifecycle lines like any other.
@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection
 from functools import partial
-from itertools import count, repeat
+from itertools import count, islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -242,6 +242,20 @@ class LogBuffer:
         """Every kept line, oldest first."""
         return list(self._lines)
 
+    def after(self, seq: int, limit: int) -> list[LogLine]:
+        """Up to `limit` kept lines with seq above `seq`, oldest first (kept seqs run
+        without a gap, so this is a slice)."""
+        kept = self._lines
+        start = max(0, seq + 1 - self.oldest_seq)
+        if start >= len(kept) or limit <= 0:
+            return []
+        if start > len(kept) // 2:
+            # From the newer end: a follower that catches up is mostly near it.
+            tail = list(islice(reversed(kept), len(kept) - start))
+            tail.reverse()
+            return tail[:limit]
+        return list(islice(kept, start, start + limit))
+
     def last_output(self, run: int, count: int) -> list[str]:
         """The last `count` stdout/stderr lines of `run` that are still kept."""
         found: list[str] = []
@@ -313,11 +327,16 @@ class LogBuffer:
 
 
 class Subscription:
-    """One follower's bounded queue of live lines.
+    """One follower's bounded queue of live lines, and whether it fell behind.
 
-    `offer` never blocks: when the queue is full the line is dropped and
-    counted; the follower then receives "N lines dropped" (stream "paas") where
-    the gap is, as soon as there is room again or it has read everything.
+    `offer` never blocks and never drops a line the node still holds: when the
+    queue is full the subscription pauses (`behind`), takes no more lines, and
+    remembers nothing but that. Its reader, once it has read what is queued,
+    catches up from the buffers and the spool from its own cursors (per instance,
+    the last seq it has had), then `resume`s. Every line stays in the buffer and
+    the spool while it is paused, so the reader loses only what leaves them.
+    `first_seq` keeps, per instance, the seq of the first line offered: where a
+    reader starts an instance it had no cursor for.
     """
 
     def __init__(
@@ -329,10 +348,11 @@ class Subscription:
     ) -> None:
         self.wants = wants
         self.app = app
-        self.dropped = 0  # lines lost and not yet reported
-        self.dropped_total = 0
+        self.behind = False  # paused: the reader catches up from retention
+        self.pauses = 0  # how often it fell behind (for tests and benchmarks)
+        self.first_seq: dict[str, int] = {}
         self._node = node
-        self._maxsize = max(2, maxsize)
+        self._maxsize = max(1, maxsize)
         self._lines: deque[LogLine] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False  # the hub ended it: nothing more will come
@@ -346,73 +366,62 @@ class Subscription:
         self._wake()
 
     def offer_many(self, lines: list[LogLine]) -> None:
-        """`offer` each of `lines`, lines of one instance (so `wants` is asked once)."""
+        """Queue `lines` (of one instance, so `wants` is asked once), or pause if they
+        do not fit."""
         if not lines or not self.wants(lines[0]):
             return
-        if self.dropped or self._maxsize - len(self._lines) < len(lines):
-            for line in lines:
-                self._take(line)
+        first = lines[0]
+        if first.instance not in self.first_seq:
+            self.first_seq[first.instance] = first.seq
+        if self.behind:
+            return
+        if self._maxsize - len(self._lines) < len(lines):
+            self.behind = True
+            self.pauses += 1
+            self._wake()
             return
         self._lines.extend(lines)
         self._wake()
 
     def offer(self, line: LogLine) -> None:
-        if self.wants(line):
-            self._take(line)
+        self.offer_many([line])
 
-    def _take(self, line: LogLine) -> None:
-        free = self._maxsize - len(self._lines)
-        if self.dropped and free >= 2:
-            self._lines.append(self._notice(line.timestamp))
-            free -= 1
-        if free >= 1 and not self.dropped:
-            self._lines.append(line)
-            self._wake()
-        else:
-            self.dropped += 1
-            self.dropped_total += 1
+    def resume(self) -> None:
+        """The reader has caught up: queue live lines again."""
+        self.behind = False
 
     def _wake(self) -> None:
-        """Lines are queued: a `get_many` waiting for them returns."""
+        """Lines are queued (or it paused): a `get_many` waiting for them returns."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     async def get(self) -> LogLine:
-        """The next line (or notice of loss), waiting for one."""
-        return (await self.get_many(1))[0]
+        """The next queued line, waiting for one (paused, that is after `resume`)."""
+        while not self._lines and not self.closed:
+            await self._wait()
+        return self.take(1)[0]
 
     async def get_many(self, limit: int) -> list[LogLine]:
-        """Up to `limit` lines, oldest first, waiting for at least one; a notice of loss
-        comes where the gap is (after the queued lines, once they are read). Once closed,
-        it returns what is left, at once (nothing, in the end)."""
-        while not self._lines and not self.dropped and not self.closed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+        """Up to `limit` queued lines, oldest first, waiting for at least one, or for
+        the subscription to pause (then the lines queued before it, maybe none). Once
+        closed, it returns what is left, at once (nothing, in the end)."""
+        while not self._lines and not self.behind and not self.closed:
+            await self._wait()
         return self.take(limit)
+
+    async def _wait(self) -> None:
+        """Until lines are queued, it pauses or it is closed (`_wake`)."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def take(self, limit: int) -> list[LogLine]:
         """Up to `limit` lines there are now, without waiting (as `get_many`)."""
         lines = self._lines
-        taken = [lines.popleft() for _ in range(min(limit, len(lines)))]
-        if not lines and self.dropped and len(taken) < limit:
-            taken.append(self._notice(time.time()))
-        return taken
-
-    def _notice(self, timestamp: float) -> LogLine:
-        count, self.dropped = self.dropped, 0
-        return LogLine(
-            timestamp,
-            self.app,
-            self._node,
-            PAAS_STREAM,
-            self._node,
-            0,
-            f"{count} lines dropped (this reader fell behind)",
-        )
+        return [lines.popleft() for _ in range(min(limit, len(lines)))]
 
 
 class LogHub:

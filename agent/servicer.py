@@ -15,10 +15,13 @@ import asyncio
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from itertools import groupby
+from operator import attrgetter
 
 import grpc
 
-from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.logbuffer import LogBuffer, LogHub, LogLine, Subscription
+from paas.agent.logcursor import read_after
 from paas.agent.membership import Membership
 from paas.agent.spool import Query, Verdict
 from paas.agent.spoolfiles import Span
@@ -35,6 +38,9 @@ MAX_LINES = 100_000
 FOLLOW_BATCH = 1024
 # How long a follower's live lines may wait for more to go in the same message.
 FOLLOW_GATHER = 0.005
+_INSTANCE = attrgetter("instance")
+# The most lines one step of a follower's catch-up reads (from the buffer or the spool).
+CATCH_UP_CHUNK = 8 * FOLLOW_BATCH
 
 
 def process_matcher(process: str) -> Callable[[str], bool]:
@@ -152,9 +158,21 @@ class AgentService(pb_grpc.AgentServicer):
             if follow
             else None
         )
+        # An instance the follower has a cursor for is served from it on, all of it
+        # (catching up from the buffer and spool), not as the last `count` lines.
+        resuming = set(sent) if subscription is not None else set()
         try:
             backlog, last = await read_history(
-                self._logs, app, matches, count, since, request.previous, sent, app_id
+                self._logs,
+                app,
+                (lambda instance: matches(instance) and instance not in resuming)
+                if resuming
+                else matches,
+                count,
+                since,
+                request.previous,
+                sent,
+                app_id,
             )
             await self._still_in(cluster, context)  # it may have switched while reading
             for start in range(0, len(backlog), FOLLOW_BATCH):
@@ -163,26 +181,78 @@ class AgentService(pb_grpc.AgentServicer):
                 return
             for instance, seq in last.items():
                 sent[instance] = max(sent.get(instance, 0), seq)
+            if resuming:
+                subscription.behind = True  # catch up from the cursors first
             while True:
                 fresh = await subscription.get_many(FOLLOW_BATCH)
                 await self._still_in(cluster, context)
-                if len(fresh) < FOLLOW_BATCH:
+                if not fresh and subscription.behind:
+                    # It fell behind and has read what was queued: the rest from
+                    # retention, at this reader's pace, until it is live again.
+                    async for part in self._catch_up(subscription, app, app_id, matches, sent):
+                        await self._still_in(cluster, context)
+                        if since:
+                            part = [line for line in part if line.timestamp >= since]
+                        if part:
+                            yield part
+                    continue
+                if len(fresh) < FOLLOW_BATCH and not subscription.behind:
                     # Let a few ms of lines gather: one message for many, not one for
                     # each read of a pipe (the cost per message dwarfs that per line).
                     await asyncio.sleep(FOLLOW_GATHER)
                     fresh += subscription.take(FOLLOW_BATCH - len(fresh))
-                live = [
-                    line
-                    for line in fresh
-                    # Not what the backlog had or the follower's cursor passed.
-                    if not (line.seq and line.seq <= sent.get(line.instance, 0))
-                    and line.timestamp >= since
-                ]
+                live = _unsent(fresh, sent, since)
                 if live:
                     yield live
         finally:
             if subscription is not None:
                 self._logs.unsubscribe(subscription)
+
+    async def _catch_up(
+        self,
+        subscription: Subscription,
+        app: str,
+        app_id: str,
+        matches: Callable[[str], bool],
+        sent: dict[str, int],
+    ) -> AsyncIterator[list[LogLine]]:
+        """What a paused follower missed, per instance from its cursor in `sent` (moved
+        on as lines go), a batch at a time, until every instance is read up to its
+        newest line; then the subscription resumes, in the same step (no line falls
+        between the last read and the queue)."""
+        while True:
+            read_any = False
+            for instance, buffer in self._followed(app, app_id, matches, sent).items():
+                after = sent.get(instance)
+                if after is None:
+                    first = subscription.first_seq.get(instance)
+                    if first is None:
+                        continue  # nothing of it came since the follower subscribed
+                    after = first - 1
+                chunk = await read_after(
+                    self._logs, buffer, app, instance, app_id, after, CATCH_UP_CHUNK
+                )
+                sent[instance] = chunk.cursor
+                if chunk.lines:
+                    read_any = True
+                for start in range(0, len(chunk.lines), FOLLOW_BATCH):
+                    yield chunk.lines[start : start + FOLLOW_BATCH]
+            if not read_any:
+                subscription.resume()
+                return
+
+    def _followed(
+        self, app: str, app_id: str, matches: Callable[[str], bool], sent: dict[str, int]
+    ) -> dict[str, LogBuffer | None]:
+        """The instances a follower catches up on: those with a buffer here, and those
+        it has a cursor for that only the spool holds now."""
+        found: dict[str, LogBuffer | None] = {}
+        for buffer in self._logs.buffers(app, app_id):
+            if matches(buffer.instance) and buffer.instance not in found:
+                found[buffer.instance] = buffer
+        for instance in sent:
+            found.setdefault(instance, None)
+        return found
 
     async def _still_in(
         self, cluster: str, context: grpc.aio.ServicerContext[pb.LogsRequest, pb.LogBatch]
@@ -367,6 +437,26 @@ def _with_loss_notice(
         oldest.run if oldest else 0,
     )
     return [notice, *lines]
+
+
+def _unsent(lines: list[LogLine], sent: dict[str, int], since: float) -> list[LogLine]:
+    """Those of `lines` (live, in seq order per instance) past the follower's cursors
+    and `since`; the cursors move on to them.
+
+    A step per run of one instance's lines, not per line, where the run's first line
+    is wanted (then all of it is: seq and time go up along the run).
+    """
+    out: list[LogLine] = []
+    for instance, group in groupby(lines, key=_INSTANCE):
+        run = list(group)
+        cursor = sent.get(instance, 0)
+        first = run[0]
+        if first.seq > cursor and first.timestamp >= since:
+            out += run
+        else:
+            out += [line for line in run if line.seq > cursor and line.timestamp >= since]
+        sent[instance] = max(cursor, run[-1].seq)
+    return out
 
 
 def _notice(app: str, node: str, text: str) -> LogLine:

@@ -175,6 +175,18 @@ def _merged(spans: dict[str, Span], app_id: str) -> Span | None:
     return merged
 
 
+def _seq_at_or_above(record: bytes, after_instance: int, below: int) -> bool:
+    """Whether the record's seq (its sixth field; `after_instance` is the tab that
+    ends the third) is at or above `below`; a notice (seq 0) never is."""
+    after_stamp = record.find(b"\t", after_instance + 1)
+    after_stream = record.find(b"\t", after_stamp + 1)
+    after_seq = record.find(b"\t", after_stream + 1)
+    try:
+        return int(record[after_stream + 1 : after_seq]) >= below
+    except ValueError:
+        return False  # torn: decode says so
+
+
 # ------------------------------------------------------------------ the spool
 
 
@@ -477,6 +489,8 @@ class Spool:
             app_id = record[:first]
             if (name in only and app_id != only[name]) or app_id in unread:
                 continue
+            if query.below and _seq_at_or_above(record, third, query.below):
+                continue  # newer than asked for: not worth decoding
             line = decode(record, self.node)
             key = (query.app, query.instance)
             if line is None or (line.seq and query.below and line.seq >= query.below):

@@ -21,6 +21,13 @@ paas over the floor; the goal is at least 1/3.
     .venv/bin/python bench/logs.py                  # flat out, 5 s
     .venv/bin/python bench/logs.py --rate 20000     # a fixed rate: latency when it keeps up
     .venv/bin/python bench/logs.py --cli            # also through `paas logs -f`
+    .venv/bin/python bench/logs.py --catch-up       # also a follower stopped for 10 s
+
+Catch-up (`--catch-up`): the real `paas logs -f` is stopped (SIGSTOP) while a
+process writes flat out for STOPPED seconds, then continued: the lines per second
+it reads while it catches up (out of the agent's buffer and spool), whether it
+got every line, and the writer's own rate (lines it wrote a second) against the
+same writer with no follower at all (the goal: no more than 10 % slower).
 
 Every process it starts is stopped before it exits, and it checks with psutil
 that none is left; a leftover is killed, named and makes the exit code 1.
@@ -34,6 +41,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -56,6 +64,10 @@ if TYPE_CHECKING:
 
 APP = "bench"
 GOAL = 1 / 3
+# A stopped follower may slow the writer by at most this much.
+SLOWDOWN_GOAL = 0.10
+# How long the catch-up's follower is stopped while the writer writes.
+STOPPED = 10.0
 # After emit.py is done, how long a follower that lost its `done` line may still read.
 LATE = 5.0
 
@@ -246,10 +258,10 @@ async def follow_cli(
         await process.wait()
 
 
-async def emitted(stub: SchedulerAsyncStub, since: float) -> int:
+async def emitted(stub: SchedulerAsyncStub, since: float, process: str = "emit") -> int:
     """How many lines emit.py, started after `since`, says it wrote (0 while it writes),
     from the log history (an earlier measurement's `done` line is older)."""
-    request = pb.LogsRequest(app=APP, process="emit", lines=5, since=since)
+    request = pb.LogsRequest(app=APP, process=process, lines=5, since=since)
     for line in [line async for batch in stub.Logs(request, timeout=10) for line in batch.lines]:
         done = DONE.fullmatch(line.text)
         if done:
@@ -299,6 +311,74 @@ async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit:
                 await client.scale(APP, parse_changes(["emit=0"]))
                 await wait_stopped(client)
     return reading
+
+
+async def writer_rate(cluster: LocalCluster, limit: float) -> float:
+    """Lines a second the catch-up writer (STOPPED seconds flat out) writes, no follower."""
+    async with cluster.client() as client:
+        async with cluster.channel() as channel:
+            stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
+            started = time.time()
+            await client.scale(APP, parse_changes(["flat=1"]))
+            try:
+                async with asyncio.timeout(limit):
+                    # Polling the history: nothing else says when the writer is done.
+                    while not (count := await emitted(stub, started, "flat")):  # noqa: ASYNC110
+                        await asyncio.sleep(0.5)
+            except TimeoutError:
+                raise BenchError(f"the writer did not finish within {limit:g} s") from None
+            finally:
+                await client.scale(APP, parse_changes(["flat=0"]))
+                await wait_stopped(client)
+    return count / STOPPED
+
+
+async def measure_catch_up(cluster: LocalCluster, limit: float) -> tuple[float, Reading, float]:
+    """`paas logs -f` stopped while the writer writes STOPPED seconds, then continued:
+    the writer's rate meanwhile, what the follower read, and how long it took (from
+    the moment it was continued to the `done` line)."""
+    env = dict(os.environ, PAAS_SCHEDULER=cluster.scheduler_address, PAAS_APP=APP, NO_COLOR="1")
+    env.update(cluster.credentials_env())
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "flat",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    reading = Reading()
+    clock = time.time
+    try:
+        async with cluster.client() as client:
+            async with cluster.channel() as channel:
+                stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
+                async with asyncio.timeout(30):
+                    await process.stdout.readline()  # connected: its history came
+                await asyncio.sleep(0.5)  # its agent stream is open by now
+                os.kill(process.pid, signal.SIGSTOP)
+                started = time.time()
+                await client.scale(APP, parse_changes(["flat=1"]))
+                try:
+                    async with asyncio.timeout(limit):
+                        while not (count := await emitted(stub, started, "flat")):  # noqa: ASYNC110
+                            await asyncio.sleep(0.5)
+                    os.kill(process.pid, signal.SIGCONT)
+                    resumed = clock()
+                    async with asyncio.timeout(limit):
+                        while raw := await process.stdout.readline():
+                            text = raw.decode().rstrip("\n").partition("]: ")[2]
+                            if reading.see(text, clock()):
+                                break
+                except TimeoutError:
+                    raise BenchError(f"the catch-up did not finish within {limit:g} s") from None
+                finally:
+                    await client.scale(APP, parse_changes(["flat=0"]))
+                    await wait_stopped(client)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+        await process.wait()
+    return count / STOPPED, reading, reading.last - resumed
 
 
 async def wait_stopped(client: SchedulerClient) -> None:
@@ -358,7 +438,9 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     app_dir = root / "app"
     app_dir.mkdir()
     (app_dir / "emit.py").write_text(EMIT)
-    (app_dir / "Procfile").write_text(f"emit: {command(args.seconds, args.rate)}\n")
+    (app_dir / "Procfile").write_text(
+        f"emit: {command(args.seconds, args.rate)}\nflat: {command(STOPPED, 0)}\n"
+    )
     pace = f"{args.rate:,.0f} lines/s" if args.rate > 0 else "as fast as it can"
     print(f"paas bench logs: one process printing ~100-byte lines {pace} for {args.seconds:g} s")
     await measure_floor(app_dir, 0.5, args.rate, args.timeout)  # warm the page cache
@@ -383,6 +465,22 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                 for name, proc in parts.items()
             )
             print(f"           CPU per line emitted: {costs}")
+        if args.catch_up:
+            alone = await writer_rate(cluster, args.timeout)
+            stopped, caught, took = await measure_catch_up(cluster, args.timeout)
+            slower = 1 - stopped / alone if alone else 0.0
+            verdict = "met" if slower <= SLOWDOWN_GOAL else "missed"
+            print(
+                f"catch-up:  {caught.lines / took if took > 0 else 0.0:>10,.0f} lines/s  "
+                f"({caught.lines:,} of {caught.emitted:,} lines in {took:.1f} s after "
+                f"`paas logs -f` was stopped {STOPPED:g} s; "
+                f"{caught.dropped:,} in loss notices)"
+            )
+            print(
+                f"writer:    {alone:>10,.0f} lines/s alone, {stopped:,.0f} with a stopped "
+                f"follower: slowed by {slower * 100:+.1f} % (goal: at most "
+                f"{SLOWDOWN_GOAL * 100:.0f} %, {verdict})"
+            )
     for reader, reading in results.items():
         ratio = reading.rate / floor.rate if floor.rate else 0.0
         verdict = "met" if ratio >= GOAL else "missed"
@@ -417,6 +515,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--cli", action="store_true", help="also measure through the real `paas logs -f`"
+    )
+    parser.add_argument(
+        "--catch-up",
+        action="store_true",
+        help=f"also a `paas logs -f` stopped {STOPPED:g} s while a process writes flat out",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for each measurement"

@@ -696,8 +696,9 @@ _DRAINS_DESCRIPTION = (
     "(paas[scheduler]). Each line is an RFC 5424 syslog message: hostname the "
     "drain's token, app-name the app, procid the instance (web.3, scheduler)."
     "\n\n"
-    "The list shows each drain's URL, token, the lines sent and dropped since the "
-    "current scheduler leader took over, and its last delivery problem."
+    "The list shows each drain's URL, token, the lines sent since it was added, the "
+    "lines that left retention before it got to them (dropped), and its last delivery "
+    "problem."
 )
 _DRAINS_EPILOG = (
     "URLs:\n"
@@ -709,9 +710,10 @@ _DRAINS_EPILOG = (
     "  paas drains add https://user:secret@collector.example.com/heroku\n"
     "  paas drains --json\n"
     "  paas drains remove syslog://logs.example.com:6514\n\n"
-    "A drain that is slow or down holds up to 10000 lines and retries (0.5 s, doubling\n"
-    "to 30 s); lines beyond are dropped and counted, and it receives `N lines dropped`\n"
-    "when it catches up. See docs/operators.md for delivery across a change of leader."
+    "A drain that is slow or down retries (0.5 s, doubling to 30 s) and then catches up\n"
+    "from where it got to, out of what the agents keep (buffer and spool); lines that\n"
+    "left it meanwhile are counted in a notice. See docs/operators.md for delivery\n"
+    "across a change of leader."
 )
 
 COMMANDS: tuple[Command, ...] = (

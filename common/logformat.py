@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from functools import lru_cache
 
@@ -27,3 +28,22 @@ def source(stream: str) -> str:
 
 def format_line(unix: float, stream: str, instance: str, text: str) -> str:
     return f"{timestamp(unix)} {source(stream)}[{instance}]: {text}"
+
+
+# A notice (seq 0) that lines left retention before a reader got to them, as an agent
+# words it; whoever counts losses (a drain's `dropped`) reads the count back from it.
+_LOST = re.compile(
+    r"(\d+) (?:earlier )?lines (?:of \S+ )?"
+    r"(?:were no longer kept|are no longer kept|not written to disk)"
+)
+
+
+def lost_notice(count: int, instance: str) -> str:
+    """The text of a notice that `count` lines of `instance` left retention unread."""
+    return f"{count} lines of {instance} were no longer kept when this reader got to them"
+
+
+def lost_count(text: str) -> int:
+    """How many lost lines a notice's `text` counts (0: it is no notice of loss)."""
+    found = _LOST.match(text)
+    return int(found.group(1)) if found else 0

@@ -1334,7 +1334,9 @@ class LogsRequest(_message.Message):
     """the app's id: an agent serves only lines of this incarnation of the name"""
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogCursor]:
-        """skip lines at or before these"""
+        """Skip lines at or before these. Following, an instance with a cursor is served
+        from it on, all of it (out of the agents' buffers and spools), not as the last N.
+        """
 
     def __init__(
         self,
@@ -1378,9 +1380,9 @@ class LogDrain(_message.Message):
     token: _builtins.str
     """names the drain in what it sends (syslog hostname field)"""
     sent: _builtins.int
-    """lines delivered since this leader took over"""
+    """lines delivered since the drain was added (kept across leaders)"""
     dropped: _builtins.int
-    """lines lost for lack of room while the drain was slow or down"""
+    """lines that left the agents' retention before the drain got to them"""
     problem: _builtins.str
     """the last delivery failure, "" while it delivers"""
     def __init__(

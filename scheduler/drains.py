@@ -3,17 +3,19 @@
 For every drain stored in etcd the leader runs one `Forwarder`. It follows the
 app's stream through the same merge `paas logs -f` reads (app output of every
 instance on every node, and the scheduler's own `paas[scheduler]` events),
-keeps what the endpoint has not taken yet in a queue of at most QUEUE_LINES
+keeps what the endpoint has not taken yet in a queue of about QUEUE_LINES
 lines, and sends it in batches: RFC 5424 frames over one TCP connection to a
 syslog drain, logplex POSTs to an HTTP one (`syslog.py` makes the bytes).
 
 It never slows the app or the leader. While an endpoint is slow or down the
 forwarder retries the same batch, waiting RETRY_FIRST seconds doubling to
-RETRY_MAX; lines that find the queue full are dropped and counted, and the
-count is never silent: it goes out to the drain as `N lines dropped ...` in
-their place once the drain catches up, shows in `paas drains`, and is a
-scheduler event in the app's log, as is an endpoint that starts or stops
-failing.
+RETRY_MAX; while its queue is full it reads no more of the stream, so the merge
+and the agents hold back (they keep the lines in their buffers and spools, and
+serve them from its cursors when it reads again): a drain that recovers gets
+every line still kept. `dropped` counts only lines that left retention before
+the drain got to them (the agents' notices say how many, and go out to the
+drain where the gap is). An endpoint that starts or stops failing is a
+scheduler event in the app's log.
 
 Delivery is at least once across a change of leader: every SAVE_EVERY seconds
 the forwarder saves in etcd the last line delivered of each (node, instance)
@@ -41,14 +43,13 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
 
 import aiohttp
 
 from paas.common.drainurl import DrainURL, parse_drain_url, redacted
-from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, timestamp
+from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, lost_count, timestamp
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import DeliveryError
 from paas.scheduler.events import EventLog
@@ -66,12 +67,8 @@ from paas.scheduler.syslog import frames, logplex_headers
 
 log = logging.getLogger(__name__)
 
-# Lines a drain holds for its endpoint; those beyond are dropped and counted.
+# Lines a drain holds for its endpoint; with this many it reads no more until some go.
 QUEUE_LINES = 10_000
-# Notices of loss upstream (seq 0: a node's buffer overflowed, the merge fell behind, a
-# node is unreachable) are kept beyond QUEUE_LINES, up to this many more: dropping one
-# would make the loss it reports silent.
-QUEUE_NOTICES = 1_000
 # A failed batch is sent again after RETRY_FIRST seconds, doubling up to RETRY_MAX.
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
@@ -193,15 +190,6 @@ def endpoint_for(drain: DrainRecord) -> Endpoint:
     return HTTPEndpoint(target, drain.token)
 
 
-@dataclass(eq=False)
-class _Gap:
-    """Lines dropped at one place of the queue; its notice line stands there."""
-
-    notice: pb.LogLine
-    count: int
-    first: float  # when the first of them was dropped
-
-
 class Forwarder:
     """One drain: follows its app's stream, queues, sends, retries, saves progress."""
 
@@ -217,8 +205,11 @@ class Forwarder:
     ) -> None:
         self.drain = drain
         self._app_id = app_id  # the app's id: its lines of no other app of the same name
-        self.sent = 0  # lines delivered since this leader took over
-        self.dropped = 0  # lines dropped since this leader took over
+        start = progress or DrainProgress(cursors={}, since=drain.created_at)
+        # Since the drain was added (saved with its progress, so they survive a new
+        # leader; lines sent after the last save and sent again then count twice).
+        self.sent = start.sent  # lines delivered
+        self.dropped = start.lost  # lines that left retention before it got to them
         self.problem = ""  # the last delivery failure, "" while it delivers
         self._stream = stream
         self._store = store
@@ -227,18 +218,15 @@ class Forwarder:
         self._name = redacted(drain.url)
         self._queue: deque[pb.LogLine] = deque()
         self._arrived = asyncio.Event()
-        # Gaps by the id of their notice line; the last one takes new drops until it
-        # is sent (then a new one opens behind the lines queued since).
-        self._gaps: dict[int, _Gap] = {}
-        self._open_gap: _Gap | None = None
-        start = progress or DrainProgress(cursors={}, since=drain.created_at)
+        self._taken = asyncio.Event()  # lines went out: a full queue may have room again
         self._delivered = dict(start.cursors)  # (node, instance) -> last seq delivered
         self._read = Cursors.of(start.cursors)  # ... read from the stream
         self._since = start.since
         self._read_up_to = start.since  # the newest line read
         if start.dropped:
-            # The previous leader dropped lines it could not report: this one does.
-            self._drop(start.dropped, start.since, announce=False)
+            # A leader of before cursors dropped lines it did not report: this one does.
+            self._queue.append(self._notice(f"{start.dropped} lines dropped", start.since))
+            self.dropped += start.dropped
         self._saved: DrainProgress | None = progress
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -283,6 +271,10 @@ class Forwarder:
             try:
                 async for batch in self._stream(request):
                     self._offer(batch.lines)
+                    while len(self._queue) >= QUEUE_LINES:
+                        # Read no more: the stream waits, and upstream keeps the lines.
+                        self._taken.clear()
+                        await self._taken.wait()
                 log.warning("drain %s of %s: the log stream ended", self._name, self.drain.app)
             except Exception:
                 # A bug must not end forwarding for good: say so loudly and go on.
@@ -292,46 +284,24 @@ class Forwarder:
             await asyncio.sleep(REREAD_AFTER)
 
     def _offer(self, lines: Sequence[pb.LogLine]) -> None:
-        """Queue what there is room for; count the rest as dropped."""
+        """Queue the lines it has not had; count those notices say left retention."""
         fresh = self._read.fresh(lines)  # not what it had (a restarted reader's overlap)
         if not fresh:
             return
         self._read_up_to = max(self._read_up_to, fresh[-1].timestamp)
-        held = len(self._queue) - len(self._gaps)  # lines, not our own drop notices
-        if held + len(fresh) <= QUEUE_LINES:
-            self._queue.extend(fresh)
-        else:
-            for line in fresh:
-                if held < QUEUE_LINES or (line.seq == 0 and held < QUEUE_LINES + QUEUE_NOTICES):
-                    held += 1
-                    self._queue.append(line)
-                else:
-                    self._drop(1, line.timestamp)
+        self._queue.extend(fresh)
+        for line in fresh:
+            if not line.seq:
+                self.dropped += lost_count(line.text)
         self._arrived.set()
 
-    def _drop(self, count: int, first: float, announce: bool = True) -> None:
-        self.dropped += count
-        gap = self._open_gap
-        if gap is None:
-            notice = pb.LogLine(
-                timestamp=time.time(),
-                app=self.drain.app,
-                instance=SCHEDULER_INSTANCE,
-                stream=PAAS_STREAM,
-            )
-            gap = self._open_gap = _Gap(notice, 0, first)
-            self._gaps[id(notice)] = gap
-            self._queue.append(notice)
-        if announce and gap.count == 0:
-            self._events.add(
-                self.drain.app,
-                f"Log drain {self._name} is behind ({self.problem or 'slow'}): its queue of "
-                f"{QUEUE_LINES} lines is full, newer lines are dropped until it catches up",
-            )
-        gap.count += count
-        gap.notice.text = (
-            f"{gap.count} lines dropped since {timestamp(gap.first)} "
-            "(the log drain was slow or unreachable)"
+    def _notice(self, text: str, first: float) -> pb.LogLine:
+        return pb.LogLine(
+            timestamp=time.time(),
+            app=self.drain.app,
+            instance=SCHEDULER_INSTANCE,
+            stream=PAAS_STREAM,
+            text=f"{text} since {timestamp(first)} (the log drain was slow or unreachable)",
         )
 
     # ------------------------------------------------------------ sending
@@ -343,19 +313,10 @@ class Forwarder:
                 await self._arrived.wait()
                 continue
             batch = list(islice(self._queue, self._endpoint.batch_lines))
-            gaps = [self._gaps[id(line)] for line in batch if id(line) in self._gaps]
-            if any(gap is self._open_gap for gap in gaps):
-                self._open_gap = None  # its count is fixed now: new drops open a new gap
             await self._deliver(batch)
             for _ in batch:
                 self._queue.popleft()
-            for gap in gaps:
-                del self._gaps[id(gap.notice)]
-                self._events.add(
-                    self.drain.app,
-                    f"Log drain {self._name} caught up: {gap.count} lines were dropped "
-                    "while it was slow or unreachable",
-                )
+            self._taken.set()
             self.sent += len(batch)
             for line in batch:
                 if line.seq:
@@ -373,8 +334,8 @@ class Forwarder:
                     log.warning("drain %s of %s: %s", self._name, self.drain.app, exc)
                     self._events.add(
                         self.drain.app,
-                        f"Log drain {self._name} failing: {exc}; retrying, lines wait in "
-                        f"its queue (at most {QUEUE_LINES})",
+                        f"Log drain {self._name} failing: {exc}; retrying, lines wait "
+                        "where they are kept until it delivers again",
                     )
                 self.problem = str(exc)
                 await asyncio.sleep(delay)
@@ -395,7 +356,8 @@ class Forwarder:
         return DrainProgress(
             cursors=dict(self._delivered),
             since=max(self._since, oldest - RESUME_MARGIN),
-            dropped=sum(gap.count for gap in self._gaps.values()),
+            sent=self.sent,
+            lost=self.dropped,
         )
 
     async def _save_loop(self) -> None:
@@ -406,7 +368,7 @@ class Forwarder:
             if (
                 saved is not None
                 and saved.cursors == progress.cursors
-                and saved.dropped == progress.dropped
+                and saved.lost == progress.lost
             ):
                 continue  # nothing new delivered: spare etcd the write
             try:

@@ -6,9 +6,9 @@ inbox holds, and in what order lines of several nodes go out.
 
 - `Cursors`: per (node, instance), the last seq a reader has had, so that a node
   followed again (it came back, its stream broke) sends nothing twice.
-- `Inbox`: arrived batches, up to a bound; lines beyond it are dropped and
-  counted, and the count goes out in their place ("N lines dropped"): a reader
-  that lags loses lines, never silently, and never makes a node wait.
+- `Inbox`: arrived batches, up to a bound per source; a source that fills its
+  share waits before it reads more of its node (flow control back to the agent,
+  which keeps the lines): nothing is dropped for a reader that lags.
 - `latest_run`: of an instance's finished runs on several nodes (it moved), the
   one `--previous` shows.
 - `TimeOrderWindow`: while more than one source sends, lines are held for
@@ -31,14 +31,14 @@ import enum
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from paas.proto import paas_pb2 as pb
 
 # Live lines wait this long (seconds) so that those of several nodes go out in time order.
 REORDER = 0.15
-# Lines a follow stream's inbox holds; those beyond are dropped and counted.
+# Lines a follow stream's inbox holds of each source before the source waits.
 INBOX_LINES = 10_000
 
 # A stream of one instance: (node, instance). Its lines are never reordered.
@@ -126,20 +126,20 @@ class Arrival:
 
 
 class Inbox:
-    """Arrived lines waiting for the follow loop, at most `limit` of them.
+    """Arrived lines waiting for the follow loop, at most about `limit` of each source.
 
-    What does not fit is dropped and counted; the count goes in as a notice of the
-    next source whose lines fit, counted as that source's own, ahead of them (a
-    notice of the scheduler's would look like a second source and put a lone node's
-    lines through the ordering window: slower, so it would fall further behind).
+    Nothing is dropped: a source whose lines fill its share waits (`has_room`)
+    before it reads more from its node, so the node's stream stops and the agent
+    keeps the lines (it serves them from its buffer and spool when the reader gets
+    there). A share per source, so that one node catching up does not keep the
+    live lines of the others out.
     """
 
-    def __init__(self, notice: Callable[[str], pb.LogLine], limit: int = INBOX_LINES) -> None:
-        self._notice = notice
+    def __init__(self, limit: int = INBOX_LINES) -> None:
         self._limit = limit
         self._arrivals: deque[Arrival] = deque()
         self._lines = 0
-        self.dropped = 0  # lines lost since the last notice of it
+        self._held: dict[str, int] = {}
 
     def __len__(self) -> int:
         """Lines held."""
@@ -148,30 +148,25 @@ class Inbox:
     def __bool__(self) -> bool:
         return bool(self._arrivals)
 
-    def offer(self, arrival: Arrival) -> bool:
-        """Take `arrival` if it fits (True); otherwise drop its lines and count them."""
-        if self._lines + len(arrival.lines) > self._limit:
-            self.dropped += len(arrival.lines)
-            return False
-        if self.dropped:
-            text = f"{self.dropped} lines dropped (this reader fell behind)"
-            self._arrivals.append(Arrival(arrival.source, [self._notice(text)]))
-            self._lines += 1
-            self.dropped = 0
-        self._arrivals.append(arrival)
-        self._lines += len(arrival.lines)
-        return True
+    def has_room(self, source: str) -> bool:
+        """Whether `source` may put more (it holds less than its share)."""
+        return self._held.get(source, 0) < self._limit
 
     def put(self, arrival: Arrival) -> None:
-        """Take `arrival` whatever the bound: lines the reader asked for (the newest of
-        the history), not ones that came faster than it reads."""
+        """Take `arrival`, whatever its size (a source asks `has_room` first)."""
         self._arrivals.append(arrival)
         self._lines += len(arrival.lines)
+        self._held[arrival.source] = self._held.get(arrival.source, 0) + len(arrival.lines)
 
     def take(self) -> Arrival:
         """The oldest arrival (the inbox must not be empty)."""
         arrival = self._arrivals.popleft()
         self._lines -= len(arrival.lines)
+        held = self._held[arrival.source] - len(arrival.lines)
+        if held:
+            self._held[arrival.source] = held
+        else:
+            del self._held[arrival.source]
         return arrival
 
 

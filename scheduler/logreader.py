@@ -94,8 +94,13 @@ class LogReader:
         # A follower that reconnects says where it had got to; nothing before that again.
         cursors = Cursors(request.after)
         started = time.time()
-        lines = await self._history(request, count, cursors)
-        if not request.follow or request.previous:
+        following = request.follow and not request.previous
+        # A follower that resumes reads the nodes from its cursors on, all of it
+        # (their agents catch it up from their buffers and spools): no history first,
+        # which would be only the last `count` lines of each.
+        resuming = following and bool(request.after)
+        lines = await self._history(request, count, cursors, nodes=not resuming)
+        if not following:
             for part in batches(lines):
                 yield pb.LogBatch(lines=part)
             return
@@ -108,15 +113,24 @@ class LogReader:
         recent = bisect.bisect_left(lines, live_since, key=lambda line: line.timestamp)
         for part in batches(lines[:recent]):
             yield pb.LogBatch(lines=part)
-        follow = _Follow(self._sessions, self._events, self.stub, request, cursors, live_since)
+        follow = _Follow(
+            self._sessions,
+            self._events,
+            self.stub,
+            request,
+            cursors,
+            live_since,
+            count if resuming else INBOX_LINES,
+        )
         async for batch in follow.batches(lines[recent:]):
             yield batch
 
     async def _history(
-        self, request: pb.LogsRequest, count: int, cursors: Cursors
+        self, request: pb.LogsRequest, count: int, cursors: Cursors, nodes: bool = True
     ) -> list[pb.LogLine]:
-        """The last `count` lines the reader has not had, in time order; every line read
-        is noted in `cursors`, those older than the last `count` too (the live part must
+        """The last `count` lines the reader has not had, in time order (those of the
+        nodes only if `nodes`; the scheduler's own events always); every line read is
+        noted in `cursors`, those older than the last `count` too (the live part must
         not bring back history not asked for)."""
         history_request = pb.LogsRequest(
             app=request.app,
@@ -128,7 +142,10 @@ class LogReader:
             after=request.after,
         )
         per_node = await asyncio.gather(
-            *(self._read(session, history_request) for session in self._sessions.connected())
+            *(
+                self._read(session, history_request)
+                for session in (self._sessions.connected() if nodes else [])
+            )
         )
         if request.previous:
             per_node = latest_run(per_node)
@@ -176,8 +193,10 @@ class _Follow:
     feeding the inbox; the loop in `batches` puts them through the time-order window.
 
     Each node is followed from where the cursors say this reader is, so a node that
-    comes back sends what it wrote meanwhile, and nothing twice. A lagging reader gets
-    a notice of what it lost instead of making any node wait.
+    comes back sends what it wrote meanwhile, and nothing twice. A lagging reader
+    makes its nodes' streams wait (each node has a share of the inbox, and reads no
+    more while it is full): their agents keep the lines and catch the reader up from
+    its cursors, so nothing is dropped here.
     """
 
     def __init__(
@@ -188,15 +207,20 @@ class _Follow:
         request: pb.LogsRequest,
         cursors: Cursors,
         since: float,
+        lines: int = INBOX_LINES,
     ) -> None:
+        """`lines`: of each instance a node has that the cursors do not name, the last
+        this many (since `since`) come first."""
         self._sessions = sessions
         self._events = events
         self._stub = stub
         self._request = request
         self._cursors = cursors
         self._since = since
-        self._inbox = Inbox(lambda text: notice(request.app, text))
+        self._lines = lines
+        self._inbox = Inbox()
         self._arrived = asyncio.Event()
+        self._taken = asyncio.Event()  # set when the loop takes: a waiting source may go on
         self._nodes: dict[str, asyncio.Task[None]] = {}
 
     async def batches(self, recent: Sequence[pb.LogLine]) -> AsyncIterator[pb.LogBatch]:
@@ -222,6 +246,7 @@ class _Follow:
                 now = loop.time()
                 while self._inbox:
                     arrival = self._inbox.take()
+                    self._taken.set()
                     if window.push(arrival.source, arrival.lines, now) is Pushed.PASSED:
                         if arrival.whole is not None:
                             yield arrival.whole
@@ -244,8 +269,16 @@ class _Follow:
                 task.cancel()
 
     def _offer(self, arrival: Arrival) -> None:
-        if self._inbox.offer(arrival):
-            self._arrived.set()
+        """Put `arrival` in the inbox whatever its room (notices, the scheduler's events)."""
+        self._inbox.put(arrival)
+        self._arrived.set()
+
+    async def _put(self, arrival: Arrival) -> None:
+        """Put `arrival` once its source has room: until then, this node's stream waits."""
+        while not self._inbox.has_room(arrival.source):
+            self._taken.clear()
+            await self._taken.wait()
+        self._offer(arrival)
 
     def _start(self, session: AgentSession) -> None:
         old = self._nodes.get(session.name)
@@ -261,7 +294,7 @@ class _Follow:
                     fresh = self._cursors.fresh(batch.lines)
                     if fresh:
                         whole = batch if len(fresh) == len(batch.lines) else None
-                        self._offer(Arrival(session.name, fresh, whole))
+                        await self._put(Arrival(session.name, fresh, whole))
                 return  # the agent ended the stream: it is stopping
             except grpc.aio.AioRpcError as exc:
                 if self._sessions.get(session.name) is not session:
@@ -278,7 +311,7 @@ class _Follow:
         return pb.LogsRequest(
             app=self._request.app,
             app_id=self._request.app_id,
-            lines=INBOX_LINES,
+            lines=self._lines,
             process=self._request.process,
             follow=True,
             since=self._since,

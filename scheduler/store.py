@@ -253,11 +253,15 @@ class DrainRecord:
 @dataclass(frozen=True)
 class DrainProgress:
     """How far a drain got: the last line delivered of each (node, instance), a time
-    before which everything was delivered, and the lines dropped not yet reported."""
+    before which everything was delivered, its counters since it was added (lines
+    sent, lines that left retention before it got to them), and the lines an older
+    leader dropped without reporting them (none since drains read from cursors)."""
 
     cursors: dict[tuple[str, str], int]
     since: float
     dropped: int = 0
+    sent: int = 0
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -489,6 +493,8 @@ class Store:
             cursors={(str(n), str(i)): int(seq) for n, i, seq in data["cursors"]},
             since=float(data["since"]),
             dropped=int(data.get("dropped", 0)),
+            sent=int(data.get("sent", 0)),
+            lost=int(data.get("lost", 0)),
         )
 
     async def tokens(self) -> list[TokenRecord]:
@@ -708,6 +714,8 @@ class Store:
             "cursors": [[n, i, seq] for (n, i), seq in sorted(progress.cursors.items())],
             "since": progress.since,
             "dropped": progress.dropped,
+            "sent": progress.sent,
+            "lost": progress.lost,
         }
         await self._txn(
             [tx.Version(_drain_key(drain.app, drain.url)) > 0],

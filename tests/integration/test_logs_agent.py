@@ -6,22 +6,31 @@ notice counts it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.membership import Membership
 from paas.agent.ports import PortPool, can_bind
-from paas.agent.servicer import process_matcher, read_history
+from paas.agent.servicer import AgentService, process_matcher, read_history
 from paas.agent.spool import Spool
 from paas.agent.supervisor import State, Supervisor, install_child_watcher
+from paas.common.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
 from paas.proto import paas_pb2 as pb
+from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import AgentAsyncStub
 
 pytestmark = pytest.mark.integration
 
@@ -119,7 +128,7 @@ def flooded(node: Node) -> bool:
     return any(line.text == f"line {LINES - 1}" for line in buffer.lines())
 
 
-def counted(lines: list[LogLine], pattern: str) -> int:
+def counted(lines: Sequence[LogLine | pb.LogLine], pattern: str) -> int:
     """The sum of the counts that notices matching `pattern` (with its count as group 1) give."""
     found = (re.match(pattern, line.text) for line in lines if line.seq == 0)
     return sum(int(match.group(1)) for match in found if match)
@@ -167,18 +176,74 @@ async def test_a_spool_that_falls_behind_counts_what_it_did_not_write_and_says_w
     assert 0 < missing <= unwritten
 
 
-async def test_a_slow_follower_is_told_what_it_missed_and_slows_nobody(
+@contextlib.asynccontextmanager
+async def serving(node: Node) -> AsyncIterator[AgentAsyncStub]:
+    """The node's ReadLogs over real gRPC (a membership welcomed into a cluster)."""
+    membership = Membership(node.config.state_dir / node.config.name, node.logs)
+    await membership.welcome("cluster-1")
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_AgentServicer_to_server(AgentService(node.logs, membership), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
+            yield pb_grpc.AgentStub(ch)
+    finally:
+        await server.stop(None)
+
+
+async def follow_until(
+    stream: AsyncIterator[pb.LogBatch], done: Callable[[list[pb.LogLine]], bool]
+) -> list[pb.LogLine]:
+    got: list[pb.LogLine] = []
+    async with asyncio.timeout(120):
+        async for batch in stream:
+            got.extend(batch.lines)
+            if done(got):
+                return got
+    raise AssertionError("the stream ended")
+
+
+def last_line(lines: list[pb.LogLine]) -> bool:
+    return any(line.text == f"line {LINES - 1}" for line in lines)
+
+
+async def test_a_follower_that_reads_nothing_for_a_while_gets_every_line_in_order(
     start_node: NodeFactory,
 ) -> None:
-    node = await start_node()
-    slow = node.logs.subscribe(lambda line: line.stream == "stdout", app=APP, maxsize=64)
-    node.run("flood.1", FLOOD)
-    await wait_for(lambda: flooded(node), what="the flood written, the follower unread")
-    got: list[LogLine] = []
-    while len([line for line in got if line.seq]) < 64 or slow.dropped:
-        got.append(await asyncio.wait_for(slow.get(), 5))
-    received = [line for line in got if line.seq]
-    missed = counted(got, r"(\d+) lines dropped")
-    assert missed > 0 and slow.dropped_total == missed
-    assert len(received) + missed == LINES
-    assert got[-1].seq == 0  # the notice is where the gap is: after what was queued
+    node = await start_node(spool_backlog=64 << 20)
+    async with serving(node) as agent:
+        call = agent.ReadLogs(pb.LogsRequest(app=APP, follow=True, lines=1))
+        stream = call.__aiter__()
+        node.run("flood.1", FLOOD)
+        # Following (its first lines came): the rest comes while it reads nothing.
+        first = await asyncio.wait_for(anext(stream), 60)
+        await wait_for(lambda: flooded(node), what="the flood written, the follower unread")
+        got = [*first.lines, *await follow_until(stream, last_line)]
+        call.cancel()
+    assert [line.text for line in got if line.seq == 0] == [], "nothing left retention"
+    numbers = [int(line.text.split()[1]) for line in got if line.text.startswith("line ")]
+    assert numbers == list(range(LINES)), "every line, once, in order"
+    seqs = [line.seq for line in got if line.instance == "flood.1"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_a_follower_behind_retention_is_told_exactly_what_left_it_then_gets_the_rest(
+    start_node: NodeFactory,
+) -> None:
+    node = await start_node()  # no spool: the buffer's 100 lines are all that is kept
+    async with serving(node) as agent:
+        call = agent.ReadLogs(pb.LogsRequest(app=APP, follow=True, lines=1))
+        stream = call.__aiter__()
+        node.run("flood.1", FLOOD)
+        first = await asyncio.wait_for(anext(stream), 60)
+        await wait_for(lambda: flooded(node), what="the flood written, the follower unread")
+        got = [*first.lines, *await follow_until(stream, last_line)]
+        call.cancel()
+    flood = [line for line in got if line.instance == "flood.1"]
+    lost = counted(flood, r"(\d+) lines of flood\.1 were no longer kept")
+    assert lost > 0
+    had = [line.seq for line in flood if line.seq]
+    assert had == sorted(had) and len(had) == len(set(had))
+    assert len(had) + lost == had[-1] - had[0] + 1, "the notices count exactly the gaps"
+    assert had[-100:] == list(range(had[-1] - 99, had[-1] + 1)), "what is kept all comes"

@@ -12,7 +12,6 @@ from paas.agent.logbuffer import (
     LineSplitter,
     LogBuffer,
     LogHub,
-    LogLine,
     Piece,
     pump,
 )
@@ -201,42 +200,48 @@ async def test_a_follower_gets_live_lines_of_what_it_wants() -> None:
     assert len(follower) == 0
 
 
-async def test_a_slow_follower_never_blocks_the_producer_and_is_told_what_it_lost() -> None:
+async def test_a_slow_follower_never_blocks_the_producer_and_pauses_instead_of_dropping() -> None:
     hub = LogHub("node-1", lines=10_000)
     slow = hub.subscribe(lambda line: True, app="shop", maxsize=4)
     buffer = hub.buffer("shop", "web.1")
     for i in range(100):
         buffer.append("stdout", f"line {i}")  # never waits for the follower
     assert len(buffer) == 100
-    received = [await asyncio.wait_for(slow.get(), 5) for _ in range(4)]
+    assert slow.behind and slow.pauses == 1
+    received = await asyncio.wait_for(slow.get_many(10), 5)
     assert [line.text for line in received] == ["line 0", "line 1", "line 2", "line 3"]
-    assert slow.dropped == 96
-
-    notice = await asyncio.wait_for(slow.get(), 5)  # caught up: the loss is reported
-    assert notice.stream == "paas"
-    assert notice.text.startswith("96 lines dropped")
-    assert notice.app == "shop"
-
-    buffer.append("stdout", "line 100")
-    assert (await asyncio.wait_for(slow.get(), 5)).text == "line 100"
-    assert slow.dropped_total == 96
-
-
-async def test_the_loss_notice_sits_where_the_gap_is() -> None:
-    hub = LogHub("node-1", lines=100)
-    follower = hub.subscribe(lambda line: True, app="shop", maxsize=2)
-    buffer = hub.buffer("shop", "web.1")
-    for i in range(4):
-        buffer.append("stdout", f"line {i}")  # 0 and 1 queued, 2 and 3 dropped
-    got: list[LogLine] = [await follower.get(), await follower.get()]
-    buffer.append("stdout", "line 4")  # room again: notice first, then the line
-    got += [await follower.get(), await follower.get()]
-    assert [line.text.split(" (")[0] for line in got] == [
-        "line 0",
-        "line 1",
-        "2 lines dropped",
+    # Paused: nothing more is queued, and nothing is lost: the buffer has the rest,
+    # from where the follower got to.
+    assert await asyncio.wait_for(slow.get_many(10), 5) == []
+    assert [line.text for line in buffer.after(received[-1].seq, 3)] == [
         "line 4",
+        "line 5",
+        "line 6",
     ]
+    slow.resume()
+    buffer.append("stdout", "line 100")
+    assert [line.text for line in await asyncio.wait_for(slow.get_many(10), 5)] == ["line 100"]
+
+
+async def test_a_paused_follower_knows_where_an_instance_it_never_saw_began() -> None:
+    hub = LogHub("node-1", lines=100)
+    follower = hub.subscribe(lambda line: True, app="shop", maxsize=1)
+    hub.buffer("shop", "web.1").append("stdout", "queued")
+    for i in range(3):
+        hub.buffer("shop", "web.2").append("stdout", f"while paused {i}")
+    assert follower.behind
+    assert follower.first_seq == {"web.1": 1, "web.2": 1}
+
+
+def test_a_buffer_serves_the_lines_after_a_cursor_in_order() -> None:
+    buffer = LogBuffer("shop", "web.1", "node-1", limit=10)
+    for i in range(1, 26):
+        buffer.append("stdout", f"line {i}")
+    assert buffer.oldest_seq == 16
+    assert [line.seq for line in buffer.after(17, 3)] == [18, 19, 20]
+    assert [line.seq for line in buffer.after(23, 100)] == [24, 25]
+    assert [line.seq for line in buffer.after(3, 2)] == [16, 17]
+    assert buffer.after(25, 10) == []
 
 
 async def test_pump_copies_a_pipe_line_by_line_until_eof() -> None:

@@ -260,42 +260,26 @@ def test_with_clocks_stepping_anywhere_lines_still_come_out_once_and_per_instanc
 # --- the inbox ----------------------------------------------------------------------
 
 
-def notice(text: str) -> pb.LogLine:
-    return pb.LogLine(instance="scheduler", text=text)
-
-
-def test_the_inbox_drops_what_does_not_fit_and_says_so_ahead_of_what_fits_next() -> None:
-    inbox = Inbox(notice, limit=3)
-    assert inbox.offer(Arrival("a", [line(1), line(2)]))
-    assert not inbox.offer(Arrival("b", [line(3), line(4)]))
-    assert not inbox.offer(Arrival("a", [line(5), line(6)]))
-    assert inbox.dropped == 4
-    assert len(inbox) == 2
-    inbox.take()
-    assert inbox.offer(Arrival("b", [line(7)]))
-    first, second = inbox.take(), inbox.take()
-    # The notice counts as b's own: it must not look like a second source.
-    assert (first.source, [x.text for x in first.lines]) == (
-        "b",
-        ["4 lines dropped (this reader fell behind)"],
-    )
-    assert (second.source, names(list(second.lines))) == ("b", ["a@7"])
-    assert not inbox
-    assert inbox.dropped == 0
-
-
-def test_the_inbox_takes_the_history_asked_for_whatever_its_size() -> None:
-    inbox = Inbox(notice, limit=1)
-    inbox.put(Arrival("", [line(1), line(2), line(3)]))
-    assert len(inbox) == 3
-    assert not inbox.offer(Arrival("a", [line(4)]))
-    assert names(list(inbox.take().lines)) == ["a@1", "a@2", "a@3"]
+def test_the_inbox_drops_nothing_and_says_when_a_source_must_wait() -> None:
+    inbox = Inbox(limit=3)
+    assert inbox.has_room("a")
+    inbox.put(Arrival("a", [line(1), line(2)]))
+    assert inbox.has_room("a")
+    inbox.put(Arrival("a", [line(3), line(4)]))  # over its share: taken, but a waits now
+    assert not inbox.has_room("a")
+    assert inbox.has_room("b"), "one source's lag keeps no other out"
+    inbox.put(Arrival("b", [line(5)]))
+    assert len(inbox) == 5
+    assert names(list(inbox.take().lines)) == ["a@1", "a@2"]
+    assert inbox.has_room("a")
+    assert [names(list(inbox.take().lines)) for _ in range(2)] == [["a@3", "a@4"], ["a@5"]]
+    assert not inbox and len(inbox) == 0
 
 
 def test_a_whole_batch_stays_the_same_message() -> None:
     batch = pb.LogBatch(lines=[line(1)])
-    inbox = Inbox(notice)
-    inbox.offer(Arrival("a", batch.lines, batch))
+    inbox = Inbox()
+    inbox.put(Arrival("a", batch.lines, batch))
     assert inbox.take().whole is batch
 
 
