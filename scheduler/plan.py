@@ -20,6 +20,7 @@ inputs in any order give an equal plan.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,7 +191,8 @@ def _sort_into_buckets(
 
     if len(kept) > count:
         extras = _extras(kept, len(kept) - count)
-        kept = [i for i in kept if i not in extras]
+        going = {i.name for i in extras}
+        kept = [i for i in kept if i.name not in going]
         return _Buckets(app, release, kept, stop=orphans + extras, move=[], new=[])
     # Release 0 was never deployed: there is nothing to run, so nothing moves or starts.
     need = count - len(kept) if release > 0 else 0
@@ -201,19 +203,26 @@ def _sort_into_buckets(
 
 
 def _extras(kept: list[Placed], excess: int) -> list[Placed]:
-    """The `excess` instances to stop so that the rest stay evenly spread.
+    """The `excess` instances to stop so that the rest stay evenly spread: each from
+    the node holding the most, its highest index first, then by node name.
 
     `kept` is sorted by name, so each node's list ends with its highest index.
     """
     by_node: dict[str, list[Placed]] = defaultdict(list)
     for instance in kept:
         by_node[instance.node].append(instance)
+    # Only the node an extra comes from changes, so the heap is never stale.
+    heap = [(-len(held), -held[-1].name.index, node) for node, held in by_node.items()]
+    heapq.heapify(heap)
     extras: list[Placed] = []
     for _ in range(excess):
-        node = min(by_node, key=lambda n: (-len(by_node[n]), -by_node[n][-1].name.index, n))
-        extras.append(by_node[node].pop())
-        if not by_node[node]:
-            del by_node[node]
+        node = heap[0][2]
+        held = by_node[node]
+        extras.append(held.pop())
+        if held:
+            heapq.heapreplace(heap, (-len(held), -held[-1].name.index, node))
+        else:
+            heapq.heappop(heap)
     return extras
 
 
@@ -228,24 +237,112 @@ def _lowest_free(used: set[int], count: int) -> list[int]:
 
 
 class _Placer:
-    """Chooses nodes for placements and keeps the load counts up to date as it goes."""
+    """Chooses nodes for placements and keeps the load counts up to date as it goes.
+
+    Each take costs O(log nodes), amortized. The rule is the straightforward
+    one (the eligible node with room holding the fewest of that (app, type),
+    then the fewest in total, then the first name); two heaps make it cheap:
+
+    - one shared heap of (load, name) over every node with room: the best node
+      that holds none of the type is its first entry not among the type's holders;
+    - one heap per (app, type) of (count of the type, load, name) over the
+      nodes that hold some: used only when every node with room holds some.
+
+    Counts only grow while a plan is made, so an entry can only be too small:
+    an entry found stale on top is pushed again with the current key, and one
+    for a full node is dropped. A holder met on top of the shared heap while
+    its type is placing is set aside and put back when another type places,
+    so each holder is stepped over at most once per run of takes of its type.
+    """
 
     def __init__(self, eligible: list[NodeView], staying: list[Placed]) -> None:
-        self._nodes = eligible
+        self._capacity = {n.name: n.capacity for n in eligible}
         self._load = Counter(i.node for i in staying)
-        self._of_type = Counter((i.app, i.name.type, i.node) for i in staying)
+        self._staying: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for i in staying:
+            self._staying[(i.app, i.name.type)].append(i.node)
+        # Every node with room has exactly one entry, in the heap or set aside.
+        self._shared = [
+            (self._load[n], n) for n, room in self._capacity.items() if self._load[n] < room
+        ]
+        heapq.heapify(self._shared)
+        self._types: dict[tuple[str, str], _TypeHeap] = {}
+        self._placing: tuple[str, str] | None = None
+        self._set_aside: list[str] = []
 
     def take(self, app: str, type_: str) -> str | Shortfall:
         """The best node with room for one more (app, type), counted as taken; or why
         there is none."""
-        if not self._nodes:
+        if not self._capacity:
             return Shortfall.NO_ELIGIBLE_NODE
-        roomy = [n for n in self._nodes if self._load[n.name] < n.capacity]
-        if not roomy:
+        key = (app, type_)
+        if key != self._placing:
+            self._put_back()
+            self._placing = key
+        of_type = self._type_heap(key)
+        best = self._first_not_holding(of_type.count)
+        if best is not None:  # a node that holds none of the type: it becomes a holder
+            self._load[best] += 1
+            of_type.count[best] = 1
+            heapq.heappush(of_type.heap, (1, self._load[best], best))
+            return best
+        best = self._first_holding(of_type)
+        if best is None:
             return Shortfall.NO_ROOM
-        best = min(
-            roomy, key=lambda n: (self._of_type[(app, type_, n.name)], self._load[n.name], n.name)
-        )
-        self._load[best.name] += 1
-        self._of_type[(app, type_, best.name)] += 1
-        return best.name
+        self._load[best] += 1
+        of_type.count[best] += 1
+        if self._load[best] < self._capacity[best]:
+            heapq.heapreplace(of_type.heap, (of_type.count[best], self._load[best], best))
+        else:
+            heapq.heappop(of_type.heap)
+        return best
+
+    def _type_heap(self, key: tuple[str, str]) -> _TypeHeap:
+        of_type = self._types.get(key)
+        if of_type is None:
+            count = Counter(self._staying.pop(key, []))
+            heap = [(c, self._load[n], n) for n, c in count.items() if n in self._capacity]
+            heapq.heapify(heap)
+            of_type = self._types[key] = _TypeHeap(count, heap)
+        return of_type
+
+    def _first_not_holding(self, holders: Mapping[str, int]) -> str | None:
+        shared = self._shared
+        while shared:
+            load, name = shared[0]
+            current = self._load[name]
+            if current >= self._capacity[name]:
+                heapq.heappop(shared)
+            elif current != load:
+                heapq.heapreplace(shared, (current, name))
+            elif name in holders:
+                self._set_aside.append(heapq.heappop(shared)[1])
+            else:
+                return name
+        return None
+
+    def _first_holding(self, of_type: _TypeHeap) -> str | None:
+        heap = of_type.heap
+        while heap:
+            count, load, name = heap[0]
+            if self._load[name] >= self._capacity[name]:
+                heapq.heappop(heap)
+            elif (count, load) != (of_type.count[name], self._load[name]):
+                heapq.heapreplace(heap, (of_type.count[name], self._load[name], name))
+            else:
+                return name
+        return None
+
+    def _put_back(self) -> None:
+        for name in self._set_aside:
+            if self._load[name] < self._capacity[name]:
+                heapq.heappush(self._shared, (self._load[name], name))
+        self._set_aside.clear()
+
+
+@dataclass
+class _TypeHeap:
+    """One (app, type) for the placer: its count per node and its holders' heap."""
+
+    count: dict[str, int]
+    heap: list[tuple[int, int, str]]  # (count of the type, load, name), maybe stale

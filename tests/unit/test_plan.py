@@ -23,6 +23,8 @@ from paas.scheduler.plan import (
     shortfall_text,
 )
 
+from .plan_reference import reference_plan
+
 APP = "shop"
 
 
@@ -491,3 +493,70 @@ def test_the_plan_does_not_depend_on_input_order(
     rng.shuffle(nodes)
     rng.shuffle(world)
     assert plan(desired, nodes, world) == expected
+
+
+# --- the fast placer against the straightforward one -------------------------
+
+MANY_NODES = tuple(f"m{i:02}" for i in range(12))
+
+
+@st.composite
+def big_worlds(draw: st.DrawFn) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
+    """Worlds with more nodes and larger formations than the others, so that the
+    placer's heaps go stale, fill up and set holders aside."""
+    apps = draw(st.lists(st.sampled_from(("a", "b", "c")), unique=True, min_size=1))
+    big = st.dictionaries(st.sampled_from(TYPES), st.integers(0, 30), max_size=len(TYPES))
+    desired = [AppDesired(app, draw(st.integers(1, 2)), draw(big)) for app in sorted(apps)]
+    count = draw(st.integers(1, len(MANY_NODES)))
+    nodes = [
+        NodeView(name, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 12)))
+        for name in MANY_NODES[:count]
+    ]
+    keys = draw(
+        st.lists(
+            st.tuples(st.sampled_from(("a", "b", "c")), st.sampled_from(TYPES), st.integers(1, 40)),
+            unique=True,
+            max_size=60,
+        )
+    )
+    world = [
+        Placed(app, InstanceName(type_, index), draw(st.sampled_from(MANY_NODES)), 1)
+        for app, type_, index in keys
+    ]
+    return desired, nodes, world
+
+
+@settings(max_examples=400)
+@given(big_worlds())
+def test_the_fast_placer_gives_the_plan_of_the_straightforward_one(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, instances = world
+    assert plan(desired, nodes, instances) == reference_plan(desired, nodes, instances)
+
+
+@given(desireds(), node_sets(), any_instances())
+def test_the_fast_placer_agrees_on_small_odd_worlds_too(
+    desired: list[AppDesired], nodes: list[NodeView], world: list[Placed]
+) -> None:
+    assert plan(desired, nodes, world) == reference_plan(desired, nodes, world)
+
+
+def test_the_fast_placer_agrees_at_a_few_hundred_nodes() -> None:
+    rng = random.Random(15)
+    nodes = [
+        NodeView(f"n{i:03}", rng.random() > 0.05, rng.random() < 0.05, rng.randint(0, 40))
+        for i in range(300)
+    ]
+    world = [
+        Placed(app, InstanceName(type_, index), f"n{rng.randrange(320):03}", 1)
+        for app in ("a", "b")
+        for type_ in TYPES
+        for index in rng.sample(range(1, 900), 300)
+    ]
+    desired = [
+        AppDesired("a", 2, {"web": 1500, "worker": 40, "clock": 0}),
+        AppDesired("b", 1, {"web": 200, "worker": 900}),
+        AppDesired("c", 1, {"web": 7}),
+    ]
+    assert plan(desired, nodes, world) == reference_plan(desired, nodes, world)
