@@ -118,17 +118,36 @@ def plan(
         for app, type_ in sorted(wanted | groups.keys())
     ]
 
-    placer = _Placer(eligible, [i for b in buckets for i in b.kept])
     place = [
         Placed(b.app, i.name, i.node, b.release)
         for b in buckets
         for i in b.kept
         if b.release > 0 and i.release != b.release
     ]
-    unplaced: dict[tuple[str, str], Unplaced] = {}
     # Running work that lost its node comes before growth, for every app.
     wishes = [(b, i.name) for b in buckets for i in b.move]
     wishes += [(b, name) for b in buckets for name in b.new]
+    placed, unplaced = _place(wishes, eligible, buckets) if wishes else ([], {})
+    place += placed
+
+    return Plan(
+        # Keys of plain str and int: InstanceName's generated ordering is slow.
+        place=sorted(place, key=lambda p: (p.app, p.name.type, p.name.index)),
+        stop=sorted(
+            ((i.app, i.name) for b in buckets for i in b.stop),
+            key=lambda s: (s[0], s[1].type, s[1].index),
+        ),
+        unplaced=dict(sorted(unplaced.items())),
+    )
+
+
+def _place(
+    wishes: list[tuple[_Buckets, InstanceName]], eligible: list[NodeView], buckets: list[_Buckets]
+) -> tuple[list[Placed], dict[tuple[str, str], Unplaced]]:
+    """Place each wish in order; those that fit nowhere are counted per (app, type)."""
+    placer = _Placer(eligible, [i for b in buckets for i in b.kept])
+    place: list[Placed] = []
+    unplaced: dict[tuple[str, str], Unplaced] = {}
     for bucket, name in wishes:
         node = placer.take(bucket.app, name.type)
         if isinstance(node, Shortfall):
@@ -138,12 +157,7 @@ def plan(
             unplaced[key] = Unplaced((before.count if before else 0) + 1, node)
         else:
             place.append(Placed(bucket.app, name, node, bucket.release))
-
-    return Plan(
-        place=sorted(place, key=lambda p: (p.app, p.name)),
-        stop=sorted((i.app, i.name) for b in buckets for i in b.stop),
-        unplaced=dict(sorted(unplaced.items())),
-    )
+    return place, unplaced
 
 
 def shortfall_text(unplaced: Unplaced, type_: str, nodes: Sequence[NodeView]) -> str:
@@ -185,7 +199,7 @@ def _sort_into_buckets(
     app = current[0].app if desired is None else desired.app
     count = 0 if desired is None else desired.formation.get(type_, 0)
     release = 0 if desired is None else desired.release
-    ordered = sorted(current, key=lambda i: i.name)
+    ordered = sorted(current, key=lambda i: i.name.index)  # all of one type
     kept = [i for i in ordered if i.node in eligible]
     orphans = [i for i in ordered if i.node not in eligible]
 
