@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from paas.common.names import InstanceName
+from paas.common.placement import TypePlacement
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class AppDesired:
     app: str
     release: int
     formation: Mapping[str, int]  # process type -> count
+    # process type -> where its instances may go; a type not here goes anywhere
+    placement: Mapping[str, TypePlacement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class NodeView:
     ready: bool  # session alive, or silent for less than the grace period
     draining: bool
     capacity: int  # most instances it may hold
+    labels: Mapping[str, str] = field(default_factory=dict)
+    memory: int = 0  # bytes instances may reserve in all (0: none reported)
+    cpu: float = 0.0  # cores instances may reserve in all (0: none reported)
 
     @property
     def eligible(self) -> bool:
@@ -66,6 +72,8 @@ class Shortfall(enum.Enum):
 
     NO_ELIGIBLE_NODE = "no eligible node"  # no node at all, or every one lost or draining
     NO_ROOM = "every eligible node is full"  # eligible nodes exist, at their capacity
+    # Eligible nodes exist, but none meets the type's constraints (or has its spread label).
+    NO_MATCHING_NODE = "no eligible node meets the type's placement rules"
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,13 @@ def plan(
         groups[(instance.app, instance.name.type)].append(instance)
     wanted = {(d.app, t) for d in desired for t, count in d.formation.items() if count > 0}
     buckets = [
-        _sort_into_buckets(apps.get(app), type_, groups.get((app, type_), []), eligible_names)
+        _sort_into_buckets(
+            apps.get(app),
+            type_,
+            groups.get((app, type_), []),
+            _allowed(_placement(apps.get(app), type_), eligible, eligible_names),
+            _placement(apps.get(app), type_).distinct_hosts,
+        )
         for app, type_ in sorted(wanted | groups.keys())
     ]
 
@@ -145,7 +159,8 @@ def _place(
     wishes: list[tuple[_Buckets, InstanceName]], eligible: list[NodeView], buckets: list[_Buckets]
 ) -> tuple[list[Placed], dict[tuple[str, str], Unplaced]]:
     """Place each wish in order; those that fit nowhere are counted per (app, type)."""
-    placer = _Placer(eligible, [i for b in buckets for i in b.kept])
+    rules = {(b.app, t): p for b in buckets if b.desired for t, p in b.desired.placement.items()}
+    placer = _Placer(eligible, [i for b in buckets for i in b.kept], rules)
     place: list[Placed] = []
     unplaced: dict[tuple[str, str], Unplaced] = {}
     for bucket, name in wishes:
@@ -191,29 +206,59 @@ class _Buckets:
     stop: list[Placed]
     move: list[Placed]  # orphans to place elsewhere; they stay put if nothing has room
     new: list[InstanceName]
+    desired: AppDesired | None = None
+
+
+def _placement(desired: AppDesired | None, type_: str) -> TypePlacement:
+    return desired.placement.get(type_, _ANYWHERE) if desired else _ANYWHERE
+
+
+_ANYWHERE = TypePlacement()
+
+
+def _allowed(rules: TypePlacement, eligible: list[NodeView], names: set[str]) -> set[str]:
+    """The eligible nodes that the type's rules let hold it (its room aside)."""
+    if rules.plain:
+        return names
+    return {n.name for n in eligible if rules.allows(dict(n.labels))}
 
 
 def _sort_into_buckets(
-    desired: AppDesired | None, type_: str, current: list[Placed], eligible: set[str]
+    desired: AppDesired | None,
+    type_: str,
+    current: list[Placed],
+    eligible: set[str],
+    distinct_hosts: bool = False,
 ) -> _Buckets:
+    """`eligible`: the nodes the type may stay on. With `distinct_hosts`, the second
+    instance on a node is an orphan like one on a lost node (the lowest index stays)."""
     app = current[0].app if desired is None else desired.app
     count = 0 if desired is None else desired.formation.get(type_, 0)
     release = 0 if desired is None else desired.release
     ordered = sorted(current, key=lambda i: i.name.index)  # all of one type
     kept = [i for i in ordered if i.node in eligible]
     orphans = [i for i in ordered if i.node not in eligible]
+    if distinct_hosts:
+        held: set[str] = set()
+        crowded: set[InstanceName] = set()
+        for instance in kept:
+            if instance.node in held:
+                crowded.add(instance.name)
+            held.add(instance.node)
+        kept = [i for i in kept if i.name not in crowded]
+        orphans = [i for i in ordered if i.node not in eligible or i.name in crowded]
 
     if len(kept) > count:
         extras = _extras(kept, len(kept) - count)
         going = {i.name for i in extras}
         kept = [i for i in kept if i.name not in going]
-        return _Buckets(app, release, kept, stop=orphans + extras, move=[], new=[])
+        return _Buckets(app, release, kept, orphans + extras, [], [], desired)
     # Release 0 was never deployed: there is nothing to run, so nothing moves or starts.
     need = count - len(kept) if release > 0 else 0
     move, stop = orphans[:need], orphans[need:]
     used = {i.name.index for i in kept + move}
     new = [InstanceName(type_, n) for n in _lowest_free(used, need - len(move))]
-    return _Buckets(app, release, kept, stop, move, new)
+    return _Buckets(app, release, kept, stop, move, new, desired)
 
 
 def _extras(kept: list[Placed], excess: int) -> list[Placed]:
@@ -269,7 +314,14 @@ class _Placer:
     so each holder is stepped over at most once per run of takes of its type.
     """
 
-    def __init__(self, eligible: list[NodeView], staying: list[Placed]) -> None:
+    def __init__(
+        self,
+        eligible: list[NodeView],
+        staying: list[Placed],
+        rules: Mapping[tuple[str, str], TypePlacement] | None = None,
+    ) -> None:
+        self._nodes = eligible
+        self._rules = {key: r for key, r in (rules or {}).items() if not r.plain}
         self._capacity = {n.name: n.capacity for n in eligible}
         self._load = Counter(i.node for i in staying)
         self._staying: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -283,6 +335,15 @@ class _Placer:
         self._types: dict[tuple[str, str], _TypeHeap] = {}
         self._placing: tuple[str, str] | None = None
         self._set_aside: list[str] = []
+        # What instances reserve on each node, for the types with rules.
+        self._memory: Counter[str] = Counter()
+        self._cpu: defaultdict[str, float] = defaultdict(float)
+        for i in staying:
+            reserves = self._rules.get((i.app, i.name.type))
+            if reserves is not None:
+                self._memory[i.node] += reserves.memory
+                self._cpu[i.node] += reserves.cpu
+        self._ruled: dict[tuple[str, str], _RuledType] = {}
 
     def take(self, app: str, type_: str) -> str | Shortfall:
         """The best node with room for one more (app, type), counted as taken; or why
@@ -293,6 +354,8 @@ class _Placer:
         if key != self._placing:
             self._put_back()
             self._placing = key
+        if key in self._rules:
+            return self._take_ruled(key)
         of_type = self._type_heap(key)
         best = self._first_not_holding(of_type.count)
         if best is not None:  # a node that holds none of the type: it becomes a holder
@@ -310,6 +373,54 @@ class _Placer:
         else:
             heapq.heappop(of_type.heap)
         return best
+
+    def _take_ruled(self, key: tuple[str, str]) -> str | Shortfall:
+        """A type with placement rules: a scan of the nodes its rules allow, for the
+        one with room (count, memory, cores, distinct hosts) that holds the fewest
+        in its spread label's value, then the fewest of the type, then the fewest in
+        all, then the first name. O(allowed nodes) per take."""
+        rules = self._rules[key]
+        ruled = self._ruled.get(key)
+        if ruled is None:
+            ruled = self._ruled[key] = self._ruled_type(key, rules)
+        if not ruled.nodes:
+            return Shortfall.NO_MATCHING_NODE
+        best: tuple[int, int, int, str] | None = None
+        for node in ruled.nodes:
+            name = node.name
+            count = ruled.count[name]
+            if (
+                self._load[name] >= node.capacity
+                or (rules.distinct_hosts and count)
+                or (rules.memory and self._memory[name] + rules.memory > node.memory)
+                or (rules.cpu and self._cpu[name] + rules.cpu > node.cpu + _CPU_SLACK)
+            ):
+                continue
+            spread = ruled.spread[node.labels[rules.spread]] if rules.spread else 0
+            candidate = (spread, count, self._load[name], name)
+            if best is None or candidate < best:
+                best = candidate
+        if best is None:
+            return Shortfall.NO_ROOM
+        name = best[3]
+        self._load[name] += 1
+        ruled.count[name] += 1
+        self._memory[name] += rules.memory
+        self._cpu[name] += rules.cpu
+        if rules.spread:
+            ruled.spread[ruled.labels[name]] += 1
+        return name
+
+    def _ruled_type(self, key: tuple[str, str], rules: TypePlacement) -> _RuledType:
+        nodes = [n for n in self._nodes if rules.allows(dict(n.labels))]
+        count = Counter(n for n in self._staying.pop(key, []))
+        labels = {n.name: n.labels.get(rules.spread, "") for n in nodes}
+        spread: Counter[str] = Counter()
+        if rules.spread:
+            for name, held in count.items():
+                if name in labels:
+                    spread[labels[name]] += held
+        return _RuledType(nodes, count, labels, spread)
 
     def _type_heap(self, key: tuple[str, str]) -> _TypeHeap:
         of_type = self._types.get(key)
@@ -352,6 +463,19 @@ class _Placer:
             if self._load[name] < self._capacity[name]:
                 heapq.heappush(self._shared, (self._load[name], name))
         self._set_aside.clear()
+
+
+_CPU_SLACK = 1e-9  # cores: 0.1 + 0.2 reserved fit on a node of 0.3
+
+
+@dataclass
+class _RuledType:
+    """One (app, type) with placement rules, for the placer."""
+
+    nodes: list[NodeView]  # the eligible nodes its rules allow, by name
+    count: Counter[str]  # its instances per node
+    labels: dict[str, str]  # node -> its value of the spread label
+    spread: Counter[str]  # its instances per value of the spread label
 
 
 @dataclass

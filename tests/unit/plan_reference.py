@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from paas.common.names import InstanceName
+from paas.common.placement import TypePlacement
 from paas.scheduler.plan import AppDesired, NodeView, Placed, Plan, Shortfall, Unplaced
 
 
@@ -30,18 +31,22 @@ def reference_plan(
     """
     apps = {d.app: d for d in desired}
     eligible = sorted((n for n in nodes if n.eligible), key=lambda n: n.name)
-    eligible_names = {n.name for n in eligible}
 
     groups: dict[tuple[str, str], list[Placed]] = defaultdict(list)
     for instance in instances:
         groups[(instance.app, instance.name.type)].append(instance)
     wanted = {(d.app, t) for d in desired for t, count in d.formation.items() if count > 0}
     buckets = [
-        _sort_into_buckets(apps.get(app), type_, groups.get((app, type_), []), eligible_names)
+        _sort_into_buckets(
+            apps.get(app),
+            type_,
+            groups.get((app, type_), []),
+            {n.name for n in eligible if _rules(apps.get(app), type_).allows(dict(n.labels))},
+        )
         for app, type_ in sorted(wanted | groups.keys())
     ]
 
-    placer = _Placer(eligible, [i for b in buckets for i in b.kept])
+    placer = _Placer(eligible, [i for b in buckets for i in b.kept], apps)
     place = [
         Placed(b.app, i.name, i.node, b.release)
         for b in buckets
@@ -81,15 +86,22 @@ class _Buckets:
     new: list[InstanceName]
 
 
+def _rules(desired: AppDesired | None, type_: str) -> TypePlacement:
+    return desired.placement.get(type_, TypePlacement()) if desired else TypePlacement()
+
+
 def _sort_into_buckets(
-    desired: AppDesired | None, type_: str, current: list[Placed], eligible: set[str]
+    desired: AppDesired | None, type_: str, current: list[Placed], allowed: set[str]
 ) -> _Buckets:
     app = current[0].app if desired is None else desired.app
     count = 0 if desired is None else desired.formation.get(type_, 0)
     release = 0 if desired is None else desired.release
     ordered = sorted(current, key=lambda i: i.name)
-    kept = [i for i in ordered if i.node in eligible]
-    orphans = [i for i in ordered if i.node not in eligible]
+    kept: list[Placed] = []
+    orphans: list[Placed] = []
+    for i in ordered:
+        crowded = _rules(desired, type_).distinct_hosts and i.node in {k.node for k in kept}
+        (orphans if i.node not in allowed or crowded else kept).append(i)
 
     if len(kept) > count:
         extras = _extras(kept, len(kept) - count)
@@ -131,24 +143,76 @@ def _lowest_free(used: set[int], count: int) -> list[int]:
 
 
 class _Placer:
-    """Chooses nodes for placements and keeps the load counts up to date as it goes."""
+    """Chooses nodes for placements by scanning every eligible node each time."""
 
-    def __init__(self, eligible: list[NodeView], staying: list[Placed]) -> None:
+    def __init__(
+        self, eligible: list[NodeView], staying: list[Placed], apps: dict[str, AppDesired]
+    ) -> None:
         self._nodes = eligible
+        self._apps = apps
         self._load = Counter(i.node for i in staying)
         self._of_type = Counter((i.app, i.name.type, i.node) for i in staying)
+        self._memory: Counter[str] = Counter()
+        self._cpu: defaultdict[str, float] = defaultdict(float)
+        for i in staying:
+            self._reserve(i.app, i.name.type, i.node)
+
+    def _reserve(self, app: str, type_: str, node: str) -> None:
+        rules = _rules(self._apps.get(app), type_)
+        self._memory[node] += rules.memory
+        self._cpu[node] += rules.cpu
 
     def take(self, app: str, type_: str) -> str | Shortfall:
         """The best node with room for one more (app, type), counted as taken; or why
         there is none."""
         if not self._nodes:
             return Shortfall.NO_ELIGIBLE_NODE
-        roomy = [n for n in self._nodes if self._load[n.name] < n.capacity]
+        rules = _rules(self._apps.get(app), type_)
+        if rules.plain:  # the placer as it was before placement rules
+            roomy = [n for n in self._nodes if self._load[n.name] < n.capacity]
+            if not roomy:
+                return Shortfall.NO_ROOM
+            best = min(
+                roomy,
+                key=lambda n: (self._of_type[(app, type_, n.name)], self._load[n.name], n.name),
+            )
+            self._load[best.name] += 1
+            self._of_type[(app, type_, best.name)] += 1
+            return best.name
+        allowed = [n for n in self._nodes if rules.allows(dict(n.labels))]
+        if not allowed:
+            return Shortfall.NO_MATCHING_NODE
+        roomy = [
+            n
+            for n in allowed
+            if self._load[n.name] < n.capacity
+            and not (rules.distinct_hosts and self._of_type[(app, type_, n.name)])
+            and not (rules.memory and self._memory[n.name] + rules.memory > n.memory)
+            and not (rules.cpu and self._cpu[n.name] + rules.cpu > n.cpu + 1e-9)
+        ]
         if not roomy:
             return Shortfall.NO_ROOM
+
+        def spread(n: NodeView) -> int:
+            if not rules.spread:
+                return 0
+            value = n.labels[rules.spread]
+            return sum(
+                self._of_type[(app, type_, m.name)]
+                for m in allowed
+                if m.labels[rules.spread] == value
+            )
+
         best = min(
-            roomy, key=lambda n: (self._of_type[(app, type_, n.name)], self._load[n.name], n.name)
+            roomy,
+            key=lambda n: (
+                spread(n),
+                self._of_type[(app, type_, n.name)],
+                self._load[n.name],
+                n.name,
+            ),
         )
         self._load[best.name] += 1
         self._of_type[(app, type_, best.name)] += 1
+        self._reserve(app, type_, best.name)
         return best.name
