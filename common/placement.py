@@ -76,10 +76,10 @@ _PLAIN = TypePlacement()
 def parse_constraint(text: object, key: str = "constraints") -> Constraint:
     if not isinstance(text, str):
         raise PlacementError(f'{key}: expected "LABEL=VALUE" or "LABEL!=VALUE", got {text!r}')
-    match = re.fullmatch(r"([^=!]*)(!=|=)(.*)", text)
+    odd = re.search(r"[<>]=?|==|=~|~=?", text)
+    match = None if odd else re.fullmatch(r"([^=!]*)(!=|=)(.*)", text)
     if match is None:
-        found = re.search(r"[<>~]=?|==|=~", text)
-        what = f"unknown operator {found.group()!r}" if found else "no operator"
+        what = f"unknown operator {odd.group()!r}" if odd else "no operator"
         raise PlacementError(f"{key}: {what} in {text!r}: use LABEL=VALUE or LABEL!=VALUE")
     label, op, value = match.groups()
     if not _LABEL.fullmatch(label):

@@ -186,6 +186,12 @@ def shortfall_text(unplaced: Unplaced, type_: str, nodes: Sequence[NodeView]) ->
             f"No room for {what}: every eligible node is full "
             f"({len(eligible)} node(s), room for {capacity} instance(s) in all)"
         )
+    if unplaced.reason is Shortfall.NO_MATCHING_NODE:
+        count = sum(1 for n in nodes if n.eligible)
+        return (
+            f"No node for {what}: none of the {count} eligible node(s) meets its "
+            "placement rules (see `paas why`)"
+        )
     if not nodes:
         return f"No node for {what}: no node has joined the cluster"
     lost = sum(1 for n in nodes if not n.ready)

@@ -16,6 +16,7 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+from paas.common.placement import PlacementError, TypePlacement
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
 from paas.scheduler.informer import Informer
@@ -29,7 +30,7 @@ from paas.scheduler.plan import (
     shortfall_text,
 )
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.settings import settings_from
+from paas.scheduler.settings import placement_of, settings_from
 from paas.scheduler.store import (
     Assign,
     InstanceRecord,
@@ -136,6 +137,7 @@ class Reconciler:
                     for type_, count in world.formations.get(app.name, {}).items()
                     if app.name in world.releases and type_ in world.releases[app.name].commands
                 },
+                placement=_placement(world.releases.get(app.name)),
             )
             for app in world.apps.values()
         ]
@@ -265,7 +267,26 @@ def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
         capacity=node.capacity,
+        labels=node.labels,
+        memory=node.memory,
+        cpu=node.cpu,
     )
+
+
+def _placement(release: ReleaseRecord | None) -> dict[str, TypePlacement]:
+    """The placement rules of each process type of `release` that has some."""
+    if release is None:
+        return {}
+    rules = {}
+    for type_, settings in release.settings.items():
+        try:
+            placement = placement_of(settings_from(settings))
+        except PlacementError as exc:  # checked at deploy: a bug, or an older release
+            log.warning("%s %s: ignoring its placement: %s", release.app, type_, exc)
+            continue
+        if not placement.plain:
+            rules[type_] = placement
+    return rules
 
 
 def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:

@@ -165,6 +165,8 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
     mod_revision: int = 0  # as read; 0 for a record not read from etcd
+    memory: int = 0  # bytes instances may reserve (the agent reports it; 0: unknown)
+    cpu: float = 0.0  # cores instances may reserve (the agent reports it; 0: unknown)
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,8 @@ class Store:
                 labels=dict(data.get("labels", {})),
                 draining=bool(data.get("draining", False)),
                 mod_revision=revision,
+                memory=int(data.get("memory", 0)),
+                cpu=float(data.get("cpu", 0.0)),
             )
         return nodes
 
@@ -576,6 +580,8 @@ class Store:
             "capacity": node.capacity,
             "labels": node.labels,
             "draining": node.draining,
+            "memory": node.memory,
+            "cpu": node.cpu,
         }
         await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
 
@@ -756,6 +762,8 @@ def _decode(key: str, value: bytes, mod: int, create: int, deleted: bool) -> Cha
             labels=dict(data.get("labels", {})),
             draining=bool(data.get("draining", False)),
             mod_revision=mod,
+            memory=int(data.get("memory", 0)),
+            cpu=float(data.get("cpu", 0.0)),
         ),
     )
 
