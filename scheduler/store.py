@@ -846,6 +846,10 @@ async def watch_world(store: Store, after: int) -> AsyncIterator[tuple[int, list
                 raise StoreError(f"the etcd watch from revision {after + 1} was compacted")
             if response.canceled:
                 raise StoreError(f"etcd cancelled the watch: {response.cancel_reason}")
+            if response.created:
+                # Its header is the store's revision now, not how far the events got:
+                # the events from `after` on are still to come.
+                continue
             changes = []
             for event in response.events:
                 kv = event.kv
