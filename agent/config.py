@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+NODE_CREDENTIALS_FILE = "node.credentials"
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -48,3 +50,22 @@ class AgentConfig:
     # a process with children of its own (tests, benches): then it waits only for
     # zombies known to be an instance's (see orphans.py).
     own_all_children: bool = True
+    # Plaintext to an `--insecure` scheduler, and an unauthenticated API of our own.
+    insecure: bool = False
+    # The node credentials (CA certificate, node certificate, key; 0600); None: the
+    # default, STATE_DIR/NAME/node.credentials, where the first join writes them.
+    credentials: Path | None = None
+
+    # A join token (paas1....) for the first start, when the node has no certificate
+    # in STATE_DIR/NAME/node.credentials yet (or it expired); later starts need none.
+    token: str = ""
+    # STATE_DIR/NAME/slugs: past this many bytes of unpacked slugs, the least recently
+    # used that no desired instance uses are removed.
+    slug_cache_budget: int = 2 << 30
+    # One slug unpacks to at most this many bytes of file contents (a bigger one, a tar
+    # bomb, is refused).
+    slug_max_unpacked: int = 1 << 30
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.credentials or self.state_dir / self.name / NODE_CREDENTIALS_FILE

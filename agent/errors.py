@@ -6,6 +6,12 @@
     │   └── PortLockError    the --port-lock-dir cannot be used
     ├── ReaperError      the reaper sidecar cannot start              (reaper.py)
     ├── SpawnError       an instance's process cannot be started      (processes.py)
+    ├── SlugError        a slug cannot be had to run an instance in  (slugcache.py)
+    │   ├── SlugFetchError   the scheduler did not give it whole: not found, unreachable,
+    │   │                    or bytes that do not match its digest or size
+    │   ├── UnsafeSlug       its tar is refused by the unpacker (unpack.py): a path out of
+    │   │                    the tree, a device, a link out, past the size bound
+    │   └── SlugDiskError    the disk is full (or fails) while it is written
     └── LogStateError    what the agent keeps of its instances' logs  (spool.py)
         ├── SpoolError       the spool cannot open, write or delete
         └── MembershipError  the cluster id cannot be recorded or read (membership.py)
@@ -24,3 +30,19 @@ from __future__ import annotations
 
 class AgentError(RuntimeError):
     """The agent cannot do what it was asked; the message says why and what to do."""
+
+
+class SlugError(AgentError):
+    """A slug cannot be made ready to run an instance in; the message names it and why."""
+
+
+class SlugFetchError(SlugError):
+    """The scheduler did not hand over the slug whole and true to its digest."""
+
+
+class UnsafeSlug(SlugError):
+    """A slug's tar holds what the unpacker refuses (hostile or past its bounds)."""
+
+
+class SlugDiskError(SlugError):
+    """Writing a slug to the agent's disk failed (no space left, most likely)."""

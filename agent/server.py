@@ -25,6 +25,7 @@ import grpc
 
 from paas.agent import spool
 from paas.agent.config import AgentConfig
+from paas.agent.enroll import node_identity
 from paas.agent.errors import AgentError
 from paas.agent.logbuffer import LogHub
 from paas.agent.membership import Membership
@@ -34,8 +35,9 @@ from paas.agent.reaper import Reaper, ReaperError
 from paas.agent.servicer import AgentService
 from paas.agent.session import Session
 from paas.agent.supervisor import Supervisor, install_child_watcher
-from paas.common.addresses import unauthenticated_warning
 from paas.common.grpcutil import SERVER_OPTIONS
+from paas.common.pki import Role
+from paas.common.tls import INSECURE_WARNING, RequireRole, add_port
 from paas.proto import paas_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ async def run_agent(config: AgentConfig) -> None:
     `config.listen` may have port 0 (any free port); hello then names the bound one.
     Raises AgentError if it cannot start (state directory or address in use).
     """
+    # The node's certificate (None with --insecure): read, or had by joining with --token.
+    identity = None if config.insecure else await node_identity(config)
     install_child_watcher()
     loop = asyncio.get_running_loop()
 
@@ -73,7 +77,9 @@ async def run_agent(config: AgentConfig) -> None:
         raise AgentError(f"the agent cannot start: {exc}") from None
     logs = LogHub(node=config.name, lines=config.log_buffer_lines, spool=spool.for_agent(config))
     supervisor = Supervisor(config, logs, PortPool(*config.ports, config.port_lock_dir), reaper)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    # The agent's API answers only the scheduler (its certificate's role).
+    interceptors = [RequireRole(Role.SCHEDULER)] if identity else []
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     # Logs are served once a scheduler has said which cluster this is (membership.py).
     membership = Membership(config.state_dir / config.name, logs)
     session: Session | None = None
@@ -86,7 +92,10 @@ async def run_agent(config: AgentConfig) -> None:
             raise AgentError(f"the agent cannot start: {exc}") from None
         pb_grpc.add_AgentServicer_to_server(AgentService(logs, membership), server)
         try:
-            port = server.add_insecure_port(config.listen)
+            # Dynamic credentials: a renewed certificate is served from the next handshake.
+            port = add_port(
+                server, config.listen, identity.server_credentials() if identity else None
+            )
         except RuntimeError:
             port = 0
         if not port:
@@ -96,9 +105,8 @@ async def run_agent(config: AgentConfig) -> None:
             )
         await server.start()
         bound = _bound(config.listen, port)
-        warning = unauthenticated_warning("the agent", bound)
-        if warning:
-            print(warning, file=sys.stderr)
+        if identity is None:
+            print(INSECURE_WARNING.format(what="the agent", address=bound), file=sys.stderr)
         address = config.advertise or bound  # where the scheduler reaches this agent
         log.info("agent %s serving on %s, joining %s", config.name, bound, ",".join(config.join))
 
@@ -107,7 +115,7 @@ async def run_agent(config: AgentConfig) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signum, stop.set)
                 handled.append(signum)
-        session = Session(config, supervisor, address, membership)
+        session = Session(config, supervisor, address, membership, identity)
         session_task = asyncio.create_task(session.run(), name="scheduler session")
         await stop.wait()
         log.info("agent %s stopping: stopping every instance", config.name)

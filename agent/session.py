@@ -8,6 +8,12 @@ heartbeats and a status for each instance change; in, the scheduler's Welcome
 (its cluster id, handed to the Membership before anything else is read) and
 desired sets, handed to the Supervisor as they come (and, once the session is
 welcomed, to the Membership, which deletes the logs of apps no longer live).
+With TLS it dials with the node's certificate (identity.NodeIdentity) and renews
+it over the session at two thirds of its life: a CSR for a new key up, the
+certificate down, taken in place (the next dial and the agent's own server use
+it); neither the session nor any instance is restarted for it.
+The supervisor's slug cache fetches over the channel of the open session (so,
+after a change of leader, from the new leader).
 
 It never starts or stops a process itself, and a lost scheduler never stops
 the workload: while disconnected everything keeps running, and the next hello
@@ -31,10 +37,14 @@ import psutil
 
 from paas.agent.config import AgentConfig
 from paas.agent.fencing import Fence
+from paas.agent.identity import IdentityError, NodeIdentity
 from paas.agent.membership import Membership
 from paas.agent.spool import LogStateError
 from paas.agent.supervisor import Supervisor
+from paas.common.errors import InvalidInput
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.pki import Credentials
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -53,6 +63,8 @@ FIRST_MESSAGE_TIMEOUT = 3.0
 # A replica that went silent is not dialled again (nor followed to, when a follower
 # names it as the leader it still believes in) for this long, while others may answer.
 SILENT_REPLICA_AVOIDED_FOR = 15.0
+# A renewal the scheduler has not answered is asked again after this long.
+RENEW_RETRY = 5.0
 
 
 class _SchedulerSilent(Exception):
@@ -118,8 +130,10 @@ class Session:
         supervisor: Supervisor,
         address: str = "",
         membership: Membership | None = None,
+        identity: NodeIdentity | None = None,
     ) -> None:
-        """`membership`: the node's (by default one over the supervisor's log hub)."""
+        """`membership`: the node's (by default one over the supervisor's log hub);
+        `identity`: the node's certificate to dial with and renew (None: --insecure)."""
         if not config.join:
             raise ValueError("no scheduler address to join: give --join HOST:PORT")
         self.config = config
@@ -132,10 +146,13 @@ class Session:
         self._cluster_id = ""
         self._silent: dict[str, float] = {}  # replica -> when its session went silent
         self._outbox: _Outbox | None = None
+        self._channel: grpc.aio.Channel | None = None  # of the session being served
         self._quiet_since: float | None = None
         self._last_warning = 0.0
         self._leaving = asyncio.Event()
         self._fence = Fence(supervisor.apply)
+        self.identity = identity
+        self._renew_asked: float | None = None  # loop time of the unanswered renewal
 
     @property
     def connected(self) -> bool:
@@ -248,10 +265,11 @@ class Session:
 
     async def _serve(self, address: str) -> None:
         """One session with `address`, until it ends; a failure raises."""
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with dial(address, self._credentials(), CHANNEL_OPTIONS) as channel:
             # Called without a request iterator, the stream is driven by write() and read().
             session: Any = pb_grpc.SchedulerStub(channel).Session
             call: Any = session()
+            self._channel = channel
             outbox = self._outbox = _Outbox()
             if self._leaving.is_set():
                 outbox.close()
@@ -265,6 +283,8 @@ class Session:
                     # write: the read side has the status the scheduler gave.
                     await asyncio.wait({reader}, timeout=LEAVE_TIMEOUT)
             finally:
+                self.supervisor.slugs.disconnect(channel)
+                self._channel = None
                 for task in (reader, writer):
                     task.cancel()
                 call.cancel()
@@ -275,6 +295,23 @@ class Session:
             for result in results:
                 if isinstance(result, Exception):
                     raise result
+
+    def _credentials(self) -> Credentials | None:
+        # Read at each dial: a renewal since the last one is used from this one on.
+        return self.identity.credentials if self.identity is not None else None
+
+    def _renewal_due(self, now: float) -> bool:
+        if self.identity is None or self.identity.seconds_to_renewal() > 0:
+            return False
+        return self._renew_asked is None or now - self._renew_asked >= RENEW_RETRY
+
+    async def _renewed(self, certificate: bytes) -> None:
+        assert self.identity is not None
+        self._renew_asked = None
+        try:
+            await asyncio.to_thread(self.identity.complete_renewal, certificate)
+        except (IdentityError, InvalidInput) as exc:
+            log.error("renewed node certificate not taken: %s; asking again", exc)
 
     async def _read(self, call: Any, address: str) -> None:
         welcomed = False  # this session's scheduler has said which cluster it is
@@ -309,6 +346,8 @@ class Session:
                 except LogStateError as exc:
                     # The workload matters more than the logs: keep the session.
                     log.error("%s; this node serves no logs until a welcome is taken", exc)
+            elif kind == "renewed" and self.identity is not None:
+                await self._renewed(message.renewed.certificate)
             elif kind == "desired":
                 self._fence.desired(message.desired)
                 self.supervisor.apply(message.desired)
@@ -318,6 +357,7 @@ class Session:
     async def _write(self, call: Any, address: str, outbox: _Outbox) -> None:
         loop = asyncio.get_running_loop()
         await call.write(pb.AgentMessage(hello=self._hello()))
+        self._renew_asked = None  # a renewal asked of the last session is asked again
         interval = self.config.heartbeat_interval
         next_beat = loop.time() + interval
         while True:
@@ -330,6 +370,11 @@ class Session:
             if outbox.closed:
                 await call.done_writing()
                 return
+            if self.identity is not None and self._renewal_due(loop.time()):
+                self._renew_asked = loop.time()
+                csr = self.identity.begin_renewal()
+                log.info("node certificate at two thirds of its life: asking for a new one")
+                await call.write(pb.AgentMessage(renew=pb.RenewCertificate(csr=csr)))
             await call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(time=time.time())))
             next_beat = loop.time() + interval
 
@@ -338,6 +383,8 @@ class Session:
             self.scheduler = address
             self._silent.pop(address, None)
             log.info("session open with scheduler %s", address)
+            if self._channel is not None:
+                self.supervisor.slugs.connect(self._channel)
             self._fence.connected()
             self._quiet_since = None
             self._last_warning = 0.0

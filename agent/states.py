@@ -8,6 +8,10 @@ supervisor.py does and this module is unit-tested as a table.
 
     pending → starting → up → (exit) crashed → backoff → starting …
     stopping → stopped
+
+An instance whose slug is not on the node yet waits in pending (the reason says
+it is fetched); a fetch that fails goes pending → backoff and, when the backoff
+ends, back to pending to fetch again, as a crashed run goes back to starting.
 """
 
 from __future__ import annotations
@@ -38,11 +42,11 @@ class State(Enum):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.STARTING, State.STOPPED}),
+    State.PENDING: frozenset({State.STARTING, State.BACKOFF, State.STOPPED}),
     State.STARTING: frozenset({State.UP, State.CRASHED, State.STOPPING}),
     State.UP: frozenset({State.CRASHED, State.STOPPING}),
-    State.CRASHED: frozenset({State.STARTING, State.BACKOFF, State.STOPPED}),
-    State.BACKOFF: frozenset({State.STARTING, State.STOPPED}),
+    State.CRASHED: frozenset({State.PENDING, State.STARTING, State.BACKOFF, State.STOPPED}),
+    State.BACKOFF: frozenset({State.PENDING, State.STARTING, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.STOPPED: frozenset(),
 }

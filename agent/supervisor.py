@@ -16,6 +16,11 @@ token (orphans.py says which mechanism catches what), and the reaper is told
 every group so that even the agent's own death ends them. The decisions
 themselves (states, edges, backoff, how an exit is told) are in states.py.
 
+An assignment with a slug runs in the slug cache's unpacked, verified copy of it
+(slugcache.py): the instance is pending while the slug is fetched and backs off
+with the reason when it cannot be had, and an UP instance that a new incarnation
+with another slug replaces keeps serving until that slug is ready.
+
 One run of an instance goes through named phases, and its facts (pid, times,
 last lines, usage, exit) are kept in one `Run`:
 
@@ -42,17 +47,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from paas.agent.config import AgentConfig
+from paas.agent.errors import SlugError
 from paas.agent.logbuffer import LogBuffer, LogHub, pump
 from paas.agent.orphans import AGENT_ID_VAR, RUN_ID_VAR, Carrier, new_token
 from paas.agent.ports import Lease, PortError, PortPool
 from paas.agent.processes import Child, Clock, HostProcesses, Processes, SpawnError, SystemClock
 from paas.agent.processes import install_child_watcher as install_child_watcher
 from paas.agent.reaper import Reaper
+from paas.agent.slugcache import SlugCache
 from paas.agent.states import TRANSITIONS as TRANSITIONS
 from paas.agent.states import Backoff as Backoff
 from paas.agent.states import State as State
 from paas.agent.states import TransitionError, check_transition, classify_exit, seconds
+from paas.common.errors import InvalidInput
 from paas.common.logformat import PAAS_STREAM
+from paas.common.slugs import NOT_READY, short_digest
 from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -121,7 +130,10 @@ class Instance:
         processes: Processes | None = None,
         clock: Clock | None = None,
         agent_id: str = "",
+        slugs: SlugCache | None = None,
     ) -> None:
+        """`slugs`: where an assignment's slug is had (an instance with a slug and no
+        cache never starts)."""
         self.assignment = assignment
         self.app = assignment.app
         self.name = assignment.name
@@ -158,6 +170,14 @@ class Instance:
             settings.backoff_cap or config.restart_cap,
             settings.backoff_reset or config.restart_reset_after,
         )
+        # A slug that cannot be had is retried like a crash, but never at once.
+        self._slug_backoff = Backoff(
+            config.restart_base,
+            settings.backoff_cap or config.restart_cap,
+            settings.backoff_reset or config.restart_reset_after,
+            attempts=1,
+        )
+        self._slugs = slugs
         self._stop = asyncio.Event()
         self._stop_reason = ""
         self._task: asyncio.Task[None] | None = None
@@ -230,8 +250,14 @@ class Instance:
 
     async def _run(self) -> None:
         while not self._stop.is_set():
+            workdir = await self._workdir()
+            if self._stop.is_set():
+                break
+            if isinstance(workdir, SlugFailure):
+                await self._slug_retry(workdir.reason)
+                continue
             try:
-                uptime = await self._run_once()
+                uptime = await self._run_once(workdir)
             except Exception as exc:  # a bug must not end supervision of a live workload
                 log.exception("%s/%s: unexpected error", self.app, self.name)
                 if self.state in (State.STARTING, State.UP):
@@ -253,9 +279,65 @@ class Instance:
             self.restarts += 1
         self._to(State.STOPPED, self._stop_reason)
 
-    async def _run_once(self) -> float:
-        """One run, phase by phase; how long it was up."""
-        child = await self._spawn()
+    async def _workdir(self) -> str | SlugFailure | None:
+        """Where the next run starts: the assignment's dir (--in-place), or the tree of its
+        slug once that is here and intact (pending while it is fetched)."""
+        if not self.assignment.HasField("slug"):
+            return self.assignment.dir or None
+        slug = self.assignment.slug
+        if self._slugs is None:
+            return SlugFailure(f"slug {short_digest(slug.digest)}: this agent keeps no slugs")
+        acquire = asyncio.ensure_future(self._slugs.acquire(slug, self._fetching))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not acquire.done():
+                acquire.cancel()  # this instance's wait only: the fetch goes on for others
+        try:
+            tree = await acquire
+        except asyncio.CancelledError:
+            if self._stop.is_set():
+                return None
+            raise
+        except (SlugError, InvalidInput) as exc:
+            return SlugFailure(str(exc))
+        self._slug_backoff.attempts = 1
+        return str(tree)
+
+    def _fetching(self, reason: str) -> None:
+        """The slug is being fetched (or unpacked): pending, saying so."""
+        if self.state is State.PENDING and self.reason == reason:
+            return
+        digest = short_digest(self.assignment.slug.digest)
+        self._line(f"{reason[:1].upper()}{reason[1:]} ({digest})")
+        if self.state is State.PENDING:
+            self.reason = reason
+            self._report(self)
+        else:
+            # crashed/backoff → pending: the cached slug must be had again first.
+            self._to(State.PENDING, reason)
+
+    async def _slug_retry(self, failure: str) -> None:
+        """The slug cannot be had: backoff with why, then try again (no process ran)."""
+        delay = self._slug_backoff.next_delay(0.0)
+        self._line(f"Slug not ready: {failure}")
+        self.next_start = self._clock.now() + delay
+        reason = f"{NOT_READY}: {failure}"
+        if self.state is State.BACKOFF:
+            self.reason = reason  # failed again before it was pending (a bad digest)
+            self._report(self)
+        else:
+            # pending/crashed → backoff: like a crash, but before any process.
+            self._to(State.BACKOFF, reason)
+        self._line(f"Fetching the slug again in {seconds(delay)}s")
+        await self._clock.wait(self._stop.wait(), delay)
+        self.next_start = 0.0
+
+    async def _run_once(self, workdir: str | None) -> float:
+        """One run in `workdir`, phase by phase; how long it was up."""
+        child = await self._spawn(workdir)
         if child is None:
             return 0.0
         run = self.run
@@ -278,7 +360,7 @@ class Instance:
         await self._collect(child, pumps)
         return self._classify()
 
-    async def _spawn(self) -> Child | None:
+    async def _spawn(self, workdir: str | None) -> Child | None:
         """starting: the port, then the process; None (and crashed) if it cannot start."""
         self.next_start = 0.0
         log_run = self.buffer.begin_run()
@@ -297,7 +379,7 @@ class Instance:
         run = Run(id=new_token(self._run_prefix), port=lease.port, log_run=log_run)
         try:
             child = await self._processes.spawn(
-                self.assignment.command, cwd=self.assignment.dir or None, env=self._env(run)
+                self.assignment.command, cwd=workdir, env=self._env(run)
             )
         except SpawnError as exc:
             self._crash(str(exc))
@@ -493,6 +575,13 @@ class Instance:
         self._report(self)
 
 
+@dataclass(frozen=True)
+class SlugFailure:
+    """Why an instance's slug cannot be had this time (its event and reason)."""
+
+    reason: str
+
+
 @dataclass
 class _Slot:
     """Where one (app, name) lives on this node: what should run and what does."""
@@ -502,6 +591,8 @@ class _Slot:
     current: Instance | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Fetching the slug of a replacement while the instance it replaces still serves.
+    prefetch: Backoff | None = None
 
 
 class Supervisor:
@@ -525,9 +616,18 @@ class Supervisor:
         *,
         processes: Processes | None = None,
         clock: Clock | None = None,
+        slugs: SlugCache | None = None,
     ) -> None:
         self.config = config
         self.logs = logs
+        self.slugs = slugs or SlugCache(
+            config.state_dir / config.name / "slugs",
+            node=config.name,
+            budget=config.slug_cache_budget,
+            max_unpacked=config.slug_max_unpacked,
+        )
+        self.slugs.in_use = self._slugs_in_use
+        self._pruning: set[asyncio.Task[list[str]]] = set()
         self.ports = ports if ports is not None else PortPool(*config.ports, config.port_lock_dir)
         self.reaper = reaper
         # One for all instances: it spawns one at a time and batches the sweeps.
@@ -628,19 +728,45 @@ class Supervisor:
             if key not in wanted and slot.desired is not None:
                 slot.desired = None
                 slot.wake.set()
+        self._prune_slugs()
         return True
+
+    def _slugs_in_use(self) -> set[str]:
+        """The slugs of every desired or still running instance: never pruned."""
+        used: set[str] = set()
+        for slot in self._slots.values():
+            running = slot.current.assignment if slot.current is not None else None
+            for assignment in (slot.desired, running):
+                if assignment is not None and assignment.HasField("slug"):
+                    used.add(assignment.slug.digest)
+        return used
+
+    def _prune_slugs(self) -> None:
+        if self._pruning:
+            return  # the running one sees the newest desired set
+        task = asyncio.create_task(self.slugs.prune(), name="slug cache prune")
+        self._pruning.add(task)
+        task.add_done_callback(self._pruned)
+
+    def _pruned(self, task: asyncio.Task[list[str]]) -> None:
+        self._pruning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pruning the slug cache failed: %r", task.exception())
 
     async def close(self) -> None:
         """Stop every instance gracefully (in parallel) and accept no desired set after."""
         self._closing = True
         if self._sampler is not None:
             self._sampler.cancel()
+        for task in list(self._pruning):
+            task.cancel()
         for slot in self._slots.values():
             slot.desired = None
             slot.wake.set()
         tasks = [slot.task for slot in self._slots.values() if slot.task is not None]
         if tasks:
             await asyncio.gather(*(asyncio.shield(task) for task in tasks), return_exceptions=True)
+        await self.slugs.close()
 
     # ------------------------------------------------------------ one (app, name)
 
@@ -654,6 +780,8 @@ class Supervisor:
                     or want.incarnation != current.incarnation
                     or want.app_id != current.app_id
                 ):
+                    if want is not None and not await self._prefetched(slot, current, want):
+                        continue  # the one it replaces keeps serving meanwhile
                     reason = (
                         "no longer assigned to this node"
                         if want is None
@@ -675,6 +803,7 @@ class Supervisor:
                         processes=self.processes,
                         clock=self.clock,
                         agent_id=self.agent_id,
+                        slugs=self.slugs,
                     )
                     current.start()
                 await slot.wake.wait()
@@ -688,6 +817,47 @@ class Supervisor:
                 del self._slots[slot.key]
             self.ports.release(slot.key)
             self.logs.retire(app, name)
+
+    async def _prefetched(self, slot: _Slot, current: Instance, want: pb.Assignment) -> bool:
+        """Whether `current` may be replaced by `want` now: once want's slug is here, so
+        that an instance that serves keeps serving while it is fetched. A fetch that fails
+        keeps it serving (the failure logged, retried with backoff) until the desired set
+        changes again or it stops serving itself."""
+        if current.state is not State.UP or not want.HasField("slug"):
+            return True
+        if current.assignment.slug.digest == want.slug.digest:
+            return True
+        slot.wake.clear()  # the caller has just read the desired set
+        acquire = asyncio.ensure_future(self.slugs.acquire(want.slug, lambda _: None))
+        woken = asyncio.ensure_future(slot.wake.wait())
+        try:
+            await asyncio.wait({acquire, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+        if not acquire.done():
+            acquire.cancel()  # the desired set changed: look again (the fetch goes on)
+            return False
+        try:
+            acquire.result()
+        except (SlugError, InvalidInput) as exc:
+            if slot.prefetch is None:
+                slot.prefetch = Backoff(
+                    self.config.restart_base, self.config.restart_cap, attempts=1
+                )
+            delay = slot.prefetch.next_delay(0.0)
+            current.buffer.append(
+                PAAS_STREAM,
+                f"Slug of incarnation {want.incarnation} not ready: {exc}; incarnation "
+                f"{current.incarnation} keeps running, fetching again in {seconds(delay)}s",
+            )
+            woken = asyncio.ensure_future(slot.wake.wait())
+            try:
+                await self.clock.wait(woken, delay)
+            finally:
+                woken.cancel()
+            return False
+        slot.prefetch = None
+        return True
 
     async def _sample_usage(self) -> None:
         """Every usage_interval, CPU and RSS of each running group; a notable change is reported."""

@@ -42,7 +42,6 @@ import psutil
 from paas.cli.client import SchedulerClient, SchedulerError
 from paas.cli.localcluster import LocalCluster
 from paas.common.formation import parse_changes
-from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -126,7 +125,7 @@ async def sampler(cluster: LocalCluster, soak: Soak) -> None:
 async def leader_index(cluster: LocalCluster) -> int | None:
     """Which replica leads now (None while none does)."""
     for index, address in enumerate(cluster.scheduler_addresses):
-        async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        async with cluster.channel(address) as channel:
             try:
                 await pb_grpc.SchedulerStub(channel).ListNodes(pb.ListNodesRequest(), timeout=1.0)
             except grpc.aio.AioRpcError:
@@ -268,7 +267,7 @@ async def soak(seed: int, faults: int, workdir: Path) -> Soak:
     async with LocalCluster(
         agents=3, schedulers=2, node_grace=GRACE, stop_grace=2.0, log_to=workdir / "logs"
     ) as c:
-        async with SchedulerClient(c.scheduler_addresses, retry_for=30.0) as client:
+        async with c.client(retry_for=30.0) as client:
             await client.create_app(APP)
             await client.deploy(APP, str(app_dir), PROCFILE, {}, settings)
             await client.scale(APP, parse_changes([f"{t}={n}" for t, n in FORMATION.items()]))

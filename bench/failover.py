@@ -53,7 +53,7 @@ async def node_loss(n: int, grace: float, workdir: Path) -> tuple[float, float]:
     app_dir.mkdir()
     (app_dir / "Procfile").write_text("worker: exec sleep 100000\n")
     async with LocalCluster(agents=3, node_grace=grace, stop_grace=2.0) as cluster:
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
+        async with cluster.client() as client:
             await client.create_app("bench")
             await client.deploy("bench", str(app_dir), (app_dir / "Procfile").read_text(), {})
             await client.scale("bench", parse_changes([f"worker={n}"]))
@@ -68,13 +68,13 @@ async def node_loss(n: int, grace: float, workdir: Path) -> tuple[float, float]:
 
 async def leader_loss(ttl: int, workdir: Path) -> tuple[float, float]:
     async with LocalCluster(agents=1, schedulers=2, leader_ttl=ttl, node_grace=10) as cluster:
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
+        async with cluster.client() as client:
             await client.create_app("bench")
             procfile = (workdir / "app" / "Procfile").read_text()
             await client.deploy("bench", str(workdir / "app"), procfile, {})
             started = time.monotonic()
             cluster.scheduler_process(0).send_signal(signal.SIGKILL)
-            follower = SchedulerClient([cluster.scheduler_addresses[1]])
+            follower = SchedulerClient([cluster.scheduler_addresses[1]], tls=cluster.client_tls)
             async with follower:
                 while True:
                     try:

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 import psutil
 
 from paas.cli.client import SchedulerClient
@@ -210,9 +209,12 @@ async def follow_grpc(stub: SchedulerAsyncStub, ready: asyncio.Event, reading: R
         call.cancel()
 
 
-async def follow_cli(scheduler: str, ready: asyncio.Event, reading: Reading) -> None:
+async def follow_cli(
+    scheduler: str, credentials: dict[str, str], ready: asyncio.Event, reading: Reading
+) -> None:
     """The real `paas logs -f`, printing plain lines into a pipe that we read."""
     env = dict(os.environ, PAAS_SCHEDULER=scheduler, PAAS_APP=APP, NO_COLOR="1")
+    env.update(credentials)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", "logs", "-f", "-n", "1", "-p", "emit",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -262,14 +264,16 @@ async def measure_paas(cluster: LocalCluster, app_dir: Path, reader: str, limit:
     so), the history tells how many lines there were; it gets LATE seconds more.
     """
     reading = Reading()
-    async with SchedulerClient(cluster.scheduler_addresses) as client:
+    async with cluster.client() as client:
         ready = asyncio.Event()
-        async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+        async with cluster.channel() as channel:
             stub: SchedulerAsyncStub = pb_grpc.SchedulerStub(channel)
             following = asyncio.create_task(
                 follow_grpc(stub, ready, reading)
                 if reader == "grpc"
-                else follow_cli(cluster.scheduler_address, ready, reading)
+                else follow_cli(
+                    cluster.scheduler_address, cluster.credentials_env(), ready, reading
+                )
             )
             try:
                 async with asyncio.timeout(30):
@@ -307,7 +311,7 @@ async def wait_stopped(client: SchedulerClient) -> None:
 @contextlib.asynccontextmanager
 async def cluster_with_app(app_dir: Path, logs: Path) -> AsyncIterator[LocalCluster]:
     async with LocalCluster(agents=1, stop_grace=2.0, log_to=logs) as cluster:
-        async with SchedulerClient(cluster.scheduler_addresses) as client:
+        async with cluster.client() as client:
             await client.create_app(APP)
             procfile = (app_dir / "Procfile").read_text()
             await client.deploy(APP, str(app_dir), procfile, {})

@@ -299,6 +299,7 @@ async def measure_cluster(
     async with LocalCluster(agents=agents, log_to=logs) as cluster:
         tracked.add(descendant_pids(os.getpid()))
         scheduler = cluster.scheduler_address
+        os.environ.update(cluster.credentials_env())  # for the `paas` commands it runs
         await must(scheduler, "apps", "create", APP)
         await must(scheduler, "deploy", str(app_dir))
 

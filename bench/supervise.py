@@ -172,7 +172,7 @@ async def start_agent(root: Path, scheduler_address: str, n: int) -> asyncio.sub
         "--join", scheduler_address, "--name", "bench-1", "--listen", listen,
         "--ports", f"{low}-{high}", "--capacity", str(max(n, 256)),
         "--state-dir", str(root / "state"), "--stop-grace", "10",
-        "--log-level", "warning",
+        "--log-level", "warning", "--insecure",  # the fake scheduler speaks plaintext
         stdin=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
 

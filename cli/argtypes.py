@@ -35,6 +35,20 @@ def count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+_BYTES = re.compile(r"([0-9]{1,18}) ?(B|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
+_BYTE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A number of bytes: `1073741824`, `512MiB`, `2GiB` (binary units)."""
+    match = _BYTES.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 2GiB, 512MiB or a number of bytes, got {text!r}"
+        )
+    return int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
+
+
 def non_negative_int(text: str) -> int:
     number = parse_digits(text)
     if number is None:
@@ -69,6 +83,21 @@ def seconds(text: str) -> float:
     if not 0 <= value < 1e6:
         raise argparse.ArgumentTypeError(f"expected seconds, e.g. 10 or 0.5, got {text!r}")
     return value
+
+
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A lifetime as people write it: 90s, 30m, 1h, 90d (plain digits are seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    value = int(match.group(1)) * _UNIT_SECONDS[match.group(2)] if match else 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration, e.g. 90s, 30m, 1h or 7d, got {text!r}"
+        )
+    return float(value)
 
 
 def address(text: str) -> str:

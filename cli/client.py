@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -24,6 +24,8 @@ import grpc.aio
 from paas.cli.errors import CLIError
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.pki import Credentials
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -70,11 +72,13 @@ class SchedulerError(CLIError):
 class SchedulerUnreachable(SchedulerError):
     """No scheduler replica could be reached at all."""
 
-    def __init__(self, addresses: list[str]) -> None:
-        super().__init__(
-            f"cannot reach the scheduler at {','.join(addresses)}: is it running? (`paas up`)",
-            grpc.StatusCode.UNAVAILABLE,
-        )
+    def __init__(self, addresses: list[str], why: str = "") -> None:
+        """`why`: what the last failed connection said, when it was not a plain refusal."""
+        where = ",".join(addresses)
+        text = f"cannot reach the scheduler at {where}: is it running? (`paas up`)"
+        if why:
+            text = f"cannot connect to the scheduler at {where}: {why}"
+        super().__init__(text, grpc.StatusCode.UNAVAILABLE)
         self.addresses = addresses
 
 
@@ -104,15 +108,19 @@ class SchedulerClient:
         timeout: float = 30.0,
         retry_for: float = 10.0,
         options: list[tuple[str, int]] | None = None,
+        tls: Credentials | None = None,
     ) -> None:
         """`timeout` bounds each unary call; `retry_for` how long to wait for a leader;
-        `options` are extra grpc channel options."""
+        `options` are extra grpc channel options; `tls` the credentials to present
+        (None: plaintext, to an `--insecure` scheduler)."""
         if not addresses:
             raise ValueError("no scheduler address given")
         self.addresses = list(addresses)
         self.timeout = timeout
         self.retry_for = retry_for
         self._options = CHANNEL_OPTIONS + list(options or [])
+        self.tls = tls
+        self._failure = ""  # why the last connection failed, if TLS refused it
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> SchedulerClient:
@@ -196,6 +204,19 @@ class SchedulerClient:
         request = pb.DrainRequest(node=node, drain=drain)
         return await self._unary(lambda stub: stub.Drain, request)
 
+    async def create_token(self, ttl: float, uses: int) -> pb.CreateTokenResponse:
+        """A new join token (its text is in the answer only)."""
+        request = pb.CreateTokenRequest(ttl=ttl, uses=uses)
+        return await self._unary(lambda stub: stub.CreateToken, request)
+
+    async def list_tokens(self) -> list[pb.JoinToken]:
+        response = await self._unary(lambda stub: stub.ListTokens, pb.ListTokensRequest())
+        return list(response.tokens)
+
+    async def revoke_token(self, token_id: str) -> pb.JoinToken:
+        request = pb.RevokeTokenRequest(id=token_id)
+        return await self._unary(lambda stub: stub.RevokeToken, request)
+
     async def remove_node(self, node: str) -> pb.RemoveNodeResponse:
         """Forget a lost node; its instances are placed elsewhere."""
         return await self._unary(lambda stub: stub.RemoveNode, pb.RemoveNodeRequest(node=node))
@@ -212,6 +233,21 @@ class SchedulerClient:
     async def remove_drain(self, app: str, url: str) -> pb.LogDrain:
         request = pb.RemoveDrainRequest(app=app, url=url)
         return await self._unary(lambda stub: stub.RemoveDrain, request)
+
+    async def create_credentials(
+        self, name: str, csr: bytes, ttl_seconds: int = 0
+    ) -> pb.CreateCredentialsResponse:
+        request = pb.CreateCredentialsRequest(name=name, csr=csr, ttl_seconds=ttl_seconds)
+        return await self._unary(lambda stub: stub.CreateCredentials, request)
+
+    async def list_credentials(self) -> list[pb.Credential]:
+        request = pb.ListCredentialsRequest()
+        response = await self._unary(lambda stub: stub.ListCredentials, request)
+        return list(response.credentials)
+
+    async def revoke_credentials(self, name: str) -> pb.Credential:
+        request = pb.RevokeCredentialsRequest(name=name)
+        return await self._unary(lambda stub: stub.RevokeCredentials, request)
 
     async def logs(
         self,
@@ -385,7 +421,7 @@ class SchedulerClient:
     def _stub(self, address: str) -> SchedulerAsyncStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            channel = dial(address, self.tls, self._options)
             self._channels[address] = channel
         return pb_grpc.SchedulerStub(channel)
 
@@ -418,7 +454,7 @@ class SchedulerClient:
                 if busy is not None:
                     break
             if busy is None:
-                raise SchedulerUnreachable(self.addresses)
+                raise SchedulerUnreachable(self.addresses, self._failure)
             if loop.time() >= deadline:
                 raise busy.error
             await asyncio.sleep(0.5)
@@ -433,6 +469,7 @@ class SchedulerClient:
             state = channel.get_state(try_to_connect=True)
             while state != grpc.ChannelConnectivity.READY:
                 if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                    self._failure = await handshake_failure(channel, self.tls is not None)
                     raise _Unreachable(address)
                 await channel.wait_for_state_change(state)
                 state = channel.get_state(try_to_connect=True)
@@ -498,6 +535,30 @@ class SchedulerClient:
         if channel is None:
             return False
         return channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+# What gRPC's "last error" says when the TLS handshake, not the network, failed.
+_HANDSHAKE_SIGNS = ("Socket closed", "handshake", "Handshake", "SSL", "ssl", "certificate")
+
+
+async def handshake_failure(channel: grpc.aio.Channel, tls: bool) -> str:
+    """Why a channel in TRANSIENT_FAILURE failed, if it was the TLS handshake, in words
+    that say what to check; "" for a plain refusal or an unreachable host."""
+    probe = cast(Any, channel).unary_unary("/paas.Scheduler/ListNodes")
+    try:
+        await probe(b"", timeout=1.0)
+    except grpc.aio.AioRpcError as exc:
+        last = (exc.details() or "").rpartition("last error: ")[2]
+    else:
+        return ""
+    if not any(sign in last for sign in _HANDSHAKE_SIGNS):
+        return ""
+    if tls:
+        return (
+            "the TLS handshake failed: are your credentials from this cluster's CA and not "
+            "expired, and does the scheduler run with TLS (not --insecure)?"
+        )
+    return "it refused a plaintext connection: it runs with TLS, so drop --insecure/PAAS_INSECURE"
 
 
 def _leader_of(exc: grpc.aio.AioRpcError) -> str:

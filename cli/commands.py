@@ -23,6 +23,7 @@ from paas.cli import render
 from paas.cli.appconfig import DOTENV, parse_app_config, parse_dotenv
 from paas.cli.appconfig import FILENAME as APP_CONFIG
 from paas.cli.client import SchedulerClient
+from paas.cli.credentials import connect
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.timespec import TimeSpecError, parse_since
@@ -49,7 +50,7 @@ def api(handle: Handler, prepare: Prepare | None = None) -> Callable[[argparse.N
         addresses = scheduler_addresses(args)
 
         async def call() -> None:
-            async with SchedulerClient(addresses) as client:
+            async with connect(addresses, args) as client:
                 await handle(client, args)
 
         try:

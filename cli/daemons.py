@@ -18,7 +18,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from paas.cli.errors import EXIT_OK, CommandError
+from paas.cli.errors import EXIT_OK, CommandError, UsageError
 
 
 def run_scheduler(args: argparse.Namespace) -> int:
@@ -27,12 +27,31 @@ def run_scheduler(args: argparse.Namespace) -> int:
         from paas.scheduler.server import run_scheduler as serve
     except ImportError as exc:
         raise CommandError(f"the scheduler cannot start: {exc}") from None
+    if args.tls_dir and args.insecure:
+        raise UsageError("--tls-dir and --insecure exclude each other: choose one")
+    if not args.tls_dir and not args.insecure:
+        raise CommandError(
+            "the scheduler needs --tls-dir DIR (the CA of `paas cluster init --dir DIR`), "
+            "or --insecure to serve plaintext with no authentication"
+        )
     config = SchedulerConfig(
         etcd=args.etcd,
         listen=args.listen,
         advertise=args.advertise or "",
         node_grace=args.node_grace,
         leader_ttl=args.leader_ttl,
+        tls_dir=Path(args.tls_dir).expanduser().resolve() if args.tls_dir else None,
+        insecure=args.insecure,
+        sans=tuple(args.san),
+        **{
+            field: value
+            for field, value in (
+                ("node_cert_ttl", args.node_cert_ttl),
+                ("serving_cert_ttl", args.serving_cert_ttl),
+                ("join_listen", args.join_listen),
+            )
+            if value is not None
+        },
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))
@@ -62,10 +81,14 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["advertise"] = args.advertise
     if args.stop_grace is not None:
         optional["stop_grace"] = args.stop_grace
+    if args.token is not None:
+        optional["token"] = args.token
     for flag, field in (
         ("log_buffer_lines", "log_buffer_lines"),
         ("log_spool_file_size", "log_spool_file_bytes"),
         ("log_spool_files", "log_spool_files"),
+        ("slug_cache_budget", "slug_cache_budget"),
+        ("slug_max_unpacked", "slug_max_unpacked"),
     ):
         if getattr(args, flag) is not None:
             optional[field] = getattr(args, flag)
@@ -74,6 +97,7 @@ def run_agent(args: argparse.Namespace) -> int:
         name=args.name,
         listen=args.listen,
         labels=dict(args.label),
+        insecure=args.insecure,
         **optional,
     )
     _configure_logging(args.log_level)

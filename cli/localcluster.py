@@ -7,8 +7,14 @@ with its output in a log file; agent i is `node-i` on 127.0.0.{i+1}, so the
 cluster is multi-host as far as addresses go. It never talks to etcd itself
 and knows the scheduler only through its public API.
 
+With TLS (the default) it is its own cluster admin: it makes the CA and the admin
+credentials in DATA_DIR/tls (`paas cluster init`; kept with a kept data dir), starts
+the schedulers with `--tls-dir`, and, since it has the CA on this host, issues each
+agent its node credentials (STATE_DIR/NAME/node.credentials) before each start,
+with no join token. `tls=False` runs every part `--insecure`.
+
     async with LocalCluster(agents=3) as cluster:
-        os.environ["PAAS_SCHEDULER"] = cluster.scheduler_address
+        os.environ.update(cluster.client_env())   # PAAS_SCHEDULER, PAAS_CREDENTIALS
         ...  # run `paas` against it
 """
 
@@ -32,12 +38,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import grpc.aio
 import psutil
 
 from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.credentials import LOCAL_CA_NAME, init_cluster_dir
+from paas.common import pki
+from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.ports import free_port
 from paas.common.processes import how_it_ended, signal_group
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -129,6 +141,8 @@ class LocalCluster:
         schedulers: int = 1,
         leader_ttl: int = 5,
         scheduler_host: str = "127.0.0.1",
+        tls: bool = True,
+        scheduler_sans: tuple[str, ...] = (),
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
@@ -162,6 +176,11 @@ class LocalCluster:
         self._started = False
         self._stopping = False
         self._killed = False
+        self.tls = tls
+        self.scheduler_sans = scheduler_sans  # more names in the schedulers' certificates
+        self._ca: pki.CertificateAuthority | None = None
+        # The admin credentials clients of this cluster present (None without TLS).
+        self.client_tls: pki.Credentials | None = None
 
     # ------------------------------------------------------------ where things are
 
@@ -180,6 +199,34 @@ class LocalCluster:
     @property
     def logs_dir(self) -> Path:
         return self._given_log_to or self.data_dir / "logs"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The cluster's CA (`paas cluster init --dir`), with TLS."""
+        return self.data_dir / "tls"
+
+    @property
+    def credentials_path(self) -> Path:
+        """The admin credentials file, as PAAS_CREDENTIALS names it."""
+        return self.tls_dir / pki.ADMIN_CREDENTIALS_FILE
+
+    def client_env(self) -> dict[str, str]:
+        """What `paas` needs in its environment to talk to this cluster."""
+        return {"PAAS_SCHEDULER": self.scheduler_address, **self.credentials_env()}
+
+    def credentials_env(self) -> dict[str, str]:
+        """PAAS_CREDENTIALS of the admin, or PAAS_INSECURE=1 without TLS."""
+        if self.tls:
+            return {"PAAS_CREDENTIALS": str(self.credentials_path)}
+        return {"PAAS_INSECURE": "1"}
+
+    def client(self, **options: Any) -> SchedulerClient:
+        """A SchedulerClient of every replica, presenting the admin credentials."""
+        return SchedulerClient(self.scheduler_addresses, tls=self.client_tls, **options)
+
+    def channel(self, address: str | None = None) -> grpc.aio.Channel:
+        """A raw channel to a replica (default: the first), as the admin."""
+        return dial(address or self.scheduler_addresses[0], self.client_tls, CHANNEL_OPTIONS)
 
     def log_path(self, part: str) -> Path:
         """The log file of `etcd`, `scheduler` or an agent (`node-2`)."""
@@ -257,6 +304,7 @@ class LocalCluster:
         self._started = True
         try:
             self._prepare_dirs()
+            self._prepare_tls()
             await self._start_etcd()
             await self._start_scheduler()
             self._claim_port_blocks()
@@ -273,6 +321,24 @@ class LocalCluster:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="paas-cluster-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+
+    def _prepare_tls(self) -> None:
+        """The CA and admin credentials: made on first start, reused from a kept data dir."""
+        if not self.tls:
+            return
+        if not (self.tls_dir / pki.CA_KEY_FILE).exists():
+            init_cluster_dir(self.tls_dir, [], ca_name=LOCAL_CA_NAME)
+        self._ca = pki.CertificateAuthority.load(self.tls_dir)
+        self.client_tls = pki.read_credentials(self.credentials_path)
+
+    def issue_node_credentials(self, name: str, state_dir: Path | None = None) -> None:
+        """What a first join would leave in an agent's state dir (default: this cluster's
+        agents'), STATE_DIR/NAME/node.credentials, issued here directly."""
+        if self._ca is None:
+            return
+        creds = self._ca.issue_credentials(pki.Identity(pki.Role.NODE, name), pki.NODE_TTL)
+        directory = state_dir or self.data_dir / "agents"
+        pki.write_credentials(directory / name / "node.credentials", creds)
 
     async def _start_etcd(self) -> None:
         client_port, peer_port = self._etcd_ports()
@@ -344,6 +410,9 @@ class LocalCluster:
                 "--node-grace", f"{self.node_grace:g}",
                 "--leader-ttl", f"{self.leader_ttl}",
             ]  # fmt: skip
+            argv += ["--tls-dir", str(self.tls_dir)] if self.tls else ["--insecure"]
+            for san in self.scheduler_sans:
+                argv += ["--san", san]
             part = _Part(name, argv, self.log_path(name), address=address)
             self._replicas.append(part)
             await self._spawn(part)
@@ -377,6 +446,9 @@ class LocalCluster:
             "--state-dir", str(self.data_dir / "agents"),  # the agent keeps DIR/NAME
             "--stop-grace", f"{self.stop_grace:g}",
         ]  # fmt: skip
+        if not self.tls:
+            argv.append("--insecure")
+        self.issue_node_credentials(name)
         return _Part(name, argv, self.log_path(name), address=address)
 
     def _claim_port_blocks(self) -> None:
@@ -399,8 +471,10 @@ class LocalCluster:
             self._port_blocks.append((low, fd))
         if len(self._port_blocks) < self.agents:
             raise ClusterError(
-                "agents", f"no {self.agents} free blocks of {PORTS_PER_AGENT} ports are left "
-                f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}", None
+                "agents",
+                f"no {self.agents} free blocks of {PORTS_PER_AGENT} ports are left "
+                f"between {PORT_BLOCKS_START} and {PORT_BLOCKS_END}",
+                None,
             )
 
     def _release_port_blocks(self) -> None:
@@ -419,9 +493,7 @@ class LocalCluster:
                     part = self._agents[name]
                     if not part.running:
                         returncode = part.process.returncode if part.process else None
-                        raise ClusterError(
-                            f"agent {name}", how_it_ended(returncode), part.log_path
-                        )
+                        raise ClusterError(f"agent {name}", how_it_ended(returncode), part.log_path)
                 try:
                     nodes = {node.name: node for node in await client.list_nodes()}
                 except SchedulerError:
@@ -455,9 +527,7 @@ class LocalCluster:
                 await asyncio.sleep(POLL_INTERVAL)
 
     def _client(self) -> SchedulerClient:
-        return SchedulerClient(
-            self.scheduler_addresses, timeout=2.0, retry_for=0.0, options=_FAST_RECONNECT
-        )
+        return self.client(timeout=2.0, retry_for=0.0, options=_FAST_RECONNECT)
 
     async def _poll(self, part: _Part, ready: Callable[[], Awaitable[bool]], problem: str) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -500,6 +570,7 @@ class LocalCluster:
                 await asyncio.wait_for(part.process.wait(), 5)
             except TimeoutError:
                 raise RuntimeError(f"agent {name} is still running; kill it first") from None
+        self.issue_node_credentials(name)
         await self._spawn(part)
         await self._wait_agents_ready([name])
 

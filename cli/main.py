@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NoReturn
 
-from paas.cli import argtypes, commands, render
+from paas.cli import argtypes, commands, credentials, render
 from paas.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     CLIError,
+    UsageError,
     exit_code,
 )
 from paas.common.addresses import DEFAULT_SCHEDULER
@@ -83,6 +84,7 @@ def _scope_options(scope: Scope) -> list[argparse.ArgumentParser]:
     parent.add_argument(
         "--scheduler", metavar="ADDR[,ADDR]", default=argparse.SUPPRESS, help=_scheduler_help()
     )
+    _tls_options(parent, default=argparse.SUPPRESS)
     if scope is Scope.APP:
         parent.add_argument(
             "-a",
@@ -92,6 +94,22 @@ def _scope_options(scope: Scope) -> list[argparse.ArgumentParser]:
             help="the app (default: $PAAS_APP)",
         )
     return [parent]
+
+
+def _tls_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        default=default,
+        help="the credentials to present (default: $PAAS_CREDENTIALS, else "
+        "~/.config/paas/credentials)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=default if default is not None else False,
+        help="plaintext, to a scheduler started with --insecure (or PAAS_INSECURE=1)",
+    )
 
 
 def _wrap(text: str) -> str:
@@ -112,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scheduler", metavar="ADDR[,ADDR]", help=_scheduler_help())
     parser.add_argument("-a", "--app", metavar="NAME", help="the app (default: $PAAS_APP)")
+    _tls_options(parser)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     top.required = True
     # The subcommand group under each command's words, made when its first
@@ -182,6 +201,12 @@ def _up_arguments(up: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
+    up.add_argument(
+        "--insecure",
+        dest="up_insecure",
+        action="store_true",
+        help="no TLS: plaintext and no authentication between every part",
+    )
 
 
 def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
@@ -220,6 +245,49 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds of the leader election lease (default: 5)",
     )
+    scheduler.add_argument(
+        "--node-cert-ttl",
+        type=argtypes.duration,
+        default=None,
+        metavar="DURATION",
+        help="how long a node certificate lives, e.g. 24h or 6s; agents renew theirs "
+        "at two thirds of it over their session (default: 24h)",
+    )
+    scheduler.add_argument(
+        "--join-listen",
+        type=argtypes.address,
+        default=None,
+        metavar="HOST:PORT",
+        help="where agents that have no certificate yet join (with a token); their "
+        "scheduler's certificate tells them, so agents are given only --join "
+        "(default: --listen's host, any free port; set it to open a firewall for it)",
+    )
+    scheduler.add_argument(
+        "--serving-cert-ttl",
+        type=argtypes.duration,
+        default=None,
+        metavar="DURATION",
+        help="how long the replica's own serving certificate lives; it re-issues itself "
+        "one at two thirds of it and reloads it without a restart (default: 30d)",
+    )
+    scheduler.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        default=None,
+        help="serve mutual TLS with the cluster CA in DIR (`paas cluster init --dir DIR`)",
+    )
+    scheduler.add_argument(
+        "--san",
+        metavar="NAME_OR_IP",
+        action="append",
+        default=[],
+        help="another name clients reach this replica by, for its certificate; repeatable",
+    )
+    scheduler.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no --tls-dir: serve plaintext with no authentication (said loudly)",
+    )
     _log_level_option(scheduler)
 
 
@@ -237,6 +305,13 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         type=argtypes.node_name,
         metavar="NAME",
         help="this node's name, unique in the cluster",
+    )
+    agent.add_argument(
+        "--token",
+        default=None,
+        metavar="TOKEN",
+        help="a join token (`paas tokens create`) for the first start, when the node has "
+        "no certificate in its state directory yet; later starts need none",
     )
     agent.add_argument(
         "--listen",
@@ -323,6 +398,21 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         help="spool files kept per agent; 0 keeps logs in memory only (default: 4)",
     )
     agent.add_argument(
+        "--slug-cache-budget",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="past this size of unpacked slugs in STATE_DIR, those no instance of this "
+        "node wants are removed, least recently used first (default: 2GiB)",
+    )
+    agent.add_argument(
+        "--slug-max-unpacked",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="the most one slug may unpack to; a bigger one is refused (default: 1GiB)",
+    )
+    agent.add_argument(
         "--label",
         type=argtypes.label,
         action="append",
@@ -330,7 +420,33 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         metavar="K=V",
         help="a node label, repeatable",
     )
+    agent.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext to a scheduler started with --insecure; this agent's API is open",
+    )
     _log_level_option(agent)
+
+
+def _tokens_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ttl",
+        type=argtypes.duration,
+        default=3600.0,
+        metavar="DURATION",
+        help="how long the token may be used: 90s, 30m, 1h, 7d (default: 1h)",
+    )
+    parser.add_argument(
+        "--uses",
+        type=argtypes.count(1, 10_000),
+        default=1,
+        metavar="N",
+        help="how many agents may join with it (default: 1)",
+    )
+
+
+def _token_id_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="the token's id, as `paas tokens` lists it")
 
 
 def _log_level_option(parser: argparse.ArgumentParser) -> None:
@@ -344,9 +460,7 @@ def _log_level_option(parser: argparse.ArgumentParser) -> None:
 
 def _json_option(what: str = "") -> Arguments:
     def arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument(
-            "--json", action="store_true", help=f"print a JSON array{what}"
-        )
+        parser.add_argument("--json", action="store_true", help=f"print a JSON array{what}")
 
     return arguments
 
@@ -459,6 +573,39 @@ def _logs_arguments(logs: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster_init_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir", required=True, metavar="DIR", help="where to keep the CA (created)"
+    )
+    parser.add_argument(
+        "--san",
+        metavar="NAME_OR_IP",
+        action="append",
+        default=[],
+        help="a name clients reach the schedulers by, put in every scheduler's certificate; "
+        "repeatable",
+    )
+
+
+def _credentials_create_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME", help='the credentials\' name (the "by")')
+    parser.add_argument(
+        "--ttl", metavar="DURATION", default=None, help="how long they last (default: 90d)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="where to write them (default: ./NAME.credentials)",
+    )
+
+
+def _credentials_name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "name", metavar="NAME", help="the credentials, as `paas credentials` names them"
+    )
+
+
 # ------------------------------------------------------------------ runners of local commands
 # Imported when run: `paas ps` need not load the scheduler, nor `paas agent` the cluster.
 
@@ -475,10 +622,29 @@ def _run_scheduler(args: argparse.Namespace) -> int:
     return run_scheduler(args)
 
 
+def _run_cluster_word(args: argparse.Namespace) -> int:
+    raise UsageError("what to do with the cluster? `paas cluster init --dir DIR`")
+
+
+def _run_cluster_init(args: argparse.Namespace) -> int:
+    from paas.cli.credentials import cluster_init
+
+    return cluster_init(args)
+
+
 def _run_agent(args: argparse.Namespace) -> int:
     from paas.cli.daemons import run_agent
 
     return run_agent(args)
+
+
+def _tokens_api(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from paas.cli import tokens
+
+        return commands.api(getattr(tokens, name))(args)
+
+    return run
 
 
 # ------------------------------------------------------------------ the table
@@ -539,6 +705,55 @@ COMMANDS: tuple[Command, ...] = (
         _run_agent,
         _agent_arguments,
         epilog="example:\n  paas agent --join 10.0.0.1:7070 --name node-1 --listen 10.0.0.5:7071",
+    ),
+    Command(
+        ("cluster",),
+        "set up a cluster's trust",
+        "Set up a cluster's trust: `paas cluster init --dir DIR` makes its CA.",
+        Scope.LOCAL,
+        _run_cluster_word,
+    ),
+    Command(
+        ("cluster", "init"),
+        "make the cluster CA and the first admin credentials",
+        "Make the cluster's CA in DIR (DIR/ca.crt, and DIR/ca.key readable only by you) "
+        "and the first admin credentials, DIR/admin.credentials (valid a year): the CA "
+        "certificate, a client certificate and its key in one file, 0600. Start the "
+        "schedulers with `--tls-dir DIR`. An existing CA is never overwritten.",
+        Scope.LOCAL,
+        _run_cluster_init,
+        _cluster_init_arguments,
+        epilog="example:\n  paas cluster init --dir /etc/paas --san sched.example.com\n"
+        "  export PAAS_CREDENTIALS=/etc/paas/admin.credentials",
+    ),
+    Command(
+        ("credentials",),
+        "admin credentials: list, create, revoke",
+        "List the cluster's admin credentials: name, certificate serial, expiry and "
+        "whether revoked. Keys are never stored by the cluster.",
+        Scope.CLUSTER,
+        commands.api(credentials.list_),
+        _json_option(" (expires_at, created_at ISO 8601 UTC)"),
+    ),
+    Command(
+        ("credentials", "create"),
+        "make new admin credentials",
+        "Make new admin credentials named NAME: the key is made here and only a "
+        "certificate signing request is sent; the scheduler signs it. The file (CA "
+        "certificate, certificate, key; 0600) is written to --out, never over a file.",
+        Scope.CLUSTER,
+        commands.api(credentials.create, credentials.prepare_create),
+        _credentials_create_arguments,
+        epilog="example:\n  paas credentials create ci --ttl 30d --out ci.credentials",
+    ),
+    Command(
+        ("credentials", "revoke"),
+        "revoke admin credentials",
+        "Revoke the credentials named NAME: every scheduler replica refuses them from "
+        "the next call on.",
+        Scope.CLUSTER,
+        commands.api(credentials.revoke),
+        _credentials_name_argument,
     ),
     Command(
         ("apps",),
@@ -630,8 +845,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("nodes",),
         "the cluster's nodes",
-        "One line per node: name, state (ready, lost, draining), address, "
-        "instances, capacity.",
+        "One line per node: name, state (ready, lost, draining), address, instances, capacity.",
         Scope.CLUSTER,
         commands.api(commands.nodes),
         _json_option(" (last_seen ISO 8601 UTC)"),
@@ -664,6 +878,38 @@ COMMANDS: tuple[Command, ...] = (
         Scope.CLUSTER,
         commands.api(commands.undrain),
         _node_argument,
+    ),
+    Command(
+        ("tokens",),
+        "join tokens: how agents on other hosts join the cluster",
+        "List the join tokens: id, state (usable, expired, used up, revoked), when made, "
+        "when they expire, uses left. A token's secret is never shown again after "
+        "`paas tokens create`: the scheduler keeps only its hash.",
+        Scope.CLUSTER,
+        _tokens_api("tokens"),
+        _json_option(" (created, expires ISO 8601 UTC)"),
+    ),
+    Command(
+        ("tokens", "create"),
+        "make a join token and print it",
+        "Make a join token and print it, with the `paas agent` line that uses it. The "
+        "token pins this cluster's CA (its sha256), so the agent can check it reaches "
+        "this scheduler and no other before it has a certificate. It expires (default "
+        "1 h) and serves one join unless --uses says more.",
+        Scope.CLUSTER,
+        _tokens_api("tokens_create"),
+        _tokens_create_arguments,
+        epilog="examples:\n  paas tokens create\n  paas tokens create --ttl 30m --uses 3",
+    ),
+    Command(
+        ("tokens", "revoke"),
+        "refuse any further join with a token",
+        "Refuse any further join with the token ID. Nodes that joined with it keep "
+        "their certificates.",
+        Scope.CLUSTER,
+        _tokens_api("tokens_revoke"),
+        _token_id_argument,
+        epilog="example:\n  paas tokens revoke 3f9a0c1b2d4e",
     ),
     Command(
         ("drains",),

@@ -23,6 +23,7 @@ from rich.text import Text
 from paas.common.formation import describe
 from paas.common.logformat import format_line, timestamp
 from paas.common.names import InstanceName, NameError_
+from paas.common.slugs import NOT_READY
 from paas.proto import paas_pb2 as pb
 
 # Piped output is read by scripts: wide enough that no column is cut short.
@@ -201,6 +202,9 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     exit_text = _exit_text(view)
     if state == "up":
         return f"up {duration(now - (view.started_at or view.since))}" + _earlier(view)
+    if state == "backoff" and view.reason.startswith(NOT_READY):
+        # No process ran: the slug could not be had (the reason says why).
+        return f"{view.reason}, {_next_start(view, now)}"
     if state in ("backoff", "crashed"):
         parts = [f"crashed {view.restarts + 1}{TIMES}"]
         if exit_text:
@@ -208,8 +212,7 @@ def status_text(view: pb.InstanceView, now: float) -> str:
         if state == "crashed" and view.reason and view.reason != view.last_exit:
             parts.append(view.reason)
         if state == "backoff" and view.next_start:
-            wait = view.next_start - now
-            parts.append(f"next start in {duration(wait)}" if wait >= 1 else "next start now")
+            parts.append(_next_start(view, now))
         return ", ".join(parts)
     if state == "starting":
         text = f"starting {duration(now - view.since)}" if view.since else "starting"
@@ -225,6 +228,11 @@ def status_text(view: pb.InstanceView, now: float) -> str:
     if state == "pending":
         return f"pending ({view.reason})" if view.reason else "pending"
     return state
+
+
+def _next_start(view: pb.InstanceView, now: float) -> str:
+    wait = view.next_start - now
+    return f"next start in {duration(wait)}" if wait >= 1 else "next start now"
 
 
 def _earlier(view: pb.InstanceView) -> str:
@@ -429,6 +437,40 @@ def apps(items: Iterable[pb.App], as_json: bool = False) -> None:
             describe(dict(app.formation)),
             ", ".join(app.process_types) or "-",
         )
+    console().print(table)
+
+
+# ---------------------------------------------------------------- credentials
+
+
+def credential_dict(credential: pb.Credential) -> dict[str, Any]:
+    """One `credentials --json` object; times ISO 8601 UTC."""
+    return {
+        "name": credential.name,
+        "serial": credential.serial,
+        "expires_at": iso_time(credential.expires_at),
+        "created_at": iso_time(credential.created_at),
+        "revoked": credential.revoked,
+    }
+
+
+def credentials(items: Iterable[pb.Credential], as_json: bool = False) -> None:
+    ordered = sorted(items, key=lambda c: c.name)
+    if as_json:
+        print_json([credential_dict(c) for c in ordered])
+        return
+    if not ordered:
+        info("no credentials: make some with `paas credentials create NAME`")
+        return
+    now = time.time()
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("name", "serial", "expires", "revoked"):
+        table.add_column(column, no_wrap=True)
+    for c in ordered:
+        expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(c.expires_at))
+        if c.expires_at <= now:
+            expires += " (expired)"
+        table.add_row(c.name, c.serial, expires, "revoked" if c.revoked else "-")
     console().print(table)
 
 

@@ -22,6 +22,17 @@ class TimeSpecError(CLIError, ValueError):
     """A time that does not parse; the message shows the forms that do."""
 
 
+def parse_duration(text: str) -> float:
+    """`90d`, `1h30m` -> seconds (above zero); `--ttl` takes these."""
+    spec = text.strip()
+    if not _DURATION.fullmatch(spec):
+        raise TimeSpecError(f"invalid duration {text!r}: expected e.g. 30s, 10m, 1h, 90d, 1h30m")
+    seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(spec))
+    if seconds <= 0:
+        raise TimeSpecError(f"invalid duration {text!r}: it must be longer than zero")
+    return seconds
+
+
 def parse_since(text: str, now: float) -> float:
     """`10m` -> ten minutes before `now`; `2026-01-31T12:00:00Z` -> that moment.
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import grpc
 
 from paas.cli import render
-from paas.cli.client import SchedulerClient, SchedulerError
+from paas.cli.client import SchedulerError
 from paas.cli.commands import AppSource, read_app_dir
+from paas.cli.credentials import install_local_default
 from paas.cli.errors import EXIT_OK, EXIT_REFUSED, CommandError, UsageError
 from paas.cli.localcluster import ClusterError, LocalCluster, port_is_free
 from paas.common.addresses import DEFAULT_SCHEDULER, parse_address
@@ -49,6 +50,7 @@ def run_up(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         node_grace=args.node_grace,
         scheduler_port=port if port_is_free(host, port) else None,
+        tls=not args.up_insecure,
     )
     return asyncio.run(_up(cluster, deploy))
 
@@ -90,7 +92,16 @@ async def _up(cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
     tasks: list[asyncio.Task[object]] = []
     try:
         render.info(f"paas: starting etcd, a scheduler and {cluster.agents} agents...")
+        if not cluster.tls:
+            render.warning(
+                "paas up --insecure: TLS is off; every part talks plaintext with no "
+                "authentication (loopback only)"
+            )
         await cluster.start()
+        if cluster.tls:
+            installed = install_local_default(cluster.credentials_path)
+            if installed is not None:
+                render.info(f"paas: admin credentials of this cluster copied to {installed}")
         render.info(
             f"paas: cluster up: scheduler at {cluster.scheduler_address}, "
             f"nodes {', '.join(cluster.agent_names)}; logs in {cluster.logs_dir}"
@@ -138,10 +149,15 @@ def _print_tail(error: ClusterError) -> None:
         render.info(f"--- last lines of {error.log_path}:\n{error.log_tail}")
 
 
+def _export_line(cluster: LocalCluster) -> str:
+    """`export PAAS_SCHEDULER=... PAAS_CREDENTIALS=...` (PAAS_INSECURE=1 without TLS)."""
+    return "export " + " ".join(f"{k}={v}" for k, v in cluster.client_env().items())
+
+
 async def _show_usage(cluster: LocalCluster) -> None:
     render.out(
         "\nUse it from another terminal:\n"
-        f"  export PAAS_SCHEDULER={cluster.scheduler_address}\n"
+        f"  {_export_line(cluster)}\n"
         "  paas apps create hello\n"
         "  paas deploy -a hello examples/hello\n"
         "  paas scale -a hello web=2\n"
@@ -155,7 +171,7 @@ async def _deploy_and_follow(
     cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
 ) -> None:
     app, source, changes = deploy
-    async with SchedulerClient(cluster.scheduler_addresses) as client:
+    async with cluster.client() as client:
         try:
             await client.create_app(app)
             render.info(f"paas: created app {app}")
@@ -171,7 +187,7 @@ async def _deploy_and_follow(
             render.info(f"paas: {render.formation(app, formation)}")
         render.info(
             f"paas: following {app}'s logs; from another terminal: "
-            f"export PAAS_SCHEDULER={cluster.scheduler_address} PAAS_APP={app}"
+            f"{_export_line(cluster)} PAAS_APP={app}"
         )
         printer = render.LogPrinter()
         with contextlib.suppress(asyncio.CancelledError):

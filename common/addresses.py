@@ -39,14 +39,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def unauthenticated_warning(what: str, address: str) -> str | None:
-    """The warning to print when `what` listens beyond loopback, else None."""
-    host, _ = parse_address(address)
-    if is_loopback(host):
-        return None
-    return (
-        f"warning: {what} listens on {address}, beyond loopback; its API is "
-        "unauthenticated until TLS arrives, so anyone who can reach it can control it"
-    )

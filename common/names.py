@@ -40,6 +40,15 @@ def check_app_name(name: str) -> str:
     return name
 
 
+def check_credential_name(name: str) -> str:
+    """An admin credential's name (`paas credentials create NAME`), the "by" of releases."""
+    if not _NODE.fullmatch(name):
+        raise NameError_(
+            f"invalid credential name {name!r}: use letters, digits, '_', '.' and '-' (at most 63)"
+        )
+    return name
+
+
 def check_node_name(name: str) -> str:
     if not _NODE.fullmatch(name):
         raise NameError_(f"invalid node name {name!r}: use letters, digits, '_', '.' and '-'")

@@ -17,6 +17,10 @@ CHUNK_SIZE = 512 * 1024
 # The scheduler's default limit for one slug, compressed (--max-slug-size).
 DEFAULT_MAX_SLUG_SIZE = 100 * 1024 * 1024
 
+# How an agent's InstanceStatus.reason begins while an instance backs off because its
+# slug cannot be had (fetched, checked, unpacked); `paas ps` shows that reason then.
+NOT_READY = "slug not ready"
+
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 

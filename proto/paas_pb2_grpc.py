@@ -124,10 +124,45 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.ListDrainsRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.ListDrainsResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/paas.v1.Scheduler/CreateToken',
+                request_serializer=paas_dot_proto_dot_paas__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/paas.v1.Scheduler/ListTokens',
+                request_serializer=paas_dot_proto_dot_paas__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/paas.v1.Scheduler/RevokeToken',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.JoinToken.FromString,
+                _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/paas.v1.Scheduler/Join',
+                request_serializer=paas_dot_proto_dot_paas__pb2.JoinRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.JoinResponse.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/paas.v1.Scheduler/Session',
                 request_serializer=paas_dot_proto_dot_paas__pb2.AgentMessage.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.SchedulerMessage.FromString,
+                _registered_method=True)
+        self.CreateCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/CreateCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.FromString,
+                _registered_method=True)
+        self.ListCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/ListCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.FromString,
+                _registered_method=True)
+        self.RevokeCredentials = channel.unary_unary(
+                '/paas.v1.Scheduler/RevokeCredentials',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Credential.FromString,
                 _registered_method=True)
 
 
@@ -243,10 +278,55 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Join tokens (admins): make one, list them, revoke one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """An agent without a certificate yet: a token, a name and a CSR for a node certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Session(self, request_iterator, context):
         """Agents only: hello first, then heartbeats and status changes; the
         scheduler answers with desired sets whenever they change.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCredentials(self, request, context):
+        """Admin credentials: sign a CSR for a new name, list them, revoke one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -344,10 +424,45 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=paas_dot_proto_dot_paas__pb2.ListDrainsRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.ListDrainsResponse.SerializeToString,
             ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.CreateTokenRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.ListTokensRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.JoinToken.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.JoinRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.JoinResponse.SerializeToString,
+            ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.AgentMessage.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.SchedulerMessage.SerializeToString,
+            ),
+            'CreateCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.SerializeToString,
+            ),
+            'ListCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.SerializeToString,
+            ),
+            'RevokeCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredentials,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Credential.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -847,6 +962,114 @@ class Scheduler:
             _registered_method=True)
 
     @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/CreateToken',
+            paas_dot_proto_dot_paas__pb2.CreateTokenRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/ListTokens',
+            paas_dot_proto_dot_paas__pb2.ListTokensRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/RevokeToken',
+            paas_dot_proto_dot_paas__pb2.RevokeTokenRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.JoinToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Join',
+            paas_dot_proto_dot_paas__pb2.JoinRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Session(request_iterator,
             target,
             options=(),
@@ -863,6 +1086,87 @@ class Scheduler:
             '/paas.v1.Scheduler/Session',
             paas_dot_proto_dot_paas__pb2.AgentMessage.SerializeToString,
             paas_dot_proto_dot_paas__pb2.SchedulerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/CreateCredentials',
+            paas_dot_proto_dot_paas__pb2.CreateCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.CreateCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/ListCredentials',
+            paas_dot_proto_dot_paas__pb2.ListCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.ListCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/RevokeCredentials',
+            paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Credential.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,10 +56,20 @@ class SchedulerStub:
     AddDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]
     RemoveDrain: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]
     ListDrains: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListDrainsRequest, _paas_pb2.ListDrainsResponse]
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_paas_pb2.CreateTokenRequest, _paas_pb2.CreateTokenResponse]
+    """Join tokens (admins): make one, list them, revoke one."""
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListTokensRequest, _paas_pb2.ListTokensResponse]
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RevokeTokenRequest, _paas_pb2.JoinToken]
+    Join: _grpc.UnaryUnaryMultiCallable[_paas_pb2.JoinRequest, _paas_pb2.JoinResponse]
+    """An agent without a certificate yet: a token, a name and a CSR for a node certificate."""
     Session: _grpc.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
     """
+    CreateCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.CreateCredentialsRequest, _paas_pb2.CreateCredentialsResponse]
+    """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+    ListCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]
+    RevokeCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -83,10 +93,20 @@ class SchedulerAsyncStub(SchedulerStub):
     AddDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.AddDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
     RemoveDrain: _aio.UnaryUnaryMultiCallable[_paas_pb2.RemoveDrainRequest, _paas_pb2.LogDrain]  # type: ignore[assignment]
     ListDrains: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListDrainsRequest, _paas_pb2.ListDrainsResponse]  # type: ignore[assignment]
+    CreateToken: _aio.UnaryUnaryMultiCallable[_paas_pb2.CreateTokenRequest, _paas_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Join tokens (admins): make one, list them, revoke one."""
+    ListTokens: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListTokensRequest, _paas_pb2.ListTokensResponse]  # type: ignore[assignment]
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_paas_pb2.RevokeTokenRequest, _paas_pb2.JoinToken]  # type: ignore[assignment]
+    Join: _aio.UnaryUnaryMultiCallable[_paas_pb2.JoinRequest, _paas_pb2.JoinResponse]  # type: ignore[assignment]
+    """An agent without a certificate yet: a token, a name and a CSR for a node certificate."""
     Session: _aio.StreamStreamMultiCallable[_paas_pb2.AgentMessage, _paas_pb2.SchedulerMessage]  # type: ignore[assignment]
     """Agents only: hello first, then heartbeats and status changes; the
     scheduler answers with desired sets whenever they change.
     """
+    CreateCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.CreateCredentialsRequest, _paas_pb2.CreateCredentialsResponse]  # type: ignore[assignment]
+    """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+    ListCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]  # type: ignore[assignment]
+    RevokeCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]  # type: ignore[assignment]
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -217,6 +237,36 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_paas_pb2.ListDrainsResponse, _abc.Awaitable[_paas_pb2.ListDrainsResponse]]: ...
 
     @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _paas_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.CreateTokenResponse, _abc.Awaitable[_paas_pb2.CreateTokenResponse]]:
+        """Join tokens (admins): make one, list them, revoke one."""
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _paas_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.ListTokensResponse, _abc.Awaitable[_paas_pb2.ListTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _paas_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.JoinToken, _abc.Awaitable[_paas_pb2.JoinToken]]: ...
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _paas_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.JoinResponse, _abc.Awaitable[_paas_pb2.JoinResponse]]:
+        """An agent without a certificate yet: a token, a name and a CSR for a node certificate."""
+
+    @_abc_1.abstractmethod
     def Session(
         self,
         request_iterator: _MaybeAsyncIterator[_paas_pb2.AgentMessage],
@@ -225,6 +275,28 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         """Agents only: hello first, then heartbeats and status changes; the
         scheduler answers with desired sets whenever they change.
         """
+
+    @_abc_1.abstractmethod
+    def CreateCredentials(
+        self,
+        request: _paas_pb2.CreateCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.CreateCredentialsResponse, _abc.Awaitable[_paas_pb2.CreateCredentialsResponse]]:
+        """Admin credentials: sign a CSR for a new name, list them, revoke one."""
+
+    @_abc_1.abstractmethod
+    def ListCredentials(
+        self,
+        request: _paas_pb2.ListCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.ListCredentialsResponse, _abc.Awaitable[_paas_pb2.ListCredentialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeCredentials(
+        self,
+        request: _paas_pb2.RevokeCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Credential, _abc.Awaitable[_paas_pb2.Credential]]: ...
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -7,10 +7,13 @@
     drains_api.DrainsService        AddDrain, RemoveDrain, ListDrains
     logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)
     session_api.SessionService      Session, the agents' stream
+    credentials_api.CredentialsService  CreateCredentials, ListCredentials, RevokeCredentials
     slugs_api.SlugsService          StatSlug, UploadSlug, FetchSlug
+    tokens_api.TokensService        CreateToken, ListTokens, RevokeToken, Join
 
 Every RPC of the Scheduler service in the proto is taken from exactly one of
-them and wrapped by guard.Guard (leadership first, then errors to statuses);
+them and wrapped by guard.Guard (the caller's certificate first, auth.py, then
+leadership, then errors to statuses);
 an RPC that no part offers, or that two offer, stops the scheduler at start
 rather than answering UNIMPLEMENTED. Every replica serves it; only the leader
 answers.
@@ -23,9 +26,12 @@ from typing import Any, cast
 
 import grpc
 
+from paas.common.pki import Credentials
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.apps_api import AppsService
+from paas.scheduler.auth import Authorizer
+from paas.scheduler.credentials_api import CredentialsService
 from paas.scheduler.drains import Drains
 from paas.scheduler.drains_api import DrainsService
 from paas.scheduler.events import EventLog
@@ -34,13 +40,17 @@ from paas.scheduler.guard import Guard, LeaderView
 from paas.scheduler.instances_api import InstancesService
 from paas.scheduler.logreader import LogReader
 from paas.scheduler.logs_api import LogsService
+from paas.scheduler.nodecerts import DEFAULT_NODE_CERT_TTL, NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
+from paas.scheduler.servingcert import ServingCertificate
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.slugs_api import SlugsService
 from paas.scheduler.store import Store
+from paas.scheduler.tlsdir import SchedulerTLS
+from paas.scheduler.tokens_api import TokensService
 
 # The Scheduler service as the proto declares it: what must be served.
 SCHEDULER = pb.DESCRIPTOR.services_by_name["Scheduler"]
@@ -56,11 +66,26 @@ class SchedulerService:
         sessions: Sessions,
         reconciler: Reconciler,
         events: EventLog,
+        tls: SchedulerTLS | None = None,
+        node_cert_ttl: float = DEFAULT_NODE_CERT_TTL,
+        serving: ServingCertificate | None = None,
     ) -> None:
+        """`tls` None: TLS is off (`--insecure`), every caller is let in; else its CA
+        signs nodes' certificates (Join, renewals), each for `node_cert_ttl` seconds.
+        `serving`: the replica's own certificate as it is renewed (agents are dialed
+        with it); without it, the one of `tls`."""
+        certificates = NodeCertificates(tls.ca, node_cert_ttl) if tls else None
+
+        def own_credentials() -> Credentials | None:
+            if serving is not None:
+                return serving.credentials
+            return tls.credentials if tls else None
+
         self._sessions = sessions
-        self._reader = LogReader(sessions, events)
+        self._reader = LogReader(sessions, events, own_credentials)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
+        authorizer = Authorizer(store if tls else None)
         parts: list[object] = [
             AppsService(store, sessions, reconciler, events, self._restarts, self._drains),
             FormationService(store, reconciler, events),
@@ -68,10 +93,12 @@ class SchedulerService:
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
-            SessionService(store, sessions, reconciler, leadership),
+            SessionService(store, sessions, reconciler, leadership, authorizer, certificates),
             SlugsService(),
+            CredentialsService(store, tls.ca if tls else None, tls.first_admin if tls else None),
+            TokensService(store, certificates),
         ]
-        for name, handler in guarded_handlers(parts, Guard(leadership)).items():
+        for name, handler in guarded_handlers(parts, Guard(leadership, authorizer)).items():
             setattr(self, name, handler)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -105,5 +132,5 @@ def guarded_handlers(parts: Sequence[object], guard: Guard) -> dict[str, Callabl
         # A stream of requests is checked by its handler, one message at a time.
         check = not method.client_streaming
         wrap = guard.stream if method.server_streaming else guard.unary
-        handlers[method.name] = wrap(handler, check)
+        handlers[method.name] = wrap(handler, check, method.name)
     return handlers

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from paas.common.pki import SCHEDULER_TTL
 
 
 @dataclass(frozen=True)
@@ -14,3 +17,16 @@ class SchedulerConfig:
     node_grace: float = 10.0  # seconds an agent may be silent before its node is lost
     leader_ttl: int = 5  # seconds of the election lease
     replica_id: str = ""  # defaults to a random id
+    # The cluster CA (`paas cluster init --dir`); None only with `insecure`.
+    tls_dir: Path | None = None
+    insecure: bool = False  # plaintext and no authentication, said loudly at start
+    sans: tuple[str, ...] = ()  # more names for the serving certificate
+    # Seconds a node certificate lives (signed at Join and at each renewal, which the
+    # agent asks for at two thirds of it).
+    node_cert_ttl: float = 24 * 3600.0
+    # Seconds the replica's own serving certificate lives; it re-issues itself one at
+    # two thirds of that and reloads it without a restart.
+    # Where agents without a certificate yet call Join (no client certificate asked
+    # for there); "" = the host of `listen`, any free port (its certificate names it).
+    join_listen: str = ""
+    serving_cert_ttl: float = SCHEDULER_TTL.total_seconds()

@@ -10,6 +10,11 @@
     │                     leader) or no leader elected yet            (guard.py)
     ├── NotFound          an app, instance, node or drain that is not there
     ├── AlreadyExists     an app or a drain made twice
+    ├── JoinRefused       a join token that is unknown, expired, used up or
+    │                     revoked, or a CSR that cannot be signed   (tokens_api.py)
+    ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
+    ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
+    ├── Refused           well formed, but the cluster's state forbids it now
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
@@ -69,6 +74,14 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     return StoreError(f"etcd refused the request ({where}): {detail}")
 
 
+class Unauthenticated(SchedulerError):
+    """The caller presented no usable certificate: none, expired, or revoked."""
+
+
+class PermissionDenied(SchedulerError):
+    """The caller's certificate is valid, but its role or name may not do this."""
+
+
 class NotLeading(SchedulerError):
     """This replica is not the leader; `leader` is the one that is, if known."""
 
@@ -86,6 +99,10 @@ class NotFound(SchedulerError):
 
 class AlreadyExists(SchedulerError):
     """What the request would create exists already."""
+
+
+class JoinRefused(SchedulerError):
+    """An agent may not join with what it sent; the message says why, in one line."""
 
 
 class Refused(SchedulerError):

@@ -1,18 +1,23 @@
-"""The one wrapper around every RPC of the Scheduler service: leadership, then errors.
+"""The one wrapper around every RPC of the Scheduler service: who calls, leadership, errors.
 
-Before a handler runs, the guard checks that this replica leads (a follower
-refuses with FAILED_PRECONDITION and names the leader in the `paas-leader`
-trailing metadata, which the CLI and the agents follow; with no leader yet
-the answer is UNAVAILABLE), then checks the request's shape (validate.py).
+Before a handler runs, the guard asks auth.Authorizer whether the caller's
+certificate may make this call (role, expiry, deny list), then checks that
+this replica leads (a follower refuses with FAILED_PRECONDITION and names the
+leader in the `paas-leader` trailing metadata, which the CLI and the agents
+follow; with no leader yet the answer is UNAVAILABLE), then checks the
+request's shape (validate.py).
 While the handler runs, the errors it raises become gRPC statuses here and
 nowhere else (`status_of`):
 
+    Unauthenticated            UNAUTHENTICATED  (no certificate, expired, revoked)
+    PermissionDenied           PERMISSION_DENIED (a role or name that may not do this)
     NotLeading                 FAILED_PRECONDITION + paas-leader, or UNAVAILABLE
     NotLeaderError             UNAVAILABLE   (a write found leadership lost)
     ConflictError              ABORTED       (a compare-and-swap lost every retry)
     StoreError                 UNAVAILABLE   (etcd is unreachable ...)
     NotFound                   NOT_FOUND
     AlreadyExists              ALREADY_EXISTS
+    JoinRefused                PERMISSION_DENIED
     Refused                    FAILED_PRECONDITION (no paas-leader: not a redirect)
     InvalidInput               INVALID_ARGUMENT
 
@@ -20,7 +25,7 @@ Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
 Streaming RPCs (Logs, Session) get the same treatment, for errors raised
 before or after their first message.
 
-    guard = Guard(leadership)
+    guard = Guard(leadership, Authorizer(store))   # Authorizer(None): TLS off
     handler = guard.unary(apps.CreateApp)        # or guard.stream(logs.Logs)
     handler = guard.stream(session.Session, check=False)   # a stream of requests
 """
@@ -36,7 +41,17 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.common.grpcutil import LEADER_METADATA_KEY
-from paas.scheduler.errors import AlreadyExists, DeliveryError, NotFound, NotLeading, Refused
+from paas.scheduler.auth import Authorizer
+from paas.scheduler.errors import (
+    AlreadyExists,
+    DeliveryError,
+    JoinRefused,
+    NotFound,
+    NotLeading,
+    PermissionDenied,
+    Refused,
+    Unauthenticated,
+)
 from paas.scheduler.store import ConflictError, NotLeaderError, StoreError
 from paas.scheduler.validate import check_request
 
@@ -69,6 +84,10 @@ class Status:
 
 def status_of(exc: BaseException) -> Status | None:
     """The status an error becomes; None for an error that is not ours to map (a bug)."""
+    if isinstance(exc, Unauthenticated):
+        return Status(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+    if isinstance(exc, PermissionDenied):
+        return Status(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, NotLeading):
         if exc.leader:
             return Status(
@@ -87,6 +106,8 @@ def status_of(exc: BaseException) -> Status | None:
         return Status(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, AlreadyExists):
         return Status(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+    if isinstance(exc, JoinRefused):
+        return Status(grpc.StatusCode.PERMISSION_DENIED, str(exc))
     if isinstance(exc, Refused):
         # No paas-leader metadata: clients read it as a refusal, not a redirect.
         return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -99,21 +120,27 @@ def status_of(exc: BaseException) -> Status | None:
 
 
 class Guard:
-    """Wraps handlers: leadership first, then every error mapped by `status_of`."""
+    """Wraps handlers: the caller's certificate first, then leadership, then every
+    error mapped by `status_of`."""
 
-    def __init__(self, leadership: LeaderView) -> None:
+    def __init__(self, leadership: LeaderView, authorizer: Authorizer | None = None) -> None:
+        """`authorizer` None lets every caller in (unit tests of the guard alone)."""
         self._leadership = leadership
+        self._authorizer = authorizer or Authorizer(None)
 
     def check_leader(self) -> None:
         if not self._leadership.is_leader:
             raise NotLeading(self._leadership.leader_address)
 
-    def unary(self, handler: UnaryHandler, check: bool = True) -> UnaryHandler:
-        """`check=False` for a stream of requests, which its handler checks one by one."""
+    def unary(self, handler: UnaryHandler, check: bool = True, method: str = "") -> UnaryHandler:
+        """`check=False` for a stream of requests, which its handler checks one by one;
+        `method` is the RPC's name (default: the handler's)."""
+        rpc = method or handler.__name__
 
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> Any:
             try:
+                await self._authorizer.authorize(rpc, context)
                 self.check_leader()
                 if check:
                     check_request(request)
@@ -125,12 +152,15 @@ class Guard:
         setattr(guarded, GUARDED, True)
         return guarded
 
-    def stream(self, handler: StreamHandler, check: bool = True) -> StreamHandler:
-        """`check=False` for a stream of requests, which its handler checks one by one."""
+    def stream(self, handler: StreamHandler, check: bool = True, method: str = "") -> StreamHandler:
+        """`check=False` for a stream of requests, which its handler checks one by one;
+        `method` is the RPC's name (default: the handler's)."""
+        rpc = method or handler.__name__
 
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
             try:
+                await self._authorizer.authorize(rpc, context)
                 self.check_leader()
                 if check:
                     check_request(request)

@@ -33,6 +33,8 @@ import grpc
 from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.logbatch import batches
 from paas.common.logformat import SCHEDULER_INSTANCE
+from paas.common.pki import Credentials
+from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.events import EventLog, notice
@@ -63,15 +65,26 @@ HISTORY_TIMEOUT = 10.0
 class LogReader:
     """Reads apps' lines from the connected agents; holds one channel per agent address."""
 
-    def __init__(self, sessions: Sessions, events: EventLog) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        events: EventLog,
+        tls: Callable[[], Credentials | None] = lambda: None,
+    ) -> None:
+        """`tls`: the scheduler's own credentials to dial agents with, as they are now
+        (they are renewed: servingcert.py); None: plaintext."""
         self._sessions = sessions
         self._events = events
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls = tls
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._serial = ""  # of the credentials the kept channels were made with
+        self._retired: list[grpc.aio.Channel] = []  # made with older credentials
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._retired]:
             await channel.close(None)
         self._channels.clear()
+        self._retired.clear()
 
     async def merged_batches(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
         """The app's lines of every node and the scheduler's events, merged: the last
@@ -132,18 +145,29 @@ class LogReader:
     async def _read(self, session: AgentSession, request: pb.LogsRequest) -> list[pb.LogLine]:
         """One node's history, or a notice that it could not be read."""
         try:
-            stream = self.stub(session.address).ReadLogs(request, timeout=HISTORY_TIMEOUT)
+            stream = self.stub(session.address, session.name).ReadLogs(
+                request, timeout=HISTORY_TIMEOUT
+            )
             return [line async for batch in stream for line in batch.lines]
         except grpc.aio.AioRpcError as exc:
             text = f"logs of node {session.name} unavailable: {exc.details()}"
             return [notice(request.app, text)]
 
-    def stub(self, address: str) -> AgentAsyncStub:
-        """The agent at `address` (one channel per address, kept until `close`)."""
-        channel = self._channels.get(address)
+    def stub(self, address: str, node: str) -> AgentAsyncStub:
+        """The agent of `node` at `address` (one channel each, kept until `close`); with
+        TLS its certificate must name `node`."""
+        tls = self._tls()
+        serial = tls.serial if tls is not None else ""
+        if serial != self._serial:
+            # Renewed: new channels present the new certificate; calls under way on the
+            # old ones finish on them (a channel object lives on while a call holds it).
+            self._serial = serial
+            self._retired.extend(self._channels.values())
+            self._channels.clear()
+        channel = self._channels.get((address, node))
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = channel
+            channel = dial(address, tls, CHANNEL_OPTIONS, server_name=node)
+            self._channels[(address, node)] = channel
         return pb_grpc.AgentStub(channel)
 
 
@@ -160,7 +184,7 @@ class _Follow:
         self,
         sessions: Sessions,
         events: EventLog,
-        stub: Callable[[str], AgentAsyncStub],
+        stub: Callable[[str, str], AgentAsyncStub],
         request: pb.LogsRequest,
         cursors: Cursors,
         since: float,
@@ -230,7 +254,7 @@ class _Follow:
         self._nodes[session.name] = asyncio.create_task(self._follow_node(session))
 
     async def _follow_node(self, session: AgentSession) -> None:
-        stub = self._stub(session.address)
+        stub = self._stub(session.address, session.name)
         while True:
             try:
                 async for batch in stub.ReadLogs(self._live_request(session.name)):

@@ -18,8 +18,10 @@ import grpc
 
 from paas.common.errors import InvalidInput
 from paas.proto import paas_pb2 as pb
-from paas.scheduler.errors import NotLeading
+from paas.scheduler.auth import Authorizer
+from paas.scheduler.errors import JoinRefused, NotLeading
 from paas.scheduler.guard import Context, LeaderView
+from paas.scheduler.nodecerts import NodeCertificates
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.sessions import AgentSession, Sessions
 from paas.scheduler.store import NodeRecord, Store
@@ -35,8 +37,18 @@ class SessionService:
     """Session: registers the agent's node, then relays its reports and its desired sets."""
 
     def __init__(
-        self, store: Store, sessions: Sessions, reconciler: Reconciler, leadership: LeaderView
+        self,
+        store: Store,
+        sessions: Sessions,
+        reconciler: Reconciler,
+        leadership: LeaderView,
+        authorizer: Authorizer | None = None,
+        certificates: NodeCertificates | None = None,
     ) -> None:
+        """`authorizer`: the guard's, which also checks the Hello's node name (None: off);
+        `certificates`: signs the renewals agents ask for (None: --insecure)."""
+        self._authorizer = authorizer or Authorizer(None)
+        self._certificates = certificates
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
@@ -52,6 +64,7 @@ class SessionService:
         if first.WhichOneof("kind") != "hello":
             raise InvalidInput("the first message must be hello")
         check_agent_message(first)
+        self._authorizer.check_session_name(context, first.hello.name)
         session = AgentSession(first.hello)
         welcome = pb.Welcome(cluster_id=await self._store.cluster_id())
         await self._register(session)
@@ -88,6 +101,30 @@ class SessionService:
         if known != record:
             await self._store.put_node(record)
 
+    async def _renew(self, session: AgentSession, message: pb.AgentMessage) -> None:
+        """Sign a new node certificate for the session's own node: the name is the
+        session's (which its certificate proved), never one the CSR asks for."""
+        session.heartbeat()
+        if self._certificates is None:
+            log.warning(
+                "agent %s asked to renew its certificate, but this scheduler runs --insecure",
+                session.name,
+            )
+            return
+        try:
+            check_agent_message(message)
+            cert = await asyncio.to_thread(
+                self._certificates.sign_node, message.renew.csr, session.name
+            )
+        except (InvalidInput, JoinRefused) as exc:
+            log.warning("agent %s: renewal refused: %s", session.name, exc)
+            return
+        session.renewals += 1
+        log.info(
+            "agent %s: node certificate renewed (%d this session)", session.name, session.renewals
+        )
+        session.reply(pb.SchedulerMessage(renewed=pb.RenewedCertificate(certificate=cert)))
+
     async def _read_session(
         self, session: AgentSession, messages: AsyncIterator[pb.AgentMessage]
     ) -> None:
@@ -100,6 +137,8 @@ class SessionService:
                     session.report(message.status)
                     self._sessions.notify_report()
                     self._reconciler.on_report()
+                elif kind == "renew":
+                    await self._renew(session, message)
                 else:
                     session.heartbeat()
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):

@@ -36,8 +36,12 @@ class AgentSession:
         self._desired: list[pb.Assignment] | None = None
         self._live_apps: list[str] = []
         self._generation = 0
+        self._changed = False  # a desired set not yet sent
         self._wake = asyncio.Event()
         self._closed = False
+        # Answers to the agent's own requests (a renewed certificate), sent next.
+        self._replies: list[pb.SchedulerMessage] = []
+        self.renewals = 0  # node certificates renewed over this session
 
     def report(self, status: pb.InstanceStatus) -> None:
         self.last_seen = time.time()
@@ -65,6 +69,12 @@ class AgentSession:
             return
         self._desired = instances
         self._live_apps = live_apps
+        self._changed = True
+        self._wake.set()
+
+    def reply(self, message: pb.SchedulerMessage) -> None:
+        """Send `message` next, before any desired set (it answers the agent)."""
+        self._replies.append(message)
         self._wake.set()
 
     def close(self) -> None:
@@ -84,7 +94,10 @@ class AgentSession:
             self._wake.clear()
             if self._closed:
                 return
-            if self._desired is not None:
+            while self._replies:
+                yield self._replies.pop(0)
+            if self._desired is not None and self._changed:
+                self._changed = False
                 self._generation += 1
                 yield pb.SchedulerMessage(
                     desired=pb.DesiredSet(

@@ -25,6 +25,15 @@ Layout, under /paas/:
     drain-progress/APP/ID        {"cursors", "since", "dropped"}: how far the drain
                                  got, saved every few seconds by the leader; the
                                  reconcile watch ignores these keys
+    tokens/ID                    a join token: {"secret_hash", "created_at", "expires_at",
+                                 "uses", "uses_left", "revoked"}; the secret itself is
+                                 never stored (common/jointoken.py); a join takes a use
+                                 with a compare on the key's mod revision; the
+                                 reconcile watch ignores these keys
+    credentials/NAME             {"name", "serial", "expires_at", "created_at", "revoked"}:
+                                 an admin credential (never its key)
+    revoked/SERIAL               {"name", "revoked_at"}: the deny list of certificate
+                                 serials (lowercase hex) every replica checks on each call
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -48,6 +57,7 @@ import aetcd.rpc
 import aetcd.transactions as tx
 import grpc
 
+from paas.common.jointoken import TokenRecord
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import ConflictError as ConflictError
@@ -109,6 +119,11 @@ def _prefix_end(prefix: str) -> bytes:
 
 
 _DRAIN_PROGRESS = f"{PREFIX}drain-progress/"
+_TOKENS = f"{PREFIX}tokens/"
+
+
+def _token_key(token_id: str) -> str:
+    return f"{_TOKENS}{token_id}"
 
 
 def _drain_id(url: str) -> str:
@@ -117,6 +132,14 @@ def _drain_id(url: str) -> str:
 
 def _drain_key(app: str, url: str) -> str:
     return f"{PREFIX}drains/{app}/{_drain_id(url)}"
+
+
+def _credential_key(name: str) -> str:
+    return f"{PREFIX}credentials/{name}"
+
+
+def _revoked_key(serial: str) -> str:
+    return f"{PREFIX}revoked/{serial}"
 
 
 def _drain_progress_key(app: str, url: str) -> str:
@@ -187,6 +210,17 @@ class DrainProgress:
     cursors: dict[tuple[str, str], int]
     since: float
     dropped: int = 0
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    """An admin credential as etcd keeps it: its name, certificate serial and expiry."""
+
+    name: str
+    serial: str  # lowercase hex
+    expires_at: float
+    created_at: float
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -395,6 +429,17 @@ class Store:
             since=float(data["since"]),
             dropped=int(data.get("dropped", 0)),
         )
+
+    async def tokens(self) -> list[TokenRecord]:
+        """Every join token kept, oldest first."""
+        rows = await self._get_prefix(_TOKENS)
+        records = [_token_from(key[len(_TOKENS) :], value) for key, value, _ in rows]
+        return sorted(records, key=lambda r: (r.created_at, r.id))
+
+    async def token(self, token_id: str) -> tuple[TokenRecord, int] | None:
+        """The token and its key's mod revision (for `update_token`); None if unknown."""
+        found = await self._get(_token_key(token_id))
+        return None if found is None else (_token_from(token_id, found[0]), found[1])
 
     async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
         """Read everything reconcile needs. Releases never change once written, so the
@@ -629,6 +674,25 @@ class Store:
             [tx.Put(_drain_progress_key(drain.app, drain.url).encode(), _dumps(value))],
         )
 
+    async def add_token(self, token: TokenRecord) -> None:
+        """Write a new join token; ConflictError if its id is taken."""
+        key = _token_key(token.id)
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(_token_to(token)))])
+
+    async def update_token(self, token: TokenRecord, mod_revision: int) -> None:
+        """Replace the token if its key is unchanged since read at `mod_revision`
+        (ConflictError otherwise): of two joins racing for its last use, one wins."""
+        key = _token_key(token.id)
+        await self._txn(
+            [tx.Mod(key) == mod_revision], [tx.Put(key.encode(), _dumps(_token_to(token)))]
+        )
+
+    async def delete_tokens(self, token_ids: Sequence[str]) -> None:
+        """Forget tokens (spent ones, long past use)."""
+        ops = [tx.Delete(_token_key(token_id).encode()) for token_id in token_ids]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
     async def apply(self, changes: Sequence[Assign | Unassign]) -> None:
         """Commit assignment changes, in chunks that fit one etcd txn each; ConflictError
         if an Assign's app is gone or is another app now (its chunk is not written)."""
@@ -670,6 +734,39 @@ class Store:
         await self._txn([], [tx.Delete(prefix.encode(), range_end=end)])
         return count - keep
 
+    # ------------------------------------------------------------ credentials
+
+    async def credentials(self) -> dict[str, CredentialRecord]:
+        kvs = await self._kvs(f"{PREFIX}credentials/")
+        records = (_credential_from(kv.value) for kv in kvs)
+        return {record.name: record for record in records}
+
+    async def credential(self, name: str) -> CredentialRecord | None:
+        found = await self._get(_credential_key(name))
+        return None if found is None else _credential_from(found[0])
+
+    async def add_credential(self, record: CredentialRecord) -> None:
+        """Write a new credential; ConflictError if the name is taken."""
+        key = _credential_key(record.name)
+        value = _dumps(dataclasses.asdict(record))
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), value)])
+
+    async def revoke_credential(self, record: CredentialRecord, revoked_at: float) -> None:
+        """Mark the credential revoked and put its serial on the deny list, in one txn."""
+        revoked = dataclasses.replace(record, revoked=True)
+        entry = {"name": record.name, "revoked_at": revoked_at}
+        await self._txn(
+            [],
+            [
+                tx.Put(_credential_key(record.name).encode(), _dumps(dataclasses.asdict(revoked))),
+                tx.Put(_revoked_key(record.serial).encode(), _dumps(entry)),
+            ],
+        )
+
+    async def is_revoked(self, serial: str) -> bool:
+        """Whether the serial is on the deny list (one read of one key)."""
+        return await self._get(_revoked_key(serial)) is not None
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
@@ -679,6 +776,7 @@ class Store:
         Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
         progress = _DRAIN_PROGRESS.encode()
+        tokens = _TOKENS.encode()
         try:
             watch = await self._client.watch_prefix(PREFIX.encode())
         except aetcd.exceptions.ClientError as exc:
@@ -686,7 +784,7 @@ class Store:
         try:
             async for event in watch:
                 # A drain's progress changes every few seconds and concerns no one else.
-                if event.kv.key.startswith((events, progress)):
+                if event.kv.key.startswith((events, progress, tokens)):
                     continue
                 yield None
         except aetcd.exceptions.ClientError as exc:
@@ -917,6 +1015,17 @@ async def _commit_chunk(
     return Commit(revision, done.txns + 1)
 
 
+def _credential_from(value: bytes) -> CredentialRecord:
+    data = json.loads(value)
+    return CredentialRecord(
+        name=str(data["name"]),
+        serial=str(data["serial"]),
+        expires_at=float(data["expires_at"]),
+        created_at=float(data["created_at"]),
+        revoked=bool(data.get("revoked", False)),
+    )
+
+
 def _app_to(app: AppRecord) -> dict[str, Any]:
     return {"name": app.name, "id": app.id, "created_at": app.created_at, "release": app.release}
 
@@ -933,6 +1042,30 @@ def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecor
         id=str(data.get("id") or legacy_id),
         mod_revision=mod_revision,
         create_revision=create_revision,
+    )
+
+
+def _token_to(token: TokenRecord) -> dict[str, Any]:
+    return {
+        "secret_hash": token.secret_hash,
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "uses": token.uses,
+        "uses_left": token.uses_left,
+        "revoked": token.revoked,
+    }
+
+
+def _token_from(token_id: str, value: bytes) -> TokenRecord:
+    data = json.loads(value)
+    return TokenRecord(
+        id=token_id,
+        secret_hash=str(data["secret_hash"]),
+        created_at=float(data["created_at"]),
+        expires_at=float(data["expires_at"]),
+        uses=int(data["uses"]),
+        uses_left=int(data["uses_left"]),
+        revoked=bool(data.get("revoked", False)),
     )
 
 

@@ -25,8 +25,16 @@ from paas.common.addresses import parse_address
 from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_nul, check_size
 from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
+from paas.common.jointoken import MAX_TEXT as TOKEN_TEXT_LIMIT
+from paas.common.jointoken import check_token_id, check_ttl, check_uses, parse_token
 from paas.common.logformat import SCHEDULER_INSTANCE
-from paas.common.names import InstanceName, check_app_name, check_node_name, check_process_type
+from paas.common.names import (
+    InstanceName,
+    check_app_name,
+    check_credential_name,
+    check_node_name,
+    check_process_type,
+)
 from paas.common.slugs import CHUNK_SIZE, check_digest
 from paas.proto import paas_pb2 as pb
 
@@ -193,6 +201,55 @@ def _app_only(request: pb.ListDrainsRequest) -> None:
     _app(request.app)
 
 
+def _create_token(request: pb.CreateTokenRequest) -> None:
+    # 0 asks for the default; anything else must be a lifetime and a count we take.
+    if request.ttl != 0:
+        check_ttl(request.ttl)
+    if request.uses != 0:
+        check_uses(request.uses)
+
+
+def _revoke_token(request: pb.RevokeTokenRequest) -> None:
+    check_token_id(request.id)
+
+
+def _csr(what: str, csr: bytes) -> None:
+    if not csr:
+        raise InvalidInput(f"{what}: no certificate signing request given")
+    if len(csr) > CSR_LIMIT:
+        raise InvalidInput(f"{what}: a certificate signing request holds at most {CSR_LIMIT} bytes")
+
+
+def _join(request: pb.JoinRequest) -> None:
+    check_size("the join token", request.token, TOKEN_TEXT_LIMIT + 8)
+    parse_token(request.token)
+    check_node_name(request.node)
+    _csr("join", request.csr)
+
+
+# A PEM CSR for one P-256 key is under 1 KiB.
+CSR_LIMIT = 16 * 1024
+# The longest life an admin credential may be given.
+MAX_CREDENTIAL_TTL = 10 * 365 * 86400
+
+
+def _create_credentials(request: pb.CreateCredentialsRequest) -> None:
+    check_credential_name(request.name)
+    if not request.csr:
+        raise InvalidInput("no certificate signing request given")
+    if len(request.csr) > CSR_LIMIT:
+        raise InvalidInput(f"a certificate signing request is at most {CSR_LIMIT} bytes")
+    if not 0 <= request.ttl_seconds <= MAX_CREDENTIAL_TTL:
+        raise InvalidInput(
+            f"a credential's lifetime must be from 1 s to {MAX_CREDENTIAL_TTL // 86400} days, "
+            f"not {request.ttl_seconds} s"
+        )
+
+
+def _credential_name(request: pb.RevokeCredentialsRequest) -> None:
+    check_credential_name(request.name)
+
+
 def _nothing(request: Message) -> None:
     pass
 
@@ -212,6 +269,8 @@ def check_agent_message(message: pb.AgentMessage) -> None:
         for key, value in hello.labels.items():
             _text("a label", key, 256)
             _text(f"the label {key}", value, 256)
+    elif kind == "renew":
+        _csr("renew", message.renew.csr)
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -234,4 +293,11 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.FetchSlugRequest.DESCRIPTOR.full_name: _slug_digest,
     pb.SlugUpload.DESCRIPTOR.full_name: _slug_upload,
     pb.AgentMessage.DESCRIPTOR.full_name: check_agent_message,
+    pb.CreateTokenRequest.DESCRIPTOR.full_name: _create_token,
+    pb.ListTokensRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RevokeTokenRequest.DESCRIPTOR.full_name: _revoke_token,
+    pb.JoinRequest.DESCRIPTOR.full_name: _join,
+    pb.CreateCredentialsRequest.DESCRIPTOR.full_name: _create_credentials,
+    pb.ListCredentialsRequest.DESCRIPTOR.full_name: _nothing,
+    pb.RevokeCredentialsRequest.DESCRIPTOR.full_name: _credential_name,
 }

@@ -12,11 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 
 from paas.cli.localcluster import LocalCluster, etcd_binary
-from paas.common.grpcutil import CHANNEL_OPTIONS
 from paas.common.ports import free_port
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.leader import Leadership
@@ -83,8 +81,7 @@ async def leading_store(etcd: str) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def scheduler(cluster: LocalCluster) -> AsyncIterator[SchedulerAsyncStub]:
-    """A raw Scheduler stub on the cluster's scheduler: requests as no CLI would send them."""
-    async with grpc.aio.insecure_channel(
-        cluster.scheduler_address, options=CHANNEL_OPTIONS
-    ) as channel:
+    """A raw Scheduler stub on the cluster's scheduler, as its admin: requests as no CLI
+    would send them."""
+    async with cluster.channel() as channel:
         yield pb_grpc.SchedulerStub(channel)

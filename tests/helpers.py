@@ -46,11 +46,16 @@ async def paas(
     """Run the real CLI (`python -m paas ARGS`) against `cluster` (or a scheduler address).
 
     `app` becomes PAAS_APP; without it PAAS_APP is unset, so the command sees
-    exactly the app the test names.
+    exactly the app the test names. A cluster's admin credentials are presented
+    (PAAS_CREDENTIALS, or PAAS_INSECURE=1 for a cluster without TLS); with a bare
+    address, only what `env` says.
     """
-    address = cluster if isinstance(cluster, str) else cluster.scheduler_address
-    child_env = {k: v for k, v in os.environ.items() if k not in ("PAAS_APP", "PAAS_SCHEDULER")}
-    child_env["PAAS_SCHEDULER"] = address
+    ours = ("PAAS_APP", "PAAS_SCHEDULER", "PAAS_CREDENTIALS", "PAAS_INSECURE")
+    child_env = {k: v for k, v in os.environ.items() if k not in ours}
+    if isinstance(cluster, str):
+        child_env["PAAS_SCHEDULER"] = cluster
+    else:
+        child_env.update(cluster.client_env())
     child_env["NO_COLOR"] = "1"
     if app is not None:
         child_env["PAAS_APP"] = app
@@ -129,4 +134,3 @@ async def etcd_keys(endpoint: str) -> dict[str, bytes]:
 async def keys_of(endpoint: str, app: str) -> list[str]:
     """The keys under /paas/ of the etcd at `endpoint` that name `app` as a path segment."""
     return sorted(key for key in await etcd_keys(endpoint) if f"/{app}/" in key + "/")
-

@@ -50,6 +50,7 @@ class Agents:
 
     async def start(self, index: int, lock_dir: Path | None = None) -> None:
         host = f"127.0.0.{index + 1}"
+        self.cluster.issue_node_credentials(f"node-{index}", self.directory / "agents")
         argv = [
             sys.executable, "-m", "paas", "agent",
             "--join", ",".join(self.cluster.scheduler_addresses),

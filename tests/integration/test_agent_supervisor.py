@@ -344,6 +344,7 @@ async def test_the_pid_is_the_apps_own_process_not_a_wrapper_shell(
 async def test_each_run_carries_its_own_run_token(start_node: NodeFactory) -> None:
     node = await start_node()
     node.apply(assignment("worker.1", f'echo "run ${RUN_ID_VAR} of ${AGENT_ID_VAR}"; exit 1'))
+
     def three_runs() -> list[list[str]] | None:
         # A restart is counted when the run starts, before its line is read: wait on lines.
         runs = [t.split() for t in node.texts("worker.1") if t.startswith("run ")]

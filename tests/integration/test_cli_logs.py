@@ -61,8 +61,9 @@ class Follower:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, addresses: list[str], *args: str) -> Follower:
+    async def start(cls, cluster: LocalCluster, addresses: list[str], *args: str) -> Follower:
         env = dict(os.environ, PAAS_SCHEDULER=",".join(addresses), PAAS_APP="shop", NO_COLOR="1")
+        env.update(cluster.credentials_env())
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "paas", "logs", "-f", "--json", *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -106,7 +107,7 @@ async def test_following_goes_on_across_a_scheduler_restart_printing_each_line_o
     cluster: LocalCluster, app_dir: Path
 ) -> None:
     await start_shop(cluster, app_dir, "ticker=1")
-    follower = await Follower.start([cluster.scheduler_address], "-p", "ticker.1")
+    follower = await Follower.start(cluster, [cluster.scheduler_address], "-p", "ticker.1")
     try:
         await wait_for(lambda: len(follower.ticks()) >= 5, timeout=60, what="five ticks")
 
@@ -136,7 +137,8 @@ async def test_following_goes_on_when_the_leader_changes(
 ) -> None:
     await start_shop(replicated, app_dir, "ticker=1")
     # The follower is given the follower replica first: it starts through a redirect.
-    follower = await Follower.start(replicated.scheduler_addresses[::-1], "-p", "ticker.1")
+    addresses = replicated.scheduler_addresses[::-1]
+    follower = await Follower.start(replicated, addresses, "-p", "ticker.1")
     try:
         await wait_for(lambda: len(follower.ticks()) >= 5, timeout=60, what="five ticks")
         replicated.scheduler_process(0).send_signal(signal.SIGKILL)
@@ -201,7 +203,7 @@ async def test_since_json_and_a_clean_ctrl_c(cluster: LocalCluster, app_dir: Pat
     assert set(objects[0]) >= {"timestamp", "app", "instance", "stream", "node", "seq", "text"}
     assert len(objects) <= 10, "only the last second's lines"
 
-    follower = await Follower.start([cluster.scheduler_address], "-n", "1")
+    follower = await Follower.start(cluster, [cluster.scheduler_address], "-n", "1")
     await wait_for(lambda: len(follower.ticks()) >= 3, timeout=60, what="three ticks")
     code, stderr = await follower.stop()
     assert (code, stderr) == (0, "")

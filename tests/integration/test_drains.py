@@ -397,7 +397,7 @@ async def test_bad_drain_urls_are_refused_and_nothing_is_stored(
     assert refused.returncode == 1, refused
     assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     # The scheduler refuses it too, whatever the client.
-    async with grpc.aio.insecure_channel(cluster.scheduler_address) as channel:
+    async with cluster.channel() as channel:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await pb_grpc.SchedulerStub(channel).AddDrain(pb.AddDrainRequest(app=APP, url=url))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

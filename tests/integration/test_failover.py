@@ -13,7 +13,6 @@ from typing import Any
 import psutil
 import pytest
 
-from paas.cli.client import SchedulerClient
 from paas.cli.localcluster import LocalCluster
 from paas.common.formation import parse_changes
 from paas.proto import paas_pb2 as pb
@@ -107,7 +106,10 @@ async def test_a_paused_leader_that_wakes_up_cannot_write(
         follower = replicated.scheduler_addresses[1]
 
         async def scaled() -> bool:
-            result = await paas(follower, "scale", "worker=1", app="shop", timeout=20)
+            result = await paas(
+                follower, "scale", "worker=1", app="shop", timeout=20,
+                env=replicated.credentials_env(),
+            )  # fmt: skip
             return result.returncode == 0
 
         await wait_for(scaled, timeout=30, what="the second replica to lead and scale")
@@ -202,7 +204,7 @@ async def test_a_leader_paused_for_20_s_restarts_nothing_and_runs_nothing_twice(
                 await asyncio.sleep(0.25)
             assert samples > 20
             # The CLI with the paused replica first in its list answers in time.
-            async with SchedulerClient(cluster.scheduler_addresses) as client:
+            async with cluster.client() as client:
                 started = loop.time()
                 nodes = await client.list_nodes()
                 assert loop.time() - started < 3.0, "the paused replica held the call"
@@ -248,7 +250,7 @@ async def test_a_singleton_stops_when_its_agent_is_cut_off_and_others_keep_runni
     procfile = "clock: exec sleep 1001\nworker: exec sleep 1002\n"
     (tmp_path / "app" / "Procfile").write_text(procfile)
     fenced = {"clock": pb.ProcessSettings(stop_after_disconnected=1.0)}
-    async with SchedulerClient(cluster.scheduler_addresses) as client:
+    async with cluster.client() as client:
         await client.create_app("shop")
         await client.deploy("shop", str(tmp_path / "app"), procfile, {}, fenced)
         await client.scale("shop", parse_changes(["clock=1", "worker=3"]))

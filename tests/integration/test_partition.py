@@ -71,8 +71,10 @@ async def cluster_with_island(
         stop_grace=2.0,
         log_to=tmp_path / "logs",
         scheduler_host="0.0.0.0",
+        scheduler_sans=(HOST_IP,),
     ) as cluster:
         port = cluster.scheduler_addresses[0].rsplit(":", 1)[1]
+        cluster.issue_node_credentials("island", tmp_path / "island-state")
         log = (tmp_path / "logs" / "island.log").open("wb")
         agent = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", island,

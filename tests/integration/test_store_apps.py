@@ -27,9 +27,7 @@ async def deploy_and_place(store: Store, app: str) -> None:
         app=app, version=1, dir="/srv", commands={"web": "serve"}, env={}, created_at=1.0
     )
     await store.add_release(record, release, {"web": 2}, (await store.formation(app))[1])
-    await store.apply(
-        [Assign(app, InstanceName("web", i), "node-1", 1) for i in (1, 2)]
-    )
+    await store.apply([Assign(app, InstanceName("web", i), "node-1", 1) for i in (1, 2)])
 
 
 async def test_a_recreated_app_of_the_same_name_is_another_app(leading_store: Store) -> None:

@@ -25,9 +25,7 @@ from paas.common.addresses import AddressError, parse_address, parse_address_lis
         ("h:" + "9" * 5000, None),
     ],
 )
-def test_an_address_is_a_host_and_an_ascii_port(
-    text: str, parsed: tuple[str, int] | None
-) -> None:
+def test_an_address_is_a_host_and_an_ascii_port(text: str, parsed: tuple[str, int] | None) -> None:
     if parsed is not None:
         assert parse_address(text) == parsed
     else:

@@ -161,9 +161,7 @@ def test_dotenv_values_are_literal(text: str, env: dict[str, str]) -> None:
         ("A=" + "x" * (32 * 1024) + "\n", "an app may have at most 32 KiB"),
     ],
 )
-def test_dotenv_vars_the_scheduler_refuses_are_refused_the_same(
-    text: str, message: str
-) -> None:
+def test_dotenv_vars_the_scheduler_refuses_are_refused_the_same(text: str, message: str) -> None:
     with pytest.raises(ConfigVarsError) as raised:
         parse_dotenv(text)
     assert message in str(raised.value)

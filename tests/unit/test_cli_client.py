@@ -152,6 +152,44 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SlugData()
 
+    async def CreateToken(
+        self, request: pb.CreateTokenRequest, context: Context
+    ) -> pb.CreateTokenResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def ListTokens(
+        self, request: pb.ListTokensRequest, context: Context
+    ) -> pb.ListTokensResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.JoinToken:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def Join(self, request: pb.JoinRequest, context: Context) -> pb.JoinResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def CreateCredentials(
+        self, request: pb.CreateCredentialsRequest, context: Context
+    ) -> pb.CreateCredentialsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def ListCredentials(
+        self, request: pb.ListCredentialsRequest, context: Context
+    ) -> pb.ListCredentialsResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
+    async def RevokeCredentials(
+        self, request: pb.RevokeCredentialsRequest, context: Context
+    ) -> pb.Credential:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        raise AssertionError("unreachable")
+
 
 class Replica:
     def __init__(self) -> None:
@@ -260,7 +298,7 @@ async def test_an_election_that_ends_while_waiting_is_invisible(replicas: list[R
 
 
 async def paas(address: str, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, PAAS_SCHEDULER=address, PAAS_APP="shop")
+    env = dict(os.environ, PAAS_SCHEDULER=address, PAAS_APP="shop", PAAS_INSECURE="1")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "paas", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,

@@ -36,14 +36,25 @@ COMMANDS_WORDS = [
     ["drains"],
     ["drains", "add"],
     ["drains", "remove"],
+    ["tokens"],
+    ["tokens", "create"],
+    ["tokens", "revoke"],
+    ["cluster"],
+    ["cluster", "init"],
+    ["credentials"],
+    ["credentials", "create"],
+    ["credentials", "revoke"],
 ]
 
 
 @pytest.fixture(autouse=True)
 def nowhere(monkeypatch: pytest.MonkeyPatch) -> str:
-    """No app from the environment, and a scheduler address where nobody listens."""
+    """No app from the environment, and a scheduler address where nobody listens
+    (plaintext: what these tests show comes before any credentials matter)."""
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.delenv("PAAS_APP", raising=False)
+    monkeypatch.delenv("PAAS_CREDENTIALS", raising=False)
+    monkeypatch.setenv("PAAS_INSECURE", "1")
     monkeypatch.setenv("PAAS_SCHEDULER", address)
     return address
 
@@ -300,10 +311,12 @@ def test_scheduler_flags_become_its_config() -> None:
 def test_agent_flags_become_its_config() -> None:
     args = build_parser().parse_args(
         ["agent", "--join", "a:7070,b:7070", "--name", "node-1", "--listen", "127.0.0.2:7071",
-         "--ports", "20000-20999", "--label", "zone=a", "--label", "disk=ssd"]
+         "--ports", "20000-20999", "--label", "zone=a", "--label", "disk=ssd",
+         "--slug-cache-budget", "512MiB", "--slug-max-unpacked", "3gib"]
     )  # fmt: skip
     assert args.join == ["a:7070", "b:7070"]
     assert args.ports == (20000, 20999)
+    assert args.slug_cache_budget == 512 << 20 and args.slug_max_unpacked == 3 << 30
     assert dict(args.label) == {"zone": "a", "disk": "ssd"}
 
 
@@ -312,6 +325,8 @@ def test_agent_flags_become_its_config() -> None:
     [
         ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--ports", "9-1"],
         ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--label", "nolabel"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--slug-cache-budget", "2GB"],
+        ["agent", "--join", "a:1", "--name", "n", "--listen", "x:1", "--slug-cache-budget", "-1"],
         ["scheduler", "--etcd", "a:1", "--listen", "nowhere"],
         ["up", "--agents", "0"],
     ],
@@ -444,3 +459,32 @@ def test_apps_destroy_does_not_take_the_app_from_paas_app(
 def test_a_confirmed_destroy_is_sent(nowhere: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["apps", "destroy", "shop", "--confirm", "shop"]) == 1
     assert "cannot reach the scheduler" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["tokens", "create", "--ttl", "0"],
+        ["tokens", "create", "--ttl", "1y"],
+        ["tokens", "create", "--ttl", "-5m"],
+        ["tokens", "create", "--uses", "0"],
+        ["tokens", "revoke"],
+    ],
+)
+def test_bad_token_options_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(argv) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+def test_durations_read_as_people_write_them() -> None:
+    from paas.cli.argtypes import duration
+
+    assert [duration(text) for text in ("45", "45s", "30m", "1h", "7d")] == [
+        45.0,
+        45.0,
+        1800.0,
+        3600.0,
+        7 * 86400.0,
+    ]

@@ -187,6 +187,10 @@ def view(state: pb.InstanceState.ValueType, **fields: object) -> pb.InstanceView
         (view(pb.STOPPED, since=NOW - 90, last_exit="exit 0", ran_for=3),
          "stopped 1m ago, exit 0 after 3.0s"),
         (view(pb.PENDING), "pending"),
+        (view(pb.PENDING, reason="fetching slug 4.2 MiB"), "pending (fetching slug 4.2 MiB)"),
+        (view(pb.BACKOFF, reason="slug not ready: slug 0123456789ab: digest mismatch",
+              next_start=NOW + 8), "slug not ready: slug 0123456789ab: digest mismatch, next "
+         "start in 8s"),
         (view(pb.LOST), "lost: node node-2 is not reporting"),
     ],
 )  # fmt: skip
