@@ -35,20 +35,6 @@ def count(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-_BYTES = re.compile(r"([0-9]{1,18}) ?(B|KiB|MiB|GiB|TiB)?", re.IGNORECASE)
-_BYTE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def byte_size(text: str) -> int:
-    """A number of bytes: `1073741824`, `512MiB`, `2GiB` (binary units)."""
-    match = _BYTES.fullmatch(text)
-    if match is None:
-        raise argparse.ArgumentTypeError(
-            f"expected a size such as 2GiB, 512MiB or a number of bytes, got {text!r}"
-        )
-    return int(match.group(1)) * _BYTE_UNITS[(match.group(2) or "b").lower()]
-
-
 def non_negative_int(text: str) -> int:
     number = parse_digits(text)
     if number is None:
@@ -98,6 +84,19 @@ def duration(text: str) -> float:
             f"expected a duration, e.g. 90s, 30m, 1h or 7d, got {text!r}"
         )
     return float(value)
+# A size in bytes as people write it: 100MiB, 1GiB, 512KiB, 4096 (binary units; K, M
+# and G mean KiB, MiB and GiB).
+_SIZE = re.compile(r"([0-9]+)(?:\s*([KMG])(?:iB)?)?", re.IGNORECASE)
+_UNITS = {None: 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A positive size in bytes: 4096, 512KiB, 100MiB, 1GiB (also 100M)."""
+    match = _SIZE.fullmatch(text.strip())
+    value = int(match[1]) * _UNITS[match[2] and match[2].upper()] if match else 0
+    if not 0 < value < 2**50:
+        raise argparse.ArgumentTypeError(f"expected a size, e.g. 100MiB or 1GiB, got {text!r}")
+    return value
 
 
 def address(text: str) -> str:

@@ -14,7 +14,18 @@ answered and refused). It never prints and never decides what a command means.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import contextlib
+import itertools
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -22,9 +33,11 @@ import grpc
 import grpc.aio
 
 from paas.cli.errors import CLIError
+from paas.cli.slugpack import read_chunks
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.common.pki import Credentials
+from paas.common.slugs import CHUNK_SIZE
 from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
@@ -42,6 +55,12 @@ RECONNECT_MAX = 2.0
 # What a resumed history may hold: every line written during the outage, within
 # what the agents still keep.
 RESUME_LINES = 100_000
+# The slowest upload (bytes a second) that is still making progress, not hanging.
+UPLOAD_RATE_FLOOR = 1024 * 1024
+# What grpc says when a client-streaming write meets a call the server has ended.
+_CORE_ERROR = "Internal error from Core"
+# Chunks read from the slug file per trip to a worker thread.
+UPLOAD_READ_AHEAD = 8
 
 # Refusals a reconnecting follower gives up on: asking again cannot change them.
 _FINAL_CODES = frozenset(
@@ -162,11 +181,86 @@ class SchedulerClient:
         procfile: str,
         env: dict[str, str],
         settings: Mapping[str, pb.ProcessSettings] | None = None,
+        slug: pb.Slug | None = None,
     ) -> pb.Release:
+        """A release running in `slug` (uploaded first), or in `directory` on every
+        host (--in-place: pass directory and no slug)."""
         request = pb.DeployRequest(
-            app=app, dir=directory, procfile=procfile, env=env, settings=settings or {}
+            app=app, dir=directory, procfile=procfile, env=env, settings=settings or {}, slug=slug
         )
         return await self._unary(lambda stub: stub.Deploy, request)
+
+    async def stat_slug(self, digest: str) -> pb.StatSlugResponse:
+        """Whether the scheduler holds the slug `digest`, and its size limit."""
+        return await self._unary(lambda stub: stub.StatSlug, pb.StatSlugRequest(digest=digest))
+
+    async def upload_slug(
+        self,
+        app: str,
+        slug: pb.Slug,
+        path: Path,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> pb.UploadSlugResponse:
+        """Stream the slug file at `path` to the leader in CHUNK_SIZE messages, the
+        first naming app and slug. A redirect or a replica that cannot serve yet
+        starts the upload again from the file's start (the scheduler keeps nothing
+        of a broken one). `on_sent(bytes)` hears the bytes sent so far in the
+        current attempt (it may go back to 0)."""
+        # The unary timeout plus the slug's time at the slowest rate that is still
+        # progress: a big slug on a slow link is not a dead scheduler.
+        timeout = self.timeout + slug.size / UPLOAD_RATE_FLOOR
+
+        async def messages() -> AsyncGenerator[pb.SlugUpload, None]:
+            sent = 0
+            if on_sent is not None:
+                on_sent(0)
+            with contextlib.closing(read_chunks(path, CHUNK_SIZE)) as chunks:
+                # Reading the file is blocking I/O: off the event loop, a few chunks
+                # per hop so that the hops cost little next to the bytes.
+                while batch := await asyncio.to_thread(_take, chunks, UPLOAD_READ_AHEAD):
+                    for chunk in batch:
+                        if sent:
+                            yield pb.SlugUpload(data=chunk)
+                        else:
+                            yield pb.SlugUpload(app=app, slug=slug, data=chunk)
+                        sent += len(chunk)
+                        if on_sent is not None:
+                            on_sent(sent)
+
+        async def attempt(address: str) -> pb.UploadSlugResponse:
+            # Written message by message: when the scheduler ends the call early (a
+            # follower's redirect, no leader yet, a refusal) the write in flight fails,
+            # often with "Internal error from Core"; the call's own status, awaited
+            # after it, says what the scheduler said.
+            stub: Any = self._stub(address)  # the stubs know no call without an iterator
+            call: grpc.aio.StreamUnaryCall[pb.SlugUpload, pb.UploadSlugResponse]
+            call = stub.UploadSlug(timeout=timeout)
+            source = messages()
+            try:
+                async for message in source:
+                    await call.write(message)
+                await call.done_writing()
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                pass  # the call is over: its status says why
+            except BaseException:
+                call.cancel()
+                raise
+            finally:
+                await source.aclose()
+            try:
+                return await call
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INTERNAL and exc.details() == _CORE_ERROR:
+                    # The status was lost with the write; the upload starts again.
+                    raise _Busy(
+                        SchedulerError(
+                            f"the upload to the scheduler at {address} broke off",
+                            grpc.StatusCode.UNAVAILABLE,
+                        )
+                    ) from None
+                raise
+
+        return await self._with_replicas(attempt)
 
     async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
         request = pb.ScaleRequest(
@@ -535,6 +629,10 @@ class SchedulerClient:
         if channel is None:
             return False
         return channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+
+def _take(chunks: Iterator[bytes], count: int) -> list[bytes]:
+    return list(itertools.islice(chunks, count))
 
 
 # What gRPC's "last error" says when the TLS handshake, not the network, failed.

@@ -26,6 +26,7 @@ from paas.cli.client import SchedulerClient
 from paas.cli.credentials import connect
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
+from paas.cli.slugpack import IGNORE_FILE, PackedSlug, pack
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER, AddressError, parse_address_list
 from paas.common.configvars import PROCFILE_LIMIT, check_no_nul, check_size
@@ -33,6 +34,7 @@ from paas.common.drainurl import parse_drain_url
 from paas.common.formation import parse_changes
 from paas.common.names import InstanceName, NameError_, check_app_name, check_process_type
 from paas.common.procfile import parse_procfile
+from paas.common.slugs import human_size, short_digest
 from paas.proto import paas_pb2 as pb
 
 Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
@@ -240,17 +242,67 @@ async def apps_destroy(client: SchedulerClient, args: argparse.Namespace) -> Non
 
 async def deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
     source: AppSource = args.source
-    release = await client.deploy(
-        args.app, str(source.directory), source.procfile, source.env, source.settings
-    )
+    if args.in_place:
+        release = await client.deploy(
+            args.app, str(source.directory), source.procfile, source.env, source.settings
+        )
+        slug = None
+    else:
+        release, slug = await deploy_slug(client, args.app, source, render.out)
+    origin = f"slug {short_digest(slug.digest)}" if slug else f"{source.directory} (in place)"
     types = ", ".join(release.commands) or "no process types"
     settings = (
         f"; {APP_CONFIG} settings for {', '.join(sorted(source.settings))}"
         if source.settings
         else ""
     )
-    render.out(
-        f"Deployed {args.app} v{release.version} from {source.directory} ({types}){settings}"
+    render.out(f"Deployed {args.app} v{release.version} from {origin} ({types}){settings}")
+
+
+async def deploy_slug(
+    client: SchedulerClient,
+    app: str,
+    source: AppSource,
+    say: Callable[[str], None],
+    shown: bool | None = None,
+) -> tuple[pb.Release, pb.Slug]:
+    """Pack `source` into a slug, upload it unless the scheduler holds it already, and
+    make the release that runs it (returned with the slug); `say` hears one line per
+    step. A slug over the scheduler's limit is refused before a byte is sent. `shown`
+    forces the progress bar on or off (default: on a terminal)."""
+    packed = await asyncio.to_thread(pack, source.directory)
+    try:
+        say(f"Packed {human_size(packed.size)} slug {short_digest(packed.digest)} "
+            f"({packed.files} files)")  # fmt: skip
+        known = await client.stat_slug(packed.digest)
+        if known.known:
+            say(f"Already uploaded slug {short_digest(packed.digest)}: nothing to send")
+        else:
+            if known.max_size and packed.size > known.max_size:
+                raise CommandError(
+                    f"the slug of {source.directory} is {human_size(packed.size)}, over the "
+                    f"scheduler's limit of {human_size(known.max_size)} (--max-slug-size): "
+                    f"leave files out with {IGNORE_FILE}, or deploy with --in-place"
+                )
+            say(await _upload(client, app, packed, shown))
+        release = await client.deploy(
+            app, "", source.procfile, source.env, source.settings, slug=packed.slug
+        )
+        return release, packed.slug
+    finally:
+        packed.remove()
+
+
+async def _upload(client: SchedulerClient, app: str, packed: PackedSlug, shown: bool | None) -> str:
+    """Upload `packed` with a progress bar; the line that says how it went."""
+    started = time.monotonic()
+    with render.UploadProgress(packed.size, shown=shown) as progress:
+        answer = await client.upload_slug(app, packed.slug, packed.path, on_sent=progress.update)
+    seconds = time.monotonic() - started
+    meanwhile = "; another deploy had stored it meanwhile" if answer.existed else ""
+    return (
+        f"Uploaded {human_size(packed.size)} in {seconds:.1f} s "
+        f"({render.rate(packed.size, seconds)}){meanwhile}"
     )
 
 

@@ -34,7 +34,29 @@ def run_scheduler(args: argparse.Namespace) -> int:
             "the scheduler needs --tls-dir DIR (the CA of `paas cluster init --dir DIR`), "
             "or --insecure to serve plaintext with no authentication"
         )
+    # Slug flags left out keep SchedulerConfig's defaults, so those live in one place.
+    slug_options: dict[str, Any] = {
+        field: getattr(args, field)
+        for field in ("max_slug_size", "slug_budget", "keep_releases", "slug_grace")
+        if getattr(args, field, None) is not None
+    }
+    from paas.scheduler.etcd_access import EtcdAccessError, load_etcd_access
+
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value).expanduser()
+
+    try:
+        access = load_etcd_access(
+            cacert=path(args.etcd_cacert),
+            cert=path(args.etcd_cert),
+            key=path(args.etcd_key),
+            user=args.etcd_user,
+            password_file=path(args.etcd_password_file),
+        )
+    except EtcdAccessError as exc:
+        raise CommandError(str(exc)) from None
     config = SchedulerConfig(
+        etcd_access=access,
         etcd=args.etcd,
         listen=args.listen,
         advertise=args.advertise or "",
@@ -52,6 +74,7 @@ def run_scheduler(args: argparse.Namespace) -> int:
             )
             if value is not None
         },
+        **slug_options,
     )
     _configure_logging(args.log_level)
     return _serve(serve(config))

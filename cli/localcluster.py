@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -143,6 +143,8 @@ class LocalCluster:
         scheduler_host: str = "127.0.0.1",
         tls: bool = True,
         scheduler_sans: tuple[str, ...] = (),
+        scheduler_args: Sequence[str] = (),
+        etcd_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
@@ -154,6 +156,9 @@ class LocalCluster:
         # Where replicas listen; clients and local agents always dial 127.0.0.1. Tests
         # that put an agent in a network namespace make it "0.0.0.0".
         self.scheduler_host = scheduler_host
+        # More flags for every scheduler replica and for etcd (tests: slug limits, quota).
+        self.scheduler_args = list(scheduler_args)
+        self.etcd_args = list(etcd_args)
         # Every replica, as agents' --join and PAAS_SCHEDULER take them; the first leads
         # at start.
         self.scheduler_addresses: list[str] = []
@@ -355,6 +360,7 @@ class LocalCluster:
             "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"default={peer_url}",
             "--listen-metrics-urls", "",
+            *self.etcd_args,
         ]  # fmt: skip
         if self._given_data_dir is None:
             # The data dies with the cluster anyway; fsync only slows tests down.
@@ -409,6 +415,7 @@ class LocalCluster:
                 "--advertise", address,
                 "--node-grace", f"{self.node_grace:g}",
                 "--leader-ttl", f"{self.leader_ttl}",
+                *self.scheduler_args,
             ]  # fmt: skip
             argv += ["--tls-dir", str(self.tls_dir)] if self.tls else ["--insecure"]
             for san in self.scheduler_sans:

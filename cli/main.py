@@ -238,6 +238,27 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds before a silent agent's node is lost (default: 10)",
     )
+    etcd_tls = scheduler.add_argument_group(
+        "etcd TLS and auth", "the password never on argv: a file, or PAAS_ETCD_PASSWORD"
+    )
+    etcd_tls.add_argument(
+        "--etcd-cacert", default=None, metavar="FILE", help="CA certificate that signed etcd's"
+    )
+    etcd_tls.add_argument(
+        "--etcd-cert", default=None, metavar="FILE", help="client certificate to present to etcd"
+    )
+    etcd_tls.add_argument(
+        "--etcd-key", default=None, metavar="FILE", help="its private key (mode 0600)"
+    )
+    etcd_tls.add_argument(
+        "--etcd-user", default="", metavar="NAME", help="etcd user (etcd auth enabled)"
+    )
+    etcd_tls.add_argument(
+        "--etcd-password-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the user's password (mode 0600); else PAAS_ETCD_PASSWORD",
+    )
     scheduler.add_argument(
         "--leader-ttl",
         type=argtypes.count(1, 3600),
@@ -287,6 +308,34 @@ def _scheduler_arguments(scheduler: argparse.ArgumentParser) -> None:
         "--insecure",
         action="store_true",
         help="no --tls-dir: serve plaintext with no authentication (said loudly)",
+    )
+    scheduler.add_argument(
+        "--max-slug-size",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="the largest slug accepted, compressed (default: 100MiB)",
+    )
+    scheduler.add_argument(
+        "--slug-budget",
+        type=argtypes.byte_size,
+        default=None,
+        metavar="SIZE",
+        help="all slugs together, kept in etcd (default: 1GiB; etcd's quota must be well above)",
+    )
+    scheduler.add_argument(
+        "--keep-releases",
+        type=argtypes.count(1, 1000),
+        default=None,
+        metavar="N",
+        help="releases kept per app for rollback, the current one included (default: 10)",
+    )
+    scheduler.add_argument(
+        "--slug-grace",
+        type=argtypes.seconds,
+        default=None,
+        metavar="S",
+        help="seconds an uploaded slug no release names is kept for its deploy (default: 600)",
     )
     _log_level_option(scheduler)
 
@@ -482,6 +531,11 @@ def _destroy_arguments(parser: argparse.ArgumentParser) -> None:
 def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="?", default=".", help="the app's directory (default: .)"
+    )
+    parser.add_argument(
+        "--in-place",
+        action="store_true",
+        help="upload nothing: run the processes in DIR itself, the same path on every host",
     )
 
 
@@ -788,14 +842,28 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("deploy",),
-        "new release from DIR/Procfile",
-        "Make a new release from DIR/Procfile; DIR becomes the working directory of "
-        "every process. DIR/.env, if present, sets config vars, taken literally: "
-        "${VAR} and $VAR are not expanded (as with honcho and foreman). DIR/paas.toml, "
-        "if present, sets per process type supervision settings.",
+        "new release from DIR: pack, upload, run it everywhere",
+        "Make a new release from DIR/Procfile. DIR is packed into a slug (a "
+        "compressed tar named by its sha256), uploaded to the scheduler unless it "
+        "holds that slug already (an unchanged tree uploads nothing), and every "
+        "agent runs the processes in its own unpacked copy: changing or deleting DIR "
+        "afterwards changes nothing that runs. DIR/.slugignore (gitignore syntax) "
+        "leaves files out of the slug; .git is always left out. A symlink out of DIR, "
+        "a fifo, socket or device, or a file that changes while it is packed is "
+        "refused. DIR/.env, if present, sets config vars, taken literally: ${VAR} and "
+        "$VAR are not expanded (as with honcho and foreman). DIR/paas.toml, if "
+        "present, sets per process type supervision settings. With --in-place nothing "
+        "is packed: every process runs in DIR itself, on every host, so DIR must be "
+        "the same path on all of them (one machine, or a shared filesystem).",
         Scope.APP,
         commands.api(commands.deploy, commands.prepare_deploy),
         _deploy_arguments,
+        epilog=(
+            "example:\n  paas deploy examples/hello\n"
+            "  Packed 1.2 KiB slug 3f2a9c1b0d4e (3 files)\n"
+            "  Uploaded 1.2 KiB in 0.0 s (1.1 MiB/s)\n"
+            "  Deployed hello v1 from slug 3f2a9c1b0d4e (web)"
+        ),
     ),
     Command(
         ("scale",),

@@ -17,13 +17,22 @@ from typing import Any, TextIO
 
 from rich import box
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from paas.common.formation import describe
 from paas.common.logformat import format_line, timestamp
 from paas.common.names import InstanceName, NameError_
-from paas.common.slugs import NOT_READY
+from paas.common.slugs import NOT_READY, human_size
 from paas.proto import paas_pb2 as pb
 
 # Piped output is read by scripts: wide enough that no column is cut short.
@@ -621,3 +630,58 @@ class LogPrinter:
             return "bold"
         # crc32, not hash(): the same instance gets the same colour in every run.
         return _LOG_COLOURS[zlib.crc32(line.instance.encode()) % len(_LOG_COLOURS)]
+
+
+# ---------------------------------------------------------------- slug upload
+
+# An upload that is over within this many seconds shows no progress bar.
+PROGRESS_AFTER = 0.5
+
+
+class UploadProgress:
+    """A progress bar on stderr for a slug upload that takes more than a moment;
+    nothing at all unless both stdout and stderr are terminals.
+
+        with render.UploadProgress(size) as progress:
+            await client.upload_slug(app, slug, path, on_sent=progress.update)
+    """
+
+    def __init__(self, total: int, shown: bool | None = None) -> None:
+        self.total = total
+        self._shown = shown if shown is not None else sys.stdout.isatty() and sys.stderr.isatty()
+        self._started = time.monotonic()
+        self._bar: Progress | None = None  # once shown
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> UploadProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def update(self, sent: int) -> None:
+        if not self._shown:
+            return
+        if self._bar is None:
+            if time.monotonic() - self._started < PROGRESS_AFTER or sent >= self.total:
+                return
+            self._bar = Progress(
+                TextColumn("Uploading"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console(sys.stderr),
+                transient=True,
+            )
+            self._task = self._bar.add_task("upload", total=self.total)
+            self._bar.start()
+        if self._task is not None:
+            self._bar.update(self._task, completed=sent)
+
+
+def rate(size: int, seconds: float) -> str:
+    """'12.3 MiB/s', for `Uploaded ...`."""
+    return f"{human_size(int(size / max(seconds, 1e-6)))}/s"

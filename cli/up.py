@@ -19,13 +19,14 @@ import grpc
 
 from paas.cli import render
 from paas.cli.client import SchedulerError
-from paas.cli.commands import AppSource, read_app_dir
+from paas.cli.commands import AppSource, deploy_slug, read_app_dir
 from paas.cli.credentials import install_local_default
 from paas.cli.errors import EXIT_OK, EXIT_REFUSED, CommandError, UsageError
 from paas.cli.localcluster import ClusterError, LocalCluster, port_is_free
 from paas.common.addresses import DEFAULT_SCHEDULER, parse_address
 from paas.common.formation import Change, FormationError, parse_changes
 from paas.common.names import NameError_, check_app_name
+from paas.common.slugs import short_digest
 
 
 def run_up(args: argparse.Namespace) -> int:
@@ -130,7 +131,7 @@ async def _up(cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
         render.error(f"{exc.part} {exc.problem}")
         _print_tail(exc)
         return EXIT_REFUSED
-    except SchedulerError as exc:
+    except (SchedulerError, CommandError) as exc:  # CommandError: a tree that cannot travel
         render.error(str(exc))
         return EXIT_REFUSED
     finally:
@@ -167,6 +168,10 @@ async def _show_usage(cluster: LocalCluster) -> None:
     await asyncio.Event().wait()
 
 
+def _say(line: str) -> None:
+    render.info(f"paas: {line[:1].lower()}{line[1:]}")
+
+
 async def _deploy_and_follow(
     cluster: LocalCluster, deploy: tuple[str, AppSource, list[Change]]
 ) -> None:
@@ -178,10 +183,10 @@ async def _deploy_and_follow(
         except SchedulerError as exc:
             if exc.code != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        release = await client.deploy(
-            app, str(source.directory), source.procfile, source.env, source.settings
-        )
-        render.info(f"paas: deployed {app} v{release.version} from {source.directory}")
+        # As `paas deploy` does: packed, uploaded and run from each agent's copy.
+        release, slug = await deploy_slug(client, app, source, _say, shown=False)
+        origin = f"slug {short_digest(slug.digest)}" if slug else str(source.directory)
+        render.info(f"paas: deployed {app} v{release.version} from {origin}")
         if changes:
             formation = await client.scale(app, changes)
             render.info(f"paas: {render.formation(app, formation)}")

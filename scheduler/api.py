@@ -31,6 +31,7 @@ from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.apps_api import AppsService
 from paas.scheduler.auth import Authorizer
+from paas.scheduler.config import SchedulerConfig
 from paas.scheduler.credentials_api import CredentialsService
 from paas.scheduler.drains import Drains
 from paas.scheduler.drains_api import DrainsService
@@ -47,7 +48,9 @@ from paas.scheduler.rolling import Restarts
 from paas.scheduler.servingcert import ServingCertificate
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
+from paas.scheduler.sluggc import SlugCollector
 from paas.scheduler.slugs_api import SlugsService
+from paas.scheduler.slugstore import EtcdSlugStore
 from paas.scheduler.store import Store
 from paas.scheduler.tlsdir import SchedulerTLS
 from paas.scheduler.tokens_api import TokensService
@@ -69,12 +72,14 @@ class SchedulerService:
         tls: SchedulerTLS | None = None,
         node_cert_ttl: float = DEFAULT_NODE_CERT_TTL,
         serving: ServingCertificate | None = None,
+        config: SchedulerConfig | None = None,
     ) -> None:
         """`tls` None: TLS is off (`--insecure`), every caller is let in; else its CA
         signs nodes' certificates (Join, renewals), each for `node_cert_ttl` seconds.
         `serving`: the replica's own certificate as it is renewed (agents are dialed
-        with it); without it, the one of `tls`."""
+        with it); without it, the one of `tls`. `config`: the slug limits and GC."""
         certificates = NodeCertificates(tls.ca, node_cert_ttl) if tls else None
+        config = config or SchedulerConfig()
 
         def own_credentials() -> Credentials | None:
             if serving is not None:
@@ -82,19 +87,25 @@ class SchedulerService:
             return tls.credentials if tls else None
 
         self._sessions = sessions
+        slugs = EtcdSlugStore(store)
+        self._slug_gc = SlugCollector(store, slugs, config.keep_releases, config.slug_grace)
         self._reader = LogReader(sessions, events, own_credentials)
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         authorizer = Authorizer(store if tls else None)
         parts: list[object] = [
-            AppsService(store, sessions, reconciler, events, self._restarts, self._drains),
+            AppsService(
+                store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
+            ),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
             SessionService(store, sessions, reconciler, leadership, authorizer, certificates),
-            SlugsService(),
+            SlugsService(
+                store, slugs, self._slug_gc, leadership, config.max_slug_size, config.slug_budget
+            ),
             CredentialsService(store, tls.ca if tls else None, tls.first_admin if tls else None),
             TokensService(store, certificates),
         ]
@@ -107,11 +118,13 @@ class SchedulerService:
 
     async def close(self) -> None:
         self._restarts.close()
+        await self._slug_gc.close()
         await self._drains.close()
         await self._reader.close()
 
     def on_leadership(self, leading: bool) -> None:
         self._drains.on_leadership(leading)
+        self._slug_gc.on_leadership(leading)
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()

@@ -21,6 +21,7 @@ from google.protobuf import json_format
 from paas.common.errors import InvalidInput
 from paas.common.names import check_app_name
 from paas.common.procfile import parse_procfile
+from paas.common.slugs import short_digest
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.cas import retry_conflicts
 from paas.scheduler.drains import Drains
@@ -32,7 +33,15 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from, settings_problem
-from paas.scheduler.store import AppRecord, ConflictError, ReleaseRecord, Store, StoreError
+from paas.scheduler.sluggc import SlugCollector
+from paas.scheduler.store import (
+    AppRecord,
+    ConflictError,
+    ReleaseRecord,
+    SlugRef,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +61,9 @@ class AppsService:
         events: EventLog,
         restarts: Restarts,
         drains: Drains,
+        slug_gc: SlugCollector,
     ) -> None:
+        self._slug_gc = slug_gc
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
@@ -117,6 +128,7 @@ class AppsService:
         for drain in drains:
             await self._drains.forget(drain.app, drain.url)
         self._reconciler.kick()  # the agents' desired sets lose the app's instances
+        self._slug_gc.kick()  # its slugs go unless another app's releases name them
         log.info("app %s (%s) destroyed with %d instance(s)", app.name, app.id, instances)
         return pb.DestroyAppResponse(instances=instances)
 
@@ -136,6 +148,13 @@ class AppsService:
             type_: json_format.MessageToDict(wanted) for type_, wanted in request.settings.items()
         }
 
+        slug: SlugRef | None = None
+        if request.HasField("slug"):
+            slug = SlugRef(request.slug.digest, request.slug.size)
+            description = f"Deploy {short_digest(slug.digest)}"
+        else:
+            description = f"Deploy of {request.dir} (in place)"
+
         async def attempt() -> ReleaseRecord:
             app = await require_app(self._store, request.app)
             formation, formation_rev = await self._store.formation(app.name)
@@ -146,19 +165,39 @@ class AppsService:
             release = ReleaseRecord(
                 app=app.name,
                 version=app.release + 1,
-                dir=request.dir,
+                dir="" if slug else request.dir,
                 commands=commands,
                 env=dict(request.env),
                 created_at=time.time(),
-                description=f"Deploy of {request.dir}",
+                description=description,
                 settings=settings,
+                slug=slug,
             )
+            # The txn also requires the slug's meta: a slug deleted meanwhile is refused.
             await self._store.add_release(app, release, formation, formation_rev)
             return release
 
-        release = await retry_conflicts(attempt, "the app")
+        async def attempt_with_slug() -> ReleaseRecord:
+            if slug is None:
+                return await attempt()
+            # No GC pass between the check and the write: the slug stays stored.
+            async with self._slug_gc.references():
+                stored = await self._store.slug(slug.digest)
+                if stored is None:
+                    raise InvalidInput(
+                        f"slug {short_digest(slug.digest)} is not uploaded (UploadSlug first)"
+                    )
+                if stored.size != slug.size:
+                    raise InvalidInput(
+                        f"slug {short_digest(slug.digest)} is stored with {stored.size} bytes, "
+                        f"not {slug.size}"
+                    )
+                return await attempt()
+
+        release = await retry_conflicts(attempt_with_slug, "the app")
         self._events.add(release.app, f"Release v{release.version} created ({', '.join(commands)})")
         self._reconciler.kick()
+        self._slug_gc.kick()  # releases past --keep-releases and their slugs go
         return release_pb(release)
 
 
@@ -172,4 +211,5 @@ def release_pb(release: ReleaseRecord) -> pb.Release:
         created_at=release.created_at,
         description=release.description,
         settings={t: settings_from(v) for t, v in release.settings.items()},
+        slug=pb.Slug(digest=release.slug.digest, size=release.slug.size) if release.slug else None,
     )

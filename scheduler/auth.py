@@ -3,7 +3,8 @@
 The TLS handshake already proved the caller holds a certificate from the cluster CA
 (common/tls.py); this module reads the role and name it carries and decides:
 
-    admin       every operator RPC; never an agent session
+    admin       every operator RPC, and FetchSlug (an operator may read a slug back);
+                never an agent session
     node        Session (only as itself: the Hello's name must be the certificate's,
                 `Authorizer.check_session_name`) and FetchSlug; nothing an operator calls
     scheduler   nothing on this API (replicas dial agents, not each other)
@@ -38,6 +39,8 @@ from paas.scheduler.errors import PermissionDenied, Unauthenticated
 ANONYMOUS_METHODS: frozenset[str] = frozenset({"Join"})
 # What a node certificate may call; every other RPC is an operator's (admin).
 NODE_METHODS: frozenset[str] = frozenset({"Session", "FetchSlug"})
+# What both may call: reading a slug's bytes changes nothing.
+SHARED_METHODS: frozenset[str] = frozenset({"FetchSlug"})
 
 
 class DenyList(Protocol):
@@ -48,6 +51,12 @@ class DenyList(Protocol):
 
 def required_role(method: str) -> Role:
     return Role.NODE if method in NODE_METHODS else Role.ADMIN
+
+
+def allowed_roles(method: str) -> frozenset[Role]:
+    if method in SHARED_METHODS:
+        return frozenset({Role.NODE, Role.ADMIN})
+    return frozenset({required_role(method)})
 
 
 class Authorizer:
@@ -81,7 +90,7 @@ class Authorizer:
                 f"the certificate of {identity} expired at {peer.expires:%Y-%m-%d %H:%M:%S} UTC"
             )
         needed = required_role(method)
-        if identity.role is not needed:
+        if identity.role not in allowed_roles(method):
             raise PermissionDenied(
                 f"{method} needs a certificate of role {needed.value}; {identity} may not call it"
             )

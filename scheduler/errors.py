@@ -2,6 +2,8 @@
 
     SchedulerError
     ├── StoreError        etcd could not be reached or refused a request   (store.py)
+    │   ├── EtcdUnreachable   no answer from etcd in time (down, or a TLS
+    │   │                     handshake it or we refused)
     │   ├── NotLeaderError    a write's leadership guard failed: this replica
     │   │                     no longer leads (nothing was written)
     │   └── ConflictError     a write's other compare failed: someone changed
@@ -15,12 +17,16 @@
     ├── Unauthenticated   no client certificate, or one expired or revoked  (auth.py)
     ├── PermissionDenied  a certificate whose role or name may not do this  (auth.py)
     ├── Refused           well formed, but the cluster's state forbids it now
+    ├── OverBudget        a slug that would pass the slug budget (slugs_api.py)
     └── DeliveryError     a log drain's endpoint did not take a batch; kept for
                           `paas drains`, retried, never sent to a caller (drains.py)
 
     paas.common.errors.InvalidInput (ValueError)
                           a request that breaks a rule: a name, a count, a size,
                           a config var, a Procfile                 (common, validate.py)
+    └── EtcdAccessError   (also a SchedulerError) an etcd TLS or password flag's
+                          file is missing, unreadable or readable by others: refused
+                          at start, never an RPC's answer          (etcd_access.py)
 
 guard.py turns each into a gRPC status in one place, so a servicer raises and
 never calls `context.abort` itself. `etcd_error` is the one place that words
@@ -49,6 +55,10 @@ class StoreError(SchedulerError):
     """etcd could not be reached or refused the request."""
 
 
+class EtcdUnreachable(StoreError):
+    """etcd did not answer in time: down, partitioned, or a TLS handshake failed."""
+
+
 class NotLeaderError(StoreError):
     """The leadership guard failed: this replica is no longer the leader."""
 
@@ -70,7 +80,7 @@ def etcd_error(endpoints: Sequence[str], exc: Exception) -> StoreError:
     if isinstance(exc, _UNREACHABLE) or (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _UNREACHABLE_CODES
     ):
-        return StoreError(f"etcd is unreachable ({where}): {detail}")
+        return EtcdUnreachable(f"etcd is unreachable ({where}): {detail}")
     return StoreError(f"etcd refused the request ({where}): {detail}")
 
 
@@ -108,3 +118,7 @@ class JoinRefused(SchedulerError):
 class Refused(SchedulerError):
     """The request is well formed but the cluster's state forbids it now (a node that
     is still connected cannot be removed); the message says what to do first."""
+
+
+class OverBudget(SchedulerError):
+    """Storing what the request brings would pass a stated budget (--slug-budget)."""

@@ -19,6 +19,7 @@ nowhere else (`status_of`):
     AlreadyExists              ALREADY_EXISTS
     JoinRefused                PERMISSION_DENIED
     Refused                    FAILED_PRECONDITION (no paas-leader: not a redirect)
+    OverBudget                 RESOURCE_EXHAUSTED
     InvalidInput               INVALID_ARGUMENT
 
 Anything else is a bug and reaches gRPC as it is (UNKNOWN, and logged by it).
@@ -48,6 +49,7 @@ from paas.scheduler.errors import (
     JoinRefused,
     NotFound,
     NotLeading,
+    OverBudget,
     PermissionDenied,
     Refused,
     Unauthenticated,
@@ -111,6 +113,8 @@ def status_of(exc: BaseException) -> Status | None:
     if isinstance(exc, Refused):
         # No paas-leader metadata: clients read it as a refusal, not a redirect.
         return Status(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    if isinstance(exc, OverBudget):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, InvalidInput):
         return Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, DeliveryError):

@@ -307,4 +307,5 @@ def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:
         dir=release.dir,
         env=release.env,
         settings=settings_from(release.settings.get(record.name.type, {})),
+        slug=pb.Slug(digest=release.slug.digest, size=release.slug.size) if release.slug else None,
     )

@@ -30,7 +30,7 @@ from paas.scheduler.leader import Leadership
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.servingcert import ServingCertificate, reissue_like
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.store import Store
+from paas.scheduler.store import Store, StoreError
 from paas.scheduler.tlsdir import SchedulerTLS, load_scheduler_tls
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,18 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     replica_id = config.replica_id or f"scheduler-{uuid.uuid4().hex[:8]}"
     tls = _tls(config, replica_id)
 
-    store = Store(config.etcd)
+    store = Store(config.etcd, access=config.etcd_access)
+    if config.etcd_access.secured:
+        # A wrong certificate or password never heals by waiting: say so and exit,
+        # rather than serve as a replica that can never lead.
+        try:
+            await store.check_access(config.etcd_check)
+        except StoreError as exc:
+            await store.close()
+            hint = ""
+            if "handshake" in str(exc).lower():
+                hint = " (TLS handshake refused: check --etcd-cacert, --etcd-cert, --etcd-key)"
+            raise SystemExit(f"error: cannot use etcd{hint}: {exc}") from None
     reconciler_task: asyncio.Task[None] | None = None
     events = EventLog(node=replica_id, store=store)
     events.start()
@@ -70,7 +81,15 @@ async def run_scheduler(config: SchedulerConfig) -> None:
     leadership = Leadership(store, replica_id, address, config.leader_ttl, on_change)
     serving = ServingCertificate(tls.credentials, lambda: tls.credentials) if tls else None
     service = SchedulerService(
-        store, leadership, sessions, reconciler, events, tls, config.node_cert_ttl, serving
+        store,
+        leadership,
+        sessions,
+        reconciler,
+        events,
+        tls,
+        config.node_cert_ttl,
+        serving,
+        config,
     )
 
     server = grpc.aio.server(options=SERVER_OPTIONS)

@@ -12,7 +12,9 @@ Layout, under /paas/:
     apps/APP                     {"name", "id", "created_at", "release"}; the id is new
                                  for every app created, so a re-created name is another app
     formation/APP                {"web": 3, ...}
-    releases/APP/0000000007      {"version", "dir", "commands", "env", ...}
+    releases/APP/0000000007      {"version", "slug": {"digest", "size"} or "dir" (in place),
+                                 "commands", "env", ...}; the slug GC keeps the last
+                                 --keep-releases of each app
     instances/APP/web.3          {"node", "release"}; its mod revision is the
                                  assignment's incarnation
     nodes/NAME                   {"address", "capacity", "labels", "draining"}
@@ -34,6 +36,11 @@ Layout, under /paas/:
                                  an admin credential (never its key)
     revoked/SERIAL               {"name", "revoked_at"}: the deny list of certificate
                                  serials (lowercase hex) every replica checks on each call
+    slugs/DIGEST/chunk/000000    a slug's bytes, CHUNK_SIZE per value, in order
+    slugs/DIGEST/meta            {"digest", "size", "chunks", "created_at"}: written
+                                 last, after every chunk; a slug exists when its meta
+                                 does (chunks without it are a dead leader's leftovers).
+                                 The reconcile watch ignores these keys too
 
 It must never decide anything: it reads and writes what it is told.
 """
@@ -61,14 +68,21 @@ from paas.common.jointoken import TokenRecord
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import ConflictError as ConflictError
+from paas.scheduler.errors import EtcdUnreachable, etcd_error
 from paas.scheduler.errors import NotLeaderError as NotLeaderError
 from paas.scheduler.errors import StoreError as StoreError
-from paas.scheduler.errors import etcd_error
+from paas.scheduler.etcd_access import EtcdAccess
+from paas.scheduler.etcd_client import EtcdClient
 
 PREFIX = "/paas/"
 LEADER_KEY = PREFIX + "leader"
 CLUSTER_ID_KEY = PREFIX + "cluster-id"
 _EVENTS = PREFIX + "events/"
+_SLUGS = PREFIX + "slugs/"
+# etcd's default --max-request-bytes (1.5 MiB): a txn of slug chunks stays below it.
+ETCD_REQUEST_LIMIT = 1536 * 1024
+# Room left in each txn for keys, the guard and the request's framing.
+_TXN_OVERHEAD = 64 * 1024
 # etcd refuses txns of more than 128 operations by default.
 _MAX_TXN_OPS = 120
 
@@ -111,6 +125,23 @@ def _events_prefix(app: str) -> str:
 def _event_key(app: str, seq: int) -> str:
     # Zero-padded, so that key order is seq order (a seq is a time in microseconds).
     return f"{_events_prefix(app)}{seq:020d}"
+
+
+def _slug_prefix(digest: str) -> str:
+    return f"{_SLUGS}{digest}/"
+
+
+def _slug_meta_key(digest: str) -> str:
+    return f"{_slug_prefix(digest)}meta"
+
+
+def _slug_chunk_key(digest: str, index: int) -> str:
+    return f"{_slug_prefix(digest)}chunk/{index:06d}"
+
+
+def chunks_per_txn(chunk_size: int, limit: int = ETCD_REQUEST_LIMIT) -> int:
+    """How many chunks of `chunk_size` one txn may carry below etcd's request limit."""
+    return max(1, (limit - _TXN_OVERHEAD) // chunk_size)
 
 
 def _prefix_end(prefix: str) -> bytes:
@@ -159,16 +190,35 @@ class AppRecord:
 
 
 @dataclass(frozen=True)
+class SlugRef:
+    """A slug as a release names it."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
 class ReleaseRecord:
     app: str
     version: int
-    dir: str
+    dir: str  # --in-place only; "" with a slug
     commands: dict[str, str]
     env: dict[str, str]
     created_at: float
     description: str = ""
     # process type -> supervision settings, as ProcessSettings fields (JSON names)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slug: SlugRef | None = None  # None for an in-place release
+
+
+@dataclass(frozen=True)
+class SlugRecord:
+    """A stored slug's meta key: it exists whole once this is written."""
+
+    digest: str
+    size: int
+    chunks: int
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -282,10 +332,12 @@ def _etcd_target(endpoints: Sequence[str]) -> tuple[str, int]:
 class Store:
     """The scheduler's only door to etcd."""
 
-    def __init__(self, endpoints: Sequence[str], timeout: float = 5.0) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], timeout: float = 5.0, access: EtcdAccess | None = None
+    ) -> None:
         host, port = _etcd_target(endpoints)
         self.endpoints = list(endpoints)
-        self._client = aetcd.Client(host=host, port=port, timeout=timeout)
+        self._client = EtcdClient(host, port, timeout, access or EtcdAccess())
         self._timeout = timeout
         self._leader_revision = 0  # create revision of our election key, 0 = not leader
         self._cluster_id = ""  # once read or made, it never changes
@@ -301,6 +353,23 @@ class Store:
     @property
     def timeout(self) -> float:
         return self._timeout
+
+    async def check_access(self, within: float) -> None:
+        """Read one key, retrying while etcd is unreachable for up to `within` seconds;
+        a StoreError if it still cannot be read (a TLS handshake or a password refused)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            try:
+                await self._client.get(CLUSTER_ID_KEY.encode())
+                return
+            except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+                error = etcd_error(self.endpoints, exc)
+                if not isinstance(error, EtcdUnreachable) or loop.time() >= deadline:
+                    raise error from None
+                # A fresh channel each try: aetcd keeps a failed Authenticate's state.
+                await self._client.close()
+                await asyncio.sleep(0.5)
 
     def set_leadership(self, create_revision: int) -> None:
         """Guard every later write on this election key revision (0: refuse all writes)."""
@@ -593,10 +662,13 @@ class Store:
         """Write `release` as the app's current one and the formation beside it, if
         neither the app nor its formation changed since they were read."""
         app_value = _app_to(dataclasses.replace(app, release=release.version))
+        # A release names only a slug stored whole (its meta is there).
+        slug_stored = [tx.Version(_slug_meta_key(release.slug.digest)) > 0] if release.slug else []
         await self._txn(
             [
                 tx.Mod(_app_key(app.name)) == app.mod_revision,
                 tx.Mod(_formation_key(app.name)) == formation_rev,
+                *slug_stored,
             ],
             [
                 tx.Put(
@@ -767,34 +839,143 @@ class Store:
         """Whether the serial is on the deny list (one read of one key)."""
         return await self._get(_revoked_key(serial)) is not None
 
+    # ------------------------------------------------------------ releases (GC)
+
+    async def all_releases(self) -> list[ReleaseRecord]:
+        """Every release of every app, as stored."""
+        return [
+            _release_from(json.loads(value))
+            for _, value, _ in await self._get_prefix(f"{PREFIX}releases/")
+        ]
+
+    async def delete_releases(self, releases: Sequence[tuple[str, int]]) -> None:
+        """Delete the releases (app, version) given, in txns of at most _MAX_TXN_OPS."""
+        ops = [tx.Delete(_release_key(app, version).encode()) for app, version in releases]
+        for start in range(0, len(ops), _MAX_TXN_OPS):
+            await self._txn([], ops[start : start + _MAX_TXN_OPS])
+
+    # ------------------------------------------------------------ slugs
+
+    async def slug(self, digest: str) -> SlugRecord | None:
+        """The slug's meta; None unless it is stored whole."""
+        found = await self._get(_slug_meta_key(digest))
+        return None if found is None else _slug_from(json.loads(found[0]))
+
+    async def slugs(self) -> tuple[dict[str, SlugRecord], set[str]]:
+        """Every slug stored whole, by digest, and every digest with keys but no meta
+        (leftovers of a write that died, or one under way). Reads keys, then only the
+        metas: never the chunks' bytes."""
+        rows, _ = await self._newest(_SLUGS, 0, keys_only=True)
+        digests = {key.decode()[len(_SLUGS) :].split("/", 1)[0] for key, _ in rows}
+        records: dict[str, SlugRecord] = {}
+        for digest in sorted(digests):
+            record = await self.slug(digest)
+            if record is not None:
+                records[digest] = record
+        return records, digests - set(records)
+
+    async def slug_chunk(self, digest: str, index: int) -> bytes | None:
+        found = await self._get(_slug_chunk_key(digest, index))
+        return None if found is None else found[0]
+
+    async def put_slug_chunks(self, digest: str, first: int, chunks: Sequence[bytes]) -> None:
+        """Write chunks `first`, `first`+1, ... of the slug in one guarded txn."""
+        ops = [
+            tx.Put(_slug_chunk_key(digest, first + offset).encode(), chunk)
+            for offset, chunk in enumerate(chunks)
+        ]
+        await self._txn([], ops)
+
+    async def put_slug_meta(self, record: SlugRecord) -> None:
+        """Make the slug exist (its chunks written before); ConflictError if it does."""
+        key = _slug_meta_key(record.digest)
+        value = {
+            "digest": record.digest,
+            "size": record.size,
+            "chunks": record.chunks,
+            "created_at": record.created_at,
+        }
+        await self._txn([tx.Version(key) == 0], [tx.Put(key.encode(), _dumps(value))])
+
+    async def delete_slug(self, digest: str) -> None:
+        """Delete the slug's meta and chunks, meta first within the one txn."""
+        prefix = _slug_prefix(digest)
+        await self._txn([], [tx.Delete(prefix.encode(), range_end=_prefix_end(prefix))])
+
+    async def compact(self) -> int:
+        """Compact etcd's history up to now, so the space of deleted values can be reused;
+        the revision compacted to."""
+        try:
+            await self._client.connect()
+            response = await self._client.kvstub.Range(
+                aetcd.rpc.RangeRequest(key=LEADER_KEY.encode(), count_only=True),
+                timeout=self._timeout,
+                metadata=self._client.metadata,
+            )
+            revision = int(response.header.revision)
+            await self._client.compact(revision, physical=True)
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            if "compacted" in str(exc):
+                return 0  # someone compacted past it meanwhile
+            raise etcd_error(self.endpoints, exc) from exc
+        return revision
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
         """Yield once per change under /paas/ (an event only says: look again), except
         scheduler events and log drains' progress, which change nothing that reconcile
-        reads (and would wake it for every event or save the leader writes itself).
-        Ends with StoreError when the watch breaks; the caller re-lists and calls again."""
+        reads (and would wake it for every event or save the leader writes itself), and
+        join tokens (a join changes nothing reconcile reads), and
+        slugs, which are not even watched: a watch carries the values, and an upload's
+        chunks would stream every byte back to the leader. So two watches, on either
+        side of the slug prefix, feed one queue.
+        Ends with StoreError when a watch breaks; the caller re-lists and calls again."""
         events = _EVENTS.encode()
         progress = _DRAIN_PROGRESS.encode()
         tokens = _TOKENS.encode()
-        try:
-            watch = await self._client.watch_prefix(PREFIX.encode())
-        except aetcd.exceptions.ClientError as exc:
-            raise StoreError(f"cannot watch etcd: {exc}") from exc
-        try:
-            async for event in watch:
-                # A drain's progress changes every few seconds and concerns no one else.
-                if event.kv.key.startswith((events, progress, tokens)):
-                    continue
-                yield None
-        except aetcd.exceptions.ClientError as exc:
-            # A compacted revision lands here too: the caller re-reads everything anyway.
-            raise StoreError(f"the etcd watch broke: {exc}") from exc
-        finally:
+        ranges = [(PREFIX.encode(), _SLUGS.encode()), (_prefix_end(_SLUGS), _prefix_end(PREFIX))]
+        watches: list[Any] = []
+        queue: asyncio.Queue[Exception | None] = asyncio.Queue()
+        ended = StoreError("the etcd watch ended")
+
+        async def pump(watch: Any) -> None:
             try:
-                await watch.cancel()
-            except Exception:
-                pass
+                async for event in watch:
+                    # A drain's progress changes every few seconds and concerns no one else.
+                    if not event.kv.key.startswith((events, progress, tokens)):
+                        queue.put_nowait(None)
+            except aetcd.exceptions.ClientError as exc:
+                # A compacted revision lands here too: the caller re-reads everything.
+                queue.put_nowait(StoreError(f"the etcd watch broke: {exc}"))
+            except Exception as exc:
+                queue.put_nowait(exc)
+            else:
+                queue.put_nowait(ended)
+
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            try:
+                for start, end in ranges:
+                    watches.append(await self._client.watch(start, range_end=end))
+            except aetcd.exceptions.ClientError as exc:
+                raise StoreError(f"cannot watch etcd: {exc}") from exc
+            pumps = [asyncio.create_task(pump(watch)) for watch in watches]
+            while True:
+                item = await queue.get()
+                if item is ended:
+                    return
+                if item is not None:
+                    raise item
+                yield None
+        finally:
+            for task in pumps:
+                task.cancel()
+            for watch in watches:
+                try:
+                    await watch.cancel()
+                except Exception:
+                    pass
 
 
 # ------------------------------------------------------------ the informer's list and watch
@@ -1069,6 +1250,15 @@ def _token_from(token_id: str, value: bytes) -> TokenRecord:
     )
 
 
+def _slug_from(data: dict[str, Any]) -> SlugRecord:
+    return SlugRecord(
+        digest=str(data["digest"]),
+        size=int(data["size"]),
+        chunks=int(data["chunks"]),
+        created_at=float(data["created_at"]),
+    )
+
+
 def _release_to(release: ReleaseRecord) -> dict[str, Any]:
     return {
         "app": release.app,
@@ -1079,10 +1269,16 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
         "created_at": release.created_at,
         "description": release.description,
         "settings": release.settings,
+        **(
+            {"slug": {"digest": release.slug.digest, "size": release.slug.size}}
+            if release.slug
+            else {}
+        ),
     }
 
 
 def _release_from(data: dict[str, Any]) -> ReleaseRecord:
+    slug = data.get("slug")
     return ReleaseRecord(
         app=str(data["app"]),
         version=int(data["version"]),
@@ -1092,4 +1288,5 @@ def _release_from(data: dict[str, Any]) -> ReleaseRecord:
         created_at=float(data["created_at"]),
         description=str(data.get("description", "")),
         settings={str(k): dict(v) for k, v in data.get("settings", {}).items()},
+        slug=SlugRef(str(slug["digest"]), int(slug["size"])) if slug else None,
     )

@@ -111,10 +111,17 @@ def _deploy(request: pb.DeployRequest) -> None:
     check_size("the Procfile", request.procfile, PROCFILE_LIMIT)
     check_no_nul("the Procfile", request.procfile)
     check_config_vars(request.env)
-    check_no_nul("the app directory", request.dir)
-    check_size("the app directory", request.dir, DIR_LIMIT)
-    if not os.path.isabs(request.dir):
-        raise InvalidInput(f"the app directory must be an absolute path, got {request.dir!r}")
+    if request.HasField("slug") == bool(request.dir):
+        raise InvalidInput("a deploy names exactly one of a slug and an app directory (--in-place)")
+    if request.HasField("slug"):
+        check_digest(request.slug.digest)
+        if request.slug.size <= 0:
+            raise InvalidInput(f"a slug's size must be positive, got {request.slug.size}")
+    else:
+        check_no_nul("the app directory", request.dir)
+        check_size("the app directory", request.dir, DIR_LIMIT)
+        if not os.path.isabs(request.dir):
+            raise InvalidInput(f"the app directory must be an absolute path, got {request.dir!r}")
     for type_, settings in request.settings.items():
         check_process_type(type_)
         if settings.check not in pb.ProcessSettings.Check.values():

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from paas.common.ports import free_port
 from paas.proto import paas_pb2_grpc as pb_grpc
 from paas.scheduler.leader import Leadership
 from paas.scheduler.store import Store
+from tests.etcd_pki import CA, issue, make_ca
 from tests.helpers import wait_for
 
 if TYPE_CHECKING:
@@ -61,6 +63,74 @@ def etcd(tmp_path: Path) -> Iterator[str]:
     finally:
         process.kill()
         process.wait()
+
+
+@dataclass
+class TLSEtcd:
+    """An etcd that serves only https and wants a client certificate from `ca`."""
+
+    endpoint: str  # 127.0.0.1:PORT
+    ca: CA
+    client_cert: Path  # CN "root": etcd's user once auth is on
+    client_key: Path
+    directory: Path
+    argv: list[str]
+    process: subprocess.Popen[bytes]
+
+    def restart(self) -> None:
+        """Kill etcd and start it again on the same data (it forgets auth tokens)."""
+        self.process.kill()
+        self.process.wait()
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=(self.directory / "etcd.log").open("ab")
+        )
+
+    def etcdctl(self, *args: str, user: str = "") -> subprocess.CompletedProcess[str]:
+        argv = [
+            str(Path(etcd_binary()).with_name("etcdctl")),
+            f"--endpoints=https://{self.endpoint}",
+            f"--cacert={self.ca.path}",
+            f"--cert={self.client_cert}",
+            f"--key={self.client_key}",
+            *([f"--user={user}"] if user else []),
+            *args,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path) -> Iterator[TLSEtcd]:
+    """A real etcd with --client-cert-auth, certificates from a CA made in the test."""
+    pki = tmp_path / "etcd-pki"
+    ca = make_ca(pki)
+    server_cert, server_key = issue(ca, pki, "etcd", server=True)
+    client_cert, client_key = issue(ca, pki, "root")
+    client, peer = free_port(), free_port()
+    endpoint = f"127.0.0.1:{client}"
+    argv = [
+            etcd_binary(),
+            "--data-dir", str(tmp_path / "etcd"),
+            "--listen-client-urls", f"https://{endpoint}",
+            "--advertise-client-urls", f"https://{endpoint}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{peer}",
+            "--client-cert-auth",
+            "--trusted-ca-file", str(ca.path),
+            "--cert-file", str(server_cert),
+            "--key-file", str(server_key),
+            "--auth-token", "simple",
+            "--unsafe-no-fsync",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=(tmp_path / "etcd.log").open("wb")
+    )
+    etcd = TLSEtcd(endpoint, ca, client_cert, client_key, pki, argv, process)
+    try:
+        yield etcd
+    finally:
+        etcd.process.kill()
+        etcd.process.wait()
 
 
 @pytest.fixture

@@ -4,11 +4,15 @@ follower's redirect to the leader, and turning refusals into one-line errors."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
+import random
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,8 +20,10 @@ import grpc.aio
 import pytest
 
 from paas.cli.client import DIAL_TIMEOUT, SchedulerClient, SchedulerError, SchedulerUnreachable
+from paas.cli.slugpack import pack
 from paas.common.grpcutil import LEADER_METADATA_KEY
 from paas.common.ports import free_port
+from paas.common.slugs import CHUNK_SIZE, DEFAULT_MAX_SLUG_SIZE
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 from tests.helpers import wait_for
@@ -42,6 +48,12 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         ]
         self.log_requests: list[pb.LogsRequest] = []
         self.destroyed: list[pb.DestroyAppRequest] = []
+        self.deploys: list[pb.DeployRequest] = []
+        # Slugs held (digest -> bytes), StatSlug's digests, UploadSlug's messages per call.
+        self.slugs: dict[str, bytes] = {}
+        self.slug_stats: list[str] = []
+        self.uploads: list[list[pb.SlugUpload]] = []
+        self.max_slug_size = DEFAULT_MAX_SLUG_SIZE
         # Serves Logs instead of log_lines when set.
         self.logs: Callable[[pb.LogsRequest, Context], AsyncIterator[pb.LogLine]] | None = None
 
@@ -60,7 +72,14 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
 
     async def Deploy(self, request: pb.DeployRequest, context: Context) -> pb.Release:
         await self._gate(context)
-        return pb.Release(app=request.app, version=1)
+        self.deploys.append(request)
+        return pb.Release(
+            app=request.app,
+            version=len(self.deploys),
+            dir=request.dir,
+            slug=request.slug,
+            commands={"web": "python3 serve.py"},
+        )
 
     async def Scale(self, request: pb.ScaleRequest, context: Context) -> pb.ScaleResponse:
         await self._gate(context)
@@ -137,14 +156,26 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         raise AssertionError("unreachable")
 
     async def StatSlug(self, request: pb.StatSlugRequest, context: Context) -> pb.StatSlugResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
-        raise AssertionError("unreachable")
+        await self._gate(context)
+        self.slug_stats.append(request.digest)
+        data = self.slugs.get(request.digest)
+        return pb.StatSlugResponse(
+            known=data is not None, size=len(data or b""), max_size=self.max_slug_size
+        )
 
     async def UploadSlug(  # type: ignore[override]
         self, request_iterator: AsyncIterator[pb.SlugUpload], context: Context
     ) -> pb.UploadSlugResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
-        raise AssertionError("unreachable")
+        await self._gate(context)
+        messages = [message async for message in request_iterator]
+        self.uploads.append(messages)
+        slug = messages[0].slug
+        data = b"".join(message.data for message in messages)
+        if len(data) != slug.size or hashlib.sha256(data).hexdigest() != slug.digest:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "digest mismatch")
+        existed = slug.digest in self.slugs
+        self.slugs[slug.digest] = data
+        return pb.UploadSlugResponse(slug=slug, existed=existed)
 
     async def FetchSlug(  # type: ignore[override]
         self, request: pb.FetchSlugRequest, context: Context
@@ -499,3 +530,150 @@ async def test_a_lone_replica_slow_to_answer_gets_the_whole_call_timeout(silent:
         with pytest.raises(SchedulerUnreachable):
             await client.list_nodes()
     assert loop.time() - started >= DIAL_TIMEOUT + 1.0, "it was not given up on early"
+
+
+# ------------------------------------------------------------------ slugs
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    """An app whose slug takes three chunks: 1.2 MiB that gzip cannot shrink."""
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "Procfile").write_text("web: python3 serve.py\n")
+    (root / "serve.py").write_text("print('hello')\n")
+    (root / "blob.bin").write_bytes(random.Random(7).randbytes(CHUNK_SIZE * 2 + CHUNK_SIZE // 3))
+    return root
+
+
+async def test_deploy_uploads_an_unknown_slug_in_chunks_in_order_and_names_it(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    follower, leader = replicas
+    follower.fake.refuse = redirect_to(leader.address)  # the upload follows it too
+    code, out, err = await paas(follower.address, "deploy", str(app_dir))
+    assert (code, err) == (0, ""), "no progress bar when stdout and stderr are pipes"
+    [upload] = leader.fake.uploads
+    first = upload[0]
+    assert first.app == "shop" and first.slug.size > CHUNK_SIZE * 2
+    assert [len(message.data) for message in upload[:-1]] == [CHUNK_SIZE] * (len(upload) - 1)
+    assert len(upload) == 3 and 0 < len(upload[-1].data) <= CHUNK_SIZE
+    assert not any(message.app or message.HasField("slug") for message in upload[1:])
+    digest = first.slug.digest
+    assert leader.fake.slugs[digest][:2] == b"\x1f\x8b", "a gzip stream, checked by the fake"
+    [deploy] = leader.fake.deploys
+    assert deploy.slug == first.slug and deploy.dir == ""
+    assert deploy.procfile == "web: python3 serve.py\n"
+    lines = out.splitlines()
+    assert re.fullmatch(rf"Packed 1\.\d MiB slug {digest[:12]} \(3 files\)", lines[0])
+    assert re.fullmatch(r"Uploaded 1\.\d MiB in \d+\.\d s \(.+/s\)", lines[1])
+    assert lines[2:] == [f"Deployed shop v1 from slug {digest[:12]} (web)"]
+
+
+async def test_deploying_an_unchanged_tree_again_uploads_nothing(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    fake = replicas[0].fake
+    code, _, _ = await paas(replicas[0].address, "deploy", str(app_dir))
+    assert code == 0 and len(fake.uploads) == 1
+    code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
+    assert (code, err) == (0, "")
+    assert len(fake.uploads) == 1, "a known digest is not uploaded again"
+    digest = fake.uploads[0][0].slug.digest
+    assert fake.slug_stats == [digest, digest]
+    assert out.splitlines()[1:] == [
+        f"Already uploaded slug {digest[:12]}: nothing to send",
+        f"Deployed shop v2 from slug {digest[:12]} (web)",
+    ]
+    assert fake.deploys[1].slug.digest == digest
+
+
+async def test_a_slug_over_the_schedulers_limit_is_refused_before_upload(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    fake = replicas[0].fake
+    fake.max_slug_size = 1024 * 1024
+    code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith(f"error: the slug of {app_dir} is 1.")
+    assert "over the scheduler's limit of 1.0 MiB (--max-slug-size)" in err
+    assert (fake.uploads, fake.deploys) == ([], [])
+    assert out.startswith("Packed ")
+
+
+async def test_deploy_in_place_sends_the_directory_and_no_slug(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    fake = replicas[0].fake
+    code, out, err = await paas(replicas[0].address, "deploy", "--in-place", str(app_dir))
+    assert (code, err) == (0, "")
+    assert (fake.slug_stats, fake.uploads) == ([], [])
+    [deploy] = fake.deploys
+    assert deploy.dir == str(app_dir) and not deploy.HasField("slug")
+    assert out == f"Deployed shop v1 from {app_dir} (in place) (web)\n"
+
+
+async def test_a_scheduler_that_stores_no_slugs_refuses_the_deploy_in_one_line(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    fake = replicas[0].fake
+
+    async def no_slugs(context: Context) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "slugs are not stored yet")
+
+    fake.refuse = no_slugs
+    code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
+    # Never a silent fallback to --in-place: that runs only where DIR is the same tree.
+    assert code == 1
+    assert "slugs are not stored yet" in err and err.count("\n") == 1
+    assert fake.uploads == [] and fake.deploys == []
+
+
+async def test_deploy_without_a_procfile_is_one_line_and_sends_nothing(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    (app_dir / "Procfile").unlink()
+    code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: no Procfile in {app_dir}") and err.count("\n") == 1
+    assert replicas[0].fake.calls == 0
+
+
+async def test_a_tree_that_cannot_be_packed_is_one_line_and_sends_nothing(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    (app_dir / "passwd").symlink_to("/etc/passwd")
+    code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: {app_dir / 'passwd'} is a symlink to the absolute path /etc/passwd: a slug "
+        "holds only the tree, so use a relative link inside it or list it in .slugignore\n"
+    )
+    assert replicas[0].fake.calls == 0
+
+
+async def test_an_upload_refused_while_no_leader_is_sent_again_from_the_start(
+    replicas: list[Replica], app_dir: Path
+) -> None:
+    fake = replicas[0].fake
+    refused = 0
+
+    async def once(context: Context) -> None:
+        nonlocal refused
+        if refused == 0:
+            refused += 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no scheduler leader yet")
+
+    slug = await asyncio.to_thread(pack, app_dir)
+    try:
+        fake.refuse = once
+        sent: list[int] = []
+        async with SchedulerClient([replicas[0].address]) as client:
+            answer = await client.upload_slug("shop", slug.slug, slug.path, on_sent=sent.append)
+    finally:
+        slug.remove()
+    assert answer == pb.UploadSlugResponse(slug=slug.slug, existed=False)
+    assert refused == 1 and fake.calls == 2
+    [upload] = fake.uploads  # the refused call read nothing
+    assert sum(len(message.data) for message in upload) == slug.size
+    assert sent[-4:] == [0, CHUNK_SIZE, 2 * CHUNK_SIZE, slug.size], "the retry began at byte 0"

@@ -61,6 +61,14 @@ async def test_an_admin_may_scale_and_a_node_may_not() -> None:
         await auth.authorize("Scale", call(Role.SCHEDULER, "s1"))
 
 
+async def test_a_node_and_an_admin_may_fetch_a_slug_and_a_scheduler_may_not() -> None:
+    auth = Authorizer(DenyList())
+    await auth.authorize("FetchSlug", call(Role.NODE, "node-1"))
+    await auth.authorize("FetchSlug", call(Role.ADMIN, "alice"))
+    with pytest.raises(PermissionDenied, match="FetchSlug needs a certificate of role node"):
+        await auth.authorize("FetchSlug", call(Role.SCHEDULER, "s1"))
+
+
 async def test_a_node_opens_a_session_only_as_itself_and_an_admin_none() -> None:
     auth = Authorizer(DenyList())
     node_1 = call(Role.NODE, "node-1")
