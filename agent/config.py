@@ -18,6 +18,10 @@ class AgentConfig:
     # host's default (ports.default_lock_dir: /run/paas-ports or /tmp/paas-ports).
     port_lock_dir: Path | None = None
     capacity: int = 256  # most instances this node runs at once
+    # Kept back from what instances may reserve (the host's memory and cores, reported
+    # to the scheduler for placement): bytes and cores.
+    reserve_memory: int = 0
+    reserve_cpu: float = 0.0
     state_dir: Path = Path("/tmp/paas-agent")
     labels: dict[str, str] = field(default_factory=dict)
     stop_grace: float = 30.0  # SIGTERM -> SIGKILL, seconds

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from typing import Any
 
 import grpc
+import psutil
 
 from paas.agent.config import AgentConfig
 from paas.agent.fencing import Fence
@@ -395,6 +396,8 @@ class Session:
             capacity=self.config.capacity,
             labels=self.config.labels,
             running=self.supervisor.statuses(),
+            memory=max(0, psutil.virtual_memory().total - self.config.reserve_memory),
+            cpu=max(0.0, (psutil.cpu_count() or 1) - self.config.reserve_cpu),
         )
 
     def _on_status(self, status: pb.InstanceStatus) -> None:

@@ -13,6 +13,15 @@ DIR/paas.toml holds per process type supervision settings:
     stop_after_disconnected = 5   # seconds an agent cut off from the scheduler keeps
                                   # it running (below the node grace): at most one copy
 
+and where the scheduler places its instances (common/placement.py):
+
+    [types.web]
+    constraints = ["zone=eu-1", "disk!=hdd"]   # node labels (paas agent --label)
+    spread = "zone"                             # evenly across this label's values
+    distinct_hosts = true                       # at most one instance per node
+    memory = "512M"                             # reserved per instance
+    cpu = 0.5                                   # reserved cores per instance
+
 DIR/.env holds config vars, `KEY=VALUE` a line, read as python-dotenv parses
 them (quotes, `export`, escapes in double quotes) but literal, as honcho and
 foreman read them: `${VAR}` and `$VAR` stay as written. Nothing is expanded
@@ -38,6 +47,13 @@ from dotenv.parser import parse_stream
 
 from paas.cli.errors import CLIError
 from paas.common.configvars import check_config_vars
+from paas.common.placement import (
+    PlacementError,
+    parse_constraint,
+    parse_cpu,
+    parse_label,
+    parse_size,
+)
 from paas.proto import paas_pb2 as pb
 
 FILENAME = "paas.toml"
@@ -53,7 +69,8 @@ _SECONDS = (
     "stop_after_disconnected",
 )
 _CHECKS = {"port": pb.ProcessSettings.CHECK_PORT, "none": pb.ProcessSettings.CHECK_NONE}
-KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:])
+_PLACEMENT = ("constraints", "spread", "distinct_hosts", "memory", "cpu")
+KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:], *_PLACEMENT)
 
 
 class AppConfigError(CLIError, ValueError):
@@ -102,9 +119,33 @@ def _settings(where: str, table: dict[str, Any]) -> pb.ProcessSettings:
                     f'{where}.check: expected "port" or "none", got {_show(value)}'
                 )
             settings.check = _CHECKS[value]
+        elif key in _PLACEMENT:
+            try:
+                _placement(settings, f"{where}.{key}", key, value)
+            except PlacementError as exc:
+                raise AppConfigError(str(exc)) from None
         else:
             raise AppConfigError(f"{where}.{key}: unknown key (known: {', '.join(KEYS)})")
     return settings
+
+
+def _placement(settings: pb.ProcessSettings, where: str, key: str, value: object) -> None:
+    if key == "constraints":
+        if not isinstance(value, list):
+            raise PlacementError(
+                f'{where}: expected an array like ["zone=eu-1"], got {_show(value)}'
+            )
+        settings.constraints.extend(str(parse_constraint(c, where)) for c in value)
+    elif key == "spread":
+        settings.spread = parse_label(value, where)
+    elif key == "distinct_hosts":
+        if not isinstance(value, bool):
+            raise PlacementError(f"{where}: expected true or false, got {_show(value)}")
+        settings.distinct_hosts = value
+    elif key == "memory":
+        settings.memory = parse_size(value, where)
+    else:
+        settings.cpu = parse_cpu(value, where)
 
 
 def _positive_seconds(where: str, value: object) -> float:

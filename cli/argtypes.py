@@ -14,6 +14,7 @@ from collections.abc import Callable
 from paas.common.addresses import AddressError, parse_address, parse_address_list
 from paas.common.digits import parse_digits
 from paas.common.names import InstanceName, NameError_, check_node_name, check_process_type
+from paas.common.placement import PlacementError, parse_size
 
 # Seconds as people write them: 10, 0.5, .5, 10. (not all that float() takes: `1_0`,
 # `1e3`, `inf`, or digits of other scripts).
@@ -39,6 +40,27 @@ def non_negative_int(text: str) -> int:
     if number is None:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return number
+
+
+def size(text: str) -> int:
+    """A size in bytes, e.g. 512M or 2G (0 allowed)."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_size(text, "size")
+    except PlacementError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cores(text: str) -> float:
+    """A number of cores, e.g. 0.5 (0 allowed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number of cores, e.g. 0.5, got {text!r}")
+    return value
 
 
 def seconds(text: str) -> float:

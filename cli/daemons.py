@@ -92,6 +92,10 @@ def run_agent(args: argparse.Namespace) -> int:
         optional["ports"] = args.ports
     if args.capacity is not None:
         optional["capacity"] = args.capacity
+    if args.reserve_memory is not None:
+        optional["reserve_memory"] = args.reserve_memory
+    if args.reserve_cpu is not None:
+        optional["reserve_cpu"] = args.reserve_cpu
     if args.state_dir is not None:
         optional["state_dir"] = Path(args.state_dir).expanduser().resolve()
     if args.port_lock_dir is not None:

@@ -399,6 +399,20 @@ def _agent_arguments(agent: argparse.ArgumentParser) -> None:
         help="most instances this node runs at once (default: 256)",
     )
     agent.add_argument(
+        "--reserve-memory",
+        type=argtypes.size,
+        default=None,
+        metavar="SIZE",
+        help="memory kept back from what instances may reserve, e.g. 1G (default: 0)",
+    )
+    agent.add_argument(
+        "--reserve-cpu",
+        type=argtypes.cores,
+        default=None,
+        metavar="CORES",
+        help="cores kept back from what instances may reserve, e.g. 0.5 (default: 0)",
+    )
+    agent.add_argument(
         "--state-dir",
         default=None,
         metavar="DIR",

@@ -1759,6 +1759,11 @@ class ProcessSettings(_message.Message):
     BACKOFF_CAP_FIELD_NUMBER: _builtins.int
     BACKOFF_RESET_FIELD_NUMBER: _builtins.int
     STOP_AFTER_DISCONNECTED_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    SPREAD_FIELD_NUMBER: _builtins.int
+    DISTINCT_HOSTS_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
     stop_grace: _builtins.float
     """SIGTERM -> SIGKILL, seconds"""
     boot_timeout: _builtins.float
@@ -1773,6 +1778,20 @@ class ProcessSettings(_message.Message):
     stops it; 0 = keep running (the default: an outage never stops the workload).
     For types that must never run twice, such as a clock singleton.
     """
+    spread: _builtins.str
+    """a node label to spread evenly across the values of"""
+    distinct_hosts: _builtins.bool
+    """at most one instance of the type per node"""
+    memory: _builtins.int
+    """bytes reserved per instance against the node's memory"""
+    cpu: _builtins.float
+    """cores reserved per instance against the node's cores"""
+    @_builtins.property
+    def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Placement (the scheduler reads these; the agent ignores them).
+        "LABEL=VALUE" or "LABEL!=VALUE" on node labels; all hold
+        """
+
     def __init__(
         self,
         *,
@@ -1782,10 +1801,15 @@ class ProcessSettings(_message.Message):
         backoff_cap: _builtins.float = ...,
         backoff_reset: _builtins.float = ...,
         stop_after_disconnected: _builtins.float = ...,
+        constraints: _abc.Iterable[_builtins.str] | None = ...,
+        spread: _builtins.str = ...,
+        distinct_hosts: _builtins.bool = ...,
+        memory: _builtins.int = ...,
+        cpu: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "stop_after_disconnected", b"stop_after_disconnected", "stop_grace", b"stop_grace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "constraints", b"constraints", "cpu", b"cpu", "distinct_hosts", b"distinct_hosts", "memory", b"memory", "spread", b"spread", "stop_after_disconnected", b"stop_after_disconnected", "stop_grace", b"stop_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1898,10 +1922,16 @@ class Hello(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     RUNNING_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    CPU_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     address: _builtins.str
     """where the agent serves its own API (logs)"""
     capacity: _builtins.int
+    memory: _builtins.int
+    """bytes instances may reserve: the host's total less --reserve-memory"""
+    cpu: _builtins.float
+    """cores instances may reserve: the host's less --reserve-cpu"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1914,10 +1944,12 @@ class Hello(_message.Message):
         capacity: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         running: _abc.Iterable[Global___InstanceStatus] | None = ...,
+        memory: _builtins.int = ...,
+        cpu: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "labels", b"labels", "name", b"name", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "cpu", b"cpu", "labels", b"labels", "memory", b"memory", "name", b"name", "running", b"running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

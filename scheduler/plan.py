@@ -20,11 +20,13 @@ inputs in any order give an equal plan.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from paas.common.names import InstanceName
+from paas.common.placement import TypePlacement
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class AppDesired:
     app: str
     release: int
     formation: Mapping[str, int]  # process type -> count
+    # process type -> where its instances may go; a type not here goes anywhere
+    placement: Mapping[str, TypePlacement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class NodeView:
     ready: bool  # session alive, or silent for less than the grace period
     draining: bool
     capacity: int  # most instances it may hold
+    labels: Mapping[str, str] = field(default_factory=dict)
+    memory: int = 0  # bytes instances may reserve in all (0: none reported)
+    cpu: float = 0.0  # cores instances may reserve in all (0: none reported)
 
     @property
     def eligible(self) -> bool:
@@ -65,6 +72,8 @@ class Shortfall(enum.Enum):
 
     NO_ELIGIBLE_NODE = "no eligible node"  # no node at all, or every one lost or draining
     NO_ROOM = "every eligible node is full"  # eligible nodes exist, at their capacity
+    # Eligible nodes exist, but none meets the type's constraints (or has its spread label).
+    NO_MATCHING_NODE = "no eligible node meets the type's placement rules"
 
 
 @dataclass(frozen=True)
@@ -113,21 +122,47 @@ def plan(
         groups[(instance.app, instance.name.type)].append(instance)
     wanted = {(d.app, t) for d in desired for t, count in d.formation.items() if count > 0}
     buckets = [
-        _sort_into_buckets(apps.get(app), type_, groups.get((app, type_), []), eligible_names)
+        _sort_into_buckets(
+            apps.get(app),
+            type_,
+            groups.get((app, type_), []),
+            _allowed(_placement(apps.get(app), type_), eligible, eligible_names),
+            _placement(apps.get(app), type_).distinct_hosts,
+        )
         for app, type_ in sorted(wanted | groups.keys())
     ]
 
-    placer = _Placer(eligible, [i for b in buckets for i in b.kept])
     place = [
         Placed(b.app, i.name, i.node, b.release)
         for b in buckets
         for i in b.kept
         if b.release > 0 and i.release != b.release
     ]
-    unplaced: dict[tuple[str, str], Unplaced] = {}
     # Running work that lost its node comes before growth, for every app.
     wishes = [(b, i.name) for b in buckets for i in b.move]
     wishes += [(b, name) for b in buckets for name in b.new]
+    placed, unplaced = _place(wishes, eligible, buckets) if wishes else ([], {})
+    place += placed
+
+    return Plan(
+        # Keys of plain str and int: InstanceName's generated ordering is slow.
+        place=sorted(place, key=lambda p: (p.app, p.name.type, p.name.index)),
+        stop=sorted(
+            ((i.app, i.name) for b in buckets for i in b.stop),
+            key=lambda s: (s[0], s[1].type, s[1].index),
+        ),
+        unplaced=dict(sorted(unplaced.items())),
+    )
+
+
+def _place(
+    wishes: list[tuple[_Buckets, InstanceName]], eligible: list[NodeView], buckets: list[_Buckets]
+) -> tuple[list[Placed], dict[tuple[str, str], Unplaced]]:
+    """Place each wish in order; those that fit nowhere are counted per (app, type)."""
+    rules = {(b.app, t): p for b in buckets if b.desired for t, p in b.desired.placement.items()}
+    placer = _Placer(eligible, [i for b in buckets for i in b.kept], rules)
+    place: list[Placed] = []
+    unplaced: dict[tuple[str, str], Unplaced] = {}
     for bucket, name in wishes:
         node = placer.take(bucket.app, name.type)
         if isinstance(node, Shortfall):
@@ -137,12 +172,7 @@ def plan(
             unplaced[key] = Unplaced((before.count if before else 0) + 1, node)
         else:
             place.append(Placed(bucket.app, name, node, bucket.release))
-
-    return Plan(
-        place=sorted(place, key=lambda p: (p.app, p.name)),
-        stop=sorted((i.app, i.name) for b in buckets for i in b.stop),
-        unplaced=dict(sorted(unplaced.items())),
-    )
+    return place, unplaced
 
 
 def shortfall_text(unplaced: Unplaced, type_: str, nodes: Sequence[NodeView]) -> str:
@@ -155,6 +185,12 @@ def shortfall_text(unplaced: Unplaced, type_: str, nodes: Sequence[NodeView]) ->
         return (
             f"No room for {what}: every eligible node is full "
             f"({len(eligible)} node(s), room for {capacity} instance(s) in all)"
+        )
+    if unplaced.reason is Shortfall.NO_MATCHING_NODE:
+        count = sum(1 for n in nodes if n.eligible)
+        return (
+            f"No node for {what}: none of the {count} eligible node(s) meets its "
+            "placement rules (see `paas why`)"
         )
     if not nodes:
         return f"No node for {what}: no node has joined the cluster"
@@ -176,44 +212,82 @@ class _Buckets:
     stop: list[Placed]
     move: list[Placed]  # orphans to place elsewhere; they stay put if nothing has room
     new: list[InstanceName]
+    desired: AppDesired | None = None
+
+
+def _placement(desired: AppDesired | None, type_: str) -> TypePlacement:
+    return desired.placement.get(type_, _ANYWHERE) if desired else _ANYWHERE
+
+
+_ANYWHERE = TypePlacement()
+
+
+def _allowed(rules: TypePlacement, eligible: list[NodeView], names: set[str]) -> set[str]:
+    """The eligible nodes that the type's rules let hold it (its room aside)."""
+    if rules.plain:
+        return names
+    return {n.name for n in eligible if rules.allows(dict(n.labels))}
 
 
 def _sort_into_buckets(
-    desired: AppDesired | None, type_: str, current: list[Placed], eligible: set[str]
+    desired: AppDesired | None,
+    type_: str,
+    current: list[Placed],
+    eligible: set[str],
+    distinct_hosts: bool = False,
 ) -> _Buckets:
+    """`eligible`: the nodes the type may stay on. With `distinct_hosts`, the second
+    instance on a node is an orphan like one on a lost node (the lowest index stays)."""
     app = current[0].app if desired is None else desired.app
     count = 0 if desired is None else desired.formation.get(type_, 0)
     release = 0 if desired is None else desired.release
-    ordered = sorted(current, key=lambda i: i.name)
+    ordered = sorted(current, key=lambda i: i.name.index)  # all of one type
     kept = [i for i in ordered if i.node in eligible]
     orphans = [i for i in ordered if i.node not in eligible]
+    if distinct_hosts:
+        held: set[str] = set()
+        crowded: set[InstanceName] = set()
+        for instance in kept:
+            if instance.node in held:
+                crowded.add(instance.name)
+            held.add(instance.node)
+        kept = [i for i in kept if i.name not in crowded]
+        orphans = [i for i in ordered if i.node not in eligible or i.name in crowded]
 
     if len(kept) > count:
         extras = _extras(kept, len(kept) - count)
-        kept = [i for i in kept if i not in extras]
-        return _Buckets(app, release, kept, stop=orphans + extras, move=[], new=[])
+        going = {i.name for i in extras}
+        kept = [i for i in kept if i.name not in going]
+        return _Buckets(app, release, kept, orphans + extras, [], [], desired)
     # Release 0 was never deployed: there is nothing to run, so nothing moves or starts.
     need = count - len(kept) if release > 0 else 0
     move, stop = orphans[:need], orphans[need:]
     used = {i.name.index for i in kept + move}
     new = [InstanceName(type_, n) for n in _lowest_free(used, need - len(move))]
-    return _Buckets(app, release, kept, stop, move, new)
+    return _Buckets(app, release, kept, stop, move, new, desired)
 
 
 def _extras(kept: list[Placed], excess: int) -> list[Placed]:
-    """The `excess` instances to stop so that the rest stay evenly spread.
+    """The `excess` instances to stop so that the rest stay evenly spread: each from
+    the node holding the most, its highest index first, then by node name.
 
     `kept` is sorted by name, so each node's list ends with its highest index.
     """
     by_node: dict[str, list[Placed]] = defaultdict(list)
     for instance in kept:
         by_node[instance.node].append(instance)
+    # Only the node an extra comes from changes, so the heap is never stale.
+    heap = [(-len(held), -held[-1].name.index, node) for node, held in by_node.items()]
+    heapq.heapify(heap)
     extras: list[Placed] = []
     for _ in range(excess):
-        node = min(by_node, key=lambda n: (-len(by_node[n]), -by_node[n][-1].name.index, n))
-        extras.append(by_node[node].pop())
-        if not by_node[node]:
-            del by_node[node]
+        node = heap[0][2]
+        held = by_node[node]
+        extras.append(held.pop())
+        if held:
+            heapq.heapreplace(heap, (-len(held), -held[-1].name.index, node))
+        else:
+            heapq.heappop(heap)
     return extras
 
 
@@ -228,24 +302,191 @@ def _lowest_free(used: set[int], count: int) -> list[int]:
 
 
 class _Placer:
-    """Chooses nodes for placements and keeps the load counts up to date as it goes."""
+    """Chooses nodes for placements and keeps the load counts up to date as it goes.
 
-    def __init__(self, eligible: list[NodeView], staying: list[Placed]) -> None:
+    Each take costs O(log nodes), amortized. The rule is the straightforward
+    one (the eligible node with room holding the fewest of that (app, type),
+    then the fewest in total, then the first name); two heaps make it cheap:
+
+    - one shared heap of (load, name) over every node with room: the best node
+      that holds none of the type is its first entry not among the type's holders;
+    - one heap per (app, type) of (count of the type, load, name) over the
+      nodes that hold some: used only when every node with room holds some.
+
+    Counts only grow while a plan is made, so an entry can only be too small:
+    an entry found stale on top is pushed again with the current key, and one
+    for a full node is dropped. A holder met on top of the shared heap while
+    its type is placing is set aside and put back when another type places,
+    so each holder is stepped over at most once per run of takes of its type.
+    """
+
+    def __init__(
+        self,
+        eligible: list[NodeView],
+        staying: list[Placed],
+        rules: Mapping[tuple[str, str], TypePlacement] | None = None,
+    ) -> None:
         self._nodes = eligible
+        self._rules = {key: r for key, r in (rules or {}).items() if not r.plain}
+        self._capacity = {n.name: n.capacity for n in eligible}
         self._load = Counter(i.node for i in staying)
-        self._of_type = Counter((i.app, i.name.type, i.node) for i in staying)
+        self._staying: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for i in staying:
+            self._staying[(i.app, i.name.type)].append(i.node)
+        # Every node with room has exactly one entry, in the heap or set aside.
+        self._shared = [
+            (self._load[n], n) for n, room in self._capacity.items() if self._load[n] < room
+        ]
+        heapq.heapify(self._shared)
+        self._types: dict[tuple[str, str], _TypeHeap] = {}
+        self._placing: tuple[str, str] | None = None
+        self._set_aside: list[str] = []
+        # What instances reserve on each node, for the types with rules.
+        self._memory: Counter[str] = Counter()
+        self._cpu: defaultdict[str, float] = defaultdict(float)
+        for i in staying:
+            reserves = self._rules.get((i.app, i.name.type))
+            if reserves is not None:
+                self._memory[i.node] += reserves.memory
+                self._cpu[i.node] += reserves.cpu
+        self._ruled: dict[tuple[str, str], _RuledType] = {}
 
     def take(self, app: str, type_: str) -> str | Shortfall:
         """The best node with room for one more (app, type), counted as taken; or why
         there is none."""
-        if not self._nodes:
+        if not self._capacity:
             return Shortfall.NO_ELIGIBLE_NODE
-        roomy = [n for n in self._nodes if self._load[n.name] < n.capacity]
-        if not roomy:
+        key = (app, type_)
+        if key != self._placing:
+            self._put_back()
+            self._placing = key
+        if key in self._rules:
+            return self._take_ruled(key)
+        of_type = self._type_heap(key)
+        best = self._first_not_holding(of_type.count)
+        if best is not None:  # a node that holds none of the type: it becomes a holder
+            self._load[best] += 1
+            of_type.count[best] = 1
+            heapq.heappush(of_type.heap, (1, self._load[best], best))
+            return best
+        best = self._first_holding(of_type)
+        if best is None:
             return Shortfall.NO_ROOM
-        best = min(
-            roomy, key=lambda n: (self._of_type[(app, type_, n.name)], self._load[n.name], n.name)
-        )
-        self._load[best.name] += 1
-        self._of_type[(app, type_, best.name)] += 1
-        return best.name
+        self._load[best] += 1
+        of_type.count[best] += 1
+        if self._load[best] < self._capacity[best]:
+            heapq.heapreplace(of_type.heap, (of_type.count[best], self._load[best], best))
+        else:
+            heapq.heappop(of_type.heap)
+        return best
+
+    def _take_ruled(self, key: tuple[str, str]) -> str | Shortfall:
+        """A type with placement rules: a scan of the nodes its rules allow, for the
+        one with room (count, memory, cores, distinct hosts) that holds the fewest
+        in its spread label's value, then the fewest of the type, then the fewest in
+        all, then the first name. O(allowed nodes) per take."""
+        rules = self._rules[key]
+        ruled = self._ruled.get(key)
+        if ruled is None:
+            ruled = self._ruled[key] = self._ruled_type(key, rules)
+        if not ruled.nodes:
+            return Shortfall.NO_MATCHING_NODE
+        best: tuple[int, int, int, str] | None = None
+        for node in ruled.nodes:
+            name = node.name
+            count = ruled.count[name]
+            if (
+                self._load[name] >= node.capacity
+                or (rules.distinct_hosts and count)
+                or (rules.memory and self._memory[name] + rules.memory > node.memory)
+                or (rules.cpu and self._cpu[name] + rules.cpu > node.cpu + _CPU_SLACK)
+            ):
+                continue
+            spread = ruled.spread[node.labels[rules.spread]] if rules.spread else 0
+            candidate = (spread, count, self._load[name], name)
+            if best is None or candidate < best:
+                best = candidate
+        if best is None:
+            return Shortfall.NO_ROOM
+        name = best[3]
+        self._load[name] += 1
+        ruled.count[name] += 1
+        self._memory[name] += rules.memory
+        self._cpu[name] += rules.cpu
+        if rules.spread:
+            ruled.spread[ruled.labels[name]] += 1
+        return name
+
+    def _ruled_type(self, key: tuple[str, str], rules: TypePlacement) -> _RuledType:
+        nodes = [n for n in self._nodes if rules.allows(dict(n.labels))]
+        count = Counter(n for n in self._staying.pop(key, []))
+        labels = {n.name: n.labels.get(rules.spread, "") for n in nodes}
+        spread: Counter[str] = Counter()
+        if rules.spread:
+            for name, held in count.items():
+                if name in labels:
+                    spread[labels[name]] += held
+        return _RuledType(nodes, count, labels, spread)
+
+    def _type_heap(self, key: tuple[str, str]) -> _TypeHeap:
+        of_type = self._types.get(key)
+        if of_type is None:
+            count = Counter(self._staying.pop(key, []))
+            heap = [(c, self._load[n], n) for n, c in count.items() if n in self._capacity]
+            heapq.heapify(heap)
+            of_type = self._types[key] = _TypeHeap(count, heap)
+        return of_type
+
+    def _first_not_holding(self, holders: Mapping[str, int]) -> str | None:
+        shared = self._shared
+        while shared:
+            load, name = shared[0]
+            current = self._load[name]
+            if current >= self._capacity[name]:
+                heapq.heappop(shared)
+            elif current != load:
+                heapq.heapreplace(shared, (current, name))
+            elif name in holders:
+                self._set_aside.append(heapq.heappop(shared)[1])
+            else:
+                return name
+        return None
+
+    def _first_holding(self, of_type: _TypeHeap) -> str | None:
+        heap = of_type.heap
+        while heap:
+            count, load, name = heap[0]
+            if self._load[name] >= self._capacity[name]:
+                heapq.heappop(heap)
+            elif (count, load) != (of_type.count[name], self._load[name]):
+                heapq.heapreplace(heap, (of_type.count[name], self._load[name], name))
+            else:
+                return name
+        return None
+
+    def _put_back(self) -> None:
+        for name in self._set_aside:
+            if self._load[name] < self._capacity[name]:
+                heapq.heappush(self._shared, (self._load[name], name))
+        self._set_aside.clear()
+
+
+_CPU_SLACK = 1e-9  # cores: 0.1 + 0.2 reserved fit on a node of 0.3
+
+
+@dataclass
+class _RuledType:
+    """One (app, type) with placement rules, for the placer."""
+
+    nodes: list[NodeView]  # the eligible nodes its rules allow, by name
+    count: Counter[str]  # its instances per node
+    labels: dict[str, str]  # node -> its value of the spread label
+    spread: Counter[str]  # its instances per value of the spread label
+
+
+@dataclass
+class _TypeHeap:
+    """One (app, type) for the placer: its count per node and its holders' heap."""
+
+    count: dict[str, int]
+    heap: list[tuple[int, int, str]]  # (count of the type, load, name), maybe stale

@@ -1,9 +1,12 @@
 """The leader's reconcile loop: read desired and actual, plan, commit, push.
 
-Level-triggered: every pass re-reads the whole world from etcd and the agent
-sessions, so a missed or duplicated wake-up changes nothing. It wakes on etcd
-watch events, session changes and the grace timers of Sessions, never on a
-polling sleep. Placement decisions belong to plan.py; writes to store.py.
+Level-triggered: every pass plans from the whole world, as the informer's
+watch-fed cache of etcd holds it, and the agent sessions, so a missed or
+duplicated wake-up changes nothing. It wakes on the informer's changes, session
+changes and the grace timers of Sessions, never on a polling sleep. Placement
+decisions belong to plan.py; writes to store.py (batched txns, each guarded by
+leadership and by the revision the plan was made from). Only agents whose
+desired set changed are sent it.
 """
 
 from __future__ import annotations
@@ -11,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Any
 
+from paas.common.placement import PlacementError, TypePlacement
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
+from paas.scheduler.informer import Informer
 from paas.scheduler.plan import (
     AppDesired,
     NodeView,
@@ -24,7 +30,7 @@ from paas.scheduler.plan import (
     shortfall_text,
 )
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.settings import settings_from
+from paas.scheduler.settings import placement_of, settings_from
 from paas.scheduler.store import (
     Assign,
     InstanceRecord,
@@ -35,6 +41,7 @@ from paas.scheduler.store import (
     StoreError,
     Unassign,
     World,
+    commit,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,12 @@ class Reconciler:
         # What the app's log last said found no node, per (app, type): said again only
         # when it changes, not on every pass.
         self._unplaced: dict[tuple[str, str], Unplaced] = {}
+        self._informer = Informer(store, self.kick)
+        # Per instance, the assignment last built and what it was built from, so that
+        # a pass rebuilds only what changed; per node, what its session was last sent.
+        self._assignments: dict[tuple[str, str], tuple[tuple[Any, ...], pb.Assignment]] = {}
+        self._pushed: dict[str, tuple[object, list[tuple[Any, ...]], list[str]]] = {}
+        self.pushes = 0  # desired sets sent, for tests and benchmarks
 
     def kick(self) -> None:
         """Say: look again."""
@@ -63,7 +76,9 @@ class Reconciler:
 
     async def run(self) -> None:
         """Reconcile until cancelled (when this replica stops leading)."""
-        watcher = asyncio.create_task(self._watch())
+        self._informer = Informer(self._store, self.kick)  # a new term lists afresh
+        self._pushed.clear()
+        watcher = asyncio.create_task(self._informer.run())
         try:
             self.kick()
             while True:
@@ -85,19 +100,33 @@ class Reconciler:
         finally:
             watcher.cancel()
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                async for _ in self._store.changes():
-                    self.kick()
-            except StoreError as exc:
-                log.warning("%s; re-listing", exc)
-            # The watch ended or broke: re-read everything (the kick) and watch anew.
-            self.kick()
-            await asyncio.sleep(0.5)
+    async def _world(self) -> tuple[World, int]:
+        """The world as the informer's cache holds it, and the revision it is at."""
+        await self._informer.caught_up(0)
+        listing = self._informer.listing
+        revision = listing.revision
+        apps = dict(listing.apps)
+        world = World(
+            apps=apps,
+            formations=dict(listing.formations),
+            releases={},
+            instances=list(listing.instances.values()),
+            nodes=dict(listing.nodes),
+        )
+        for app in apps.values():
+            if app.release == 0:
+                continue
+            cached = self._releases.get((app.id, app.release))
+            if cached is None:
+                cached = await self._store.release(app.name, app.release)
+                if cached is None:
+                    continue
+                self._releases[(app.id, app.release)] = cached
+            world.releases[app.name] = cached
+        return world, revision
 
     async def reconcile_once(self) -> None:
-        world = await self._store.world(self._releases)
+        world, revision = await self._world()
         nodes = [_node_view(node, self._sessions) for node in world.nodes.values()]
         desired = [
             AppDesired(
@@ -108,6 +137,7 @@ class Reconciler:
                     for type_, count in world.formations.get(app.name, {}).items()
                     if app.name in world.releases and type_ in world.releases[app.name].commands
                 },
+                placement=_placement(world.releases.get(app.name)),
             )
             for app in world.apps.values()
         ]
@@ -118,16 +148,19 @@ class Reconciler:
         self._announce_unplaced(result, nodes)
         if not result.empty:
             self._hand_off(result, world)
-            await self._store.apply(
+            done = await commit(
+                self._store,
                 [
                     Assign(p.app, p.name, p.node, p.release, world.apps[p.app].create_revision)
                     for p in result.place
                 ]
-                + [Unassign(app, name) for app, name in result.stop]
+                + [Unassign(app, name) for app, name in result.stop],
+                revision,
             )
             # Only what was committed is told: an app destroyed meanwhile gets no event.
             self._announce(result, world)
-            world = await self._store.world(self._releases)
+            await self._informer.caught_up(done.revision)
+            world, _ = await self._world()
         self.world = world
         self._push(world)
 
@@ -165,13 +198,32 @@ class Reconciler:
                 self._handoffs[(placed.app, str(placed.name))] = (before.node, assignment)
 
     def _push(self, world: World) -> None:
-        """Send every connected agent its whole desired set."""
+        """Send each connected agent its whole desired set, if it changed since last sent."""
         by_node: dict[str, list[pb.Assignment]] = defaultdict(list)
+        signs: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         records = {(r.app, str(r.name)): r for r in world.instances}
-        for record in sorted(world.instances, key=lambda i: (i.app, i.name)):
-            assignment = _assignment(record, world)
+        built: dict[tuple[str, str], tuple[tuple[Any, ...], pb.Assignment]] = {}
+        for record in sorted(world.instances, key=lambda i: (i.app, i.name.type, i.name.index)):
+            key = (record.app, str(record.name))
+            app, release = world.apps.get(record.app), world.releases.get(record.app)
+            # Everything the assignment is made of: a release never changes once written.
+            sign = (
+                record.node,
+                record.incarnation,
+                record.release,
+                app.id if app else "",
+                release.version if release else 0,
+            )
+            before = self._assignments.get(key)
+            if before is not None and before[0] == sign:
+                assignment: pb.Assignment | None = before[1]
+            else:
+                assignment = _assignment(record, world)
             if assignment is not None:
+                built[key] = (sign, assignment)
                 by_node[record.node].append(assignment)
+                signs[record.node].append(sign)
+        self._assignments = built
         for key, (old_node, old) in list(self._handoffs.items()):
             moved = records.get(key)
             session = self._sessions.get(moved.node) if moved else None
@@ -190,8 +242,14 @@ class Reconciler:
                 del self._handoffs[key]
             else:
                 by_node[old_node].append(old)
+                signs[old_node].append(("handoff", *key, old.incarnation))
         live_apps = sorted(app.id for app in world.apps.values())
         for session in self._sessions.connected():
+            sent = (session, signs.get(session.name, []), live_apps)
+            if self._pushed.get(session.name) == sent:
+                continue  # the same session has exactly this set already
+            self._pushed[session.name] = sent
+            self.pushes += 1
             session.push(by_node.get(session.name, []), live_apps)
 
     def on_report(self) -> None:
@@ -209,7 +267,26 @@ def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
         capacity=node.capacity,
+        labels=node.labels,
+        memory=node.memory,
+        cpu=node.cpu,
     )
+
+
+def _placement(release: ReleaseRecord | None) -> dict[str, TypePlacement]:
+    """The placement rules of each process type of `release` that has some."""
+    if release is None:
+        return {}
+    rules = {}
+    for type_, settings in release.settings.items():
+        try:
+            placement = placement_of(settings_from(settings))
+        except PlacementError as exc:  # checked at deploy: a bug, or an older release
+            log.warning("%s %s: ignoring its placement: %s", release.app, type_, exc)
+            continue
+        if not placement.plain:
+            rules[type_] = placement
+    return rules
 
 
 def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:

@@ -95,6 +95,8 @@ class SessionService:
             capacity=session.capacity,
             labels=session.labels,
             draining=known.draining if known else False,
+            memory=session.memory,
+            cpu=session.cpu,
         )
         if known != record:
             await self._store.put_node(record)

@@ -27,6 +27,8 @@ class AgentSession:
         self.address = hello.address
         self.capacity = hello.capacity
         self.labels = dict(hello.labels)
+        self.memory = hello.memory  # bytes instances may reserve on the node
+        self.cpu = hello.cpu  # cores instances may reserve on the node
         self.reports: dict[tuple[str, str], pb.InstanceStatus] = {
             (status.app, status.name): status for status in hello.running
         }

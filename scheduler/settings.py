@@ -10,6 +10,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from paas.common.placement import (
+    PlacementError,
+    TypePlacement,
+    parse_constraint,
+    parse_label,
+)
 from paas.proto import paas_pb2 as pb
 
 # Generous ceilings: past them a typo is likelier than intent.
@@ -36,6 +42,10 @@ def settings_problem(settings: pb.ProcessSettings, node_grace: float) -> str | N
     for name, value, ceiling in bounds:
         if not 0 <= value <= ceiling:
             return f"{name} must be between 0 and {ceiling:g} seconds, got {value:g}"
+    try:
+        placement_of(settings)
+    except PlacementError as exc:
+        return str(exc)
     if settings.stop_after_disconnected >= node_grace:
         # Only a limit below the grace stops the old copy before the new one starts.
         return (
@@ -43,3 +53,18 @@ def settings_problem(settings: pb.ProcessSettings, node_grace: float) -> str | N
             f"guarantee at most one copy, got {settings.stop_after_disconnected:g}"
         )
     return None
+
+
+def placement_of(settings: pb.ProcessSettings) -> TypePlacement:
+    """The placement rules in `settings`; PlacementError naming the key if one is bad."""
+    if settings.memory < 0:
+        raise PlacementError(f"memory: must not be negative, got {settings.memory}")
+    if not 0 <= settings.cpu < 1e6:  # NaN fails this too
+        raise PlacementError(f"cpu: must be a number of cores from 0, got {settings.cpu:g}")
+    return TypePlacement(
+        constraints=tuple(parse_constraint(c) for c in settings.constraints),
+        spread=parse_label(settings.spread) if settings.spread else "",
+        distinct_hosts=settings.distinct_hosts,
+        memory=settings.memory,
+        cpu=settings.cpu,
+    )

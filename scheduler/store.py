@@ -238,6 +238,8 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     draining: bool = False
     mod_revision: int = 0  # as read; 0 for a record not read from etcd
+    memory: int = 0  # bytes instances may reserve (the agent reports it; 0: unknown)
+    cpu: float = 0.0  # cores instances may reserve (the agent reports it; 0: unknown)
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,10 @@ class Store:
     async def close(self) -> None:
         await self._client.close()
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     async def check_access(self, within: float) -> None:
         """Read one key, retrying while etcd is unreachable for up to `within` seconds;
         a StoreError if it still cannot be read (a TLS handshake or a password refused)."""
@@ -448,6 +454,8 @@ class Store:
                 labels=dict(data.get("labels", {})),
                 draining=bool(data.get("draining", False)),
                 mod_revision=revision,
+                memory=int(data.get("memory", 0)),
+                cpu=float(data.get("cpu", 0.0)),
             )
         return nodes
 
@@ -600,6 +608,28 @@ class Store:
             raise NotLeaderError("lost leadership while writing")
         raise ConflictError("the state changed while writing; try again")
 
+    async def txn_revision(self, compare: list[Any], success: list[Any]) -> int:
+        """As `_txn`, and return the revision the txn committed at (its header's)."""
+        guard = self._guard()
+        request = aetcd.rpc.TxnRequest(
+            compare=[c.build_message() for c in guard + compare],
+            success=self._client._ops_to_requests(success),
+        )
+        try:
+            await self._client.connect()
+            response = await self._client.kvstub.Txn(
+                request, timeout=self._timeout, metadata=self._client.metadata
+            )
+            if response.succeeded:
+                return int(response.header.revision)
+            guard_ok, _ = await self._client.transaction(compare=guard, success=[], failure=[])
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            raise etcd_error(self.endpoints, exc) from exc
+        if not guard_ok:
+            self._leader_revision = 0
+            raise NotLeaderError("lost leadership while writing")
+        raise ConflictError("the state changed while writing; try again")
+
     async def create_app(self, name: str) -> AppRecord:
         created = AppRecord(name=name, created_at=time.time(), release=0, id=uuid.uuid4().hex)
         key = _app_key(name)
@@ -673,6 +703,8 @@ class Store:
             "capacity": node.capacity,
             "labels": node.labels,
             "draining": node.draining,
+            "memory": node.memory,
+            "cpu": node.cpu,
         }
         await self._txn([], [tx.Put(_node_key(node.name).encode(), _dumps(value))])
 
@@ -952,6 +984,224 @@ class Store:
                     await watch.cancel()
                 except Exception:
                     pass
+
+
+# ------------------------------------------------------------ the informer's list and watch
+#
+# What reconcile reads (apps, formations, instances, nodes) listed at one revision,
+# then changed by watch events from the next; informer.py keeps the cache.
+
+_WORLD_KINDS = ("apps", "formation", "instances", "nodes")
+
+
+@dataclass
+class Listing:
+    """What reconcile reads, all at one revision (the informer's cache: kept current
+    in place by apply_change)."""
+
+    revision: int
+    apps: dict[str, AppRecord]
+    formations: dict[str, dict[str, int]]
+    instances: dict[tuple[str, InstanceName], InstanceRecord]
+    nodes: dict[str, NodeRecord]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One watched key: `record` is None when it was deleted. `key` is the app's name
+    (apps, formation), (app, instance name) (instances) or the node's name (nodes)."""
+
+    kind: str  # one of _WORLD_KINDS
+    key: Any
+    record: Any
+
+
+def _decode(key: str, value: bytes, mod: int, create: int, deleted: bool) -> Change | None:
+    """The change one key of the layout makes to a Listing; None for keys it ignores."""
+    kind, _, rest = key[len(PREFIX) :].partition("/")
+    if kind not in _WORLD_KINDS or not rest:
+        return None
+    if kind == "instances":
+        app, name = rest.split("/", 1)
+        ident: Any = (app, InstanceName.parse(name))
+        if deleted:
+            return Change(kind, ident, None)
+        data = json.loads(value)
+        return Change(
+            kind,
+            ident,
+            InstanceRecord(app, ident[1], str(data["node"]), int(data["release"]), mod),
+        )
+    if deleted:
+        return Change(kind, rest, None)
+    if kind == "apps":
+        return Change(kind, rest, _app_from(value, mod, create))
+    if kind == "formation":
+        return Change(kind, rest, {str(k): int(v) for k, v in json.loads(value).items()})
+    data = json.loads(value)
+    return Change(
+        kind,
+        rest,
+        NodeRecord(
+            name=rest,
+            address=str(data["address"]),
+            capacity=int(data["capacity"]),
+            labels=dict(data.get("labels", {})),
+            draining=bool(data.get("draining", False)),
+            mod_revision=mod,
+            memory=int(data.get("memory", 0)),
+            cpu=float(data.get("cpu", 0.0)),
+        ),
+    )
+
+
+def apply_change(listing: Listing, change: Change) -> None:
+    """Apply one watched change to `listing` (in place: its dicts are the cache)."""
+    tables: dict[str, dict[Any, Any]] = {
+        "apps": listing.apps,
+        "formation": listing.formations,
+        "instances": listing.instances,
+        "nodes": listing.nodes,
+    }
+    table = tables[change.kind]
+    if change.record is None:
+        table.pop(change.key, None)
+    else:
+        table[change.key] = change.record
+
+
+@dataclass(frozen=True)
+class Commit:
+    """How far `Store.commit` got: the revision of its last txn (0 if it wrote nothing)."""
+
+    revision: int
+    txns: int
+
+
+async def list_world(store: Store) -> Listing:
+    """List what reconcile reads, every prefix at the revision of the first read."""
+    revision = 0
+    listing = Listing(0, {}, {}, {}, {})
+    for kind in _WORLD_KINDS:
+        prefix = f"{PREFIX}{kind}/"
+        request = aetcd.rpc.RangeRequest(
+            key=prefix.encode(), range_end=_prefix_end(prefix), revision=revision
+        )
+        try:
+            await store.client.connect()
+            response = await store.client.kvstub.Range(
+                request, timeout=store.timeout, metadata=store.client.metadata
+            )
+        except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+            raise etcd_error(store.endpoints, exc) from exc
+        revision = revision or int(response.header.revision)
+        for kv in response.kvs:
+            change = _decode(kv.key.decode(), kv.value, kv.mod_revision, kv.create_revision, False)
+            if change is not None:
+                apply_change(listing, change)
+    listing.revision = revision
+    return listing
+
+
+async def watch_world(store: Store, after: int) -> AsyncIterator[tuple[int, list[Change]]]:
+    """The changes to what reconcile reads after revision `after`, a whole etcd watch
+    response at a time (a txn's changes never split), with the revision they bring the
+    listing to. Ends with StoreError when the watch breaks or `after` was compacted:
+    the caller lists again."""
+    try:
+        await store.client.connect()
+        stub = aetcd.rpc.WatchStub(store.client.channel)
+        requests: asyncio.Queue[Any] = asyncio.Queue()
+        await requests.put(
+            aetcd.rpc.WatchRequest(
+                create_request=aetcd.rpc.WatchCreateRequest(
+                    key=PREFIX.encode(),
+                    range_end=_prefix_end(PREFIX),
+                    start_revision=after + 1,
+                    progress_notify=True,
+                )
+            )
+        )
+
+        async def send() -> AsyncIterator[Any]:
+            while True:
+                yield await requests.get()
+
+        stream = stub.Watch(send(), metadata=store.client.metadata)
+        async for response in stream:
+            if response.compact_revision:
+                raise StoreError(f"the etcd watch from revision {after + 1} was compacted")
+            if response.canceled:
+                raise StoreError(f"etcd cancelled the watch: {response.cancel_reason}")
+            if response.created:
+                # Its header is the store's revision now, not how far the events got:
+                # the events from `after` on are still to come.
+                continue
+            changes = []
+            for event in response.events:
+                kv = event.kv
+                change = _decode(
+                    kv.key.decode(),
+                    kv.value,
+                    kv.mod_revision,
+                    kv.create_revision,
+                    event.type == aetcd.rpc.Event.DELETE,
+                )
+                if change is not None:
+                    changes.append(change)
+            # Every event of a revision comes in one response, in revision order; a
+            # response without any (progress) says the header's revision is complete.
+            revisions = [event.kv.mod_revision for event in response.events]
+            yield int(max(revisions, default=response.header.revision)), changes
+    except (aetcd.exceptions.ClientError, grpc.aio.AioRpcError) as exc:
+        raise StoreError(f"the etcd watch broke: {exc}") from exc
+    raise StoreError("the etcd watch ended")
+
+
+async def commit(store: Store, changes: Sequence[Assign | Unassign], read_revision: int) -> Commit:
+    """Commit assignment changes planned on a listing at `read_revision`, in txns of at
+    most etcd's 128 operations and compares each, every one guarded by leadership, by
+    its apps being the ones read (Assign.app_created) and by each of its keys being
+    unchanged since `read_revision`. ConflictError if a guard other than leadership
+    fails (that txn and the later ones are not written; the earlier ones are)."""
+    done = Commit(0, 0)
+    chunk: list[Assign | Unassign] = []
+    apps: set[str] = set()
+    for change in changes:
+        # 1 compare for leadership, 1 per app, 1 per key; 1 operation per key.
+        if len(chunk) + 1 > _TXN_LIMIT or 2 + len(apps | {change.app}) + len(chunk) > _TXN_LIMIT:
+            done = await _commit_chunk(store, chunk, read_revision, done)
+            chunk, apps = [], set()
+        chunk.append(change)
+        apps.add(change.app)
+    if chunk:
+        done = await _commit_chunk(store, chunk, read_revision, done)
+    return done
+
+
+_TXN_LIMIT = 128  # etcd's default --max-txn-ops, for compares and operations each
+
+
+async def _commit_chunk(
+    store: Store, chunk: list[Assign | Unassign], read_revision: int, done: Commit
+) -> Commit:
+    ops: list[Any] = []
+    compare: list[Any] = []
+    apps: dict[str, int] = {}
+    for change in chunk:
+        key = _instance_key(change.app, change.name).encode()
+        compare.append(tx.Mod(key) < read_revision + 1)
+        if isinstance(change, Assign):
+            ops.append(tx.Put(key, _dumps({"node": change.node, "release": change.release})))
+            apps[change.app] = change.app_created
+        else:
+            ops.append(tx.Delete(key))
+    compare += [
+        tx.Create(_app_key(app)) == created if created else tx.Version(_app_key(app)) > 0
+        for app, created in sorted(apps.items())
+    ]
+    revision = await store.txn_revision(compare, ops)
+    return Commit(revision, done.txns + 1)
 
 
 def _credential_from(value: bytes) -> CredentialRecord:

@@ -8,6 +8,7 @@ import pytest
 from paas.cli.appconfig import AppConfigError, parse_app_config, parse_dotenv
 from paas.common.configvars import ConfigVarsError, check_config_vars
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.settings import placement_of
 
 TYPES = ["web", "worker"]
 
@@ -72,7 +73,22 @@ def test_a_type_may_leave_keys_out_for_the_agents_defaults() -> None:
          'paas.toml: types.web.check: expected "port" or "none", got 1'),
         ("[types.web]\nstop_grase = 5\n",
          "paas.toml: types.web.stop_grase: unknown key (known: stop_grace, boot_timeout, check, "
-         "backoff_cap, backoff_reset, stop_after_disconnected)"),
+         "backoff_cap, backoff_reset, stop_after_disconnected, constraints, spread, "
+         "distinct_hosts, memory, cpu)"),
+        ("[types.web]\nconstraints = [\"zone>=eu-1\"]\n",
+         "paas.toml: types.web.constraints: unknown operator '>=' in 'zone>=eu-1': "
+         "use LABEL=VALUE or LABEL!=VALUE"),
+        ("[types.web]\nconstraints = \"zone=eu-1\"\n",
+         'paas.toml: types.web.constraints: expected an array like ["zone=eu-1"], '
+         'got "zone=eu-1"'),
+        ("[types.web]\nmemory = \"lots\"\n",
+         'paas.toml: types.web.memory: expected a size like "512M" or "2G", got \'lots\''),
+        ("[types.web]\ncpu = -1\n",
+         "paas.toml: types.web.cpu: must be a number of cores above 0, got -1"),
+        ("[types.web]\ndistinct_hosts = \"yes\"\n",
+         'paas.toml: types.web.distinct_hosts: expected true or false, got "yes"'),
+        ("[types.web]\nspread = 3\n",
+         "paas.toml: types.web.spread: expected a node label name, got 3"),
         ("[types.wbe]\nstop_grace = 5\n",
          "paas.toml: types.wbe: no process type 'wbe' in the Procfile (it has: web, worker)"),
         ("[web]\nstop_grace = 5\n",
@@ -87,6 +103,19 @@ def test_a_mistake_is_one_line_naming_the_file_the_key_and_the_problem(
     with pytest.raises(AppConfigError) as raised:
         parse_app_config(text, TYPES)
     assert str(raised.value) == message
+
+
+def test_placement_keys_become_process_settings() -> None:
+    text = (
+        '[types.web]\nconstraints = ["zone=eu-1", "disk!=hdd"]\nspread = "zone"\n'
+        'distinct_hosts = true\nmemory = "512M"\ncpu = 0.5\n'
+    )
+    web = parse_app_config(text, TYPES)["web"]
+    assert list(web.constraints) == ["zone=eu-1", "disk!=hdd"]
+    assert (web.spread, web.distinct_hosts, web.memory, web.cpu) == ("zone", True, 512 << 20, 0.5)
+    # The scheduler reads the same rules back from what it is sent.
+    rules = placement_of(web)
+    assert rules.memory == 512 << 20 and rules.constraints[1].op == "!="
 
 
 def test_bad_toml_names_the_file_and_the_line() -> None:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paas.common.names import InstanceName
+from paas.common.placement import Constraint, TypePlacement
 from paas.scheduler.plan import (
     AppDesired,
     NodeView,
@@ -22,6 +23,8 @@ from paas.scheduler.plan import (
     plan,
     shortfall_text,
 )
+
+from .plan_reference import reference_plan
 
 APP = "shop"
 
@@ -278,6 +281,12 @@ SHORTFALL_TEXTS = {
         [node("a", ready=False, draining=True)],
         "No node for 3 web instance(s): every node is lost or draining (1 lost)",
     ),
+    "test_no_matching_node_counts_the_eligible_nodes": (
+        Unplaced(2, Shortfall.NO_MATCHING_NODE),
+        [node("a"), node("b", ready=False)],
+        "No node for 2 web instance(s): none of the 1 eligible node(s) meets its "
+        "placement rules (see `paas why`)",
+    ),
     "test_full_counts_the_eligible_nodes_and_their_room": (
         full(4),
         [node("a", capacity=2), node("b", capacity=3), node("c", ready=False, capacity=9)],
@@ -491,3 +500,294 @@ def test_the_plan_does_not_depend_on_input_order(
     rng.shuffle(nodes)
     rng.shuffle(world)
     assert plan(desired, nodes, world) == expected
+
+
+# --- the fast placer against the straightforward one -------------------------
+
+MANY_NODES = tuple(f"m{i:02}" for i in range(12))
+
+
+@st.composite
+def big_worlds(draw: st.DrawFn) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
+    """Worlds with more nodes and larger formations than the others, so that the
+    placer's heaps go stale, fill up and set holders aside."""
+    apps = draw(st.lists(st.sampled_from(("a", "b", "c")), unique=True, min_size=1))
+    big = st.dictionaries(st.sampled_from(TYPES), st.integers(0, 30), max_size=len(TYPES))
+    desired = [AppDesired(app, draw(st.integers(1, 2)), draw(big)) for app in sorted(apps)]
+    count = draw(st.integers(1, len(MANY_NODES)))
+    nodes = [
+        NodeView(name, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 12)))
+        for name in MANY_NODES[:count]
+    ]
+    keys = draw(
+        st.lists(
+            st.tuples(st.sampled_from(("a", "b", "c")), st.sampled_from(TYPES), st.integers(1, 40)),
+            unique=True,
+            max_size=60,
+        )
+    )
+    world = [
+        Placed(app, InstanceName(type_, index), draw(st.sampled_from(MANY_NODES)), 1)
+        for app, type_, index in keys
+    ]
+    return desired, nodes, world
+
+
+@settings(max_examples=400, deadline=None)
+@given(big_worlds())
+def test_the_fast_placer_gives_the_plan_of_the_straightforward_one(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, instances = world
+    assert plan(desired, nodes, instances) == reference_plan(desired, nodes, instances)
+
+
+@settings(deadline=None)
+@given(desireds(), node_sets(), any_instances())
+def test_the_fast_placer_agrees_on_small_odd_worlds_too(
+    desired: list[AppDesired], nodes: list[NodeView], world: list[Placed]
+) -> None:
+    assert plan(desired, nodes, world) == reference_plan(desired, nodes, world)
+
+
+def test_the_fast_placer_agrees_at_a_few_hundred_nodes() -> None:
+    rng = random.Random(15)
+    nodes = [
+        NodeView(f"n{i:03}", rng.random() > 0.05, rng.random() < 0.05, rng.randint(0, 40))
+        for i in range(300)
+    ]
+    world = [
+        Placed(app, InstanceName(type_, index), f"n{rng.randrange(320):03}", 1)
+        for app in ("a", "b")
+        for type_ in TYPES
+        for index in rng.sample(range(1, 900), 300)
+    ]
+    desired = [
+        AppDesired("a", 2, {"web": 1500, "worker": 40, "clock": 0}),
+        AppDesired("b", 1, {"web": 200, "worker": 900}),
+        AppDesired("c", 1, {"web": 7}),
+    ]
+    assert plan(desired, nodes, world) == reference_plan(desired, nodes, world)
+
+
+# --- placement rules: constraints, spread, distinct hosts, memory and cores --------
+
+ZONES = ("eu-1", "eu-2", "us-1")
+RULES = st.builds(
+    TypePlacement,
+    constraints=st.lists(
+        st.builds(
+            Constraint,
+            st.sampled_from(("zone", "disk")),
+            st.sampled_from(("=", "!=")),
+            st.sampled_from(("eu-1", "eu-2", "hdd", "ssd")),
+        ),
+        max_size=2,
+    ).map(tuple),
+    spread=st.sampled_from(("", "zone")),
+    distinct_hosts=st.booleans(),
+    memory=st.sampled_from((0, 256, 512)),
+    cpu=st.sampled_from((0.0, 0.25, 0.5, 1.0)),
+)
+
+
+@st.composite
+def ruled_worlds(
+    draw: st.DrawFn, roomy: bool = False
+) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
+    apps = draw(st.lists(st.sampled_from(("a", "b")), unique=True, min_size=1))
+    desired = [
+        AppDesired(
+            app,
+            1,
+            draw(st.dictionaries(st.sampled_from(TYPES), st.integers(0, 12), max_size=3)),
+            draw(st.dictionaries(st.sampled_from(TYPES), RULES, max_size=3)),
+        )
+        for app in sorted(apps)
+    ]
+    nodes = [
+        NodeView(
+            name,
+            roomy or draw(st.booleans()),
+            not roomy and draw(st.booleans()),
+            100 if roomy else draw(st.integers(0, 12)),
+            labels=draw(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "zone": st.sampled_from(ZONES),
+                        "disk": st.sampled_from(("hdd", "ssd")),
+                    },
+                )
+            ),
+            memory=1 << 30 if roomy else draw(st.sampled_from((0, 512, 1024, 2048))),
+            cpu=64.0 if roomy else draw(st.sampled_from((0.0, 1.0, 2.0))),
+        )
+        for name in MANY_NODES[: draw(st.integers(1, len(MANY_NODES)))]
+    ]
+    keys = draw(
+        st.lists(
+            st.tuples(st.sampled_from(("a", "b")), st.sampled_from(TYPES), st.integers(1, 14)),
+            unique=True,
+            max_size=0 if roomy else 30,
+        )
+    )
+    world = [
+        Placed(app, InstanceName(type_, index), draw(st.sampled_from(MANY_NODES)), 1)
+        for app, type_, index in keys
+    ]
+    return desired, nodes, world
+
+
+def rules_of(desired: list[AppDesired]) -> dict[tuple[str, str], TypePlacement]:
+    return {(d.app, t): r for d in desired for t, r in d.placement.items()}
+
+
+@settings(max_examples=400, deadline=None)
+@given(ruled_worlds())
+def test_with_rules_the_fast_placer_gives_the_plan_of_the_straightforward_one(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, instances = world
+    assert plan(desired, nodes, instances) == reference_plan(desired, nodes, instances)
+
+
+@settings(deadline=None)  # the reference is slow on a loaded machine
+@given(ruled_worlds())
+def test_constraints_and_distinct_hosts_hold_for_all_but_what_fits_nowhere(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, instances = world
+    change = plan(desired, nodes, instances)
+    by_name = {n.name: n for n in nodes}
+    rules = rules_of(desired)
+    placed = {(p.app, p.name) for p in change.place}
+    for p in change.place:
+        r = rules.get((p.app, p.name.type), TypePlacement())
+        assert r.allows(dict(by_name[p.node].labels)), f"{p} breaks {r}"
+    after = apply(instances, change)
+    for (app, type_), r in rules.items():
+        mine = [i for i in after if (i.app, i.name.type) == (app, type_)]
+        if r.distinct_hosts:
+            hosts = Counter(i.node for i in mine if (i.app, i.name) in placed)
+            assert all(n == 1 for n in hosts.values()), "a placement shares a host"
+        breaking = [
+            i for i in mine if i.node not in by_name or not r.allows(dict(by_name[i.node].labels))
+        ]
+        stuck = change.unplaced.get((app, type_))
+        # An instance with nowhere to go stays where it is, and is counted as unplaced.
+        assert len(breaking) <= (stuck.count if stuck else 0)
+
+
+@settings(deadline=None)  # the reference is slow on a loaded machine
+@given(ruled_worlds(roomy=True))
+def test_spread_is_within_one_across_label_values_and_reservations_fit(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, _ = world
+    change = plan(desired, nodes, [])
+    by_name = {n.name: n for n in nodes}
+    for (app, type_), r in rules_of(desired).items():
+        allowed = {n.labels.get(r.spread, "") for n in nodes if r.allows(dict(n.labels))}
+        if not r.spread or not allowed:
+            continue
+        per_value = Counter(
+            by_name[p.node].labels[r.spread]
+            for p in change.place
+            if (p.app, p.name.type) == (app, type_)
+        )
+        if r.distinct_hosts:
+            continue  # a value with fewer hosts can run out first
+        counts = [per_value.get(v, 0) for v in allowed]
+        assert max(counts) - min(counts) <= 1, f"{app} {type_} over {r.spread}: {per_value}"
+
+
+@settings(deadline=None)  # the reference is slow on a loaded machine
+@given(ruled_worlds())
+def test_reserved_memory_and_cores_never_exceed_a_nodes_by_placements(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, _ = world
+    change = plan(desired, nodes, [])
+    rules = rules_of(desired)
+    memory: Counter[str] = Counter()
+    cpu: dict[str, float] = {}
+    for p in change.place:
+        r = rules.get((p.app, p.name.type), TypePlacement())
+        memory[p.node] += r.memory
+        cpu[p.node] = cpu.get(p.node, 0.0) + r.cpu
+    for n in nodes:
+        assert memory[n.name] <= n.memory or memory[n.name] == 0
+        assert cpu.get(n.name, 0.0) <= n.cpu + 1e-9 or cpu.get(n.name, 0.0) == 0
+
+
+@settings(deadline=None)  # the reference is slow on a loaded machine
+@given(ruled_worlds())
+def test_with_rules_planning_again_after_applying_gives_an_empty_plan(
+    world: tuple[list[AppDesired], list[NodeView], list[Placed]],
+) -> None:
+    desired, nodes, instances = world
+    after = replan(desired, nodes, instances)
+    assert plan(desired, nodes, after).empty
+
+
+def labelled(name: str, zone: str, memory: int = 0, cpu: float = 0.0) -> NodeView:
+    return NodeView(name, True, False, 10, labels={"zone": zone}, memory=memory, cpu=cpu)
+
+
+ZONED = [labelled("a", "eu-1"), labelled("b", "eu-1"), labelled("c", "eu-2"), labelled("d", "us-1")]
+
+
+def ruled(rules: TypePlacement, web: int) -> list[AppDesired]:
+    return [AppDesired(APP, 1, {"web": web}, {"web": rules})]
+
+
+def nodes_of(change: Plan) -> list[str]:
+    return [p.node for p in change.place]
+
+
+def test_a_constraint_keeps_instances_on_matching_nodes() -> None:
+    rules = TypePlacement(constraints=(Constraint("zone", "=", "eu-1"),))
+    assert nodes_of(plan(ruled(rules, 4), ZONED, [])) == ["a", "b", "a", "b"]
+
+
+def test_a_negated_constraint_keeps_them_off() -> None:
+    rules = TypePlacement(constraints=(Constraint("zone", "!=", "eu-1"),))
+    assert sorted(nodes_of(plan(ruled(rules, 2), ZONED, []))) == ["c", "d"]
+
+
+def test_an_instance_on_a_node_its_constraints_no_longer_allow_moves() -> None:
+    rules = TypePlacement(constraints=(Constraint("zone", "=", "eu-2"),))
+    assert plan(ruled(rules, 1), ZONED, [at("web.1", "a")]).place == [at("web.1", "c")]
+
+
+def test_no_matching_node_says_so() -> None:
+    rules = TypePlacement(constraints=(Constraint("zone", "=", "mars"),))
+    change = plan(ruled(rules, 2), ZONED, [])
+    assert change.unplaced == {(APP, "web"): Unplaced(2, Shortfall.NO_MATCHING_NODE)}
+
+
+def test_spread_fills_each_zone_before_any_zone_gets_another() -> None:
+    # eu-1 has two nodes, but each zone gets one instance before any gets a second.
+    change = plan(ruled(TypePlacement(spread="zone"), 3), ZONED, [])
+    assert sorted(nodes_of(change)) == ["a", "c", "d"]
+
+
+def test_distinct_hosts_puts_at_most_one_per_node_and_says_the_rest_find_no_room() -> None:
+    change = plan(ruled(TypePlacement(distinct_hosts=True), 6), ZONED, [])
+    assert sorted(nodes_of(change)) == ["a", "b", "c", "d"]
+    assert change.unplaced == {(APP, "web"): full(2)}
+
+
+def test_distinct_hosts_moves_a_second_instance_off_a_shared_node() -> None:
+    change = plan(
+        ruled(TypePlacement(distinct_hosts=True), 2), ZONED, [at("web.1", "a"), at("web.2", "a")]
+    )
+    assert change.place == [at("web.2", "b")]
+
+
+def test_memory_and_cores_are_reserved_against_each_nodes() -> None:
+    nodes = [labelled("a", "z", memory=1024, cpu=4.0), labelled("b", "z", memory=512, cpu=0.5)]
+    change = plan(ruled(TypePlacement(memory=512, cpu=0.5), 5), nodes, [])
+    assert Counter(nodes_of(change)) == {"a": 2, "b": 1}
+    assert change.unplaced == {(APP, "web"): full(2)}
