@@ -98,7 +98,8 @@ async def test_a_slug_deployed_from_the_host_runs_serves_and_logs_on_every_agent
         logs = await cli(cluster, "logs", "-n", "2000", "--json")
         if logs.returncode != 0:
             return False
-        nodes = {line.get("node") for line in json.loads(logs.stdout)}
+        # One JSON object a line (a log is a stream, not an array).
+        nodes = {json.loads(line).get("node") for line in logs.stdout.splitlines() if line}
         return set(AGENTS) <= nodes
 
     await wait_for(lines_from_every_agent, timeout=60, what="log lines from all three agents")
