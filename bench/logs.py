@@ -389,8 +389,10 @@ async def wait_stopped(client: SchedulerClient) -> None:
 
 
 @contextlib.asynccontextmanager
-async def cluster_with_app(app_dir: Path, logs: Path) -> AsyncIterator[LocalCluster]:
-    async with LocalCluster(agents=1, stop_grace=2.0, log_to=logs) as cluster:
+async def cluster_with_app(
+    app_dir: Path, logs: Path, tls: bool = True
+) -> AsyncIterator[LocalCluster]:
+    async with LocalCluster(agents=1, stop_grace=2.0, log_to=logs, tls=tls) as cluster:
         async with cluster.client() as client:
             await client.create_app(APP)
             procfile = (app_dir / "Procfile").read_text()
@@ -447,44 +449,58 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     floor = await measure_floor(app_dir, args.seconds, args.rate, args.timeout)
     print(f"floor:      {floor.describe()}  (one Python reader on the pipe)")
     readers = ["grpc", "cli"] if args.cli else ["grpc"]
-    async with cluster_with_app(app_dir, root / "logs") as cluster:
-        parts = {
-            "agent": psutil.Process(cluster.agent_process("node-1").pid),
-            "scheduler": psutil.Process(cluster.scheduler_process(0).pid),
-        }
-        results = {}
-        for reader in readers:
-            before = {name: cpu_seconds(proc) for name, proc in parts.items()}
-            results[reader] = await measure_paas(cluster, app_dir, reader, args.timeout)
-            where = "Logs follow over gRPC" if reader == "grpc" else "`paas logs -f` to a pipe"
-            print(f"paas {reader:<5} {results[reader].describe()}  ({where})")
-            # CPU time per line taken off the pipe: what the machine's load does not move.
-            taken = max(1, results[reader].emitted)
-            costs = ", ".join(
-                f"{name} {(cpu_seconds(proc) - before[name]) / taken * 1e6:.1f} us"
-                for name, proc in parts.items()
-            )
-            print(f"           CPU per line emitted: {costs}")
-        if args.catch_up:
-            alone = await writer_rate(cluster, args.timeout)
-            stopped, caught, took = await measure_catch_up(cluster, args.timeout)
-            slower = 1 - stopped / alone if alone else 0.0
-            verdict = "met" if slower <= SLOWDOWN_GOAL else "missed"
-            print(
-                f"catch-up:  {caught.lines / took if took > 0 else 0.0:>10,.0f} lines/s  "
-                f"({caught.lines:,} of {caught.emitted:,} lines in {took:.1f} s after "
-                f"`paas logs -f` was stopped {STOPPED:g} s; "
-                f"{caught.dropped:,} in loss notices)"
-            )
-            print(
-                f"writer:    {alone:>10,.0f} lines/s alone, {stopped:,.0f} with a stopped "
-                f"follower: slowed by {slower * 100:+.1f} % (goal: at most "
-                f"{SLOWDOWN_GOAL * 100:.0f} %, {verdict})"
-            )
-    for reader, reading in results.items():
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.tls]
+    results: dict[tuple[str, bool], Reading] = {}
+    for tls in modes:
+        label = "TLS on" if tls else "TLS off"
+        logs = root / ("logs-tls" if tls else "logs-plain")
+        async with cluster_with_app(app_dir, logs, tls) as cluster:
+            parts = {
+                "agent": psutil.Process(cluster.agent_process("node-1").pid),
+                "scheduler": psutil.Process(cluster.scheduler_process(0).pid),
+            }
+            for reader in readers:
+                before = {name: cpu_seconds(proc) for name, proc in parts.items()}
+                reading = await measure_paas(cluster, app_dir, reader, args.timeout)
+                results[(reader, tls)] = reading
+                where = "Logs follow over gRPC" if reader == "grpc" else "`paas logs -f` to a pipe"
+                print(f"paas {reader:<5} {reading.describe()}  ({where}, {label})")
+                # CPU time per line taken off the pipe: what the machine's load does not move.
+                taken = max(1, reading.emitted)
+                costs = ", ".join(
+                    f"{name} {(cpu_seconds(proc) - before[name]) / taken * 1e6:.1f} us"
+                    for name, proc in parts.items()
+                )
+                print(f"           CPU per line emitted: {costs}")
+            if args.catch_up:
+                alone = await writer_rate(cluster, args.timeout)
+                stopped, caught, took = await measure_catch_up(cluster, args.timeout)
+                slower = 1 - stopped / alone if alone else 0.0
+                verdict = "met" if slower <= SLOWDOWN_GOAL else "missed"
+                print(
+                    f"catch-up:  {caught.lines / took if took > 0 else 0.0:>10,.0f} lines/s  "
+                    f"({caught.lines:,} of {caught.emitted:,} lines in {took:.1f} s after "
+                    f"`paas logs -f` was stopped {STOPPED:g} s; "
+                    f"{caught.dropped:,} in loss notices; {label})"
+                )
+                print(
+                    f"writer:    {alone:>10,.0f} lines/s alone, {stopped:,.0f} with a stopped "
+                    f"follower: slowed by {slower * 100:+.1f} % (goal: at most "
+                    f"{SLOWDOWN_GOAL * 100:.0f} %, {verdict}; {label})"
+                )
+    for (reader, tls), reading in results.items():
         ratio = reading.rate / floor.rate if floor.rate else 0.0
         verdict = "met" if ratio >= GOAL else "missed"
-        print(f"ratio ({reader}): {ratio:.3f} of the floor (goal: at least {GOAL:.2f}, {verdict})")
+        label = "TLS on" if tls else "TLS off"
+        print(
+            f"ratio ({reader}, {label}): {ratio:.3f} of the floor "
+            f"(goal: at least {GOAL:.2f}, {verdict})"
+        )
+    for reader in readers:
+        on, off = results.get((reader, True)), results.get((reader, False))
+        if on is not None and off is not None and off.rate:
+            share = on.rate / off.rate
+            print(f"TLS cost ({reader}): with TLS, {share:.2f}x the lines/s without")
 
 
 @contextlib.contextmanager
@@ -520,6 +536,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--catch-up",
         action="store_true",
         help=f"also a `paas logs -f` stopped {STOPPED:g} s while a process writes flat out",
+    )
+    parser.add_argument(
+        "--tls",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the cluster with TLS, without, or both in the same run (default: both)",
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds to wait for each measurement"

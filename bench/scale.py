@@ -291,15 +291,24 @@ async def ps_rows(scheduler: str) -> tuple[list[dict[str, Any]], float]:
 
 
 async def measure_cluster(
-    app_dir: Path, n: int, agents: int, logs: Path, limit: float, tracked: Tracked
+    app_dir: Path,
+    n: int,
+    agents: int,
+    logs: Path,
+    limit: float,
+    tracked: Tracked,
+    tls: bool = True,
 ) -> ClusterResult:
     """Seconds from launching `paas scale web=n` until `paas ps --json` shows n up."""
     from paas.cli.localcluster import LocalCluster
 
-    async with LocalCluster(agents=agents, log_to=logs) as cluster:
+    async with LocalCluster(agents=agents, log_to=logs, tls=tls) as cluster:
         tracked.add(descendant_pids(os.getpid()))
         scheduler = cluster.scheduler_address
-        os.environ.update(cluster.credentials_env())  # for the `paas` commands it runs
+        # For the `paas` commands it runs: this cluster's credentials, or plaintext.
+        for name in ("PAAS_CREDENTIALS", "PAAS_INSECURE"):
+            os.environ.pop(name, None)
+        os.environ.update(cluster.credentials_env())
         await must(scheduler, "apps", "create", APP)
         await must(scheduler, "deploy", str(app_dir))
 
@@ -442,11 +451,23 @@ async def bench(args: argparse.Namespace, root: Path, tracked: Tracked) -> None:
     if args.floor_only:
         return
 
-    result = await measure_cluster(app_dir, n, args.agents, root / "logs", args.timeout, tracked)
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.tls]
+    seconds: dict[bool, float] = {}
+    for tls in modes:
+        label = "TLS on" if tls else "TLS off"
+        logs = root / ("logs-tls" if tls else "logs-plain")
+        result = await measure_cluster(app_dir, n, args.agents, logs, args.timeout, tracked, tls)
+        seconds[tls] = result.seconds
+        report_cluster(n, result, floor, label)
+    if len(seconds) == 2:
+        print(f"TLS cost: with TLS, {seconds[True] / seconds[False]:.2f}x the time without")
+
+
+def report_cluster(n: int, result: ClusterResult, floor: float, label: str) -> None:
     spread = ", ".join(f"{node} {count}" for node, count in result.per_node.items())
     print(
         f"cluster: {n} instances up in {result.seconds:6.2f} s "
-        f"(`paas scale web={n}` until `paas ps --json` shows them up; {spread})"
+        f"(`paas scale web={n}` until `paas ps --json` shows them up; {spread}; {label})"
     )
     print(
         f"         `paas scale` took {result.scale_seconds:.2f} s; {result.polls} polls of "
@@ -459,7 +480,7 @@ async def bench(args: argparse.Namespace, root: Path, tracked: Tracked) -> None:
             f"({result.last_up / floor:.2f}× the floor, without the polling granularity)"  # noqa: RUF001
         )
     ratio = result.seconds / floor
-    print(f"ratio: {ratio:.2f}× the floor (goal: within 2×)")  # noqa: RUF001
+    print(f"ratio ({label}): {ratio:.2f}× the floor (goal: within 2×)")  # noqa: RUF001
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -475,6 +496,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--floor-only", action="store_true", help="measure only the floor (no cluster)"
+    )
+    parser.add_argument(
+        "--tls",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the cluster with TLS, without, or both in the same run (default: both)",
     )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (app, cluster logs)"
