@@ -19,14 +19,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/paas up --agents 3 --deploy examples/hello --scale web=3 worker=2
 
-# The whole test suite: stubs up to date, lint, types, unit and integration tests.
+# The whole test suite: stubs up to date, lint, types, then unit, integration and
+# cluster tests, two files at a time (pytest-xdist; most tests wait on real processes).
 test: install
 	# strict editable mode links files, so new modules need a fresh install
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	$(BIN)/python proto/generate.py --check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile
 
 proto: install
 	$(BIN)/python proto/generate.py
