@@ -516,35 +516,6 @@ class Store:
         found = await self._get(_token_key(token_id))
         return None if found is None else (_token_from(token_id, found[0]), found[1])
 
-    async def world(self, release_cache: dict[tuple[str, int], ReleaseRecord]) -> World:
-        """Read everything reconcile needs. Releases never change once written, so the
-        caller's cache, keyed by (app id, version), spares re-reading them: a re-created app
-        of the same name has other releases."""
-        apps = await self.apps()
-        formations = {}
-        for key, value, _ in await self._get_prefix(f"{PREFIX}formation/"):
-            formations[key.rsplit("/", 1)[1]] = {
-                str(k): int(v) for k, v in json.loads(value).items()
-            }
-        releases = {}
-        for app in apps.values():
-            if app.release == 0:
-                continue
-            cached = release_cache.get((app.id, app.release))
-            if cached is None:
-                cached = await self.release(app.name, app.release)
-                if cached is None:
-                    continue
-                release_cache[(app.id, app.release)] = cached
-            releases[app.name] = cached
-        return World(
-            apps=apps,
-            formations=formations,
-            releases=releases,
-            instances=await self.instances(),
-            nodes=await self.nodes(),
-        )
-
     async def _newest(
         self, prefix: str, limit: int, keys_only: bool = False
     ) -> tuple[list[tuple[bytes, bytes]], int]:
