@@ -84,6 +84,8 @@ def duration(text: str) -> float:
             f"expected a duration, e.g. 90s, 30m, 1h or 7d, got {text!r}"
         )
     return float(value)
+
+
 # A size in bytes as people write it: 100MiB, 1GiB, 512KiB, 4096 (binary units; K, M
 # and G mean KiB, MiB and GiB).
 _SIZE = re.compile(r"([0-9]+)(?:\s*([KMG])(?:iB)?)?", re.IGNORECASE)

@@ -25,6 +25,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ReleaseStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_STATUS_UNKNOWN: _ReleaseStatus.ValueType  # 0
+    RELEASE_ROLLING: _ReleaseStatus.ValueType  # 1
+    """its release phase or its rolling replacement is under way"""
+    RELEASE_SUCCEEDED: _ReleaseStatus.ValueType  # 2
+    """every instance runs it (or there were none to replace)"""
+    RELEASE_FAILED: _ReleaseStatus.ValueType  # 3
+    """stopped: the previous release stays in force"""
+
+class ReleaseStatus(_ReleaseStatus, metaclass=_ReleaseStatusEnumTypeWrapper):
+    """Where a release's rollout stands. Releases written before rollouts existed read
+    as SUCCEEDED.
+    """
+
+RELEASE_STATUS_UNKNOWN: ReleaseStatus.ValueType  # 0
+RELEASE_ROLLING: ReleaseStatus.ValueType  # 1
+"""its release phase or its rolling replacement is under way"""
+RELEASE_SUCCEEDED: ReleaseStatus.ValueType  # 2
+"""every instance runs it (or there were none to replace)"""
+RELEASE_FAILED: ReleaseStatus.ValueType  # 3
+"""stopped: the previous release stays in force"""
+Global___ReleaseStatus: _TypeAlias = ReleaseStatus  # noqa: Y015
+
 class _InstanceState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -323,12 +351,29 @@ class Release(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     SLUG_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     version: _builtins.int
     dir: _builtins.str
     """--in-place only: the working directory on every host"""
     created_at: _builtins.float
     description: _builtins.str
+    by: _builtins.str
+    """who made it: the admin credential's name ("" without TLS)"""
+    status: Global___ReleaseStatus.ValueType
+    status_reason: _builtins.str
+    """why it failed (or what superseded it), "" otherwise"""
+    previous: _builtins.int
+    """the release in force when this one was made (0: none)"""
+    instances: _builtins.int
+    """while rolling: instances the formation asks for"""
+    replaced: _builtins.int
+    """while rolling: of them, running this release, healthy"""
     @_builtins.property
     def commands(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """process type -> command line"""
@@ -357,14 +402,165 @@ class Release(_message.Message):
         description: _builtins.str = ...,
         settings: _abc.Mapping[_builtins.str, Global___ProcessSettings] | None = ...,
         slug: Global___Slug | None = ...,
+        by: _builtins.str = ...,
+        status: Global___ReleaseStatus.ValueType = ...,
+        status_reason: _builtins.str = ...,
+        previous: _builtins.int = ...,
+        instances: _builtins.int = ...,
+        replaced: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["slug", b"slug"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "settings", b"settings", "slug", b"slug", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "by", b"by", "commands", b"commands", "created_at", b"created_at", "description", b"description", "dir", b"dir", "env", b"env", "instances", b"instances", "previous", b"previous", "replaced", b"replaced", "settings", b"settings", "slug", b"slug", "status", b"status", "status_reason", b"status_reason", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Release: _TypeAlias = Release  # noqa: Y015
+
+@_typing.final
+class ListReleasesRequest(_message.Message):
+    """The app's releases, newest first; `limit` 0 = every one still kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReleasesRequest: _TypeAlias = ListReleasesRequest  # noqa: Y015
+
+@_typing.final
+class ListReleasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Release]: ...
+    def __init__(
+        self,
+        *,
+        releases: _abc.Iterable[Global___Release] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["releases", b"releases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReleasesResponse: _TypeAlias = ListReleasesResponse  # noqa: Y015
+
+@_typing.final
+class GetReleaseRequest(_message.Message):
+    """One release; version 0 = the current one (the release in force)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseRequest: _TypeAlias = GetReleaseRequest  # noqa: Y015
+
+@_typing.final
+class SetConfigRequest(_message.Message):
+    """`paas config set/unset/load`: one new release with the current release's code,
+    Procfile and settings and the config vars changed so.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    APP_FIELD_NUMBER: _builtins.int
+    SET_FIELD_NUMBER: _builtins.int
+    UNSET_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    @_builtins.property
+    def set(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def unset(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        set: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        unset: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "set", b"set", "unset", b"unset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetConfigRequest: _TypeAlias = SetConfigRequest  # noqa: Y015
+
+@_typing.final
+class RollbackRequest(_message.Message):
+    """`paas rollback [vN]`: a new release with vN's slug, Procfile, settings and config
+    (not its formation); version 0 = the release before the current one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015
 
 @_typing.final
 class DeployRequest(_message.Message):
@@ -1764,6 +1960,11 @@ class ProcessSettings(_message.Message):
     DISTINCT_HOSTS_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     CPU_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    MIN_HEALTHY_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    PROGRESS_DEADLINE_FIELD_NUMBER: _builtins.int
+    AUTO_ROLLBACK_FIELD_NUMBER: _builtins.int
     stop_grace: _builtins.float
     """SIGTERM -> SIGKILL, seconds"""
     boot_timeout: _builtins.float
@@ -1786,6 +1987,19 @@ class ProcessSettings(_message.Message):
     """bytes reserved per instance against the node's memory"""
     cpu: _builtins.float
     """cores reserved per instance against the node's cores"""
+    health: _builtins.str
+    """Rolling replacement on a new release (the scheduler reads these; the agent reads
+    `health` only).
+    HTTP path that must answer 2xx/3xx on $PORT to be up
+    """
+    min_healthy: _builtins.float
+    """seconds a new copy stays up before its old one stops (3)"""
+    max_parallel: _builtins.str
+    """replacements in flight per type: "2" or "25%" ("": 1)"""
+    progress_deadline: _builtins.float
+    """seconds without progress before the rollout fails (300)"""
+    auto_rollback: _builtins.bool
+    """a failed rollout rolls back to the previous release"""
     @_builtins.property
     def constraints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Placement (the scheduler reads these; the agent ignores them).
@@ -1806,12 +2020,19 @@ class ProcessSettings(_message.Message):
         distinct_hosts: _builtins.bool = ...,
         memory: _builtins.int = ...,
         cpu: _builtins.float = ...,
+        health: _builtins.str = ...,
+        min_healthy: _builtins.float | None = ...,
+        max_parallel: _builtins.str = ...,
+        progress_deadline: _builtins.float = ...,
+        auto_rollback: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_healthy", b"_min_healthy", "min_healthy", b"min_healthy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "constraints", b"constraints", "cpu", b"cpu", "distinct_hosts", b"distinct_hosts", "memory", b"memory", "spread", b"spread", "stop_after_disconnected", b"stop_after_disconnected", "stop_grace", b"stop_grace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_healthy", b"_min_healthy", "auto_rollback", b"auto_rollback", "backoff_cap", b"backoff_cap", "backoff_reset", b"backoff_reset", "boot_timeout", b"boot_timeout", "check", b"check", "constraints", b"constraints", "cpu", b"cpu", "distinct_hosts", b"distinct_hosts", "health", b"health", "max_parallel", b"max_parallel", "memory", b"memory", "min_healthy", b"min_healthy", "progress_deadline", b"progress_deadline", "spread", b"spread", "stop_after_disconnected", b"stop_after_disconnected", "stop_grace", b"stop_grace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min_healthy: _TypeAlias = _typing.Literal["min_healthy"]  # noqa: Y015
+    _WhichOneofArgType__min_healthy: _TypeAlias = _typing.Literal["_min_healthy", b"_min_healthy"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_healthy) -> _WhichOneofReturnType__min_healthy | None: ...
 
 Global___ProcessSettings: _TypeAlias = ProcessSettings  # noqa: Y015
 

@@ -54,6 +54,26 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.DeployRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.Release.FromString,
                 _registered_method=True)
+        self.ListReleases = channel.unary_unary(
+                '/paas.v1.Scheduler/ListReleases',
+                request_serializer=paas_dot_proto_dot_paas__pb2.ListReleasesRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.ListReleasesResponse.FromString,
+                _registered_method=True)
+        self.GetRelease = channel.unary_unary(
+                '/paas.v1.Scheduler/GetRelease',
+                request_serializer=paas_dot_proto_dot_paas__pb2.GetReleaseRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Release.FromString,
+                _registered_method=True)
+        self.SetConfig = channel.unary_unary(
+                '/paas.v1.Scheduler/SetConfig',
+                request_serializer=paas_dot_proto_dot_paas__pb2.SetConfigRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Release.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/paas.v1.Scheduler/Rollback',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.Release.FromString,
+                _registered_method=True)
         self.StatSlug = channel.unary_unary(
                 '/paas.v1.Scheduler/StatSlug',
                 request_serializer=paas_dot_proto_dot_paas__pb2.StatSlugRequest.SerializeToString,
@@ -188,6 +208,30 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Deploy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReleases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRelease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -352,6 +396,26 @@ def add_SchedulerServicer_to_server(servicer, server):
             'Deploy': grpc.unary_unary_rpc_method_handler(
                     servicer.Deploy,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.DeployRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Release.SerializeToString,
+            ),
+            'ListReleases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReleases,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.ListReleasesRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.ListReleasesResponse.SerializeToString,
+            ),
+            'GetRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRelease,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.GetReleaseRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Release.SerializeToString,
+            ),
+            'SetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConfig,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.SetConfigRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.Release.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RollbackRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.Release.SerializeToString,
             ),
             'StatSlug': grpc.unary_unary_rpc_method_handler(
@@ -572,6 +636,114 @@ class Scheduler:
             target,
             '/paas.v1.Scheduler/Deploy',
             paas_dot_proto_dot_paas__pb2.DeployRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReleases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/ListReleases',
+            paas_dot_proto_dot_paas__pb2.ListReleasesRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.ListReleasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/GetRelease',
+            paas_dot_proto_dot_paas__pb2.GetReleaseRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/SetConfig',
+            paas_dot_proto_dot_paas__pb2.SetConfigRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Rollback',
+            paas_dot_proto_dot_paas__pb2.RollbackRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.Release.FromString,
             options,
             channel_credentials,

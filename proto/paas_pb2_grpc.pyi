@@ -41,6 +41,10 @@ class SchedulerStub:
     ListApps: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]
     DestroyApp: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]
     Deploy: _grpc.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]
+    ListReleases: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListReleasesRequest, _paas_pb2.ListReleasesResponse]
+    GetRelease: _grpc.UnaryUnaryMultiCallable[_paas_pb2.GetReleaseRequest, _paas_pb2.Release]
+    SetConfig: _grpc.UnaryUnaryMultiCallable[_paas_pb2.SetConfigRequest, _paas_pb2.Release]
+    Rollback: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RollbackRequest, _paas_pb2.Release]
     StatSlug: _grpc.UnaryUnaryMultiCallable[_paas_pb2.StatSlugRequest, _paas_pb2.StatSlugResponse]
     UploadSlug: _grpc.StreamUnaryMultiCallable[_paas_pb2.SlugUpload, _paas_pb2.UploadSlugResponse]
     FetchSlug: _grpc.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]
@@ -78,6 +82,10 @@ class SchedulerAsyncStub(SchedulerStub):
     ListApps: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListAppsRequest, _paas_pb2.ListAppsResponse]  # type: ignore[assignment]
     DestroyApp: _aio.UnaryUnaryMultiCallable[_paas_pb2.DestroyAppRequest, _paas_pb2.DestroyAppResponse]  # type: ignore[assignment]
     Deploy: _aio.UnaryUnaryMultiCallable[_paas_pb2.DeployRequest, _paas_pb2.Release]  # type: ignore[assignment]
+    ListReleases: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListReleasesRequest, _paas_pb2.ListReleasesResponse]  # type: ignore[assignment]
+    GetRelease: _aio.UnaryUnaryMultiCallable[_paas_pb2.GetReleaseRequest, _paas_pb2.Release]  # type: ignore[assignment]
+    SetConfig: _aio.UnaryUnaryMultiCallable[_paas_pb2.SetConfigRequest, _paas_pb2.Release]  # type: ignore[assignment]
+    Rollback: _aio.UnaryUnaryMultiCallable[_paas_pb2.RollbackRequest, _paas_pb2.Release]  # type: ignore[assignment]
     StatSlug: _aio.UnaryUnaryMultiCallable[_paas_pb2.StatSlugRequest, _paas_pb2.StatSlugResponse]  # type: ignore[assignment]
     UploadSlug: _aio.StreamUnaryMultiCallable[_paas_pb2.SlugUpload, _paas_pb2.UploadSlugResponse]  # type: ignore[assignment]
     FetchSlug: _aio.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]  # type: ignore[assignment]
@@ -134,6 +142,34 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     def Deploy(
         self,
         request: _paas_pb2.DeployRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Release, _abc.Awaitable[_paas_pb2.Release]]: ...
+
+    @_abc_1.abstractmethod
+    def ListReleases(
+        self,
+        request: _paas_pb2.ListReleasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.ListReleasesResponse, _abc.Awaitable[_paas_pb2.ListReleasesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRelease(
+        self,
+        request: _paas_pb2.GetReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Release, _abc.Awaitable[_paas_pb2.Release]]: ...
+
+    @_abc_1.abstractmethod
+    def SetConfig(
+        self,
+        request: _paas_pb2.SetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.Release, _abc.Awaitable[_paas_pb2.Release]]: ...
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _paas_pb2.RollbackRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.Release, _abc.Awaitable[_paas_pb2.Release]]: ...
 

@@ -1,6 +1,7 @@
 """The scheduler's gRPC service, composed: one servicer per resource behind one guard.
 
     apps_api.AppsService            CreateApp, ListApps, DestroyApp, Deploy
+    releases_api.ReleasesService    ListReleases, GetRelease, SetConfig, Rollback
     formation_api.FormationService  Scale
     instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts)
     nodes_api.NodesService          ListNodes, Drain
@@ -44,6 +45,7 @@ from paas.scheduler.logs_api import LogsService
 from paas.scheduler.nodecerts import DEFAULT_NODE_CERT_TTL, NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.releases_api import ReleasesService
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.servingcert import ServingCertificate
 from paas.scheduler.session_api import SessionService
@@ -97,6 +99,7 @@ class SchedulerService:
             AppsService(
                 store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
             ),
+            ReleasesService(store),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),

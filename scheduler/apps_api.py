@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 
@@ -35,6 +35,7 @@ from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from, settings_problem
 from paas.scheduler.sluggc import SlugCollector
 from paas.scheduler.store import (
+    RELEASE_STATUSES,
     AppRecord,
     ConflictError,
     ReleaseRecord,
@@ -212,4 +213,8 @@ def release_pb(release: ReleaseRecord) -> pb.Release:
         description=release.description,
         settings={t: settings_from(v) for t, v in release.settings.items()},
         slug=pb.Slug(digest=release.slug.digest, size=release.slug.size) if release.slug else None,
+        by=release.by,
+        status=cast(pb.ReleaseStatus.ValueType, RELEASE_STATUSES.get(release.status, 0)),
+        status_reason=release.status_reason,
+        previous=release.previous,
     )

@@ -209,6 +209,16 @@ class ReleaseRecord:
     # process type -> supervision settings, as ProcessSettings fields (JSON names)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     slug: SlugRef | None = None  # None for an in-place release
+    by: str = ""  # the admin credential's name that made it ("" without TLS)
+    # Where its rollout stands: "rolling", "succeeded" or "failed" (RELEASE_STATUSES);
+    # a release stored before rollouts existed reads as "succeeded".
+    status: str = "succeeded"
+    status_reason: str = ""  # why it failed, or what superseded it
+    previous: int = 0  # the release in force when it was made (0: none)
+
+
+# ReleaseRecord.status values, as pb.ReleaseStatus names them.
+RELEASE_STATUSES = {"rolling": 1, "succeeded": 2, "failed": 3}
 
 
 @dataclass(frozen=True)
@@ -1248,6 +1258,10 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
         "created_at": release.created_at,
         "description": release.description,
         "settings": release.settings,
+        "by": release.by,
+        "status": release.status,
+        "status_reason": release.status_reason,
+        "previous": release.previous,
         **(
             {"slug": {"digest": release.slug.digest, "size": release.slug.size}}
             if release.slug
@@ -1268,4 +1282,8 @@ def _release_from(data: dict[str, Any]) -> ReleaseRecord:
         description=str(data.get("description", "")),
         settings={str(k): dict(v) for k, v in data.get("settings", {}).items()},
         slug=SlugRef(str(slug["digest"]), int(slug["size"])) if slug else None,
+        by=str(data.get("by", "")),
+        status=str(data.get("status", "succeeded")),
+        status_reason=str(data.get("status_reason", "")),
+        previous=int(data.get("previous", 0)),
     )

@@ -147,6 +147,10 @@ def _slug_upload(message: pb.SlugUpload) -> None:
         )
 
 
+def _releases(request: pb.ListReleasesRequest | pb.GetReleaseRequest) -> None:
+    _app(request.app)  # PLACEHOLDER (issue 13): the whole check comes with the RPCs
+
+
 def _scale(request: pb.ScaleRequest) -> None:
     _app(request.app)
     if not request.changes:
@@ -286,6 +290,10 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.DestroyAppRequest.DESCRIPTOR.full_name: _destroy_app,
     pb.DeployRequest.DESCRIPTOR.full_name: _deploy,
     pb.ScaleRequest.DESCRIPTOR.full_name: _scale,
+    pb.ListReleasesRequest.DESCRIPTOR.full_name: _releases,
+    pb.GetReleaseRequest.DESCRIPTOR.full_name: _releases,
+    pb.SetConfigRequest.DESCRIPTOR.full_name: _releases,
+    pb.RollbackRequest.DESCRIPTOR.full_name: _releases,
     pb.ListInstancesRequest.DESCRIPTOR.full_name: _list_instances,
     pb.ListNodesRequest.DESCRIPTOR.full_name: _nothing,
     pb.RestartRequest.DESCRIPTOR.full_name: _restart,

@@ -66,7 +66,8 @@ def spool_holds(state_dir: Path, text: bytes) -> list[Path]:
     return [
         path
         for path in state_dir.rglob("*")
-        if path.is_file() and "slugs" not in path.relative_to(state_dir).parts[1:2]
+        if path.is_file()
+        and "slugs" not in path.relative_to(state_dir).parts[1:2]
         and text in path.read_bytes()
     ]
 

@@ -81,6 +81,24 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             commands={"web": "python3 serve.py"},
         )
 
+    async def ListReleases(
+        self, request: pb.ListReleasesRequest, context: Context
+    ) -> pb.ListReleasesResponse:
+        await self._gate(context)
+        return pb.ListReleasesResponse()
+
+    async def GetRelease(self, request: pb.GetReleaseRequest, context: Context) -> pb.Release:
+        await self._gate(context)
+        return pb.Release(app=request.app, version=request.version, status=pb.RELEASE_SUCCEEDED)
+
+    async def SetConfig(self, request: pb.SetConfigRequest, context: Context) -> pb.Release:
+        await self._gate(context)
+        return pb.Release(app=request.app, version=1, env=request.set)
+
+    async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.Release:
+        await self._gate(context)
+        return pb.Release(app=request.app, version=1)
+
     async def Scale(self, request: pb.ScaleRequest, context: Context) -> pb.ScaleResponse:
         await self._gate(context)
         return pb.ScaleResponse(formation={c.type: c.count for c in request.changes})
