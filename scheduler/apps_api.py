@@ -31,6 +31,7 @@ from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
+from paas.scheduler.rollout import RELEASE_PHASE
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from, settings_problem
 from paas.scheduler.sluggc import SlugCollector
@@ -42,6 +43,7 @@ from paas.scheduler.store import (
     SlugRef,
     Store,
     StoreError,
+    next_version,
 )
 
 log = logging.getLogger(__name__)
@@ -162,10 +164,11 @@ class AppsService:
             if app.release == 0 and not formation and "web" in commands:
                 formation = {"web": 1}  # as Heroku does on the first deploy
             for type_ in commands:
-                formation.setdefault(type_, 0)
+                if type_ != RELEASE_PHASE:  # the release phase runs once, never scaled
+                    formation.setdefault(type_, 0)
             release = ReleaseRecord(
                 app=app.name,
-                version=app.release + 1,
+                version=next_version(app),
                 dir="" if slug else request.dir,
                 commands=commands,
                 env=dict(request.env),
@@ -173,6 +176,8 @@ class AppsService:
                 description=description,
                 settings=settings,
                 slug=slug,
+                status="rolling",  # rollout.py replaces the instances, then says how it went
+                previous=app.release,
             )
             # The txn also requires the slug's meta: a slug deleted meanwhile is refused.
             await self._store.add_release(app, release, formation, formation_rev)

@@ -1,6 +1,7 @@
 """The instances: ListInstances (`paas ps`), Restart and Stop.
 
-ListInstances joins the assignments in etcd with what each agent last
+ListInstances joins the assignments in etcd (and a rollout's new copies, the
+surges, listed beside the instances they replace) with what each agent last
 reported; a restart gives an instance a new incarnation (rolling.py); a stop
 unassigns it, and the formation places it anew.
 """
@@ -16,7 +17,7 @@ from paas.scheduler.lookup import require_app, select
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.store import Store, Unassign
+from paas.scheduler.store import InstanceRecord, Store, SurgeRecord, Unassign
 
 
 class InstancesService:
@@ -41,9 +42,11 @@ class InstancesService:
     ) -> pb.ListInstancesResponse:
         if request.app:
             await require_app(self._store, request.app)
-        records = await self._store.instances()
+        records: list[InstanceRecord | SurgeRecord] = [*await self._store.instances()]
+        # A rollout's new copies are listed beside the instances they replace.
+        records += await self._store.surges()
         views = []
-        for record in sorted(records, key=lambda r: (r.app, r.name)):
+        for record in sorted(records, key=lambda r: (r.app, r.name, r.release)):
             if request.app and record.app != request.app:
                 continue
             view = pb.InstanceView(
@@ -56,7 +59,11 @@ class InstancesService:
                 incarnation=record.incarnation,
             )
             session = self._sessions.get(record.node)
-            status = session.reports.get((record.app, str(record.name))) if session else None
+            status = (
+                session.reports.get((record.app, str(record.name), record.release))
+                if session
+                else None
+            )
             # A lost node's instances are lost whatever they last reported; a draining
             # node still runs its own until their new copies are up.
             if self._sessions.node_state(record.node, draining=False) == pb.NODE_LOST:

@@ -4,6 +4,10 @@ Pure: `plan(desired, nodes, instances) -> Plan` does no I/O and keeps no state.
 The reconcile loop reads etcd and agent sessions, calls it, and commits the
 result; nothing here may reach for a clock, a socket or etcd.
 
+A new release does not touch kept instances here: the rollout controller
+(rollout.py) replaces them a few at a time. Moved and new instances take the
+app's current release.
+
 Two steps, like a reconciler then a placer:
 
 1. Per (app, process type), sort the instances into buckets: kept (on an
@@ -89,7 +93,7 @@ class Plan:
     """Changes to the assignments. Empty when the world already matches."""
 
     # New assignments, and replacements of an existing one with the same
-    # (app, name): a move to another node or a new release on the same node.
+    # (app, name): a move to another node (with the app's current release).
     place: list[Placed] = field(default_factory=list)
     # Assignments to delete: (app, instance name).
     stop: list[tuple[str, InstanceName]] = field(default_factory=list)
@@ -107,7 +111,8 @@ def plan(
     """Decide what to place, move and stop so `instances` match `desired` on `nodes`.
 
     Instances are identified by (app, name); `Plan.place` with an existing
-    (app, name) replaces that assignment (a move, or a new release in place).
+    (app, name) replaces that assignment (a move). A kept instance is never given
+    the new release in place: that is the rollout's (rollout.py), health-gated.
     An orphaned instance that fits nowhere stays assigned where it is and is
     counted in `Plan.unplaced` (with the reason: no eligible node, or no room on
     any), so a draining node keeps serving until there is room; applying the
@@ -132,17 +137,12 @@ def plan(
         for app, type_ in sorted(wanted | groups.keys())
     ]
 
-    place = [
-        Placed(b.app, i.name, i.node, b.release)
-        for b in buckets
-        for i in b.kept
-        if b.release > 0 and i.release != b.release
-    ]
+    # A kept instance keeps its release: a new release reaches it through the rollout
+    # (rollout.py), a copy at a time. Moves and new names take the app's current one.
     # Running work that lost its node comes before growth, for every app.
     wishes = [(b, i.name) for b in buckets for i in b.move]
     wishes += [(b, name) for b in buckets for name in b.new]
-    placed, unplaced = _place(wishes, eligible, buckets) if wishes else ([], {})
-    place += placed
+    place, unplaced = _place(wishes, eligible, buckets) if wishes else ([], {})
 
     return Plan(
         # Keys of plain str and int: InstanceName's generated ordering is slow.
@@ -208,7 +208,7 @@ class _Buckets:
 
     app: str
     release: int
-    kept: list[Placed]  # stay on their node (maybe with a new release)
+    kept: list[Placed]  # stay on their node, with their release
     stop: list[Placed]
     move: list[Placed]  # orphans to place elsewhere; they stay put if nothing has room
     new: list[InstanceName]

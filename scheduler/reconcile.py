@@ -5,15 +5,19 @@ watch-fed cache of etcd holds it, and the agent sessions, so a missed or
 duplicated wake-up changes nothing. It wakes on the informer's changes, session
 changes and the grace timers of Sessions, never on a polling sleep. Placement
 decisions belong to plan.py; writes to store.py (batched txns, each guarded by
-leadership and by the revision the plan was made from). Only agents whose
-desired set changed are sent it.
+leadership and by the revision the plan was made from). After the plan, each
+pass takes the rollouts one step (rollout.py: a new release replaces the
+instances a few at a time, new copies beside the old). Only agents whose
+desired set changed are sent it; a desired set holds the instances and the
+rollouts' new copies (surges), each with its own release.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from paas.common.placement import PlacementError, TypePlacement
@@ -29,6 +33,7 @@ from paas.scheduler.plan import (
     plan,
     shortfall_text,
 )
+from paas.scheduler.rollout import RELEASE_PHASE, ReleasePhase, Rollouts
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import placement_of, settings_from
 from paas.scheduler.store import (
@@ -39,6 +44,7 @@ from paas.scheduler.store import (
     ReleaseRecord,
     Store,
     StoreError,
+    SurgeRecord,
     Unassign,
     World,
     commit,
@@ -50,12 +56,20 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Keeps the assignments in etcd and the agents' desired sets matching the formation."""
 
-    def __init__(self, store: Store, sessions: Sessions, events: EventLog) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sessions: Sessions,
+        events: EventLog,
+        release_phase: ReleasePhase | None = None,
+    ) -> None:
+        """`release_phase`: runs a release's `release` Procfile entry before its rollout
+        replaces anything (None: a release phase counts as done at once)."""
         self._store = store
         self._sessions = sessions
         self._events = events
         self._dirty = asyncio.Event()
-        self._releases: dict[tuple[str, int], ReleaseRecord] = {}
+        self.rollouts = Rollouts(store, sessions, events, self.kick, release_phase)
         self.world: World | None = None  # as of the last pass, for the API
         # Instances moving off a draining node: (app, name) -> the old node and the
         # assignment it keeps running until the new copy is up elsewhere.
@@ -66,7 +80,7 @@ class Reconciler:
         self._informer = Informer(store, self.kick)
         # Per instance, the assignment last built and what it was built from, so that
         # a pass rebuilds only what changed; per node, what its session was last sent.
-        self._assignments: dict[tuple[str, str], tuple[tuple[Any, ...], pb.Assignment]] = {}
+        self._assignments: dict[tuple[str, str, int], tuple[tuple[Any, ...], pb.Assignment]] = {}
         self._pushed: dict[str, tuple[object, list[tuple[Any, ...]], list[str]]] = {}
         self.pushes = 0  # desired sets sent, for tests and benchmarks
 
@@ -99,35 +113,32 @@ class Reconciler:
                     self.kick()
         finally:
             watcher.cancel()
+            self.rollouts.close()
 
     async def _world(self) -> tuple[World, int]:
         """The world as the informer's cache holds it, and the revision it is at."""
         await self._informer.caught_up(0)
         listing = self._informer.listing
-        revision = listing.revision
         apps = dict(listing.apps)
+        history = dict(listing.releases)
         world = World(
             apps=apps,
             formations=dict(listing.formations),
-            releases={},
+            releases={
+                app.name: history[(app.name, app.release)]
+                for app in apps.values()
+                if (app.name, app.release) in history
+            },
             instances=list(listing.instances.values()),
             nodes=dict(listing.nodes),
+            surges=list(listing.surges.values()),
+            history=history,
         )
-        for app in apps.values():
-            if app.release == 0:
-                continue
-            cached = self._releases.get((app.id, app.release))
-            if cached is None:
-                cached = await self._store.release(app.name, app.release)
-                if cached is None:
-                    continue
-                self._releases[(app.id, app.release)] = cached
-            world.releases[app.name] = cached
-        return world, revision
+        return world, listing.revision
 
     async def reconcile_once(self) -> None:
         world, revision = await self._world()
-        nodes = [_node_view(node, self._sessions) for node in world.nodes.values()]
+        nodes = _node_views(world, self._sessions)
         desired = [
             AppDesired(
                 app=app.name,
@@ -135,7 +146,9 @@ class Reconciler:
                 formation={
                     type_: count
                     for type_, count in world.formations.get(app.name, {}).items()
-                    if app.name in world.releases and type_ in world.releases[app.name].commands
+                    if app.name in world.releases
+                    and type_ in world.releases[app.name].commands
+                    and type_ != RELEASE_PHASE
                 },
                 placement=_placement(world.releases.get(app.name)),
             )
@@ -160,6 +173,11 @@ class Reconciler:
             # Only what was committed is told: an app destroyed meanwhile gets no event.
             self._announce(result, world)
             await self._informer.caught_up(done.revision)
+            world, _ = await self._world()
+            nodes = _node_views(world, self._sessions)
+        wrote = await self.rollouts.step(world, _room(world, nodes), _allowed_nodes(world, nodes))
+        if wrote:
+            await self._informer.caught_up(wrote)
             world, _ = await self._world()
         self.world = world
         self._push(world)
@@ -202,32 +220,30 @@ class Reconciler:
         by_node: dict[str, list[pb.Assignment]] = defaultdict(list)
         signs: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         records = {(r.app, str(r.name)): r for r in world.instances}
-        built: dict[tuple[str, str], tuple[tuple[Any, ...], pb.Assignment]] = {}
-        for record in sorted(world.instances, key=lambda i: (i.app, i.name.type, i.name.index)):
-            key = (record.app, str(record.name))
-            app, release = world.apps.get(record.app), world.releases.get(record.app)
-            # Everything the assignment is made of: a release never changes once written.
-            sign = (
-                record.node,
-                record.incarnation,
-                record.release,
-                app.id if app else "",
-                release.version if release else 0,
-            )
-            before = self._assignments.get(key)
+        built: dict[tuple[str, str, int], tuple[tuple[Any, ...], pb.Assignment]] = {}
+        copies: list[InstanceRecord | SurgeRecord] = [*world.instances, *world.surges]
+        for record in sorted(copies, key=lambda i: (i.app, i.name.type, i.name.index, i.release)):
+            copy = (record.app, str(record.name), record.release)
+            app = world.apps.get(record.app)
+            # Everything the assignment is made of: a release's commands, env and
+            # settings never change once written (only its rollout status does).
+            sign = (record.node, record.incarnation, record.release, app.id if app else "")
+            before = self._assignments.get(copy)
             if before is not None and before[0] == sign:
                 assignment: pb.Assignment | None = before[1]
             else:
                 assignment = _assignment(record, world)
             if assignment is not None:
-                built[key] = (sign, assignment)
+                built[copy] = (sign, assignment)
                 by_node[record.node].append(assignment)
                 signs[record.node].append(sign)
         self._assignments = built
         for key, (old_node, old) in list(self._handoffs.items()):
             moved = records.get(key)
             session = self._sessions.get(moved.node) if moved else None
-            report = session.reports.get(key) if session else None
+            report = (
+                session.report_of(key[0], key[1], moved.incarnation) if moved and session else None
+            )
             done = (
                 moved is None
                 or self._sessions.get(old_node) is None
@@ -253,7 +269,10 @@ class Reconciler:
             session.push(by_node.get(session.name, []), live_apps)
 
     def on_report(self) -> None:
-        """An agent reported: a drain waiting for a new copy to be up may go on."""
+        """An agent reported: a drain waiting for a new copy to be up may go on, and a
+        rollout waiting for its new copies looks again."""
+        if self.rollouts.active:
+            self.kick()
         if self._handoffs and self.world is not None:
             self._push(self.world)
 
@@ -289,10 +308,44 @@ def _placement(release: ReleaseRecord | None) -> dict[str, TypePlacement]:
     return rules
 
 
-def _assignment(record: InstanceRecord, world: World) -> pb.Assignment | None:
-    release = world.releases.get(record.app)
-    if release is None or release.version != record.release:
-        return None  # its release is being replaced; the next pass sends the new one
+def _node_views(world: World, sessions: Sessions) -> list[NodeView]:
+    """The nodes as placement sees them, each with the room the rollouts' new copies on
+    it take (they count against its capacity as instances do)."""
+    surging = Counter(s.node for s in world.surges)
+    views = []
+    for node in world.nodes.values():
+        view = _node_view(node, sessions)
+        if surging[node.name]:
+            view = dataclasses.replace(view, capacity=max(0, view.capacity - surging[node.name]))
+        views.append(view)
+    return views
+
+
+def _room(world: World, nodes: list[NodeView]) -> dict[str, int]:
+    """The free room of each eligible node (its capacity less instances and surges; the
+    views' capacities already leave the surges out)."""
+    held = Counter(i.node for i in world.instances)
+    return {n.name: max(0, n.capacity - held[n.name]) for n in nodes if n.eligible}
+
+
+def _allowed_nodes(world: World, nodes: list[NodeView]) -> dict[str, dict[str, frozenset[str]]]:
+    """Per app and process type with placement rules, the eligible nodes they allow
+    (where a rollout may start its new copies)."""
+    eligible = [n for n in nodes if n.eligible]
+    allowed: dict[str, dict[str, frozenset[str]]] = {}
+    for app, release in world.releases.items():
+        for type_, rules in _placement(release).items():
+            names = frozenset(n.name for n in eligible if rules.allows(dict(n.labels)))
+            allowed.setdefault(app, {})[type_] = names
+    return allowed
+
+
+def _assignment(record: InstanceRecord | SurgeRecord, world: World) -> pb.Assignment | None:
+    """The assignment of an instance, or of a rollout's new copy, with its own release
+    (during a rollout, and after one failed, instances run different releases)."""
+    release = world.history.get((record.app, record.release))
+    if release is None:
+        return None  # not in the informer's cache (yet): the next pass sends it
     app = world.apps.get(record.app)
     if app is None:
         return None  # the app is being destroyed

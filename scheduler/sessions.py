@@ -18,6 +18,12 @@ from paas.proto import paas_pb2 as pb
 # How often a session's scheduler end sends a heartbeat when it has nothing else to send.
 HEARTBEAT_INTERVAL = 1.0
 
+ReportKey = tuple[str, str, int]  # (app, instance name, release)
+
+
+def report_key(status: pb.InstanceStatus) -> ReportKey:
+    return (status.app, status.name, status.release)
+
 
 class AgentSession:
     """One agent's stream: its reports in, its desired set out (level-triggered)."""
@@ -29,8 +35,10 @@ class AgentSession:
         self.labels = dict(hello.labels)
         self.memory = hello.memory  # bytes instances may reserve on the node
         self.cpu = hello.cpu  # cores instances may reserve on the node
-        self.reports: dict[tuple[str, str], pb.InstanceStatus] = {
-            (status.app, status.name): status for status in hello.running
+        # By (app, name, release): during a rollout the new copy of web.3 (a newer
+        # release) runs beside the old one, and each reports for itself.
+        self.reports: dict[ReportKey, pb.InstanceStatus] = {
+            report_key(status): status for status in hello.running
         }
         self.last_seen = time.time()
         self._desired: list[pb.Assignment] | None = None
@@ -45,7 +53,7 @@ class AgentSession:
 
     def report(self, status: pb.InstanceStatus) -> None:
         self.last_seen = time.time()
-        key = (status.app, status.name)
+        key = report_key(status)
         if status.state == pb.STOPPED:
             # A stopped instance is gone from the agent; forget it unless a newer
             # incarnation has already reported.
@@ -54,6 +62,14 @@ class AgentSession:
                 self.reports.pop(key, None)
             return
         self.reports[key] = status
+
+    def report_of(self, app: str, name: str, incarnation: int) -> pb.InstanceStatus | None:
+        """What the copy of `name` of that incarnation last reported (None: nothing);
+        the newest copy's report when `incarnation` is 0."""
+        found = [s for (a, n, _), s in self.reports.items() if (a, n) == (app, name)]
+        if incarnation:
+            found = [s for s in found if s.incarnation == incarnation]
+        return max(found, key=lambda s: s.incarnation, default=None)
 
     def heartbeat(self) -> None:
         self.last_seen = time.time()
@@ -192,7 +208,7 @@ class Sessions:
         deadline = asyncio.get_running_loop().time() + within
         while True:
             session = self._sessions.get(node)
-            status = session.reports.get((app, name)) if session else None
+            status = session.report_of(app, name, 0) if session else None
             if status is not None and status.incarnation >= incarnation and status.state in states:
                 return status
             remaining = deadline - asyncio.get_running_loop().time()

@@ -15,8 +15,12 @@ Layout, under /paas/:
     releases/APP/0000000007      {"version", "slug": {"digest", "size"} or "dir" (in place),
                                  "commands", "env", ...}; the slug GC keeps the last
                                  --keep-releases of each app
-    instances/APP/web.3          {"node", "release"}; its mod revision is the
-                                 assignment's incarnation
+    instances/APP/web.3          {"node", "release", "incarnation"?}; the assignment's
+                                 incarnation is "incarnation" when present (a promoted
+                                 surge copy keeps its own), else the key's mod revision
+    surges/APP/web.3             {"node", "release"}: the new copy of web.3 a rollout
+                                 starts beside the old one (rollout.py); its mod revision
+                                 is its incarnation, which a promotion keeps
     nodes/NAME                   {"address", "capacity", "labels", "draining"}
     events/APP/00001764358023123456
                                  a scheduler event (`paas[scheduler]: ...`), a
@@ -92,6 +96,7 @@ def _app_prefixes(app: str) -> list[str]:
     return [
         f"{PREFIX}releases/{app}/",
         f"{PREFIX}instances/{app}/",
+        f"{_SURGES}{app}/",
         _events_prefix(app),
         f"{PREFIX}drains/{app}/",
         f"{_DRAIN_PROGRESS}{app}/",
@@ -181,12 +186,20 @@ def _drain_progress_key(app: str, url: str) -> str:
 class AppRecord:
     name: str
     created_at: float
-    release: int  # current release version, 0 before the first deploy
+    release: int  # the release in force, 0 before the first deploy
     id: str = ""  # unique for ever: agents keep the app's logs under it
     mod_revision: int = 0
     # Of the app's key: stays while the app lives, another for a re-created one, so a
     # write about the app can be guarded on it (Assign).
     create_revision: int = 0
+    # The highest version ever made: a failed rollout puts `release` back to the one
+    # before, and the next release must not reuse the failed one's number.
+    latest: int = 0
+
+
+def next_version(app: AppRecord) -> int:
+    """The version of the app's next release."""
+    return max(app.release, app.latest) + 1
 
 
 @dataclass(frozen=True)
@@ -215,6 +228,11 @@ class ReleaseRecord:
     status: str = "succeeded"
     status_reason: str = ""  # why it failed, or what superseded it
     previous: int = 0  # the release in force when it was made (0: none)
+    # The rollout's durable state (rollout.py): when it last made progress (0: its
+    # created_at) and whether its release phase has run.
+    progress_at: float = 0.0
+    phase_done: bool = False
+    mod_revision: int = 0  # of its key, as read (not stored); 0 for one not read
 
 
 # ReleaseRecord.status values, as pb.ReleaseStatus names them.
@@ -237,7 +255,15 @@ class InstanceRecord:
     name: InstanceName
     node: str
     release: int
-    incarnation: int  # the key's mod revision: grows with every (re)assignment
+    # The value's "incarnation" if it has one (a promoted surge copy), else the key's
+    # mod revision: grows with every (re)assignment.
+    incarnation: int
+    mod_revision: int = 0  # of its key, as read (0: the incarnation is the mod revision)
+
+    @property
+    def revision(self) -> int:
+        """Its key's mod revision, which a write guarded on it compares."""
+        return self.mod_revision or self.incarnation
 
 
 @dataclass(frozen=True)
@@ -296,6 +322,9 @@ class World:
     releases: dict[str, ReleaseRecord]  # app -> its current release
     instances: list[InstanceRecord]
     nodes: dict[str, NodeRecord]
+    surges: list[SurgeRecord] = field(default_factory=list)
+    # (app, version) -> every release the informer holds: what instances run
+    history: dict[tuple[str, int], ReleaseRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -449,7 +478,7 @@ class Store:
 
     async def release(self, app: str, version: int) -> ReleaseRecord | None:
         found = await self._get(_release_key(app, version))
-        return None if found is None else _release_from(json.loads(found[0]))
+        return None if found is None else _release_from(json.loads(found[0]), found[1])
 
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
@@ -474,16 +503,16 @@ class Store:
         records = []
         for key, value, revision in rows:
             app, name = key[len(f"{PREFIX}instances/") :].split("/", 1)
-            data = json.loads(value)
-            records.append(
-                InstanceRecord(
-                    app=app,
-                    name=InstanceName.parse(name),
-                    node=str(data["node"]),
-                    release=int(data["release"]),
-                    incarnation=revision,
-                )
-            )
+            records.append(_instance_from(app, InstanceName.parse(name), value, revision))
+        return records
+
+    async def surges(self) -> list[SurgeRecord]:
+        """Every rollout's new copies in flight (the rollouts section below)."""
+        rows = await self._get_prefix(_SURGES)
+        records = []
+        for key, value, revision in rows:
+            app, name = key[len(_SURGES) :].split("/", 1)
+            records.append(_surge_from(app, InstanceName.parse(name), value, revision))
         return records
 
     async def drains(self, app: str | None = None) -> list[DrainRecord]:
@@ -647,14 +676,17 @@ class Store:
         self, app: AppRecord, release: ReleaseRecord, formation: dict[str, int], formation_rev: int
     ) -> None:
         """Write `release` as the app's current one and the formation beside it, if
-        neither the app nor its formation changed since they were read."""
-        app_value = _app_to(dataclasses.replace(app, release=release.version))
+        neither the app nor its formation changed since they were read, and no release
+        of its version exists (a version is never reused: see `next_version`)."""
+        latest = max(app.latest, release.version)
+        app_value = _app_to(dataclasses.replace(app, release=release.version, latest=latest))
         # A release names only a slug stored whole (its meta is there).
         slug_stored = [tx.Version(_slug_meta_key(release.slug.digest)) > 0] if release.slug else []
         await self._txn(
             [
                 tx.Mod(_app_key(app.name)) == app.mod_revision,
                 tx.Mod(_formation_key(app.name)) == formation_rev,
+                tx.Version(_release_key(app.name, release.version)) == 0,
                 *slug_stored,
             ],
             [
@@ -972,7 +1004,7 @@ class Store:
 # What reconcile reads (apps, formations, instances, nodes) listed at one revision,
 # then changed by watch events from the next; informer.py keeps the cache.
 
-_WORLD_KINDS = ("apps", "formation", "instances", "nodes")
+_WORLD_KINDS = ("apps", "formation", "instances", "nodes", "releases", "surges")
 
 
 @dataclass
@@ -985,12 +1017,15 @@ class Listing:
     formations: dict[str, dict[str, int]]
     instances: dict[tuple[str, InstanceName], InstanceRecord]
     nodes: dict[str, NodeRecord]
+    releases: dict[tuple[str, int], ReleaseRecord] = field(default_factory=dict)
+    surges: dict[tuple[str, InstanceName], SurgeRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Change:
     """One watched key: `record` is None when it was deleted. `key` is the app's name
-    (apps, formation), (app, instance name) (instances) or the node's name (nodes)."""
+    (apps, formation), (app, instance name) (instances, surges), (app, version)
+    (releases) or the node's name (nodes)."""
 
     kind: str  # one of _WORLD_KINDS
     key: Any
@@ -1002,17 +1037,20 @@ def _decode(key: str, value: bytes, mod: int, create: int, deleted: bool) -> Cha
     kind, _, rest = key[len(PREFIX) :].partition("/")
     if kind not in _WORLD_KINDS or not rest:
         return None
-    if kind == "instances":
+    if kind in ("instances", "surges"):
         app, name = rest.split("/", 1)
         ident: Any = (app, InstanceName.parse(name))
         if deleted:
             return Change(kind, ident, None)
-        data = json.loads(value)
-        return Change(
-            kind,
-            ident,
-            InstanceRecord(app, ident[1], str(data["node"]), int(data["release"]), mod),
-        )
+        if kind == "surges":
+            return Change(kind, ident, _surge_from(app, ident[1], value, mod))
+        return Change(kind, ident, _instance_from(app, ident[1], value, mod))
+    if kind == "releases":
+        app, version = rest.split("/", 1)
+        ident = (app, int(version))
+        if deleted:
+            return Change(kind, ident, None)
+        return Change(kind, ident, _release_from(json.loads(value), mod))
     if deleted:
         return Change(kind, rest, None)
     if kind == "apps":
@@ -1043,6 +1081,8 @@ def apply_change(listing: Listing, change: Change) -> None:
         "formation": listing.formations,
         "instances": listing.instances,
         "nodes": listing.nodes,
+        "releases": listing.releases,
+        "surges": listing.surges,
     }
     table = tables[change.kind]
     if change.record is None:
@@ -1173,6 +1213,7 @@ async def _commit_chunk(
         key = _instance_key(change.app, change.name).encode()
         compare.append(tx.Mod(key) < read_revision + 1)
         if isinstance(change, Assign):
+            # No "incarnation": a (re)assignment is a new one, its mod revision.
             ops.append(tx.Put(key, _dumps({"node": change.node, "release": change.release})))
             apps[change.app] = change.app_created
         else:
@@ -1197,7 +1238,13 @@ def _credential_from(value: bytes) -> CredentialRecord:
 
 
 def _app_to(app: AppRecord) -> dict[str, Any]:
-    return {"name": app.name, "id": app.id, "created_at": app.created_at, "release": app.release}
+    return {
+        "name": app.name,
+        "id": app.id,
+        "created_at": app.created_at,
+        "release": app.release,
+        "latest": max(app.latest, app.release),
+    }
 
 
 def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecord:
@@ -1212,6 +1259,7 @@ def _app_from(value: bytes, mod_revision: int, create_revision: int) -> AppRecor
         id=str(data.get("id") or legacy_id),
         mod_revision=mod_revision,
         create_revision=create_revision,
+        latest=int(data.get("latest", data.get("release", 0))),
     )
 
 
@@ -1262,6 +1310,8 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
         "status": release.status,
         "status_reason": release.status_reason,
         "previous": release.previous,
+        "progress_at": release.progress_at,
+        "phase_done": release.phase_done,
         **(
             {"slug": {"digest": release.slug.digest, "size": release.slug.size}}
             if release.slug
@@ -1270,7 +1320,7 @@ def _release_to(release: ReleaseRecord) -> dict[str, Any]:
     }
 
 
-def _release_from(data: dict[str, Any]) -> ReleaseRecord:
+def _release_from(data: dict[str, Any], mod_revision: int = 0) -> ReleaseRecord:
     slug = data.get("slug")
     return ReleaseRecord(
         app=str(data["app"]),
@@ -1286,4 +1336,134 @@ def _release_from(data: dict[str, Any]) -> ReleaseRecord:
         status=str(data.get("status", "succeeded")),
         status_reason=str(data.get("status_reason", "")),
         previous=int(data.get("previous", 0)),
+        progress_at=float(data.get("progress_at", 0.0)),
+        phase_done=bool(data.get("phase_done", False)),
+        mod_revision=mod_revision,
     )
+
+
+def _instance_from(app: str, name: InstanceName, value: bytes, mod: int) -> InstanceRecord:
+    data = json.loads(value)
+    return InstanceRecord(
+        app=app,
+        name=name,
+        node=str(data["node"]),
+        release=int(data["release"]),
+        incarnation=int(data.get("incarnation") or mod),
+        mod_revision=mod,
+    )
+
+
+# ------------------------------------------------------------ rollouts
+#
+# A rollout's state is all here, so a new leader resumes it: the release record's
+# status, progress_at and phase_done, and one surges/APP/NAME key per new copy in
+# flight. rollout.py decides; these write what it decided, each batch in one txn
+# guarded by leadership and by every key it touches being as read.
+
+_SURGES = f"{PREFIX}surges/"
+
+
+def _surge_key(app: str, name: InstanceName) -> str:
+    return f"{_SURGES}{app}/{name}"
+
+
+@dataclass(frozen=True)
+class SurgeRecord:
+    """The new copy of instance `name` that a rollout runs beside the old one."""
+
+    app: str
+    name: InstanceName
+    node: str
+    release: int
+    incarnation: int  # its key's mod revision; a promotion keeps it
+
+
+def _surge_from(app: str, name: InstanceName, value: bytes, mod: int) -> SurgeRecord:
+    data = json.loads(value)
+    return SurgeRecord(app, name, str(data["node"]), int(data["release"]), mod)
+
+
+@dataclass(frozen=True)
+class StartSurge:
+    """Write: a new copy of `name` of `release` on `node` (none of the name in flight)."""
+
+    app: str
+    name: InstanceName
+    node: str
+    release: int
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Write: the surge copy becomes the instance (its node, release and incarnation),
+    if neither it nor the instance changed since read: the agents stop the old copy."""
+
+    surge: SurgeRecord
+    instance_revision: int  # the instance key's mod revision as read (0: it has none)
+
+
+@dataclass(frozen=True)
+class DropSurge:
+    """Write: remove a surge copy (a failed or superseded rollout, a lost node)."""
+
+    surge: SurgeRecord
+
+
+@dataclass(frozen=True)
+class PutRelease:
+    """Write: the release record as given (a new status, progress), if its key is as
+    read (`release.mod_revision`)."""
+
+    release: ReleaseRecord
+
+
+@dataclass(frozen=True)
+class PutAppRelease:
+    """Write: put the app's release in force back to `version` (a failed rollout), if
+    the app is unchanged since read."""
+
+    app: AppRecord
+    version: int
+
+
+RolloutWrite = StartSurge | Promote | DropSurge | PutRelease | PutAppRelease
+
+
+async def write_rollout(store: Store, app: AppRecord, writes: Sequence[RolloutWrite]) -> int:
+    """Write one app's rollout steps in one txn, guarded by leadership, by the app being
+    the one read (its create revision) and by each key being as read; the revision it
+    committed at. ConflictError if something changed meanwhile (nothing is written)."""
+    compare: list[Any] = [tx.Create(_app_key(app.name)) == app.create_revision]
+    ops: list[Any] = []
+    for write in writes:
+        if isinstance(write, StartSurge):
+            key = _surge_key(write.app, write.name)
+            compare.append(tx.Version(key) == 0)
+            value = {"node": write.node, "release": write.release}
+            ops.append(tx.Put(key.encode(), _dumps(value)))
+        elif isinstance(write, Promote):
+            surge = write.surge
+            surge_key = _surge_key(surge.app, surge.name)
+            instance_key = _instance_key(surge.app, surge.name)
+            compare.append(tx.Mod(surge_key) == surge.incarnation)
+            compare.append(tx.Mod(instance_key) == write.instance_revision)
+            value = {"node": surge.node, "release": surge.release, "incarnation": surge.incarnation}
+            ops.append(tx.Put(instance_key.encode(), _dumps(value)))
+            ops.append(tx.Delete(surge_key.encode()))
+        elif isinstance(write, DropSurge):
+            key = _surge_key(write.surge.app, write.surge.name)
+            compare.append(tx.Mod(key) == write.surge.incarnation)
+            ops.append(tx.Delete(key.encode()))
+        elif isinstance(write, PutRelease):
+            release = write.release
+            key = _release_key(release.app, release.version)
+            compare.append(tx.Mod(key) == release.mod_revision)
+            ops.append(tx.Put(key.encode(), _dumps(_release_to(release))))
+        else:
+            value = _app_to(dataclasses.replace(write.app, release=write.version))
+            compare.append(tx.Mod(_app_key(write.app.name)) == write.app.mod_revision)
+            ops.append(tx.Put(_app_key(write.app.name).encode(), _dumps(value)))
+    if len(compare) + 1 > _TXN_LIMIT or len(ops) > _TXN_LIMIT:
+        raise StoreError(f"{app.name}: {len(ops)} rollout writes do not fit one txn")
+    return await store.txn_revision(compare, ops)

@@ -23,7 +23,7 @@ def reference_plan(
     """Decide what to place, move and stop so `instances` match `desired` on `nodes`.
 
     Instances are identified by (app, name); `Plan.place` with an existing
-    (app, name) replaces that assignment (a move, or a new release in place).
+    (app, name) replaces that assignment (a move; a kept instance keeps its release).
     An orphaned instance that fits nowhere stays assigned where it is and is
     counted in `Plan.unplaced` (with the reason: no eligible node, or no room on
     any), so a draining node keeps serving until there is room; applying the
@@ -47,12 +47,8 @@ def reference_plan(
     ]
 
     placer = _Placer(eligible, [i for b in buckets for i in b.kept], apps)
-    place = [
-        Placed(b.app, i.name, i.node, b.release)
-        for b in buckets
-        for i in b.kept
-        if b.release > 0 and i.release != b.release
-    ]
+    # Kept instances keep their release (the rollout replaces them, not the plan).
+    place: list[Placed] = []
     unplaced: dict[tuple[str, str], Unplaced] = {}
     # Running work that lost its node comes before growth, for every app.
     wishes = [(b, i.name) for b in buckets for i in b.move]
@@ -80,7 +76,7 @@ class _Buckets:
 
     app: str
     release: int
-    kept: list[Placed]  # stay on their node (maybe with a new release)
+    kept: list[Placed]  # stay on their node, with their release
     stop: list[Placed]
     move: list[Placed]  # orphans to place elsewhere; they stay put if nothing has room
     new: list[InstanceName]

@@ -177,17 +177,21 @@ CASES = {
         instances=[at("web.1", "a"), at("web.2", "b")],
         unplaced={(APP, "web"): full(1)},
     ),
-    "test_new_release_replaces_in_place_on_the_same_node": Case(
+    "test_a_new_release_leaves_kept_instances_alone_for_the_rollout": Case(
         desired=[want(release=2, web=2)],
         nodes=ABC,
         instances=[at("web.1", "c"), at("web.2", "a", release=2)],
-        place=[at("web.1", "c", release=2)],
     ),
-    "test_rollback_replaces_in_place_too": Case(
+    "test_a_rollback_leaves_kept_instances_alone_too": Case(
         desired=[want(release=1, web=1)],
         nodes=ABC,
         instances=[at("web.1", "b", release=2)],
-        place=[at("web.1", "b", release=1)],
+    ),
+    "test_scale_up_during_a_rollout_places_the_new_release": Case(
+        desired=[want(release=2, web=2)],
+        nodes=ABC,
+        instances=[at("web.1", "a", release=1)],
+        place=[at("web.2", "b", release=2)],
     ),
     "test_type_removed_from_formation_is_stopped": Case(
         desired=[want(web=1)],
@@ -398,14 +402,16 @@ def test_spread_per_type_stays_within_one_through_formation_changes(
 
 
 @given(desireds(), node_sets(), any_instances())
-def test_after_applying_every_instance_on_an_eligible_node_runs_the_app_release(
+def test_kept_instances_keep_their_release_and_placed_ones_take_the_app_release(
     desired: list[AppDesired], nodes: list[NodeView], world: list[Placed]
 ) -> None:
     releases = {d.app: d.release for d in desired if d.release > 0}
-    eligible = {n.name for n in nodes if n.eligible}
-    for i in replan(desired, nodes, world):
-        if i.node in eligible and i.app in releases:
-            assert i.release == releases[i.app], i
+    before = {(i.app, i.name): i for i in world}
+    change = plan(desired, nodes, world)
+    for p in change.place:
+        assert p.release == releases[p.app], p
+        old = before.get((p.app, p.name))
+        assert old is None or old.node != p.node, "no release change in place"
 
 
 @given(desireds(), node_sets(), any_instances())
@@ -478,13 +484,13 @@ def test_instance_names_stay_unique_per_app(
     touched = [(p.app, p.name) for p in change.place] + change.stop
     assert len(touched) == len(set(touched)), "one name placed or stopped twice"
 
-    # A placement under an existing name is a move off an ineligible node or a
-    # release change in place; it never takes the name of a healthy instance.
+    # A placement under an existing name is a move off an ineligible node; it never
+    # takes the name of a healthy instance.
     eligible = {n.name for n in nodes if n.eligible}
     where = {(i.app, i.name): i.node for i in world}
     for p in change.place:
         before = where.get((p.app, p.name))
-        assert before is None or before == p.node or before not in eligible
+        assert before is None or before not in eligible
 
     after = apply(world, change)
     assert len({(i.app, i.name) for i in after}) == len(after)

@@ -29,6 +29,7 @@ def world(instances: list[InstanceRecord]) -> World:
         releases={"shop": release},
         instances=instances,
         nodes={n: NodeRecord(n, "127.0.0.2:1", 10) for n in NODES},
+        history={("shop", 1): release},
     )
 
 
