@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Collection
 from typing import Any, Protocol
 
+import aiohttp
 import psutil
 
 from paas.agent.errors import AgentError
@@ -105,6 +106,9 @@ class Processes(Protocol):
 
     async def accepts(self, port: int, timeout: float) -> bool:  # noqa: ASYNC109
         """Whether 127.0.0.1:`port` accepts a TCP connection within `timeout` seconds."""
+
+    async def answers(self, port: int, path: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """Whether GET http://127.0.0.1:`port``path` answers 2xx or 3xx within `timeout`."""
 
     async def usage(self, pgids: set[int]) -> dict[int, Usage]:
         """CPU and memory of each group of `pgids`."""
@@ -363,6 +367,18 @@ class HostProcesses:
             await writer.wait_closed()
         # A TCP self-connect (port in the ephemeral range, nobody listening) is no listener.
         return bool(local != peer)
+
+    async def answers(self, port: int, path: str, timeout: float) -> bool:  # noqa: ASYNC109
+        # A session per check: a health check runs only while an instance boots.
+        client_timeout = aiohttp.ClientTimeout(total=timeout)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=client_timeout) as session,
+                session.get(f"http://127.0.0.1:{port}{path}", allow_redirects=False) as response,
+            ):
+                return 200 <= response.status < 400
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     async def usage(self, pgids: set[int]) -> dict[int, Usage]:
         return await self._sampler.sample(pgids)

@@ -75,7 +75,8 @@ class _Outbox:
     """Statuses waiting to be sent, the latest per instance, oldest change first."""
 
     def __init__(self) -> None:
-        self._pending: OrderedDict[tuple[str, str], pb.InstanceStatus] = OrderedDict()
+        # Per (app, name, release): a rollout's two copies of a name report apart.
+        self._pending: OrderedDict[tuple[str, str, int], pb.InstanceStatus] = OrderedDict()
         self._ready = asyncio.Event()
         self.closed = False  # the agent is leaving: send what is pending, then end
 
@@ -83,7 +84,7 @@ class _Outbox:
         return len(self._pending)
 
     def put(self, status: pb.InstanceStatus) -> None:
-        key = (status.app, status.name)
+        key = (status.app, status.name, status.release)
         self._pending.pop(key, None)
         self._pending[key] = status
         self._ready.set()

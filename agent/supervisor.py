@@ -1,6 +1,8 @@
 """The lifecycle of every instance on this node, as one explicit state machine each.
 
-Owns the Instances (one per (app, name)), their runs, crash restarts with
+Owns the Instances (one per (app, name, release): a rollout runs the new copy
+of web.3 beside the old one, each with its own port, sharing web.3's log
+buffer), their runs, crash restarts with
 backoff, the web health check and the graceful stop. Supervisor applies a
 DesiredSet level-triggered: it starts what is missing, replaces what has a
 newer incarnation and stops what is not in the set, whatever happened before.
@@ -66,7 +68,9 @@ from paas.proto import paas_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (app, instance name)
+# (app, instance name, release): during a rollout the new copy of web.3 (a newer
+# release) runs beside the old one, each in a slot of its own with its own port.
+Key = tuple[str, str, int]
 
 WEB_TYPE = "web"  # the process type that gets traffic, so must listen on $PORT
 LAST_LINES = 10  # output lines of a run kept with its exit, for `paas ps`
@@ -156,8 +160,10 @@ class Instance:
         settings = assignment.settings
         self.stop_grace = settings.stop_grace or config.stop_grace
         self.boot_timeout = settings.boot_timeout or config.boot_timeout
+        # An HTTP path that must answer 2xx/3xx on $PORT ("": a TCP accept will do).
+        self.health_path = settings.health
         if settings.check == pb.ProcessSettings.CHECK_DEFAULT:
-            self.port_check = self.type == WEB_TYPE
+            self.port_check = self.type == WEB_TYPE or bool(self.health_path)
         else:
             self.port_check = settings.check == pb.ProcessSettings.CHECK_PORT
         self._port_for = port_for
@@ -392,8 +398,9 @@ class Instance:
         return child
 
     async def _boot(self, child: Child, stopping: asyncio.Task[Any]) -> str:
-        """A checked type must listen on $PORT within the boot timeout: "" if it did (or
-        exited, or was asked to stop, first), else why it was killed."""
+        """A checked type must listen on $PORT (with a health path: answer it with 2xx or
+        3xx) within the boot timeout: "" if it did (or exited, or was asked to stop,
+        first), else why it was killed."""
         if not self.port_check:
             return ""
         health = asyncio.create_task(self._until_listening(self.port))
@@ -406,9 +413,12 @@ class Instance:
             return ""
         if child.exited.done() or stopping.done() or health.result():
             return ""
-        failure = (
-            f"boot timeout: did not listen on {self.port} within {seconds(self.boot_timeout)}s"
+        what = (
+            f"answer GET {self.health_path} on {self.port} with 2xx/3xx"
+            if self.health_path
+            else f"listen on {self.port}"
         )
+        failure = f"boot timeout: did not {what} within {seconds(self.boot_timeout)}s"
         self._line(failure)
         self._processes.signal_group(child.pid, signal.SIGKILL)
         await asyncio.shield(child.exited)
@@ -425,11 +435,16 @@ class Instance:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
 
     async def _until_listening(self, port: int) -> bool:
-        """Whether 127.0.0.1:`port` accepts a connection within the boot timeout."""
+        """Whether 127.0.0.1:`port` accepts a connection (answers the health path with
+        2xx/3xx) within the boot timeout."""
         deadline = self._clock.monotonic() + self.boot_timeout
         while True:
             remaining = deadline - self._clock.monotonic()
-            if await self._processes.accepts(port, max(0.05, min(1.0, remaining))):
+            timeout = max(0.05, min(1.0, remaining))
+            if self.health_path:
+                if await self._processes.answers(port, self.health_path, timeout):
+                    return True
+            elif await self._processes.accepts(port, timeout):
                 return True
             if self._clock.monotonic() >= deadline:
                 return False
@@ -584,7 +599,7 @@ class SlugFailure:
 
 @dataclass
 class _Slot:
-    """Where one (app, name) lives on this node: what should run and what does."""
+    """Where one (app, name, release) lives on this node: what should run and what does."""
 
     key: Key
     desired: pb.Assignment | None = None
@@ -599,11 +614,12 @@ class Supervisor:
     """All instances of this node, driven towards the last desired set.
 
     `apply(desired)` is level-triggered and returns at once: for each (app,
-    name) a small driver keeps the running instance, starts a missing one,
-    replaces an older incarnation by a newer one (stop first, keeping its
-    port) or stops and removes one the set no longer holds. An assignment
-    older than the highest incarnation ever seen for its (app, name) never
-    starts; within one session (see `new_session`) a set with a lower
+    name, release) a small driver keeps the running instance, starts a missing
+    one, replaces an older incarnation by a newer one (stop first, keeping its
+    port) or stops and removes one the set no longer holds. Two releases of one
+    name are two slots, side by side (a rollout's new copy and the old one). An
+    assignment older than the highest incarnation ever seen for its (app, name,
+    release) never starts; within one session (see `new_session`) a set with a lower
     generation than the last applied one is ignored.
     """
 
@@ -653,8 +669,12 @@ class Supervisor:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def instance(self, app: str, name: str) -> Instance | None:
-        slot = self._slots.get((app, name))
+    def instance(self, app: str, name: str, release: int | None = None) -> Instance | None:
+        """The copy of (app, name) of `release`; None: the newest release's."""
+        keys = [k for k in self._slots if k[:2] == (app, name)]
+        if release is not None:
+            keys = [k for k in keys if k[2] == release]
+        slot = self._slots[max(keys, key=lambda k: k[2])] if keys else None
         return slot.current if slot else None
 
     def instances(self) -> list[Instance]:
@@ -692,7 +712,7 @@ class Supervisor:
             self._sampler = asyncio.create_task(self._sample_usage(), name="usage sampler")
         wanted: dict[Key, pb.Assignment] = {}
         for assignment in desired.instances:
-            key = (assignment.app, assignment.name)
+            key = (assignment.app, assignment.name, assignment.release)
             if key in wanted and wanted[key].incarnation >= assignment.incarnation:
                 continue
             highest = self._highest.get(key, 0)
@@ -720,7 +740,9 @@ class Supervisor:
             slot = self._slots.get(key)
             if slot is None:
                 slot = self._slots[key] = _Slot(key)
-                slot.task = asyncio.create_task(self._drive(slot), name=f"slot {key[0]}/{key[1]}")
+                slot.task = asyncio.create_task(
+                    self._drive(slot), name=f"slot {key[0]}/{key[1]} v{key[2]}"
+                )
             if slot.desired is None or not _same_order(slot.desired, assignment):
                 slot.desired = assignment
                 slot.wake.set()
@@ -771,7 +793,7 @@ class Supervisor:
     # ------------------------------------------------------------ one (app, name)
 
     async def _drive(self, slot: _Slot) -> None:
-        app, name = slot.key
+        app, name, _ = slot.key
         try:
             while True:
                 want, current = slot.desired, slot.current
@@ -816,7 +838,9 @@ class Supervisor:
             if self._slots.get(slot.key) is slot:
                 del self._slots[slot.key]
             self.ports.release(slot.key)
-            self.logs.retire(app, name)
+            # The buffer is (app, name)'s: another release's copy may still write to it.
+            if not any(key[:2] == (app, name) for key in self._slots):
+                self.logs.retire(app, name)
 
     async def _prefetched(self, slot: _Slot, current: Instance, want: pb.Assignment) -> bool:
         """Whether `current` may be replaced by `want` now: once want's slug is here, so

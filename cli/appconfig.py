@@ -13,6 +13,15 @@ DIR/paas.toml holds per process type supervision settings:
     stop_after_disconnected = 5   # seconds an agent cut off from the scheduler keeps
                                   # it running (below the node grace): at most one copy
 
+how a new release replaces its instances (scheduler/rollout.py):
+
+    [types.web]
+    health = "/healthz"       # HTTP path that must answer 2xx/3xx on $PORT to be up
+    min_healthy = 3           # seconds a new copy stays up before its old one stops
+    max_parallel = 2          # replacements in flight: a count, or "25%" of the type
+    progress_deadline = 300   # seconds without progress before the rollout fails
+    auto_rollback = true      # a failed rollout rolls back to the release before
+
 and where the scheduler places its instances (common/placement.py):
 
     [types.web]
@@ -54,6 +63,7 @@ from paas.common.placement import (
     parse_label,
     parse_size,
 )
+from paas.common.rollouts import MAX_MIN_HEALTHY, max_parallel
 from paas.proto import paas_pb2 as pb
 
 FILENAME = "paas.toml"
@@ -70,7 +80,8 @@ _SECONDS = (
 )
 _CHECKS = {"port": pb.ProcessSettings.CHECK_PORT, "none": pb.ProcessSettings.CHECK_NONE}
 _PLACEMENT = ("constraints", "spread", "distinct_hosts", "memory", "cpu")
-KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:], *_PLACEMENT)
+_ROLLOUT = ("health", "min_healthy", "max_parallel", "progress_deadline", "auto_rollback")
+KEYS = (*_SECONDS[:2], "check", *_SECONDS[2:], *_PLACEMENT, *_ROLLOUT)
 
 
 class AppConfigError(CLIError, ValueError):
@@ -124,6 +135,8 @@ def _settings(where: str, table: dict[str, Any]) -> pb.ProcessSettings:
                 _placement(settings, f"{where}.{key}", key, value)
             except PlacementError as exc:
                 raise AppConfigError(str(exc)) from None
+        elif key in _ROLLOUT:
+            _rollout(settings, f"{where}.{key}", key, value)
         else:
             raise AppConfigError(f"{where}.{key}: unknown key (known: {', '.join(KEYS)})")
     return settings
@@ -146,6 +159,46 @@ def _placement(settings: pb.ProcessSettings, where: str, key: str, value: object
         settings.memory = parse_size(value, where)
     else:
         settings.cpu = parse_cpu(value, where)
+
+
+def _rollout(settings: pb.ProcessSettings, where: str, key: str, value: object) -> None:
+    """The rolling replacement keys, checked as the scheduler checks them."""
+    if key == "health":
+        if (
+            not isinstance(value, str)
+            or not value.startswith("/")
+            or any(c.isspace() or not c.isprintable() for c in value)
+        ):
+            raise AppConfigError(
+                f'{where}: expected an HTTP path starting with "/", like "/healthz", '
+                f"got {_show(value)}"
+            )
+        settings.health = value
+    elif key == "min_healthy":
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise AppConfigError(f"{where}: expected a number of seconds, got {_show(value)}")
+        if not 0 <= value <= MAX_MIN_HEALTHY:
+            raise AppConfigError(
+                f"{where}: must be between 0 and {MAX_MIN_HEALTHY:g} seconds, got {value}"
+            )
+        settings.min_healthy = float(value)
+    elif key == "max_parallel":
+        text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(text, str):
+            raise AppConfigError(f'{where}: expected a count like 2 or "25%", got {_show(value)}')
+        try:
+            max_parallel(text, 1)
+        except ValueError:
+            raise AppConfigError(
+                f'{where}: expected a count from 1 or "1%" to "100%", got {_show(value)}'
+            ) from None
+        settings.max_parallel = text
+    elif key == "progress_deadline":
+        settings.progress_deadline = _positive_seconds(where, value)
+    else:
+        if not isinstance(value, bool):
+            raise AppConfigError(f"{where}: expected true or false, got {_show(value)}")
+        settings.auto_rollback = value
 
 
 def _positive_seconds(where: str, value: object) -> float:

@@ -37,13 +37,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from paas.common.names import InstanceName
+from paas.common.rollouts import max_parallel
 from paas.common.slugs import NOT_READY
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
@@ -85,30 +85,6 @@ _CopyKey = tuple[str, str, int, int]  # (app id, name, release, incarnation)
 
 
 # ------------------------------------------------------------ settings
-
-
-def max_parallel(value: str, count: int) -> int:
-    """Replacements in flight of a type of `count` instances: "2", "25%" (rounded up),
-    "" (1); at least 1. ValueError naming the value if it is none of these."""
-    text = value.strip()
-    if not text:
-        return 1
-    if text.endswith("%"):
-        percent = float(text[:-1]) if _is_number(text[:-1]) else math.nan
-        if not 0 < percent <= 100:
-            raise ValueError(f'max_parallel: expected "N" or "1%" to "100%", got {value!r}')
-        return max(1, math.ceil(count * percent / 100))
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise ValueError(f'max_parallel: expected a count from 1 or "25%", got {value!r}')
-    return int(text)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return text.replace(".", "", 1).isascii() and text.replace(".", "", 1).isdigit()
 
 
 @dataclass(frozen=True)

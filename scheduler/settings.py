@@ -6,6 +6,7 @@ the CLI sends is what the agent receives.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf import json_format
@@ -16,12 +17,17 @@ from paas.common.placement import (
     parse_constraint,
     parse_label,
 )
+from paas.common.rollouts import MAX_MIN_HEALTHY, max_parallel
 from paas.proto import paas_pb2 as pb
 
 # Generous ceilings: past them a typo is likelier than intent.
 MAX_GRACE = 3600.0
 MAX_BOOT = 3600.0
 MAX_BACKOFF = 86400.0
+MAX_PROGRESS_DEADLINE = 86400.0
+MAX_HEALTH_PATH = 1024
+# An HTTP path as a request line carries it: no spaces, no control characters.
+_HEALTH_PATH = re.compile(r"/[\x21-\x7e]*")
 
 
 def settings_from(data: dict[str, Any]) -> pb.ProcessSettings:
@@ -46,6 +52,9 @@ def settings_problem(settings: pb.ProcessSettings, node_grace: float) -> str | N
         placement_of(settings)
     except PlacementError as exc:
         return str(exc)
+    problem = rollout_problem(settings)
+    if problem:
+        return problem
     if settings.stop_after_disconnected >= node_grace:
         # Only a limit below the grace stops the old copy before the new one starts.
         return (
@@ -68,3 +77,27 @@ def placement_of(settings: pb.ProcessSettings) -> TypePlacement:
         memory=settings.memory,
         cpu=settings.cpu,
     )
+
+
+def rollout_problem(settings: pb.ProcessSettings) -> str | None:
+    """What is wrong with the health check and rolling replacement settings, or None."""
+    health = settings.health
+    if health and (len(health) > MAX_HEALTH_PATH or not _HEALTH_PATH.fullmatch(health)):
+        return (
+            f'health must be an HTTP path starting with "/" (at most {MAX_HEALTH_PATH} '
+            f"characters, no spaces), got {health[:80]!r}"
+        )
+    if settings.HasField("min_healthy"):
+        value = settings.min_healthy
+        if not 0 <= value <= MAX_MIN_HEALTHY:
+            return f"min_healthy must be between 0 and {MAX_MIN_HEALTHY:g} seconds, got {value:g}"
+    if not 0 <= settings.progress_deadline <= MAX_PROGRESS_DEADLINE:
+        return (
+            f"progress_deadline must be between 0 and {MAX_PROGRESS_DEADLINE:g} seconds, "
+            f"got {settings.progress_deadline:g}"
+        )
+    try:
+        max_parallel(settings.max_parallel, 1)
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -163,6 +163,7 @@ class FakeProcesses:
         self.children: list[FakeChild] = []
         self.sent: list[Sent] = []
         self.listening: set[int] = set()
+        self.healthy: set[tuple[int, str]] = set()  # (port, path) answering 2xx
         self.spawn_error = ""  # when set, spawn fails with it
         self.ignore_sigterm = False  # children spawned from now on ignore SIGTERM
         self._pids = itertools.count(1000)
@@ -207,6 +208,14 @@ class FakeProcesses:
             return True
         await self.clock.sleep(timeout)  # as a connect whose SYN nobody answers
         return port in self.listening
+
+    async def answers(self, port: int, path: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """A fake HTTP check: the port answers `path` once it is in `healthy`."""
+        if (port, path) in self.healthy:
+            await asyncio.sleep(0)
+            return True
+        await self.clock.sleep(timeout)
+        return (port, path) in self.healthy
 
     async def usage(self, pgids: set[int]) -> dict[int, Usage]:
         return {pgid: Usage(0.0, 0) for pgid in pgids}

@@ -167,3 +167,100 @@ async def test_close_stops_everything_and_takes_no_more(node: Node) -> None:
     assert all(child.returncode == -signal.SIGTERM for child in node.processes.children)
     assert not node.apply(worker("worker.3"))
     assert node.supervisor.statuses() == []
+
+
+def web(name: str, release: int, incarnation: int, health: str = "") -> pb.Assignment:
+    return pb.Assignment(
+        app=APP,
+        name=name,
+        type="web",
+        incarnation=incarnation,
+        release=release,
+        command=f"serve v{release}",
+        settings=pb.ProcessSettings(health=health),
+    )
+
+
+def copy_of(node: Node, name: str, release: int) -> State | None:
+    instance = node.supervisor.instance(APP, name, release)
+    return instance.state if instance else None
+
+
+async def test_two_releases_of_one_name_run_side_by_side_each_on_its_own_port(
+    node: Node,
+) -> None:
+    node.apply(web("web.1", 4, 10))
+    await node.clock.run_until(lambda: bool(node.processes.children))
+    old = node.processes.children[0]
+    node.processes.listening.add(int(old.env["PORT"]))
+    await node.clock.run_until(lambda: copy_of(node, "web.1", 4) is State.UP)
+
+    # The rollout's new copy of web.1 (release 5) beside the old one.
+    node.apply(web("web.1", 4, 10), web("web.1", 5, 20))
+    await node.clock.run_until(lambda: len(node.processes.children) == 2)
+    new = node.processes.children[1]
+    assert new.command == "serve v5" and new.env["PAAS_INSTANCE"] == "web.1"
+    assert new.env["PORT"] != old.env["PORT"]
+    node.processes.listening.add(int(new.env["PORT"]))
+    await node.clock.run_until(lambda: copy_of(node, "web.1", 5) is State.UP)
+    assert old.returncode is None, "the old copy keeps serving while the new one boots"
+    statuses = {(s.name, s.release): s.state for s in node.supervisor.statuses()}
+    assert statuses == {("web.1", 4): pb.UP, ("web.1", 5): pb.UP}
+
+    # Promoted: the set holds only the new copy (same incarnation): the old one stops,
+    # the new one is not restarted.
+    node.apply(web("web.1", 5, 20))
+    await node.clock.run_until(lambda: copy_of(node, "web.1", 4) is None)
+    assert old.returncode == -signal.SIGTERM
+    assert new.returncode is None and len(node.processes.children) == 2
+    assert copy_of(node, "web.1", 5) is State.UP
+    await node.close()
+
+
+async def test_the_copies_of_one_name_share_its_log_buffer_until_the_last_goes(
+    node: Node,
+) -> None:
+    node.apply(web("web.1", 4, 10), web("web.1", 5, 20))
+    await node.clock.run_until(lambda: len(node.processes.children) == 2)
+    old, new = node.processes.children
+    assert node.supervisor.logs.buffer(APP, "web.1") is (
+        node.supervisor.instance(APP, "web.1", 4).buffer  # type: ignore[union-attr]
+    )
+    old.write("from the old copy\n")
+    new.write("from the new copy\n")
+    node.apply(web("web.1", 5, 20))
+    await node.clock.run_until(lambda: copy_of(node, "web.1", 4) is None)
+    buffer = node.supervisor.instance(APP, "web.1", 5).buffer  # type: ignore[union-attr]
+    new.write("still live\n")
+    await node.clock.run_until(lambda: True)
+    texts = [line.text for line in buffer.tail(100)]
+    assert "from the old copy" in texts and "still live" in texts
+    await node.close()
+
+
+async def test_a_health_path_must_answer_before_the_copy_is_up(node: Node) -> None:
+    node.apply(web("web.1", 1, 1, health="/healthz"))
+    await node.clock.run_until(lambda: bool(node.processes.children))
+    child = node.processes.children[0]
+    port = int(child.env["PORT"])
+    node.processes.listening.add(port)  # accepting is not enough with a health path
+    await node.clock.advance(5.0)
+    assert copy_of(node, "web.1", 1) is State.STARTING
+    node.processes.healthy.add((port, "/healthz"))
+    await node.clock.run_until(lambda: copy_of(node, "web.1", 1) is State.UP)
+    await node.close()
+
+
+async def test_a_health_path_that_never_answers_is_a_boot_timeout(node: Node) -> None:
+    assignment = web("web.1", 1, 1, health="/healthz")
+    assignment.settings.boot_timeout = 10.0
+    node.apply(assignment)
+    await node.clock.run_until(lambda: bool(node.processes.children))
+    node.processes.listening.add(int(node.processes.children[0].env["PORT"]))
+    await node.clock.run_until(
+        lambda: (i := node.supervisor.instance(APP, "web.1")) is not None and i.restarts > 0
+    )
+    instance = node.supervisor.instance(APP, "web.1")
+    assert instance is not None
+    assert "GET /healthz" in instance.ended.failure  # type: ignore[union-attr]
+    await node.close()
