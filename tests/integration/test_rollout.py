@@ -83,7 +83,7 @@ async def app_release(cluster: LocalCluster) -> int:
 
 
 async def status_is(cluster: LocalCluster, version: int, status: str) -> bool:
-    return (await release_record(cluster, version))["status"] == status
+    return bool((await release_record(cluster, version))["status"] == status)
 
 
 async def web_up(cluster: LocalCluster, count: int, release: int) -> list[dict[str, Any]]:
