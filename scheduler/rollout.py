@@ -273,9 +273,11 @@ def decide(rollout: RolloutInput) -> Decision:
         count = len(instances)
         took = max(0.0, rollout.now - release.created_at)
         _finish(decision, release, "succeeded", "")
-        decision.events.append(
-            f"Release v{release.version} rolled out ({count} instance{_s(count)} in {took:.1f}s)"
-        )
+        if count:  # nothing to replace is no news
+            decision.events.append(
+                f"Release v{release.version} rolled out ({count} instance{_s(count)} in "
+                f"{took:.1f}s)"
+            )
     decision.writes = _last_put_per_release(decision.writes)
     return decision
 

@@ -87,6 +87,10 @@ class SlugCollector:
             apps = await self._store.apps()
             current = {app.name: app.release for app in apps.values()}
             drop = releases_to_drop(releases, current, self._keep)
+            # A release instances still run is kept (mid-rollout, or after one failed).
+            running = {(i.app, i.release) for i in await self._store.instances()}
+            running |= {(s.app, s.release) for s in await self._store.surges()}
+            drop = [d for d in drop if d not in running]
             if drop:
                 await self._store.delete_releases(drop)
             dropped = set(drop)

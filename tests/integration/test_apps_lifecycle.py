@@ -111,7 +111,7 @@ async def test_destroy_stops_everything_and_a_new_app_of_the_name_starts_clean(
         logs = (await paas(cluster, "logs", "-n", "1000", app="shop")).stdout
         assert "first-life" not in logs, logs
         assert logs.count("App created") == 1, "the old app's events went with it"
-        releases = [line for line in logs.splitlines() if "Release v" in line]
+        releases = [line for line in logs.splitlines() if "Release v" in line and "created" in line]
         assert len(releases) == 1 and "Release v1 " in releases[0], releases
 
 

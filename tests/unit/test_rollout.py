@@ -173,6 +173,7 @@ def test_a_release_with_nothing_to_replace_succeeds_at_once() -> None:
     decision = run(Case([inst(1, version=5), inst(2, version=5)]))
     assert status_of(decision) == "succeeded"
     assert run(Case([])).outcome == "succeeded"
+    assert run(Case([])).events == [], "nothing to replace is no news"
 
 
 def test_a_crashed_copy_fails_the_release_and_the_one_before_comes_back() -> None:
