@@ -12,6 +12,7 @@ import json
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
@@ -126,12 +127,12 @@ def node_state_name(state: int) -> str:
     return name.removeprefix("NODE_").lower() if name.startswith("NODE_") else "unknown"
 
 
-def _instance_order(view: pb.InstanceView) -> tuple[str, str, int, str]:
+def _instance_order(view: pb.InstanceView) -> tuple[str, str, int, str, int]:
     try:
         parsed = InstanceName.parse(view.name)
-        return (view.app, parsed.type, parsed.index, "")
+        return (view.app, parsed.type, parsed.index, "", view.release)
     except NameError_:
-        return (view.app, view.type, 0, view.name)
+        return (view.app, view.type, 0, view.name, view.release)
 
 
 def iso_time(unix: float) -> str | None:
@@ -276,10 +277,13 @@ def instances(
     for column in ("name", "type", "node", "pid", "port", "cpu%", "rss MiB", "state"):
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     now = time.time()
+    # During a rollout a name is listed twice (the new copy beside the old): say which
+    # release each one runs.
+    named = Counter((view.app, view.name) for view in ordered)
     for view in ordered:
         state = state_name(view.state)
         table.add_row(
-            view.name,
+            f"{view.name} (v{view.release})" if named[(view.app, view.name)] > 1 else view.name,
             view.type,
             view.node or "-",
             str(view.pid) if view.pid else "-",

@@ -13,6 +13,7 @@ from paas.scheduler.events import EventLog
 from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.rollout import RELEASE_PHASE
 from paas.scheduler.store import AppRecord, Store
 
 _OPS = {
@@ -36,7 +37,8 @@ class FormationService:
             formation, formation_rev = await self._store.formation(app.name)
             release = await self._store.release(app.name, app.release) if app.release else None
             changes = [_change(c) for c in request.changes]
-            types = list(release.commands) if release else []
+            # The release phase runs once per release (rollout.py), never as a formation.
+            types = [t for t in release.commands if t != RELEASE_PHASE] if release else []
             new = apply_changes(formation, changes, types)
             await self._store.set_formation(app, new, formation_rev)
             return app, new

@@ -362,3 +362,17 @@ async def test_a_leader_failover_mid_rollout_resumes_and_finishes_it(
     rows = await web_up(cluster, 4, 2)
     for row in rows:
         assert await asyncio.to_thread(answers, row["port"]) == "two"
+
+
+async def test_a_release_procfile_entry_is_never_a_formation_type(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    procfile = PROCFILE + "release: echo migrating\n"
+    await deploy(cluster, write_app(app_dir, "one", settings(min_healthy=0), procfile))
+    listed = (await paas(cluster, "apps", "--json")).json()
+    [shop] = [a for a in listed if a["name"] == "shop"]
+    assert "release" not in shop["formation"], shop
+    refused = await paas(cluster, "scale", "release=1", app="shop")
+    assert refused.returncode == 1 and "unknown process type 'release'" in refused.stderr
+    await web_up(cluster, 1, 1)
+    assert (await release_record(cluster, 1))["phase_done"] is True

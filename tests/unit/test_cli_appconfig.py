@@ -74,7 +74,8 @@ def test_a_type_may_leave_keys_out_for_the_agents_defaults() -> None:
         ("[types.web]\nstop_grase = 5\n",
          "paas.toml: types.web.stop_grase: unknown key (known: stop_grace, boot_timeout, check, "
          "backoff_cap, backoff_reset, stop_after_disconnected, constraints, spread, "
-         "distinct_hosts, memory, cpu)"),
+         "distinct_hosts, memory, cpu, health, min_healthy, max_parallel, progress_deadline, "
+         "auto_rollback)"),
         ("[types.web]\nconstraints = [\"zone>=eu-1\"]\n",
          "paas.toml: types.web.constraints: unknown operator '>=' in 'zone>=eu-1': "
          "use LABEL=VALUE or LABEL!=VALUE"),
@@ -168,3 +169,50 @@ def test_dotenv_vars_the_scheduler_refuses_are_refused_the_same(text: str, messa
     with pytest.raises(ConfigVarsError) as scheduler:
         check_config_vars(dict(line.split("=", 1) for line in text.splitlines()))
     assert str(raised.value) == str(scheduler.value)
+
+
+def test_the_rollout_keys_become_their_settings() -> None:
+    settings = parse_app_config(
+        """
+        [types.web]
+        health = "/healthz"
+        min_healthy = 0
+        max_parallel = "25%"
+        progress_deadline = 60
+        auto_rollback = true
+
+        [types.worker]
+        max_parallel = 2
+        """,
+        TYPES,
+    )
+    assert settings["web"] == pb.ProcessSettings(
+        health="/healthz",
+        min_healthy=0.0,
+        max_parallel="25%",
+        progress_deadline=60,
+        auto_rollback=True,
+    )
+    assert settings["web"].HasField("min_healthy"), "0 is said, not the default"
+    assert settings["worker"].max_parallel == "2"
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("max_parallel = 0", 'types.web.max_parallel: expected a count from 1 or "1%"'),
+        ('max_parallel = "0%"', "types.web.max_parallel"),
+        ('max_parallel = "150%"', "types.web.max_parallel"),
+        ("max_parallel = 1.5", "types.web.max_parallel"),
+        ("min_healthy = -1", "types.web.min_healthy: must be between 0 and 3600"),
+        ('min_healthy = "3"', "types.web.min_healthy: expected a number of seconds"),
+        ('health = "healthz"', 'types.web.health: expected an HTTP path starting with "/"'),
+        ('health = "/a b"', "types.web.health"),
+        ("progress_deadline = 0", "types.web.progress_deadline: must be above 0"),
+        ('auto_rollback = "yes"', "types.web.auto_rollback: expected true or false"),
+    ],
+)
+def test_rollout_keys_out_of_range_are_one_line(line: str, problem: str) -> None:
+    with pytest.raises(AppConfigError) as refused:
+        parse_app_config(f"[types.web]\n{line}\n", TYPES)
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
