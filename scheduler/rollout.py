@@ -382,7 +382,9 @@ def _ran(rollout: RolloutInput, type_: str, done: set[InstanceName]) -> int:
 def _crash_text(surge: Copy) -> str:
     health = surge.health
     how = f" ({health.last_exit})" if health.last_exit else ""
-    why = f": {health.reason}" if health.reason and not health.last_exit else ""
+    # "restarting in 2s" says nothing of the crash; a boot timeout's reason does.
+    told = health.reason and not health.reason.startswith("restarting")
+    why = f": {health.reason}" if told and health.reason != health.last_exit else ""
     return f"its new copy of {surge.name} crashed{how}{why}"
 
 
