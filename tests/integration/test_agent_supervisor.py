@@ -403,7 +403,7 @@ async def test_a_kept_port_another_process_took_is_replaced_on_the_next_start(
         texts = node.texts("worker.1")
         assert f"port {first.port} is taken by another process; using {status.port}" in texts
         assert f"running on {status.port}" in texts
-        assert node.supervisor.ports.held((APP, "worker.1")) == status.port
+        assert node.supervisor.ports.held((APP, "worker.1", 1)) == status.port
 
 
 async def test_two_agents_with_one_port_range_never_give_out_the_same_port(
@@ -599,7 +599,7 @@ async def test_stopping_kills_the_grandchildren_in_the_process_group(
     assert "Stopping all processes with SIGTERM" in texts
     assert "State changed from stopping to stopped" in texts
     assert "Stopping remaining processes with SIGKILL" not in texts  # the sleeps obeyed SIGTERM
-    assert node.supervisor.ports.held((APP, "worker.1")) is None
+    assert node.supervisor.ports.held((APP, "worker.1", 1)) is None
 
 
 async def test_a_process_that_ignores_sigterm_is_killed_after_the_grace(
