@@ -161,6 +161,8 @@ class RolloutInput:
     allowed: Mapping[str, frozenset[str]] = field(default_factory=dict)
     phase: str | None = None  # the release phase's outcome, once it ended: "" = ok
     phase_running: bool = False
+    # The app's releases by version (to find the one before a superseded release).
+    history: Mapping[int, ReleaseRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,6 +191,13 @@ def decide(rollout: RolloutInput) -> Decision:
         decision.events.append(
             f"Release v{old.version} superseded by v{release.version} before it rolled out"
         )
+        if old.version == release.previous and _rolling(release):
+            # It never was in force whole: should this one fail, the one before it is.
+            release = dataclasses.replace(release, previous=old.previous)
+            decision.writes.append(PutRelease(release))
+            rollout = dataclasses.replace(
+                rollout, release=release, previous=rollout.history.get(old.previous)
+            )
     stray = [s for s in rollout.surges if s.release != release.version or not _rolling(release)]
     decision.writes += [DropSurge(_surge(rollout.app.name, s)) for s in stray]
     if not _rolling(release):
@@ -317,7 +326,11 @@ def _fail(
     back = ""
     if previous is not None or release.previous == 0:
         decision.writes.append(PutAppRelease(rollout.app, release.previous))
-        back = f"; v{release.previous} stays in force" if release.previous else "; nothing runs it"
+        back = (
+            f"; v{release.previous} stays in force"
+            if release.previous
+            else "; no release is in force"
+        )
     else:
         back = f"; v{release.previous} is gone, so v{release.version} stays in force"
     decision.events.append(f"Release v{release.version} failed: {reason}{back}")
@@ -482,6 +495,7 @@ class Rollouts:
                 now=time.time(),
                 superseded=others,
                 previous=world.history.get((name, release.previous)),
+                history={v: r for (a, v), r in world.history.items() if a == name},
                 allowed=allowed.get(name, {}),
                 phase=phase,
                 phase_running=running,

@@ -244,6 +244,33 @@ def test_a_newer_release_supersedes_the_rolling_one_and_its_copies_go() -> None:
     assert started(decision) == ["web.1"], "and the rollout goes on towards v6"
 
 
+def test_a_release_that_supersedes_falls_back_past_the_superseded_one() -> None:
+    v4 = dataclasses.replace(release(4), status="succeeded")
+    v6 = dataclasses.replace(release(6), previous=5)
+    crashed = Health(state=pb.CRASHED, last_exit="exit 1")
+    base = RolloutInput(
+        APP,
+        v6,
+        {"web": 1},
+        [inst(1)],
+        [surge(1, crashed, version=6)],
+        {"a": 5},
+        NOW,
+        superseded=[release(5)],
+        previous=release(5),
+        phase="",
+        history={4: v4, 5: release(5), 6: v6},
+    )
+    decision = decide(base)
+    assert decision.outcome == "failed"
+    back = next(w for w in decision.writes if isinstance(w, PutAppRelease))
+    assert back.version == 4, "v5 never was in force whole"
+    failed = next(
+        w.release for w in decision.writes if isinstance(w, PutRelease) and w.release.version == 6
+    )
+    assert failed.previous == 4 and failed.status == "failed"
+
+
 def test_a_copy_whose_node_is_gone_is_dropped_and_started_again_elsewhere() -> None:
     case = Case([inst(1), inst(2)], surges=[surge(1, node="gone")])
     decision = run(case)
