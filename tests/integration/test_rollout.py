@@ -375,3 +375,36 @@ async def test_a_release_procfile_entry_is_never_a_formation_type(
     assert refused.returncode == 1 and "unknown process type 'release'" in refused.stderr
     await web_up(cluster, 1, 1)
     assert (await release_record(cluster, 1))["phase_done"] is True
+
+
+async def test_a_drain_during_a_rollout_places_the_new_release(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    toml = settings(min_healthy=6)
+    await deploy(cluster, write_app(app_dir, "one", toml))
+    assert (await paas(cluster, "scale", "web=3", app="shop")).returncode == 0
+    rows = await web_up(cluster, 3, 1)
+    await deploy(cluster, write_app(app_dir, "two", toml))
+
+    async def surging() -> str:
+        keys = await etcd_keys(cluster.etcd_endpoint)
+        names = [k.rsplit("/", 1)[1] for k in keys if k.startswith("/paas/surges/shop/")]
+        return names[0] if names else ""
+
+    surged = await wait_for(surging, timeout=60, what="a new copy in flight")
+    # Drain the node of an instance the rollout has not reached yet.
+    waiting = [r for r in rows if r["name"] != surged]
+    drained = waiting[-1]
+    result = await paas(cluster, "nodes", "drain", drained["node"])
+    assert result.returncode == 0, result.stderr
+
+    async def moved_with_v2() -> bool:
+        found = [r for r in await ps_rows(cluster, "shop") if r["name"] == drained["name"]]
+        return any(
+            r["node"] != drained["node"] and r["release"] == 2 and r["state"] == "up" for r in found
+        )
+
+    await wait_for(moved_with_v2, timeout=60, interval=0.2, what="the drained one on v2")
+    await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
+    after = await web_up(cluster, 3, 2)
+    assert drained["node"] not in {r["node"] for r in after}
