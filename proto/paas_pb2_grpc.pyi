@@ -74,6 +74,8 @@ class SchedulerStub:
     """Admin credentials: sign a CSR for a new name, list them, revoke one."""
     ListCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]
     RevokeCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]
+    Run: _grpc.StreamStreamMultiCallable[_paas_pb2.RunInput, _paas_pb2.RunOutput]
+    """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -115,6 +117,8 @@ class SchedulerAsyncStub(SchedulerStub):
     """Admin credentials: sign a CSR for a new name, list them, revoke one."""
     ListCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]  # type: ignore[assignment]
     RevokeCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]  # type: ignore[assignment]
+    Run: _aio.StreamStreamMultiCallable[_paas_pb2.RunInput, _paas_pb2.RunOutput]  # type: ignore[assignment]
+    """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -333,6 +337,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.RevokeCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.Credential, _abc.Awaitable[_paas_pb2.Credential]]: ...
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request_iterator: _MaybeAsyncIterator[_paas_pb2.RunInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_paas_pb2.RunOutput], _abc.AsyncIterator[_paas_pb2.RunOutput]]:
+        """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
