@@ -470,6 +470,28 @@ class SchedulerClient:
                 ],
             )
 
+    async def open_run(self, start: pb.RunStart) -> tuple[Any, pb.RunOutput]:
+        """Start a one-off on the leader: the Run call (to write stdin and signals to and
+        read output from) and its first answer, the run's name and node."""
+
+        async def attempt(address: str) -> tuple[Any, pb.RunOutput]:
+            stub: Any = self._stub(address)  # the stubs know no call without an iterator
+            call = stub.Run()
+            try:
+                # A call the scheduler has ended already fails the write; its read has
+                # the status (a redirect, a refusal).
+                with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    await call.write(pb.RunInput(start=start))
+                first = await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+            if first is grpc.aio.EOF:  # type: ignore[attr-defined]
+                raise SchedulerError("the scheduler ended the run before it started")
+            return call, first
+
+        return await self._with_replicas(attempt)
+
     async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[Sequence[pb.LogLine]]:
         """The Logs stream's batches (never an empty one)."""
         timeout = None if request.follow else self.timeout

@@ -29,6 +29,8 @@ from paas.cli.errors import (
     UsageError,
     exit_code,
 )
+from paas.cli.run import add_arguments as run_arguments
+from paas.cli.run import run_command
 from paas.common.addresses import DEFAULT_SCHEDULER
 from paas.common.errors import InvalidInput
 
@@ -875,6 +877,32 @@ COMMANDS: tuple[Command, ...] = (
         commands.api(commands.scale, commands.prepare_scale),
         _scale_arguments,
         epilog="example:\n  paas scale web=10 worker+2 clock-1",
+    ),
+    Command(
+        ("run",),
+        "run a one-off process (run.N) with the app's current release",
+        "Run a one-off process, as `heroku run`: run.N, with the current release's code "
+        "(its slug, unpacked on the node) and config vars, plus --env overrides, DYNO=run.N "
+        "and a PORT of its own. It is never restarted; its start and exit are in the log "
+        "stream (paas[run.N]), it shows in `paas ps` while it runs, and it takes room on "
+        "its node as an instance does."
+        "\n\n"
+        "Attached (the default), stdin, stdout and stderr are streamed, Ctrl-C reaches the "
+        "process (SIGINT to its process group) and paas exits with its exit code (128+N "
+        "when signal N ended it); if its node is lost, or the scheduler's leader changes, "
+        "paas says so and exits 1. When paas itself goes away the run gets SIGHUP. With "
+        "--detach paas prints run.N and returns; the output goes to the log stream. "
+        "`paas run TYPE` runs the Procfile's command for TYPE.",
+        Scope.APP,
+        run_command,
+        run_arguments,
+        epilog="examples:\n"
+        "  paas run -- sh -c 'exit 3'; echo $?      # 3\n"
+        "  echo hello | paas run -- cat             # hello\n"
+        "  paas run worker                          # the Procfile's worker command\n"
+        "  paas run --env DEBUG=1 -- python manage.py migrate\n"
+        "  paas run --detach -- ./backfill.sh       # run.4\n"
+        "  paas logs -p run.4 -f",
     ),
     Command(
         ("ps",),

@@ -7,6 +7,8 @@ unassigns it, and the formation places it anew.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import NotFound
@@ -29,7 +31,10 @@ class InstancesService:
         reconciler: Reconciler,
         events: EventLog,
         restarts: Restarts,
+        one_offs: Callable[[str], list[pb.InstanceView]] = lambda _app: [],
     ) -> None:
+        """`one_offs`: the rows of an app's running one-offs (runs.Runs.views)."""
+        self._one_offs = one_offs
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
@@ -77,6 +82,8 @@ class InstancesService:
                 view.rss_bytes = status.rss_bytes
                 view.started_at = status.started_at
             views.append(view)
+        if request.app:
+            views.extend(self._one_offs(request.app))
         return pb.ListInstancesResponse(instances=views)
 
     async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:

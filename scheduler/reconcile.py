@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from paas.common.placement import PlacementError, TypePlacement
@@ -69,6 +70,8 @@ class Reconciler:
         self._assignments: dict[tuple[str, str], tuple[tuple[Any, ...], pb.Assignment]] = {}
         self._pushed: dict[str, tuple[object, list[tuple[Any, ...]], list[str]]] = {}
         self.pushes = 0  # desired sets sent, for tests and benchmarks
+        # One-off runs per node (runs.Runs.busy): room they hold, taken off capacity.
+        self.busy: Callable[[str], int] = lambda _node: 0
 
     def kick(self) -> None:
         """Say: look again."""
@@ -127,7 +130,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         world, revision = await self._world()
-        nodes = [_node_view(node, self._sessions) for node in world.nodes.values()]
+        nodes = [_node_view(node, self._sessions, self.busy) for node in world.nodes.values()]
         desired = [
             AppDesired(
                 app=app.name,
@@ -258,15 +261,18 @@ class Reconciler:
             self._push(self.world)
 
 
-def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:
+def _node_view(
+    node: NodeRecord, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+) -> NodeView:
     """The node as placement sees it, from its state as Sessions decides it (so that a
-    node takes instances exactly when `paas nodes` calls it ready)."""
+    node takes instances exactly when `paas nodes` calls it ready), its capacity less
+    the one-off runs on it (`busy`)."""
     state = sessions.node_state(node.name, node.draining)
     return NodeView(
         name=node.name,
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
-        capacity=node.capacity,
+        capacity=max(0, node.capacity - busy(node.name)),
         labels=node.labels,
         memory=node.memory,
         cpu=node.cpu,

@@ -282,6 +282,71 @@ def check_agent_message(message: pb.AgentMessage) -> None:
             _text(f"the label {key}", value, 256)
     elif kind == "renew":
         _csr("renew", message.renew.csr)
+    elif kind == "run":
+        run = message.run
+        if len(run.stdout) + len(run.stderr) > RUN_STDIN_LIMIT:
+            raise InvalidInput("a run's output message holds at most 64 KiB")
+
+
+# A one-off's command line, its words together, and one stdin message.
+RUN_COMMAND_LIMIT = 32 * 1024
+RUN_STDIN_LIMIT = 64 * 1024
+# The signals a CLI may send a one-off's process group: Ctrl-C, Ctrl-\, hang-up,
+# terminate, kill, a terminal resize and the user signals.
+RUN_SIGNALS = frozenset({1, 2, 3, 9, 10, 12, 15, 28})
+# Config var names a run's --env may not set: the agent sets them.
+RESERVED_VARS = frozenset({"PORT", "DYNO"})
+RESERVED_PREFIX = "PAAS_"
+
+
+def check_run_env(env: dict[str, str] | Any) -> None:
+    """--env K=V of a run: checked as config vars are, and none of the reserved names."""
+    check_config_vars(env)
+    for key in env:
+        if key in RESERVED_VARS or key.startswith(RESERVED_PREFIX):
+            raise InvalidInput(
+                f"{key} is set by paas for every process: it cannot be set with --env"
+            )
+
+
+def check_run_input(message: pb.RunInput, *, first: bool) -> None:
+    """One message of Run: the first carries RunStart and nothing else, the others no
+    RunStart; stdin within its limit, only the signals a terminal sends."""
+    if first != message.HasField("start"):
+        raise InvalidInput(
+            "a run starts with what to run (RunStart), once"
+            if first
+            else "a run takes one RunStart, as its first message"
+        )
+    if message.app or message.name or message.output_taken:
+        raise InvalidInput("app, name and output_taken are the scheduler's to set")
+    if len(message.stdin) > RUN_STDIN_LIMIT:
+        raise InvalidInput(
+            f"a stdin message holds at most {RUN_STDIN_LIMIT} bytes, got {len(message.stdin)}"
+        )
+    if message.signal and message.signal not in RUN_SIGNALS:
+        raise InvalidInput(
+            f"signal {message.signal} cannot be sent to a run (only "
+            f"{', '.join(str(s) for s in sorted(RUN_SIGNALS))})"
+        )
+    if not first:
+        return
+    start = message.start
+    _app(start.app)
+    words = list(start.command)
+    if not words or not any(word.strip() for word in words):
+        raise InvalidInput("no command to run: `paas run -- COMMAND ...` or `paas run TYPE`")
+    for word in words:
+        check_no_nul("the command", word)
+    check_size("the command", " ".join(words), RUN_COMMAND_LIMIT)
+    if start.type:
+        check_process_type(start.type)
+    check_run_env(start.env)
+    if start.node:
+        check_node_name(start.node)
+    for what, value in (("columns", start.columns), ("lines", start.lines)):
+        if not 0 <= value <= 10_000:
+            raise InvalidInput(f"the terminal's {what} must be from 0 to 10000, got {value}")
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -315,4 +380,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.CreateCredentialsRequest.DESCRIPTOR.full_name: _create_credentials,
     pb.ListCredentialsRequest.DESCRIPTOR.full_name: _nothing,
     pb.RevokeCredentialsRequest.DESCRIPTOR.full_name: _credential_name,
+    # A stream: its handler checks each message with check_run_input.
+    pb.RunInput.DESCRIPTOR.full_name: lambda message: check_run_input(
+        message, first=message.HasField("start")
+    ),
 }

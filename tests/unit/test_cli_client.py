@@ -167,6 +167,12 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SchedulerMessage()
 
+    async def Run(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.RunInput], context: Context
+    ) -> AsyncIterator[pb.RunOutput]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        yield pb.RunOutput()
+
     async def RemoveNode(
         self, request: pb.RemoveNodeRequest, context: Context
     ) -> pb.RemoveNodeResponse:

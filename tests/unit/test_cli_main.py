@@ -25,6 +25,7 @@ COMMANDS_WORDS = [
     ["apps", "destroy"],
     ["deploy"],
     ["scale"],
+    ["run"],
     ["ps"],
     ["restart"],
     ["stop"],
