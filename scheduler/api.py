@@ -46,6 +46,7 @@ from paas.scheduler.logs_api import LogsService
 from paas.scheduler.nodecerts import DEFAULT_NODE_CERT_TTL, NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.release_phase import ReleasePhase
 from paas.scheduler.releases_api import ReleasesService
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.runs import Runs
@@ -101,6 +102,8 @@ class SchedulerService:
         self.runs = Runs(store, sessions, reconciler.kick, lambda: _instances_on(reconciler))
         self.runs.watch_apps(lambda: reconciler.world.apps if reconciler.world else None)
         reconciler.busy = self.runs.busy
+        # The rollout controller's hook: run_release_phase(release) -> None | why it failed.
+        self.release_phase = ReleasePhase(store, self.runs)
         parts: list[object] = [
             AppsService(
                 store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc

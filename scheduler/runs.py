@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from paas.proto import paas_pb2 as pb
-from paas.scheduler.errors import StoreError
+from paas.scheduler.errors import NotFound, Refused, StoreError
 from paas.scheduler.sessions import AgentSession, Sessions
 from paas.scheduler.settings import settings_from
 from paas.scheduler.store import AppRecord, ReleaseRecord, RunRecord, Store
@@ -307,6 +307,28 @@ class Runs:
         self._push()
         self._kick()
         return written, attachment
+
+    async def place(self, pinned: str = "") -> str:
+        """The node a new run goes to (choose_node); NotFound for an unknown pinned node,
+        Refused when none may take it."""
+        nodes = await self._store.nodes()
+        load = self.load()
+        views = [
+            RunNode(
+                name=node.name,
+                ready=self._sessions.get(node.name) is not None,
+                draining=node.draining,
+                capacity=node.capacity,
+                load=load.get(node.name, 0),
+            )
+            for node in nodes.values()
+        ]
+        chosen = choose_node(views, pinned)
+        if isinstance(chosen, str):
+            if chosen.startswith("unknown node"):
+                raise NotFound(chosen)
+            raise Refused(chosen)
+        return chosen.name
 
     def record(self, app: str, name: str) -> RunRecord | None:
         run = self._runs.get((app, name))

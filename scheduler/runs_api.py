@@ -30,9 +30,7 @@ from paas.scheduler.runs import (
     STDIN_WINDOW,
     Attachment,
     Key,
-    RunNode,
     Runs,
-    choose_node,
     new_record,
 )
 from paas.scheduler.sessions import Sessions
@@ -89,7 +87,7 @@ class RunsService:
             env.update(COLUMNS=str(start.columns), LINES=str(start.lines))
         if not await self._runs.ready():
             raise Refused("the leader is still loading its one-off runs; try again")
-        node = await self._place(start.node)
+        node = await self._runs.place(start.node)
         record, attachment = await self._runs.start(
             new_record(
                 app.name,
@@ -120,26 +118,6 @@ class RunsService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await feeder
             self._runs.detach(key)
-
-    async def _place(self, pinned: str) -> str:
-        nodes = await self._store.nodes()
-        load = self._runs.load()
-        views = [
-            RunNode(
-                name=node.name,
-                ready=self._sessions.get(node.name) is not None,
-                draining=node.draining,
-                capacity=node.capacity,
-                load=load.get(node.name, 0),
-            )
-            for node in nodes.values()
-        ]
-        chosen = choose_node(views, pinned)
-        if isinstance(chosen, str):
-            if chosen.startswith("unknown node"):
-                raise NotFound(chosen)
-            raise Refused(chosen)
-        return chosen.name
 
     async def _feed(
         self, key: Key, attachment: Attachment, messages: AsyncIterator[pb.RunInput]

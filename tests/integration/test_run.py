@@ -4,10 +4,12 @@ gRPC with TLS and real etcd; their I/O proxied CLI <-> scheduler <-> agent sessi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -59,7 +61,9 @@ async def start_cli(
 
 
 async def finish(
-    process: asyncio.subprocess.Process, stdin: bytes = b"", timeout: float = 60.0
+    process: asyncio.subprocess.Process,
+    stdin: bytes = b"",
+    timeout: float = 60.0,  # noqa: ASYNC109 - a bound on the child process, not a wait
 ) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     assert process.returncode is not None
@@ -87,7 +91,7 @@ async def test_the_exit_code_of_the_process_is_the_exit_code_of_paas(
     cluster: LocalCluster, app_dir: Path
 ) -> None:
     await deployed(cluster, app_dir)
-    code, out, err = await finish(await start_cli(cluster, "run", "--", "sh", "-c", "exit 3"))
+    code, _, err = await finish(await start_cli(cluster, "run", "--", "sh", "-c", "exit 3"))
     assert code == 3, err
     assert "run.1" in err
     # Its record is gone once its exit was seen: a run holds nothing after it.
@@ -285,3 +289,92 @@ async def test_ctrl_c_is_the_process_s_to_handle(cluster: LocalCluster, app_dir:
     cli.send_signal(signal.SIGINT)
     code, out, err = await finish(cli)
     assert (code, out) == (7, "got INT\n"), err
+
+
+# ------------------------------------------------------------------ the release phase
+
+
+@pytest.fixture
+async def in_process(etcd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A scheduler replica in this process (so its ReleasePhase can be called), on a
+    real etcd, with a real agent process (node-1) in session; plaintext."""
+    from paas.common.ports import free_port
+    from paas.scheduler import server
+    from paas.scheduler.api import SchedulerService
+    from paas.scheduler.config import SchedulerConfig
+
+    services: list[SchedulerService] = []
+
+    class Kept(SchedulerService):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            services.append(self)
+
+    monkeypatch.setattr(server, "SchedulerService", Kept)
+    address = f"127.0.0.1:{free_port()}"
+    config = SchedulerConfig(etcd=[etcd], listen=address, insecure=True, node_grace=3.0)
+    scheduler = asyncio.create_task(server.run_scheduler(config))
+    port = free_port()
+    log = (tmp_path / "agent.log").open("wb")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "paas", "agent",
+        "--join", address,
+        "--name", "node-1",
+        "--listen", f"127.0.0.2:{free_port('127.0.0.2')}",
+        "--ports", f"{port}-{port + 9}",
+        "--state-dir", str(tmp_path / "agents"),
+        "--insecure",
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    env = {"PAAS_INSECURE": "1"}
+
+    async def ready() -> bool:
+        result = await paas(address, "nodes", "--json", env=env)
+        return result.returncode == 0 and any(n["state"] == "ready" for n in result.json())
+
+    try:
+        await wait_for(ready, timeout=60, what="node-1 ready")
+        yield address, services[0], env
+    finally:
+        agent.terminate()
+        await agent.wait()
+        scheduler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await scheduler
+        log.close()
+
+
+async def test_the_release_phase_runs_the_release_command_once_and_tells_its_outcome(
+    in_process: Any, etcd: str, tmp_path: Path
+) -> None:
+    from paas.scheduler.store import Store
+
+    address, service, env = in_process
+    app_dir = tmp_path / "phase"
+    app_dir.mkdir()
+    (app_dir / "Procfile").write_text(
+        "web: exec sleep 1000\nrelease: echo migrating from $DYNO with $GREETING\n"
+    )
+    (app_dir / ".env").write_text("GREETING=config\n")
+    assert (await paas(address, "apps", "create", "shop", env=env)).returncode == 0
+    assert (await paas(address, "deploy", str(app_dir), app="shop", env=env)).returncode == 0
+    (app_dir / "Procfile").write_text(
+        "web: exec sleep 1000\nrelease: echo step one; echo 'migration 0042 failed' >&2; exit 2\n"
+    )
+    assert (await paas(address, "deploy", str(app_dir), app="shop", env=env)).returncode == 0
+    store = Store([etcd])
+    try:
+        first, second = await store.release("shop", 1), await store.release("shop", 2)
+    finally:
+        await store.close()
+    assert first is not None and second is not None
+
+    assert await service.release_phase.run_release_phase(first) is None
+    failed = await service.release_phase.run_release_phase(second)
+    assert failed == "release phase failed: exit 2: migration 0042 failed"
+
+    logs = await paas(address, "logs", app="shop", env=env)
+    assert "app[release.1]: migrating from release.1 with config" in logs.stdout
+    assert "paas[release.2]: Process exited with status 2" in logs.stdout
+    # Each result was read, so nothing of either run is left.
+    assert not [k for k in await etcd_keys(etcd) if "/runs/" in k]
