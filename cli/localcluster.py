@@ -145,6 +145,7 @@ class LocalCluster:
         scheduler_sans: tuple[str, ...] = (),
         scheduler_args: Sequence[str] = (),
         etcd_args: Sequence[str] = (),
+        agent_args: Sequence[str] = (),
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
@@ -159,6 +160,7 @@ class LocalCluster:
         # More flags for every scheduler replica and for etcd (tests: slug limits, quota).
         self.scheduler_args = list(scheduler_args)
         self.etcd_args = list(etcd_args)
+        self.agent_args = list(agent_args)  # more flags for every agent (tests: --capacity)
         # Every replica, as agents' --join and PAAS_SCHEDULER take them; the first leads
         # at start.
         self.scheduler_addresses: list[str] = []
@@ -453,6 +455,7 @@ class LocalCluster:
             "--state-dir", str(self.data_dir / "agents"),  # the agent keeps DIR/NAME
             "--stop-grace", f"{self.stop_grace:g}",
         ]  # fmt: skip
+        argv.extend(self.agent_args)
         if not self.tls:
             argv.append("--insecure")
         self.issue_node_credentials(name)

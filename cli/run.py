@@ -183,12 +183,12 @@ async def _read(call: Any) -> int:
             message = await call.read()
         except grpc.aio.AioRpcError as exc:
             raise SchedulerError(
-                f"the run's stream broke: {exc.details() or exc.code().name}; its outcome "
-                "is unknown",
+                f"the connection to the scheduler broke ({exc.details() or exc.code().name}); "
+                "the run's outcome is unknown",
                 exc.code(),
             ) from None
         if message is grpc.aio.EOF:  # type: ignore[attr-defined]
-            raise CommandError("the scheduler ended the run's stream; its outcome is unknown")
+            raise CommandError("the scheduler ended the run's stream; the run's outcome is unknown")
         if message.stdout:
             await asyncio.to_thread(_write_out, stdout, message.stdout)
         if message.stderr:

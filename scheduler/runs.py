@@ -171,6 +171,11 @@ class Runs:
         self._loaded = asyncio.Event()
         self._writes: set[asyncio.Task[None]] = set()
         self._apps: Callable[[], dict[str, AppRecord] | None] = lambda: None
+        # Per node, when this term last saw its session (monotonic): a node silent for
+        # longer than the grace is lost for its runs. Kept here, not read from Sessions,
+        # so that the sessions a stepping-down leader closes are not taken for losses.
+        self._seen: dict[str, float] = {}
+        self._term_start = 0.0
 
     def watch_apps(self, apps: Callable[[], dict[str, AppRecord] | None]) -> None:
         """Where the apps are as reconcile last saw them (runs of a gone app end)."""
@@ -187,6 +192,8 @@ class Runs:
             self._end_attachment(key, "the scheduler leader changed; the run's outcome is unknown")
         self._runs.clear()
         self._pushed.clear()
+        self._seen.clear()
+        self._term_start = time.monotonic()
         if leading:
             self._task = asyncio.create_task(self._term(), name="one-off runs")
 
@@ -471,8 +478,17 @@ class Runs:
         if attachment is not None:
             attachment.put(pb.RunOutput(app=key[0], name=key[1], lost=why))
 
+    def _lost(self, node: str) -> bool:
+        now = time.monotonic()
+        if self._sessions.get(node) is not None:
+            self._seen[node] = now
+            return False
+        return now - self._seen.get(node, self._term_start) > self._sessions.grace
+
     def _sweep(self) -> None:
         """Runs whose node is lost end with that said; runs of a gone app just end."""
+        for session in self._sessions.connected():
+            self._seen[session.name] = time.monotonic()
         apps = self._apps()
         for key, run in list(self._runs.items()):
             record = run.record
@@ -484,7 +500,7 @@ class Runs:
                 continue
             if record.state == "exited":
                 continue
-            if not self._sessions.is_ready(record.node):
+            if self._lost(record.node):
                 log.warning("%s %s: %s", record.app, record.name, lost_text(record.node))
                 self._finish(key, pb.RunOutput(lost=lost_text(record.node)))
 

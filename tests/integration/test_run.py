@@ -76,7 +76,7 @@ def processes_with(marker: str) -> list[psutil.Process]:
         try:
             if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if any(marker in part for part in proc.info["cmdline"] or []):
+            if marker in " ".join(proc.info["cmdline"] or []):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -378,3 +378,118 @@ async def test_the_release_phase_runs_the_release_command_once_and_tells_its_out
     assert "paas[release.2]: Process exited with status 2" in logs.stdout
     # Each result was read, so nothing of either run is left.
     assert not [k for k in await etcd_keys(etcd) if "/runs/" in k]
+
+
+# ------------------------------------------------------------------ capacity, TLS, failover
+
+
+async def test_a_run_takes_room_on_its_node_as_an_instance_does(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """One node of capacity 1: while a run holds it, web.1 finds no room; once the run
+    has exited, web.1 is placed."""
+    async with LocalCluster(
+        agents=1, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs",
+        agent_args=["--capacity", "1"],
+    ) as cluster:  # fmt: skip
+        await deployed(cluster, app_dir)
+        assert (await paas(cluster, "scale", "web=0", app="shop")).returncode == 0
+        flag = tmp_path / "go"
+        result = await paas(
+            cluster, "run", "--detach", "--", f"while [ ! -e {flag} ]; do sleep 0.1; done",
+            app="shop",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        await wait_for(lambda: run_up(cluster), what="run.1 up")
+        full = await paas(cluster, "run", "--", "true", app="shop")
+        assert full.returncode == 1
+        assert full.stderr.startswith("error: no node has room for a one-off"), full.stderr
+        assert (await paas(cluster, "scale", "web=1", app="shop")).returncode == 0
+
+        async def web_placed() -> bool:
+            return any(r["name"] == "web.1" for r in await ps_rows(cluster, "shop"))
+
+        async def said_full() -> bool:
+            logs = await paas(cluster, "logs", app="shop")
+            return "full" in logs.stdout and "web" in logs.stdout
+
+        # Placement sees the run's room as taken, and says so in the app's log.
+        await wait_for(said_full, timeout=30, what="the event that web finds no room")
+        assert not await web_placed()
+        flag.touch()
+        await wait_for(web_placed, timeout=60, what="web.1 placed once the run has exited")
+
+
+async def run_up(cluster: LocalCluster) -> bool:
+    rows = {row["name"]: row for row in await ps_rows(cluster, "shop")}
+    return bool(rows.get("run.1", {}).get("state") == "up")
+
+
+async def test_with_tls_a_node_credential_may_not_run(
+    cluster: LocalCluster, app_dir: Path, tmp_path: Path
+) -> None:
+    import datetime as dt
+
+    import grpc
+
+    from paas.common import pki
+    from paas.common.grpcutil import CHANNEL_OPTIONS
+    from paas.common.pki import Identity, Role
+    from paas.common.tls import dial
+    from paas.proto import paas_pb2 as pb
+    from paas.proto import paas_pb2_grpc as pb_grpc
+
+    await deployed(cluster, app_dir)
+    ca = pki.CertificateAuthority.load(cluster.tls_dir)
+    node = ca.issue_credentials(Identity(Role.NODE, "node-1"), dt.timedelta(hours=1))
+    async with dial(cluster.scheduler_addresses[0], node, CHANNEL_OPTIONS) as channel:
+        stub: Any = pb_grpc.SchedulerStub(channel)
+        call = stub.Run()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            # Refused when the call comes: the write may already meet the status.
+            await call.write(pb.RunInput(start=pb.RunStart(app="shop", command=["true"])))
+            await call.read()
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "Run needs a certificate of role admin" in (refused.value.details() or "")
+    creds = tmp_path / "node.credentials"
+    pki.write_credentials(creds, node)
+    result = await paas(
+        cluster.scheduler_address, "run", "-a", "shop", "--", "true",
+        env={"PAAS_CREDENTIALS": str(creds)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: Run needs a certificate of role admin"), result.stderr
+    assert await run_keys(cluster) == []
+
+
+async def test_a_leader_change_ends_an_attached_run_and_keeps_a_detached_one(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    async with LocalCluster(
+        agents=2, schedulers=2, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs"
+    ) as cluster:
+        await deployed(cluster, app_dir)
+        detached = await paas(
+            cluster, "run", "--detach", "--", "echo up; exec sleep 4545", app="shop"
+        )
+        assert detached.returncode == 0, detached.stderr
+        cli = await start_cli(cluster, "run", "--", "sh", "-c", "echo ready; exec sleep 4646")
+        assert cli.stdout is not None
+        assert await asyncio.wait_for(cli.stdout.readline(), 60) == b"ready\n"
+        leader = cluster.scheduler_process(0)
+        leader.send_signal(signal.SIGTERM)  # steps down: the other replica leads
+        code, _, err = await finish(cli, timeout=60)
+        # The stream ends with the old leader: one line, exit 1.
+        assert code == 1
+        last = err.splitlines()[-1]
+        assert last.startswith("error: ") and last.endswith("the run's outcome is unknown"), err
+        # The new leader stops the attached run (its CLI has gone) and keeps the other.
+        await wait_for(lambda: not processes_with("sleep 4646"), timeout=60, what="4646 gone")
+        assert processes_with("sleep 4545")
+
+        async def detached_listed() -> bool:
+            names = [row["name"] for row in await ps_rows(cluster, "shop")]
+            return "run.1" in names and "run.2" not in names
+
+        await wait_for(detached_listed, timeout=60, what="run.1 alone in paas ps")
+        assert processes_with("sleep 4545")
