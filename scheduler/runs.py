@@ -217,20 +217,22 @@ class Runs:
                 log.warning("cannot read the one-off runs yet: %s", exc)
                 await asyncio.sleep(0.5)
         releases: dict[tuple[str, int], ReleaseRecord | None] = {}
+        apps: dict[str, AppRecord | None] = {}
         for record in records:
             if record.attached and record.state != "exited":
                 # Its CLI was attached to another leader, and has ended: so does it.
                 self._write(self._store.delete_run(record.app, record.name))
                 continue
             rkey = (record.app, record.release)
-            if rkey not in releases:
-                try:
+            try:
+                if record.app not in apps:
+                    apps[record.app] = await self._store.app(record.app)
+                if rkey not in releases:
                     releases[rkey] = await self._store.release(record.app, record.release)
-                    app = await self._store.app(record.app)
-                except StoreError:
-                    releases[rkey] = None
-                    app = None
-            release = releases[rkey]
+            except StoreError as exc:
+                log.warning("%s %s: cannot read its release: %s", record.app, record.name, exc)
+                continue  # not sent this term; its record stays for the next
+            release, app = releases[rkey], apps[record.app]
             if release is None or app is None:
                 self._write(self._store.delete_run(record.app, record.name))
                 continue
