@@ -26,6 +26,7 @@ COMMANDS_WORDS = [
     ["deploy"],
     ["scale"],
     ["ps"],
+    ["why"],
     ["restart"],
     ["stop"],
     ["nodes"],
