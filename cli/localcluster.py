@@ -339,6 +339,13 @@ class LocalCluster:
         self._ca = pki.CertificateAuthority.load(self.tls_dir)
         self.client_tls = pki.read_credentials(self.credentials_path)
 
+    def node_credentials(self, name: str) -> pki.Credentials | None:
+        """A node certificate for `name`, signed by this cluster's CA (None without
+        TLS), for something that dials in as an agent (tests/simagents.py)."""
+        if self._ca is None:
+            return None
+        return self._ca.issue_credentials(pki.Identity(pki.Role.NODE, name), pki.NODE_TTL)
+
     def issue_node_credentials(self, name: str, state_dir: Path | None = None) -> None:
         """What a first join would leave in an agent's state dir (default: this cluster's
         agents'), STATE_DIR/NAME/node.credentials, issued here directly."""
