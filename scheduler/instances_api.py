@@ -42,7 +42,7 @@ class InstancesService:
     ) -> pb.ListInstancesResponse:
         if request.app:
             await require_app(self._store, request.app)
-        records = await self._store.instances()
+        records = await self._store.instances(request.app)
         views = []
         for record in sorted(records, key=lambda r: (r.app, r.name)):
             if request.app and record.app != request.app:
@@ -134,7 +134,7 @@ class InstancesService:
 
     async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:
         await require_app(self._store, request.app)
-        records = [r for r in await self._store.instances() if r.app == request.app]
+        records = await self._store.instances(request.app)
         chosen = select(records, request.process)
         if request.process and not chosen:
             raise NotFound(
@@ -152,7 +152,7 @@ class InstancesService:
     async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
         await require_app(self._store, request.app)
         name = InstanceName.parse(request.instance)
-        records = await self._store.instances()
+        records = await self._store.instances(request.app)
         found = [r for r in records if r.app == request.app and r.name == name]
         if not found:
             raise NotFound(

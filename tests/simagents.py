@@ -38,6 +38,7 @@ from paas.proto import paas_pb2_grpc as pb_grpc
 
 HEARTBEAT = 1.0  # seconds; the scheduler ends a session silent for 5
 RETRY = 0.3  # seconds between dials while the scheduler does not answer
+SESSIONS_PER_CHANNEL = 50  # without TLS, sessions share HTTP/2 connections
 
 
 class SimAgent:
@@ -46,16 +47,14 @@ class SimAgent:
     def __init__(
         self,
         name: str,
-        address: str,
-        credentials: Credentials | None,
+        channel: grpc.aio.Channel,
         capacity: int,
         labels: Mapping[str, str] | None = None,
         memory: int = 0,
         cpu: float = 0.0,
     ) -> None:
         self.name = name
-        self._address = address
-        self._credentials = credentials
+        self._channel = channel  # the fleet's: it closes it
         self._hello = pb.Hello(
             name=name,
             address="127.0.0.1:1",  # serves nothing: `paas logs` of it fails, as it should
@@ -83,13 +82,8 @@ class SimAgent:
 
     async def _run(self) -> None:
         while True:
-            channel = dial(self._address, self._credentials, CHANNEL_OPTIONS)
-            try:
-                await self._session(pb_grpc.SchedulerStub(channel))
-            except grpc.aio.AioRpcError:
-                pass
-            finally:
-                await channel.close(grace=None)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._session(pb_grpc.SchedulerStub(self._channel))
             self.welcomed.clear()
             await asyncio.sleep(RETRY)
 
@@ -143,7 +137,8 @@ class SimAgent:
 
 
 class SimFleet:
-    """Many SimAgents of one process, dialling one scheduler."""
+    """Many SimAgents of one process, dialling one scheduler: each on a channel of its
+    own with TLS (its own certificate), else SESSIONS_PER_CHANNEL to a channel."""
 
     def __init__(
         self,
@@ -155,10 +150,14 @@ class SimFleet:
         memory: int = 0,
         cpu: float = 0.0,
     ) -> None:
-        self.agents = {
-            name: SimAgent(name, address, credentials(name), capacity, labels(name), memory, cpu)
-            for name in names
-        }
+        self._channels: list[grpc.aio.Channel] = []
+        self.agents: dict[str, SimAgent] = {}
+        for index, name in enumerate(names):
+            creds = credentials(name)
+            if creds is not None or index % SESSIONS_PER_CHANNEL == 0:
+                self._channels.append(dial(address, creds, CHANNEL_OPTIONS))
+            channel = self._channels[-1]
+            self.agents[name] = SimAgent(name, channel, capacity, labels(name), memory, cpu)
 
     async def start(self) -> None:
         """Start every session; return once each is welcomed (the caller bounds it)."""
@@ -175,6 +174,8 @@ class SimFleet:
 
     async def close(self) -> None:
         await self.kill(list(self.agents))
+        for channel in self._channels:
+            await channel.close(grace=None)
 
 
 async def _main(args: argparse.Namespace) -> None:
