@@ -1048,8 +1048,7 @@ def apply_change(listing: Listing, change: Change) -> None:
 
 @dataclass(frozen=True)
 class Commit:
-    """What `commit` wrote: the highest revision of its txns (0 if it wrote nothing) and
-    how many txns it took."""
+    """How far `Store.commit` got: the revision of its last txn (0 if it wrote nothing)."""
 
     revision: int
     txns: int
@@ -1139,39 +1138,23 @@ async def commit(store: Store, changes: Sequence[Assign | Unassign], read_revisi
     """Commit assignment changes planned on a listing at `read_revision`, in txns of at
     most etcd's 128 operations and compares each, every one guarded by leadership, by
     its apps being the ones read (Assign.app_created) and by each of its keys being
-    unchanged since `read_revision`. Up to TXNS_IN_FLIGHT txns are sent at once (etcd
-    applies them one by one; meanwhile the next are encoded and on their way). A
-    failed guard fails only its own txn: the error of the first that failed is raised
-    (ConflictError, or NotLeaderError), once every txn sent has been answered; the
-    others are written. The plan is level-triggered, so the next pass plans again from
-    what was written."""
-    chunks: list[list[Assign | Unassign]] = []
+    unchanged since `read_revision`. ConflictError if a guard other than leadership
+    fails (that txn and the later ones are not written; the earlier ones are)."""
+    done = Commit(0, 0)
     chunk: list[Assign | Unassign] = []
     apps: set[str] = set()
     for change in changes:
         # 1 compare for leadership, 1 per app, 1 per key; 1 operation per key.
         if len(chunk) + 1 > _TXN_LIMIT or 2 + len(apps | {change.app}) + len(chunk) > _TXN_LIMIT:
-            chunks.append(chunk)
+            done = await _commit_chunk(store, chunk, read_revision, done)
             chunk, apps = [], set()
         chunk.append(change)
         apps.add(change.app)
     if chunk:
-        chunks.append(chunk)
-    in_flight = asyncio.Semaphore(TXNS_IN_FLIGHT)
-
-    async def one(chunk: list[Assign | Unassign]) -> int:
-        async with in_flight:
-            return (await _commit_chunk(store, chunk, read_revision, Commit(0, 0))).revision
-
-    results = await asyncio.gather(*(one(c) for c in chunks), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    revisions = [r for r in results if isinstance(r, int)]
-    return Commit(max(revisions, default=0), len(revisions))
+        done = await _commit_chunk(store, chunk, read_revision, done)
+    return done
 
 
-TXNS_IN_FLIGHT = 4
 _TXN_LIMIT = 128  # etcd's default --max-txn-ops, for compares and operations each
 
 
