@@ -390,7 +390,7 @@ async def test_a_run_takes_room_on_its_node_as_an_instance_does(
     has exited, web.1 is placed."""
     async with LocalCluster(
         agents=1, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs",
-        agent_args=["--capacity", "1"],
+        agent_args={"node-1": ["--capacity", "1"]},
     ) as cluster:  # fmt: skip
         await deployed(cluster, app_dir)
         assert (await paas(cluster, "scale", "web=0", app="shop")).returncode == 0

@@ -27,6 +27,7 @@ COMMANDS_WORDS = [
     ["scale"],
     ["run"],
     ["ps"],
+    ["why"],
     ["restart"],
     ["stop"],
     ["nodes"],
