@@ -34,7 +34,7 @@ from paas.scheduler.runs import (
     new_record,
 )
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.store import ReleaseRecord, Store
+from paas.scheduler.store import ReleaseRecord, RunRecord, Store
 from paas.scheduler.validate import check_run_input
 
 # The first message must come this soon.
@@ -88,19 +88,27 @@ class RunsService:
         if not await self._runs.ready():
             raise Refused("the leader is still loading its one-off runs; try again")
         node = await self._runs.place(start.node)
-        record, attachment = await self._runs.start(
-            new_record(
-                app.name,
-                node,
-                release.version,
-                command,
-                type_=type_,
-                env=env,
-                attached=not start.detach,
-            ),
-            release,
-            app,
+        starting = asyncio.ensure_future(
+            self._runs.start(
+                new_record(
+                    app.name,
+                    node,
+                    release.version,
+                    command,
+                    type_=type_,
+                    env=env,
+                    attached=not start.detach,
+                ),
+                release,
+                app,
+            )
         )
+        try:
+            record, attachment = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # The CLI went away while the run was written: it must not run unread.
+            starting.add_done_callback(self._detach_started)
+            raise
         key: Key = (record.app, record.name)
         yield pb.RunOutput(app=record.app, name=record.name, node=record.node)
         if attachment is None:
@@ -148,6 +156,15 @@ class RunsService:
                     signal=message.signal,
                 ),
             )
+
+    def _detach_started(
+        self, starting: asyncio.Future[tuple[RunRecord, Attachment | None]]
+    ) -> None:
+        if starting.cancelled() or starting.exception() is not None:
+            return
+        record, attachment = starting.result()
+        if attachment is not None:
+            self._runs.detach((record.app, record.name))
 
     def _node(self, key: Key) -> str:
         record = self._runs.record(*key)

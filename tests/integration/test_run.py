@@ -493,3 +493,37 @@ async def test_a_leader_change_ends_an_attached_run_and_keeps_a_detached_one(
 
         await wait_for(detached_listed, timeout=60, what="run.1 alone in paas ps")
         assert processes_with("sleep 4545")
+
+
+async def test_destroying_the_app_stops_its_runs(cluster: LocalCluster, app_dir: Path) -> None:
+    await deployed(cluster, app_dir)
+    result = await paas(cluster, "run", "--detach", "--", "exec sleep 4747", app="shop")
+    assert result.returncode == 0, result.stderr
+    await wait_for(lambda: processes_with("sleep 4747"), what="the run started")
+    destroyed = await paas(cluster, "apps", "destroy", "shop", "--confirm", "shop")
+    assert destroyed.returncode == 0, destroyed.stderr
+    await wait_for(lambda: not processes_with("sleep 4747"), timeout=60, what="the run stopped")
+    keys = await etcd_keys(cluster.etcd_endpoint)
+    assert not [k for k in keys if "/runs/" in k or "/run-counter/" in k]
+
+
+async def test_a_killed_agent_never_runs_a_one_off_twice(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    """The reaper ends the run with its agent; the agent started again is told of the
+    run as started and reports it gone instead of starting it again."""
+    await deployed(cluster, app_dir)
+    result = await paas(
+        cluster, "run", "--detach", "--node", "node-2", "--", "exec sleep 4848", app="shop"
+    )
+    assert result.returncode == 0, result.stderr
+    await wait_for(lambda: run_up(cluster), what="run.1 up")
+    agent = cluster.agent_process("node-2")
+    agent.kill()
+    await agent.wait()
+    await wait_for(lambda: not processes_with("sleep 4848"), timeout=30, what="reaped")
+    await cluster.restart_agent("node-2")
+    await wait_for(lambda: run_keys_empty(cluster), timeout=30, what="no run record left")
+    names = [row["name"] for row in await ps_rows(cluster, "shop")]
+    assert "run.1" not in names
+    assert not processes_with("sleep 4848")
