@@ -99,7 +99,9 @@ class SchedulerService:
             AppsService(
                 store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
             ),
-            ReleasesService(store),
+            ReleasesService(
+                store, sessions, reconciler, events, self._slug_gc, config.keep_releases
+            ),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts),
             NodesService(store, sessions, reconciler),
