@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from paas.cli.localcluster import LocalCluster
 from paas.common.configvars import CONFIG_VARS_LIMIT
+from paas.proto import paas_pb2 as pb
 from tests.helpers import paas, ps_rows, wait_for
+
+if TYPE_CHECKING:
+    from paas.proto.paas_pb2_grpc import SchedulerAsyncStub
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +179,46 @@ async def test_bad_config_input_is_one_line_exit_1_and_makes_no_release(
     refused = await paas(cluster, "deploy", str(app_dir), app="shop")
     assert refused.returncode == 1 and "PORT is reserved" in refused.stderr
     assert len(await releases(cluster)) == len(before) + 1, "only the HALF1 release was made"
+
+
+async def test_the_scheduler_checks_release_requests_as_if_there_were_no_cli(
+    cluster: LocalCluster, scheduler: SchedulerAsyncStub, app_dir: Path
+) -> None:
+    await ok(cluster, "apps", "create", "shop")
+    await ok(cluster, "deploy", str(app_dir))
+    await ok(cluster, "scale", "worker=2")
+    made = await scheduler.SetConfig(pb.SetConfigRequest(app="shop", set={"GREETING": "hi"}))
+    assert made.status == pb.RELEASE_ROLLING and made.previous == 1 and made.by == "admin"
+
+    async def replaced() -> bool:
+        now = await scheduler.GetRelease(pb.GetReleaseRequest(app="shop", version=2))
+        return (now.instances, now.replaced) == (2, 2)
+
+    await wait_for(replaced, timeout=90, what="GetRelease to count both workers replaced")
+    current = await scheduler.GetRelease(pb.GetReleaseRequest(app="shop"))
+    assert current.version == 2 and dict(current.env) == {"GREETING": "hi", "TARGET": "from-dotenv"}
+
+    bad: list[tuple[Any, str]] = [
+        (pb.SetConfigRequest(app="shop", set={"PORT": "1"}), "PORT is reserved"),
+        (pb.SetConfigRequest(app="shop", set={"A": "x\0y"}), "NUL"),
+        (pb.SetConfigRequest(app="shop", set={"A B": "1"}), "invalid config var name"),
+        (pb.SetConfigRequest(app="shop"), "no config var to set or unset"),
+        (pb.SetConfigRequest(app="shop", unset=["NOPE"]), "config var NOPE is not set"),
+        (pb.RollbackRequest(app="shop", version=99), "shop has no release v99"),
+        (pb.RollbackRequest(app="shop", version=-1), "a release version is from 1"),
+        (pb.GetReleaseRequest(app="shop", version=99), "shop has no release v99"),
+        (pb.ListReleasesRequest(app="shop", limit=-1), "limit must be from 0"),
+        (pb.SetConfigRequest(app="nope", set={"A": "1"}), "unknown app 'nope'"),
+    ]
+    methods: dict[type, Any] = {
+        pb.SetConfigRequest: scheduler.SetConfig,
+        pb.RollbackRequest: scheduler.Rollback,
+        pb.GetReleaseRequest: scheduler.GetRelease,
+        pb.ListReleasesRequest: scheduler.ListReleases,
+    }
+    for request, problem in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await methods[type(request)](request)
+        assert problem in (raised.value.details() or ""), (request, raised.value.details())
+    listed = await scheduler.ListReleases(pb.ListReleasesRequest(app="shop"))
+    assert [r.version for r in listed.releases] == [2, 1], "nothing was made"
