@@ -921,7 +921,10 @@ COMMANDS: tuple[Command, ...] = (
         "leaves files out of the slug; .git is always left out. A symlink out of DIR, "
         "a fifo, socket or device, or a file that changes while it is packed is "
         "refused. DIR/.env, if present, sets config vars, taken literally: ${VAR} and "
-        "$VAR are not expanded (as with honcho and foreman). DIR/paas.toml, if "
+        "$VAR are not expanded (as with honcho and foreman); they are merged over the "
+        "app's config, so a var set with `paas config set` and not in DIR/.env is kept "
+        "(`paas config unset` removes one). PORT, DYNO and PAAS_* are reserved. "
+        "DIR/paas.toml, if "
         "present, sets per process type supervision settings. With --in-place nothing "
         "is packed: every process runs in DIR itself, on every host, so DIR must be "
         "the same path on all of them (one machine, or a shared filesystem).",
