@@ -76,6 +76,10 @@ async def test_config_set_unset_and_load_reach_the_processes_and_deploy_keeps_th
     cluster: LocalCluster, app_dir: Path, tmp_path: Path
 ) -> None:
     await ok(cluster, "apps", "create", "shop")
+    fresh = await paas(cluster, "config", app="shop")
+    assert fresh.returncode == 0 and fresh.stdout == "", fresh.stderr
+    assert fresh.stderr == "shop has no config vars: `paas config set KEY=VALUE` sets one\n"
+    assert json.loads(await ok(cluster, "config", "--json")) == {}
     # Before any deploy: a release with config and no code, as on Heroku.
     said = await ok(cluster, "config", "set", "GREETING=early", "--no-wait")
     assert said.strip() == "Set GREETING on shop: v1"

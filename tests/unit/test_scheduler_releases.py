@@ -3,6 +3,10 @@ four release requests are checked (validate.py): pure, no I/O."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
 import pytest
 
 from paas.common.configvars import (
@@ -26,7 +30,8 @@ from paas.scheduler.releases import (
     rollback_target,
     rollout_progress,
 )
-from paas.scheduler.store import AppRecord, InstanceRecord, ReleaseRecord, SlugRef
+from paas.scheduler.releases_api import ReleasesService
+from paas.scheduler.store import AppRecord, InstanceRecord, ReleaseRecord, SlugRecord, SlugRef
 from paas.scheduler.validate import check_request
 
 APP = AppRecord(name="shop", created_at=0.0, release=4)
@@ -201,3 +206,79 @@ def test_bad_release_requests_are_refused_naming_the_rule(
 def test_code_is_what_a_release_runs() -> None:
     assert Code(dir="/srv").empty is False
     assert Code(commands={"web": "x"}).empty is False
+
+
+# ------------------------------------------------------------------ commit_release
+
+
+class FakeStore:
+    """What commit_release reads and writes, in memory."""
+
+    def __init__(self, app: AppRecord, releases: list[ReleaseRecord], slugs: set[str]) -> None:
+        self.app_record = app
+        self.kept = {r.version: r for r in releases}
+        self.slugs = slugs
+        self.written: list[ReleaseRecord] = []
+
+    async def app(self, name: str) -> AppRecord | None:
+        return self.app_record if name == self.app_record.name else None
+
+    async def release(self, app: str, version: int) -> ReleaseRecord | None:
+        return self.kept.get(version)
+
+    async def releases(self, app: str) -> list[ReleaseRecord]:
+        return sorted(self.kept.values(), key=lambda r: r.version)
+
+    async def formation(self, app: str) -> tuple[dict[str, int], int]:
+        return {"web": 2}, 1
+
+    async def slug(self, digest: str) -> SlugRecord | None:
+        return SlugRecord(digest, 100, 1, 0.0) if digest in self.slugs else None
+
+    async def add_release(
+        self, app: AppRecord, release: ReleaseRecord, formation: dict[str, int], rev: int
+    ) -> None:
+        self.written.append(release)
+
+
+class FakeGC:
+    @contextlib.asynccontextmanager
+    async def references(self) -> AsyncIterator[None]:
+        yield
+
+    def kick(self) -> None:
+        pass
+
+
+def service(store: FakeStore) -> ReleasesService:
+    reconciler = SimpleNamespace(world=None, kick=lambda: None)
+    events = SimpleNamespace(add=lambda app, text: None)
+    return ReleasesService(store, None, reconciler, events, FakeGC(), 10)  # type: ignore[arg-type]
+
+
+CONTEXT = SimpleNamespace(auth_context=lambda: {})  # a plaintext call: no certificate
+
+
+async def test_a_rollback_to_a_release_whose_slug_is_gone_is_refused_writing_nothing() -> None:
+    gone = SlugRef("cd" * 32, 100)
+    store = FakeStore(APP, [release(3, slug=gone), release(4)], slugs={SLUG.digest})
+    with pytest.raises(InvalidInput, match=f"slug {'cd' * 6} is no longer stored"):
+        await service(store).Rollback(pb.RollbackRequest(app="shop"), CONTEXT)  # type: ignore[arg-type]
+    assert store.written == []
+
+
+async def test_set_config_keeps_the_code_and_rollback_takes_the_old_env() -> None:
+    store = FakeStore(APP, [release(3, env={"OLD": "1"}), release(4)], slugs={SLUG.digest})
+    made = await service(store).SetConfig(
+        pb.SetConfigRequest(app="shop", set={"B": "2"}, unset=["A"]),
+        CONTEXT,  # type: ignore[arg-type]
+    )
+    assert (made.version, made.previous, made.by) == (5, 4, "")
+    assert made.description == "Set B config vars; Unset A config vars"
+    assert dict(made.env) == {"B": "2"} and made.slug.digest == SLUG.digest
+    assert made.status == pb.RELEASE_ROLLING
+    back = await service(store).Rollback(pb.RollbackRequest(app="shop", version=3), CONTEXT)  # type: ignore[arg-type]
+    assert back.description == "Rollback to v3" and dict(back.env) == {"OLD": "1"}
+    with pytest.raises(InvalidInput, match="config var NOPE is not set"):
+        await service(store).SetConfig(pb.SetConfigRequest(app="shop", unset=["NOPE"]), CONTEXT)  # type: ignore[arg-type]
+    assert len(store.written) == 2
