@@ -585,8 +585,8 @@ def release_code(release: pb.Release) -> str:
 
 
 def release_dict(release: pb.Release) -> dict[str, Any]:
-    """One `releases --json` object; `created_at` ISO 8601 UTC; `env` lists config var
-    keys only (`paas config` shows values)."""
+    """One `releases --json` object; `created_at` ISO 8601 UTC; `config_keys` names the
+    config vars, without their values (`paas config` shows those)."""
     return {
         "version": release.version,
         "description": release.description,

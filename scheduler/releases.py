@@ -130,13 +130,9 @@ def rollback_target(
     if wanted > newest:
         raise NotFound(f"{app.name} has no release v{wanted} (`paas releases` lists them)")
     limit = f" (the scheduler keeps the last {keep_releases})" if keep_releases else ""
-    return _gone(app.name, wanted, limit)
-
-
-def _gone(app: str, version: int, limit: str) -> int:
     raise NotFound(
-        f"release v{version} of {app} is no longer kept{limit}: `paas releases` lists those "
-        "one can roll back to"
+        f"release v{wanted} of {app.name} is no longer kept{limit}: `paas releases` lists "
+        "those one can roll back to"
     )
 
 
