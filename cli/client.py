@@ -286,20 +286,26 @@ class SchedulerClient:
         return await self._with_replicas(attempt)
 
     async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
-        request = pb.ScaleRequest(
-            app=app,
-            changes=[
-                pb.FormationChange(type=change.type, op=_OPS[change.op], count=change.count)
-                for change in changes
-            ],
-        )
-        response = await self._unary(lambda stub: stub.Scale, request)
+        response = await self._unary(lambda stub: stub.Scale, _scale_request(app, changes))
         return dict(response.formation)
 
+    async def plan_scale(self, app: str, changes: list[Change]) -> pb.ScaleResponse:
+        """What the scale would do (placed, moved, stopped, not placed), changing nothing."""
+        request = _scale_request(app, changes)
+        request.plan = True
+        return await self._unary(lambda stub: stub.Scale, request)
+
     async def list_instances(self, app: str) -> list[pb.InstanceView]:
+        return list((await self.instances_and_unplaced(app)).instances)
+
+    async def instances_and_unplaced(self, app: str) -> pb.ListInstancesResponse:
+        """The instances, and what the formation asks for that no node takes."""
         request = pb.ListInstancesRequest(app=app)
-        response = await self._unary(lambda stub: stub.ListInstances, request)
-        return list(response.instances)
+        return await self._unary(lambda stub: stub.ListInstances, request)
+
+    async def why(self, app: str, instance: str) -> pb.WhyResponse:
+        request = pb.WhyRequest(app=app, instance=instance)
+        return await self._unary(lambda stub: stub.Why, request)
 
     async def list_nodes(self) -> list[pb.Node]:
         response = await self._unary(lambda stub: stub.ListNodes, pb.ListNodesRequest())
@@ -689,3 +695,13 @@ def _leader_of(exc: grpc.aio.AioRpcError) -> str:
         if key == LEADER_METADATA_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _scale_request(app: str, changes: list[Change]) -> pb.ScaleRequest:
+    return pb.ScaleRequest(
+        app=app,
+        changes=[
+            pb.FormationChange(type=change.type, op=_OPS[change.op], count=change.count)
+            for change in changes
+        ],
+    )

@@ -541,6 +541,16 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("changes", metavar="TYPE=N", nargs="+")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what would be placed, moved and stopped, on which nodes, and what "
+        "would not fit and why; change nothing",
+    )
+
+
+def _why_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instance", metavar="INSTANCE", help="an instance name, e.g. web.7")
 
 
 def _ps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1046,11 +1056,38 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("scale",),
         "set how many instances of each type run",
-        "Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes.",
+        "Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes. With --plan "
+        "nothing changes: the scheduler answers with what the new formation would "
+        "make it do on the nodes as they are now (instances placed, moved or stopped, "
+        "on which nodes, and how many would fit nowhere and why).",
         Scope.APP,
         commands.api(commands.scale, commands.prepare_scale),
         _scale_arguments,
-        epilog="example:\n  paas scale web=10 worker+2 clock-1",
+        epilog=(
+            "examples:\n  paas scale web=10 worker+2 clock-1\n"
+            "  paas scale --plan web=12\n"
+            "  Plan for shop: web=12 (nothing changed):\n"
+            "    place  web.11 on node-2\n"
+            "    unplaced 1 web: No room for 1 web instance(s): every eligible node is full"
+        ),
+    ),
+    Command(
+        ("why",),
+        "why an instance runs where it does, or is not placed",
+        "Where the instance runs, or why it is not placed: each placement filter in "
+        "the order the scheduler applies them (lost and draining nodes, constraints, "
+        "the spread label, capacity, memory, cpu, distinct_hosts) with how many of the "
+        "nodes left by the filters before it it rules out.",
+        Scope.APP,
+        commands.api(commands.why, commands.prepare_why),
+        _why_arguments,
+        epilog=(
+            "example:\n  paas why web.7\n"
+            "  web.7 is not placed: no node is left after the filters (5,000 nodes)\n"
+            "    constraint zone=eu-1  3,812 nodes\n"
+            "    memory 512M           1,188 nodes\n"
+            "    left                  0 of 5,000"
+        ),
     ),
     Command(
         ("ps",),

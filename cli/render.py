@@ -13,7 +13,7 @@ import shlex
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from rich import box
@@ -262,14 +262,20 @@ def _mib(rss: int) -> str:
 
 
 def instances(
-    views: Iterable[pb.InstanceView], as_json: bool = False, verbose: bool = False
+    views: Iterable[pb.InstanceView],
+    as_json: bool = False,
+    verbose: bool = False,
+    unplaced: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """`paas ps`: a table, or a JSON array; `verbose` adds each instance's forensics."""
+    """`paas ps`: a table, or a JSON array; `verbose` adds each instance's forensics.
+    `unplaced`: (name, reason) of instances the formation asks for that no node takes,
+    a row each in the table (`unplaced: every eligible node is full`); the JSON array
+    holds assignments only."""
     ordered = sorted(views, key=_instance_order)
     if as_json:
         print_json([instance_dict(view) for view in ordered])
         return
-    if not ordered:
+    if not ordered and not unplaced:
         info("no instances: scale the app up with e.g. `paas scale web=1`")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
@@ -289,6 +295,9 @@ def instances(
             _mib(view.rss_bytes),
             Text(status_text(view, now), style=_STATE_STYLES.get(state, "")),
         )
+    for name, reason in unplaced:
+        kind = name.rpartition(".")[0]
+        table.add_row(name, kind, "-", "-", "-", "-", "-", Text(f"unplaced: {reason}", "red"))
     stdout = console()
     stdout.print(table)
     if verbose:
@@ -495,6 +504,39 @@ def destroyed(app: str, instances: int) -> str:
 
 def formation(app: str, counts: Mapping[str, int]) -> str:
     return f"Scaled {app} to {describe(dict(counts))}"
+
+
+def planned(app: str, answer: pb.ScaleResponse) -> None:
+    """`paas scale --plan`: what the scale would place, move and stop, and what would
+    not fit and why; nothing of it has happened."""
+    counts = " ".join(f"{t}={n}" for t, n in sorted(answer.formation.items()) if n)
+    out(f"Plan for {app}: {counts or 'no instances'} (nothing changed):")
+    if not (answer.place or answer.stop or answer.unplaced):
+        out("  nothing to do: the instances already match")
+    for step in answer.place:
+        who = step.instance if step.app == app else f"{step.app}/{step.instance}"
+        if step.from_node:
+            out(f"  move   {who} from {step.from_node} to {step.node}")
+        else:
+            out(f"  place  {who} on {step.node}")
+    for step in answer.stop:
+        who = step.instance if step.app == app else f"{step.app}/{step.instance}"
+        out(f"  stop   {who} on {step.node}")
+    for missing in answer.unplaced:
+        who = missing.type if missing.app == app else f"{missing.app}/{missing.type}"
+        out(f"  unplaced {missing.count} {who}: {missing.reason}")
+
+
+def why(answer: pb.WhyResponse) -> None:
+    """`paas why web.7`: where it runs, or which filter ruled out how many nodes."""
+    out(answer.summary)
+    if not answer.filters:
+        return
+    width = max(len(f.filter) for f in answer.filters)
+    for found in answer.filters:
+        count = f"{found.nodes:,} node{'' if found.nodes == 1 else 's'}"
+        out(f"  {found.filter:<{width}}  {count}")
+    out(f"  {'left':<{width}}  {answer.candidates:,} of {answer.nodes:,}")
 
 
 def restarting(app: str, names: list[str]) -> str:

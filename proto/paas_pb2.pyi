@@ -880,7 +880,10 @@ class ScaleRequest(_message.Message):
 
     APP_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     app: _builtins.str
+    plan: _builtins.bool
+    """`paas scale --plan`: say what would happen, change nothing"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FormationChange]: ...
     def __init__(
@@ -888,10 +891,11 @@ class ScaleRequest(_message.Message):
         *,
         app: _builtins.str = ...,
         changes: _abc.Iterable[Global___FormationChange] | None = ...,
+        plan: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "changes", b"changes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "changes", b"changes", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -922,20 +926,193 @@ class ScaleResponse(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     FORMATION_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def formation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def place(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedInstance]:
+        """With `plan`: what the formation would make the scheduler do, on the nodes as
+        they are now (every app's instances, not only the one scaled).
+        new ones, and moves (from_node set)
+        """
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedInstance]: ...
+    @_builtins.property
+    def unplaced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnplacedType]: ...
     def __init__(
         self,
         *,
         formation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        place: _abc.Iterable[Global___PlannedInstance] | None = ...,
+        stop: _abc.Iterable[Global___PlannedInstance] | None = ...,
+        unplaced: _abc.Iterable[Global___UnplacedType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["formation", b"formation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["formation", b"formation", "place", b"place", "stop", b"stop", "unplaced", b"unplaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScaleResponse: _TypeAlias = ScaleResponse  # noqa: Y015
+
+@_typing.final
+class PlannedInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    instance: _builtins.str
+    node: _builtins.str
+    from_node: _builtins.str
+    """a move: where it runs now"""
+    release: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        node: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        release: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "from_node", b"from_node", "instance", b"instance", "node", b"node", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedInstance: _TypeAlias = PlannedInstance  # noqa: Y015
+
+@_typing.final
+class UnplacedType(_message.Message):
+    """Instances the formation asks for that fit on no node, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    type: _builtins.str
+    count: _builtins.int
+    reason: _builtins.str
+    """as the app's log says it"""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the instances that are not placed ("web.7")"""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        type: _builtins.str = ...,
+        count: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "count", b"count", "names", b"names", "reason", b"reason", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnplacedType: _TypeAlias = UnplacedType  # noqa: Y015
+
+@_typing.final
+class WhyRequest(_message.Message):
+    """`paas why web.7`: where it is, or, per placement filter, how many nodes it ruled out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    instance: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyRequest: _TypeAlias = WhyRequest  # noqa: Y015
+
+@_typing.final
+class WhyFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """"lost", "constraint zone=eu-1", "memory 512M", "distinct_hosts", ..."""
+    nodes: _builtins.int
+    """ruled out by it, of those the filters before it left"""
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyFilter: _TypeAlias = WhyFilter  # noqa: Y015
+
+@_typing.final
+class WhyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    node: _builtins.str
+    """where it runs; "" when it is not placed"""
+    nodes: _builtins.int
+    """nodes in the cluster"""
+    candidates: _builtins.int
+    """nodes left after every filter"""
+    summary: _builtins.str
+    """one line"""
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___WhyFilter]: ...
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        node: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+        candidates: _builtins.int = ...,
+        filters: _abc.Iterable[Global___WhyFilter] | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "filters", b"filters", "instance", b"instance", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyResponse: _TypeAlias = WhyResponse  # noqa: Y015
 
 @_typing.final
 class InstanceStatus(_message.Message):
@@ -1131,16 +1308,22 @@ class ListInstancesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCES_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceView]: ...
+    @_builtins.property
+    def unplaced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnplacedType]:
+        """what the formation asks for and no node takes"""
+
     def __init__(
         self,
         *,
         instances: _abc.Iterable[Global___InstanceView] | None = ...,
+        unplaced: _abc.Iterable[Global___UnplacedType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "unplaced", b"unplaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

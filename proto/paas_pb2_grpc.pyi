@@ -50,6 +50,7 @@ class SchedulerStub:
     FetchSlug: _grpc.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]
     """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]
+    Why: _grpc.UnaryUnaryMultiCallable[_paas_pb2.WhyRequest, _paas_pb2.WhyResponse]
     ListInstances: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]
     Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
@@ -91,6 +92,7 @@ class SchedulerAsyncStub(SchedulerStub):
     FetchSlug: _aio.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]  # type: ignore[assignment]
     """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _aio.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]  # type: ignore[assignment]
+    Why: _aio.UnaryUnaryMultiCallable[_paas_pb2.WhyRequest, _paas_pb2.WhyResponse]  # type: ignore[assignment]
     ListInstances: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]  # type: ignore[assignment]
     Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
@@ -201,6 +203,13 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.ScaleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.ScaleResponse, _abc.Awaitable[_paas_pb2.ScaleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Why(
+        self,
+        request: _paas_pb2.WhyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.WhyResponse, _abc.Awaitable[_paas_pb2.WhyResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListInstances(

@@ -3,7 +3,7 @@
     apps_api.AppsService            CreateApp, ListApps, DestroyApp, Deploy
     releases_api.ReleasesService    ListReleases, GetRelease, SetConfig, Rollback
     formation_api.FormationService  Scale
-    instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts)
+    instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts), Why
     nodes_api.NodesService          ListNodes, Drain
     drains_api.DrainsService        AddDrain, RemoveDrain, ListDrains
     logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)

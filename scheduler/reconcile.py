@@ -12,8 +12,10 @@ desired set changed are sent it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from paas.common.placement import PlacementError, TypePlacement
@@ -63,6 +65,7 @@ class Reconciler:
         # What the app's log last said found no node, per (app, type): said again only
         # when it changes, not on every pass.
         self._unplaced: dict[tuple[str, str], Unplaced] = {}
+        self._unplaced_text: dict[tuple[str, str], str] = {}
         self._informer = Informer(store, self.kick)
         # Per instance, the assignment last built and what it was built from, so that
         # a pass rebuilds only what changed; per node, what its session was last sent.
@@ -127,23 +130,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         world, revision = await self._world()
-        nodes = [_node_view(node, self._sessions) for node in world.nodes.values()]
-        desired = [
-            AppDesired(
-                app=app.name,
-                release=app.release,
-                formation={
-                    type_: count
-                    for type_, count in world.formations.get(app.name, {}).items()
-                    if app.name in world.releases and type_ in world.releases[app.name].commands
-                },
-                placement=_placement(world.releases.get(app.name)),
-            )
-            for app in world.apps.values()
-        ]
-        placed = [
-            Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
-        ]
+        desired, nodes, placed = plan_inputs(world, self._sessions)
         result = plan(desired, nodes, placed)
         self._announce_unplaced(result, nodes)
         if not result.empty:
@@ -164,6 +151,27 @@ class Reconciler:
         self.world = world
         self._push(world)
 
+    async def preview(
+        self, app: str, formation: Mapping[str, int]
+    ) -> tuple[Plan, World, list[NodeView]]:
+        """What a pass would do if `app` had `formation` (`paas scale --plan`): the
+        plan made from the informer's cache as it is now, committed nowhere."""
+        world, _ = await self._world()
+        world = dataclasses.replace(world, formations={**world.formations, app: dict(formation)})
+        desired, nodes, placed = plan_inputs(world, self._sessions)
+        return plan(desired, nodes, placed), world, nodes
+
+    async def placement_inputs(
+        self,
+    ) -> tuple[World, list[AppDesired], list[NodeView], list[Placed]]:
+        """The world and what plan() is given for it, as a pass now would (`paas why`)."""
+        world, _ = await self._world()
+        return (world, *plan_inputs(world, self._sessions))
+
+    def unplaced(self) -> dict[tuple[str, str], str]:
+        """What the last pass found no node for, per (app, type): the log's words."""
+        return dict(self._unplaced_text)
+
     def _announce(self, result: Plan, world: World) -> None:
         current = {(i.app, i.name): i.node for i in world.instances}
         moved: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -177,10 +185,15 @@ class Reconciler:
     def _announce_unplaced(self, result: Plan, nodes: list[NodeView]) -> None:
         """Say in the app's log what finds no node and why, when that changes (a plan
         with nothing else to do included: a scale-up with no node is not silent)."""
+        texts = {
+            key: shortfall_text(unplaced, key[1], nodes)
+            for key, unplaced in result.unplaced.items()
+        }
         for (app, type_), unplaced in sorted(result.unplaced.items()):
             if self._unplaced.get((app, type_)) != unplaced:
-                self._events.add(app, shortfall_text(unplaced, type_, nodes))
+                self._events.add(app, texts[(app, type_)])
         self._unplaced = dict(result.unplaced)
+        self._unplaced_text = texts
 
     def _hand_off(self, result: Plan, world: World) -> None:
         """Remember instances that leave a draining node that still runs them: it keeps
@@ -256,6 +269,31 @@ class Reconciler:
         """An agent reported: a drain waiting for a new copy to be up may go on."""
         if self._handoffs and self.world is not None:
             self._push(self.world)
+
+
+def plan_inputs(
+    world: World, sessions: Sessions
+) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
+    """What plan() is given for `world`: each app's release and formation (types of
+    its current release only), the nodes as Sessions sees them, the assignments."""
+    nodes = [_node_view(node, sessions) for node in world.nodes.values()]
+    desired = [
+        AppDesired(
+            app=app.name,
+            release=app.release,
+            formation={
+                type_: count
+                for type_, count in world.formations.get(app.name, {}).items()
+                if app.name in world.releases and type_ in world.releases[app.name].commands
+            },
+            placement=_placement(world.releases.get(app.name)),
+        )
+        for app in world.apps.values()
+    ]
+    placed = [
+        Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
+    ]
+    return desired, nodes, placed
 
 
 def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:

@@ -87,8 +87,7 @@ class SessionService:
             log.info("agent %s disconnected", session.name)
 
     async def _register(self, session: AgentSession) -> None:
-        nodes = await self._store.nodes()
-        known = nodes.get(session.name)
+        known = await self._store.node(session.name)
         record = NodeRecord(
             name=session.name,
             address=session.address,

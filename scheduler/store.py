@@ -460,24 +460,19 @@ class Store:
 
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
-        nodes = {}
-        for key, value, revision in rows:
-            data = json.loads(value)
-            name = key.rsplit("/", 1)[1]
-            nodes[name] = NodeRecord(
-                name=name,
-                address=str(data["address"]),
-                capacity=int(data["capacity"]),
-                labels=dict(data.get("labels", {})),
-                draining=bool(data.get("draining", False)),
-                mod_revision=revision,
-                memory=int(data.get("memory", 0)),
-                cpu=float(data.get("cpu", 0.0)),
-            )
-        return nodes
+        found = (
+            _node_from(key.rsplit("/", 1)[1], value, revision) for key, value, revision in rows
+        )
+        return {node.name: node for node in found}
 
-    async def instances(self) -> list[InstanceRecord]:
-        rows = await self._get_prefix(f"{PREFIX}instances/")
+    async def node(self, name: str) -> NodeRecord | None:
+        """One node's record (an agent's hello reads its own, not all of them)."""
+        found = await self._get(_node_key(name))
+        return None if found is None else _node_from(name, found[0], found[1])
+
+    async def instances(self, app: str = "") -> list[InstanceRecord]:
+        """Every assignment, or only those of `app`."""
+        rows = await self._get_prefix(f"{PREFIX}instances/{app}/" if app else f"{PREFIX}instances/")
         records = []
         for key, value, revision in rows:
             app, name = key[len(f"{PREFIX}instances/") :].split("/", 1)
@@ -1252,6 +1247,20 @@ def _slug_from(data: dict[str, Any]) -> SlugRecord:
         size=int(data["size"]),
         chunks=int(data["chunks"]),
         created_at=float(data["created_at"]),
+    )
+
+
+def _node_from(name: str, value: bytes, revision: int) -> NodeRecord:
+    data = json.loads(value)
+    return NodeRecord(
+        name=name,
+        address=str(data["address"]),
+        capacity=int(data["capacity"]),
+        labels=dict(data.get("labels", {})),
+        draining=bool(data.get("draining", False)),
+        mod_revision=revision,
+        memory=int(data.get("memory", 0)),
+        cpu=float(data.get("cpu", 0.0)),
     )
 
 

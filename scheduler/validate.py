@@ -216,6 +216,13 @@ def _scale(request: pb.ScaleRequest) -> None:
         seen.add(change.type)
 
 
+def _why(request: pb.WhyRequest) -> None:
+    _app(request.app)
+    if not request.instance:
+        raise InvalidInput("no instance given: name one like web.3")
+    InstanceName.parse(request.instance)
+
+
 def _list_instances(request: pb.ListInstancesRequest) -> None:
     if request.app:
         _app(request.app)
@@ -341,6 +348,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.SetConfigRequest.DESCRIPTOR.full_name: _set_config,
     pb.RollbackRequest.DESCRIPTOR.full_name: _rollback,
     pb.ListInstancesRequest.DESCRIPTOR.full_name: _list_instances,
+    pb.WhyRequest.DESCRIPTOR.full_name: _why,
     pb.ListNodesRequest.DESCRIPTOR.full_name: _nothing,
     pb.RestartRequest.DESCRIPTOR.full_name: _restart,
     pb.StopRequest.DESCRIPTOR.full_name: _stop,

@@ -87,6 +87,10 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             commands={"web": "python3 serve.py"},
         )
 
+    async def Why(self, request: pb.WhyRequest, context: Context) -> pb.WhyResponse:
+        await self._gate(context)
+        return pb.WhyResponse(instance=request.instance, summary="web.7 is not placed")
+
     async def ListReleases(
         self, request: pb.ListReleasesRequest, context: Context
     ) -> pb.ListReleasesResponse:

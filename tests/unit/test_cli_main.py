@@ -34,6 +34,7 @@ COMMANDS_WORDS = [
     ["rollback"],
     ["scale"],
     ["ps"],
+    ["why"],
     ["restart"],
     ["stop"],
     ["nodes"],
