@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any, cast
 
 from google.protobuf import json_format
@@ -20,6 +21,7 @@ from google.protobuf import json_format
 from paas.common.configvars import check_config_vars
 from paas.common.errors import InvalidInput
 from paas.common.names import check_app_name
+from paas.common.placement import spread_conflict
 from paas.common.procfile import parse_procfile
 from paas.common.slugs import short_digest
 from paas.proto import paas_pb2 as pb
@@ -33,7 +35,7 @@ from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.releases import Code, build_release, caller_name, code_of, commit_release
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.settings import settings_from, settings_problem
+from paas.scheduler.settings import placement_of, settings_from, settings_problem
 from paas.scheduler.sluggc import SlugCollector
 from paas.scheduler.store import (
     RELEASE_STATUSES,
@@ -158,6 +160,7 @@ class AppsService:
             description = f"Deploy of {request.dir} (in place)"
         code = Code(commands, settings, slug, "" if slug else request.dir)
         by = caller_name(context)
+        nodes = [dict(node.labels) for node in (await self._store.nodes()).values()]
 
         async def decide(
             app: AppRecord, current: ReleaseRecord | None, formation: dict[str, int]
@@ -168,6 +171,7 @@ class AppsService:
                 formation = {"web": 1}
             for type_ in commands:
                 formation.setdefault(type_, 0)
+            _check_spread(request.settings, formation, nodes)
             # Config lives with the app: DIR/.env is merged over the current config.
             env = {**(current.env if current else {}), **request.env}
             check_config_vars(env)
@@ -178,6 +182,19 @@ class AppsService:
         self._reconciler.kick()
         self._slug_gc.kick()  # releases past --keep-releases and their slugs go
         return release_pb(release)
+
+
+def _check_spread(
+    settings: Mapping[str, pb.ProcessSettings],
+    formation: Mapping[str, int],
+    nodes: list[dict[str, str]],
+) -> None:
+    """Refuse settings whose spread and distinct_hosts cannot both hold for the
+    formation on the nodes there are (placement would leave some unplaced for good)."""
+    for type_, wanted in sorted(settings.items()):
+        problem = spread_conflict(placement_of(wanted), formation.get(type_, 0), nodes)
+        if problem:
+            raise InvalidInput(f"paas.toml [types.{type_}]: {problem}")
 
 
 def release_pb(release: ReleaseRecord) -> pb.Release:
