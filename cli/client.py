@@ -190,6 +190,29 @@ class SchedulerClient:
         )
         return await self._unary(lambda stub: stub.Deploy, request)
 
+    async def list_releases(self, app: str, limit: int = 0) -> list[pb.Release]:
+        """The app's releases, newest first; `limit` 0: every one kept."""
+        request = pb.ListReleasesRequest(app=app, limit=limit)
+        response = await self._unary(lambda stub: stub.ListReleases, request)
+        return list(response.releases)
+
+    async def get_release(self, app: str, version: int = 0) -> pb.Release:
+        """Release `version` of `app`; 0: the current one (version 0 if it has none)."""
+        request = pb.GetReleaseRequest(app=app, version=version)
+        return await self._unary(lambda stub: stub.GetRelease, request)
+
+    async def set_config(
+        self, app: str, set_: Mapping[str, str], unset: Sequence[str] = ()
+    ) -> pb.Release:
+        """One new release with these config vars set and those unset."""
+        request = pb.SetConfigRequest(app=app, set=dict(set_), unset=list(unset))
+        return await self._unary(lambda stub: stub.SetConfig, request)
+
+    async def rollback(self, app: str, version: int = 0) -> pb.Release:
+        """A new release with release `version`'s code and config; 0: the one before."""
+        request = pb.RollbackRequest(app=app, version=version)
+        return await self._unary(lambda stub: stub.Rollback, request)
+
     async def stat_slug(self, digest: str) -> pb.StatSlugResponse:
         """Whether the scheduler holds the slug `digest`, and its size limit."""
         return await self._unary(lambda stub: stub.StatSlug, pb.StatSlugRequest(digest=digest))

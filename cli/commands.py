@@ -37,7 +37,8 @@ from paas.common.procfile import parse_procfile
 from paas.common.slugs import human_size, short_digest
 from paas.proto import paas_pb2 as pb
 
-Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
+# A handler returns None for success, or its exit code (a rollout that failed: 1).
+Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[int | None]]
 Prepare = Callable[[argparse.Namespace], None]
 
 
@@ -51,17 +52,17 @@ def api(handle: Handler, prepare: Prepare | None = None) -> Callable[[argparse.N
             prepare(args)
         addresses = scheduler_addresses(args)
 
-        async def call() -> None:
+        async def call() -> int | None:
             async with connect(addresses, args) as client:
-                await handle(client, args)
+                return await handle(client, args)
 
         try:
-            asyncio.run(call())
+            code = asyncio.run(call())
         except KeyboardInterrupt:
             if getattr(args, "follow", False):
                 return EXIT_OK
             raise
-        return EXIT_OK
+        return EXIT_OK if code is None else code
 
     return run
 

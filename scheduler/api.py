@@ -108,7 +108,9 @@ class SchedulerService:
             AppsService(
                 store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
             ),
-            ReleasesService(store),
+            ReleasesService(
+                store, sessions, reconciler, events, self._slug_gc, config.keep_releases
+            ),
             FormationService(store, reconciler, events),
             InstancesService(store, sessions, reconciler, events, self._restarts, self.runs.views),
             NodesService(store, sessions, reconciler),

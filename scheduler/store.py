@@ -460,6 +460,13 @@ class Store:
         found = await self._get(_release_key(app, version))
         return None if found is None else _release_from(json.loads(found[0]))
 
+    async def releases(self, app: str) -> list[ReleaseRecord]:
+        """The app's releases still kept, oldest first (keys sort by version)."""
+        return [
+            _release_from(json.loads(value))
+            for _, value, _ in await self._get_prefix(f"{PREFIX}releases/{app}/")
+        ]
+
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
         found = (

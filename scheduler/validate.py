@@ -22,7 +22,14 @@ from typing import Any
 from google.protobuf.message import Message
 
 from paas.common.addresses import parse_address
-from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_nul, check_size
+from paas.common.configvars import (
+    CONFIG_VARS_LIMIT,
+    PROCFILE_LIMIT,
+    check_config_vars,
+    check_key,
+    check_no_nul,
+    check_size,
+)
 from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
 from paas.common.jointoken import MAX_TEXT as TOKEN_TEXT_LIMIT
@@ -45,6 +52,10 @@ MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
 # A drain URL, a node's address, a label: no legitimate one comes near this.
 TEXT_LIMIT = 2048
 MAX_LABELS = 64
+# Releases one ListReleases may ask for (--keep-releases is at most 1000).
+MAX_RELEASES = 1000
+# A release version: far above any an app makes, and within etcd keys' 10 digits.
+MAX_VERSION = 9_999_999_999
 
 
 def check_request(request: Message) -> None:
@@ -147,8 +158,43 @@ def _slug_upload(message: pb.SlugUpload) -> None:
         )
 
 
-def _releases(request: pb.ListReleasesRequest | pb.GetReleaseRequest) -> None:
-    _app(request.app)  # PLACEHOLDER (issue 13): the whole check comes with the RPCs
+def _list_releases(request: pb.ListReleasesRequest) -> None:
+    _app(request.app)
+    if not 0 <= request.limit <= MAX_RELEASES:
+        raise InvalidInput(f"limit must be from 0 (all) to {MAX_RELEASES}, not {request.limit}")
+
+
+def _version(what: str, version: int) -> None:
+    if not 0 <= version <= MAX_VERSION:
+        raise InvalidInput(f"{what}: a release version is from 1 to {MAX_VERSION}, not {version}")
+
+
+def _get_release(request: pb.GetReleaseRequest) -> None:
+    _app(request.app)
+    _version("the release", request.version)
+
+
+def _rollback(request: pb.RollbackRequest) -> None:
+    _app(request.app)
+    _version("the release to roll back to", request.version)
+
+
+def _set_config(request: pb.SetConfigRequest) -> None:
+    """Keys to set and to unset; whether those to unset are set, and the size of the
+    config they make, need the current release (releases_api.py)."""
+    _app(request.app)
+    if not request.set and not request.unset:
+        raise InvalidInput("no config var to set or unset given")
+    check_config_vars(request.set)
+    seen: set[str] = set()
+    for key in request.unset:
+        check_key(key)
+        if key in seen:
+            raise InvalidInput(f"config var {key} is given more than once")
+        if key in request.set:
+            raise InvalidInput(f"config var {key} is both set and unset")
+        seen.add(key)
+    check_size("the config vars to unset", "".join(request.unset), CONFIG_VARS_LIMIT)
 
 
 def _scale(request: pb.ScaleRequest) -> None:
@@ -362,10 +408,10 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.DestroyAppRequest.DESCRIPTOR.full_name: _destroy_app,
     pb.DeployRequest.DESCRIPTOR.full_name: _deploy,
     pb.ScaleRequest.DESCRIPTOR.full_name: _scale,
-    pb.ListReleasesRequest.DESCRIPTOR.full_name: _releases,
-    pb.GetReleaseRequest.DESCRIPTOR.full_name: _releases,
-    pb.SetConfigRequest.DESCRIPTOR.full_name: _releases,
-    pb.RollbackRequest.DESCRIPTOR.full_name: _releases,
+    pb.ListReleasesRequest.DESCRIPTOR.full_name: _list_releases,
+    pb.GetReleaseRequest.DESCRIPTOR.full_name: _get_release,
+    pb.SetConfigRequest.DESCRIPTOR.full_name: _set_config,
+    pb.RollbackRequest.DESCRIPTOR.full_name: _rollback,
     pb.ListInstancesRequest.DESCRIPTOR.full_name: _list_instances,
     pb.WhyRequest.DESCRIPTOR.full_name: _why,
     pb.ListNodesRequest.DESCRIPTOR.full_name: _nothing,

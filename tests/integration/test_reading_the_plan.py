@@ -139,3 +139,34 @@ async def test_why_refuses_what_the_formation_does_not_ask_for(
             argv,
             result.stderr,
         )
+
+
+async def test_a_deploy_whose_spread_and_distinct_hosts_cannot_both_hold_is_refused(
+    labelled: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = labelled
+    app = tmp_path / "spread"
+    app.mkdir()
+    (app / "Procfile").write_text("worker: exec sleep 100000\n")
+    (app / "paas.toml").write_text('[types.worker]\ncheck = "none"\n')
+    assert (await paas(cluster, "apps", "create", "shop")).returncode == 0
+    assert (await paas(cluster, "deploy", str(app), app="shop")).returncode == 0
+    assert (await paas(cluster, "scale", "worker=4", app="shop")).returncode == 0
+
+    # Two zones, 4 workers: 2 per zone, one per node; us-1 has only node-3.
+    (app / "paas.toml").write_text(
+        '[types.worker]\ncheck = "none"\nspread = "zone"\ndistinct_hosts = true\n'
+    )
+    refused = await paas(cluster, "deploy", str(app), app="shop")
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stderr.strip().splitlines() == [
+        "error: paas.toml [types.worker]: spread = 'zone' and distinct_hosts = true cannot "
+        "both hold for 4 instances: 2 value(s) of zone need 2 node(s) each, and zone=us-1 has 1"
+    ]
+    releases = await paas(cluster, "releases", "--json", app="shop")
+    assert [r["version"] for r in releases.json()] == [1]
+
+    # With 3 workers (2 + 1) it holds.
+    assert (await paas(cluster, "scale", "worker=3", app="shop")).returncode == 0
+    deployed = await paas(cluster, "deploy", str(app), app="shop")
+    assert deployed.returncode == 0, deployed.stderr
