@@ -347,19 +347,11 @@ RUN_STDIN_LIMIT = 64 * 1024
 # The signals a CLI may send a one-off's process group: Ctrl-C, Ctrl-\, hang-up,
 # terminate, kill, a terminal resize and the user signals.
 RUN_SIGNALS = frozenset({1, 2, 3, 9, 10, 12, 15, 28})
-# Config var names a run's --env may not set: the agent sets them.
-RESERVED_VARS = frozenset({"PORT", "DYNO"})
-RESERVED_PREFIX = "PAAS_"
 
 
 def check_run_env(env: dict[str, str] | Any) -> None:
-    """--env K=V of a run: checked as config vars are, and none of the reserved names."""
+    """--env K=V of a run: checked as config vars are (the reserved names included)."""
     check_config_vars(env)
-    for key in env:
-        if key in RESERVED_VARS or key.startswith(RESERVED_PREFIX):
-            raise InvalidInput(
-                f"{key} is set by paas for every process: it cannot be set with --env"
-            )
 
 
 def check_run_input(message: pb.RunInput, *, first: bool) -> None:

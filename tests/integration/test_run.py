@@ -240,7 +240,7 @@ async def test_the_scheduler_refuses_a_reserved_env_even_without_the_cli(
 
     await deployed(cluster, app_dir)
     async with cluster.client() as client:
-        with pytest.raises(SchedulerError, match="DYNO is set by paas"):
+        with pytest.raises(SchedulerError, match="config var DYNO is reserved"):
             await client.open_run(pb.RunStart(app="shop", command=["true"], env={"DYNO": "x"}))
         with pytest.raises(SchedulerError, match="no command to run"):
             await client.open_run(pb.RunStart(app="shop", command=[]))
