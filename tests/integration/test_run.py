@@ -202,6 +202,9 @@ async def test_ps_lists_a_running_one_off(cluster: LocalCluster, app_dir: Path) 
     assert row["type"] == "run"
     assert row["node"] in cluster.agent_names
     assert "sleep 30" in str(row["reason"])
+    text = await paas(cluster, "ps", app="shop")
+    assert text.returncode == 0, text.stderr
+    assert any(line.startswith("run.1") and "up" in line for line in text.stdout.splitlines())
 
 
 async def test_bad_input_is_refused_in_one_line_and_changes_nothing(
