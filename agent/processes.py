@@ -282,6 +282,7 @@ class HostChild:
         self.pid = transport.get_pid()  # start_new_session: also the group id
         self.stdout: asyncio.StreamReader = protocol.stdout
         self.stderr: asyncio.StreamReader = protocol.stderr
+        self.stdin: asyncio.StreamWriter | None = protocol.stdin  # spawned with stdin=True
         self.exited = protocol.exited
 
     @property
@@ -316,7 +317,11 @@ class HostProcesses:
         self._spawn_lock = asyncio.Lock()
         self._sampler = UsageSampler()
 
-    async def spawn(self, command: str, *, cwd: str | None, env: dict[str, str]) -> HostChild:
+    async def spawn(
+        self, command: str, *, cwd: str | None, env: dict[str, str], stdin: bool = False
+    ) -> HostChild:
+        """`stdin`: give it a pipe to write to (HostChild.stdin; a one-off's attached
+        input), else /dev/null."""
         loop = asyncio.get_running_loop()
         try:
             # The fork runs on the loop's thread: one at a time, so that a burst of
@@ -330,7 +335,7 @@ class HostProcesses:
                         command,
                         cwd=cwd,
                         env=env,
-                        stdin=asyncio.subprocess.DEVNULL,
+                        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                         stdout=asyncio.subprocess.PIPE,
                         stderr=asyncio.subprocess.PIPE,
                         start_new_session=True,

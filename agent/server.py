@@ -123,6 +123,8 @@ async def run_agent(config: AgentConfig) -> None:
         for signum in handled:
             loop.remove_signal_handler(signum)
         # Stop the workload while the session still reports it, then leave cleanly.
+        if session is not None:
+            await session.oneoffs.close()
         await supervisor.close()
         if session is not None and session_task is not None:
             session.leave()

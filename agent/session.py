@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import grpc
@@ -39,6 +39,8 @@ from paas.agent.config import AgentConfig
 from paas.agent.fencing import Fence
 from paas.agent.identity import IdentityError, NodeIdentity
 from paas.agent.membership import Membership
+from paas.agent.oneoff import OneOffs
+from paas.agent.processes import HostProcesses
 from paas.agent.spool import LogStateError
 from paas.agent.supervisor import Supervisor
 from paas.common.errors import InvalidInput
@@ -72,16 +74,23 @@ class _SchedulerSilent(Exception):
 
 
 class _Outbox:
-    """Statuses waiting to be sent, the latest per instance, oldest change first."""
+    """Statuses waiting to be sent, the latest per instance, oldest change first; and
+    the one-offs' messages (oneoff.py), in order, each one (their output is bounded by
+    the runs' windows)."""
 
     def __init__(self) -> None:
         # Per (app, name, release): a rollout's two copies of a name report apart.
         self._pending: OrderedDict[tuple[str, str, int], pb.InstanceStatus] = OrderedDict()
+        self._runs: deque[pb.RunOutput] = deque()
         self._ready = asyncio.Event()
         self.closed = False  # the agent is leaving: send what is pending, then end
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._runs)
+
+    def put_run(self, message: pb.RunOutput) -> None:
+        self._runs.append(message)
+        self._ready.set()
 
     def put(self, status: pb.InstanceStatus) -> None:
         key = (status.app, status.name, status.release)
@@ -93,15 +102,17 @@ class _Outbox:
         self.closed = True
         self._ready.set()
 
-    async def get(self, timeout: float) -> pb.InstanceStatus | None:  # noqa: ASYNC109
-        """The next status, or None after `timeout` seconds without one (at once if closed)."""
-        if not self._pending and not self.closed:
+    async def get(self, timeout: float) -> pb.AgentMessage | None:  # noqa: ASYNC109
+        """The next message, or None after `timeout` seconds without one (at once if closed)."""
+        if not self._pending and not self._runs and not self.closed:
             self._ready.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), max(0.0, timeout))
+        if self._runs:
+            return pb.AgentMessage(run=self._runs.popleft())
         if not self._pending:
             return None
-        return self._pending.popitem(last=False)[1]
+        return pb.AgentMessage(status=self._pending.popitem(last=False)[1])
 
 
 def leader_of(error: grpc.aio.AioRpcError) -> str | None:
@@ -132,9 +143,12 @@ class Session:
         address: str = "",
         membership: Membership | None = None,
         identity: NodeIdentity | None = None,
+        oneoffs: OneOffs | None = None,
     ) -> None:
         """`membership`: the node's (by default one over the supervisor's log hub);
-        `identity`: the node's certificate to dial with and renew (None: --insecure)."""
+        `identity`: the node's certificate to dial with and renew (None: --insecure);
+        `oneoffs`: the node's one-off runs (by default over the supervisor's logs,
+        ports and slugs)."""
         if not config.join:
             raise ValueError("no scheduler address to join: give --join HOST:PORT")
         self.config = config
@@ -154,6 +168,14 @@ class Session:
         self._fence = Fence(supervisor.apply)
         self.identity = identity
         self._renew_asked: float | None = None  # loop time of the unanswered renewal
+        self.oneoffs = oneoffs or OneOffs(
+            config,
+            supervisor.logs,
+            supervisor.ports,
+            HostProcesses(supervisor.reaper),
+            supervisor.slugs,
+            supervisor.agent_id,
+        )
 
     @property
     def connected(self) -> bool:
@@ -214,6 +236,7 @@ class Session:
                 error = exc
             finally:
                 opened, self.scheduler, self._outbox = self.scheduler, None, None
+                self.oneoffs.disconnected()
             if self._leaving.is_set():
                 if opened:
                     log.info("session with scheduler %s closed", opened)
@@ -349,6 +372,10 @@ class Session:
                     log.error("%s; this node serves no logs until a welcome is taken", exc)
             elif kind == "renewed" and self.identity is not None:
                 await self._renewed(message.renewed.certificate)
+            elif kind == "runs":
+                self.oneoffs.apply(message.runs)
+            elif kind == "run_input":
+                self.oneoffs.input(message.run_input)
             elif kind == "desired":
                 self._fence.desired(message.desired)
                 self.supervisor.apply(message.desired)
@@ -362,11 +389,11 @@ class Session:
         interval = self.config.heartbeat_interval
         next_beat = loop.time() + interval
         while True:
-            status = None
+            message = None
             if loop.time() < next_beat:
-                status = await outbox.get(next_beat - loop.time())
-            if status is not None:
-                await call.write(pb.AgentMessage(status=status))
+                message = await outbox.get(next_beat - loop.time())
+            if message is not None:
+                await call.write(message)
                 continue
             if outbox.closed:
                 await call.done_writing()
@@ -387,6 +414,8 @@ class Session:
             if self._channel is not None:
                 self.supervisor.slugs.connect(self._channel)
             self._fence.connected()
+            if self._outbox is not None:
+                self.oneoffs.connected(self._outbox.put_run)
             self._quiet_since = None
             self._last_warning = 0.0
 

@@ -190,6 +190,29 @@ class SchedulerClient:
         )
         return await self._unary(lambda stub: stub.Deploy, request)
 
+    async def list_releases(self, app: str, limit: int = 0) -> list[pb.Release]:
+        """The app's releases, newest first; `limit` 0: every one kept."""
+        request = pb.ListReleasesRequest(app=app, limit=limit)
+        response = await self._unary(lambda stub: stub.ListReleases, request)
+        return list(response.releases)
+
+    async def get_release(self, app: str, version: int = 0) -> pb.Release:
+        """Release `version` of `app`; 0: the current one (version 0 if it has none)."""
+        request = pb.GetReleaseRequest(app=app, version=version)
+        return await self._unary(lambda stub: stub.GetRelease, request)
+
+    async def set_config(
+        self, app: str, set_: Mapping[str, str], unset: Sequence[str] = ()
+    ) -> pb.Release:
+        """One new release with these config vars set and those unset."""
+        request = pb.SetConfigRequest(app=app, set=dict(set_), unset=list(unset))
+        return await self._unary(lambda stub: stub.SetConfig, request)
+
+    async def rollback(self, app: str, version: int = 0) -> pb.Release:
+        """A new release with release `version`'s code and config; 0: the one before."""
+        request = pb.RollbackRequest(app=app, version=version)
+        return await self._unary(lambda stub: stub.Rollback, request)
+
     async def stat_slug(self, digest: str) -> pb.StatSlugResponse:
         """Whether the scheduler holds the slug `digest`, and its size limit."""
         return await self._unary(lambda stub: stub.StatSlug, pb.StatSlugRequest(digest=digest))
@@ -263,20 +286,26 @@ class SchedulerClient:
         return await self._with_replicas(attempt)
 
     async def scale(self, app: str, changes: list[Change]) -> dict[str, int]:
-        request = pb.ScaleRequest(
-            app=app,
-            changes=[
-                pb.FormationChange(type=change.type, op=_OPS[change.op], count=change.count)
-                for change in changes
-            ],
-        )
-        response = await self._unary(lambda stub: stub.Scale, request)
+        response = await self._unary(lambda stub: stub.Scale, _scale_request(app, changes))
         return dict(response.formation)
 
+    async def plan_scale(self, app: str, changes: list[Change]) -> pb.ScaleResponse:
+        """What the scale would do (placed, moved, stopped, not placed), changing nothing."""
+        request = _scale_request(app, changes)
+        request.plan = True
+        return await self._unary(lambda stub: stub.Scale, request)
+
     async def list_instances(self, app: str) -> list[pb.InstanceView]:
+        return list((await self.instances_and_unplaced(app)).instances)
+
+    async def instances_and_unplaced(self, app: str) -> pb.ListInstancesResponse:
+        """The instances, and what the formation asks for that no node takes."""
         request = pb.ListInstancesRequest(app=app)
-        response = await self._unary(lambda stub: stub.ListInstances, request)
-        return list(response.instances)
+        return await self._unary(lambda stub: stub.ListInstances, request)
+
+    async def why(self, app: str, instance: str) -> pb.WhyResponse:
+        request = pb.WhyRequest(app=app, instance=instance)
+        return await self._unary(lambda stub: stub.Why, request)
 
     async def list_nodes(self) -> list[pb.Node]:
         response = await self._unary(lambda stub: stub.ListNodes, pb.ListNodesRequest())
@@ -469,6 +498,28 @@ class SchedulerClient:
                     for (node, instance), seq in sorted(cursors.items())
                 ],
             )
+
+    async def open_run(self, start: pb.RunStart) -> tuple[Any, pb.RunOutput]:
+        """Start a one-off on the leader: the Run call (to write stdin and signals to and
+        read output from) and its first answer, the run's name and node."""
+
+        async def attempt(address: str) -> tuple[Any, pb.RunOutput]:
+            stub: Any = self._stub(address)  # the stubs know no call without an iterator
+            call = stub.Run()
+            try:
+                # A call the scheduler has ended already fails the write; its read has
+                # the status (a redirect, a refusal).
+                with contextlib.suppress(asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                    await call.write(pb.RunInput(start=start))
+                first = await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+            if first is grpc.aio.EOF:  # type: ignore[attr-defined]
+                raise SchedulerError("the scheduler ended the run before it started")
+            return call, first
+
+        return await self._with_replicas(attempt)
 
     async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[Sequence[pb.LogLine]]:
         """The Logs stream's batches (never an empty one)."""
@@ -666,3 +717,13 @@ def _leader_of(exc: grpc.aio.AioRpcError) -> str:
         if key == LEADER_METADATA_KEY:
             return value if isinstance(value, str) else value.decode()
     return ""
+
+
+def _scale_request(app: str, changes: list[Change]) -> pb.ScaleRequest:
+    return pb.ScaleRequest(
+        app=app,
+        changes=[
+            pb.FormationChange(type=change.type, op=_OPS[change.op], count=change.count)
+            for change in changes
+        ],
+    )

@@ -37,7 +37,8 @@ from paas.common.procfile import parse_procfile
 from paas.common.slugs import human_size, short_digest
 from paas.proto import paas_pb2 as pb
 
-Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[None]]
+# A handler returns None for success, or its exit code (a rollout that failed: 1).
+Handler = Callable[[SchedulerClient, argparse.Namespace], Awaitable[int | None]]
 Prepare = Callable[[argparse.Namespace], None]
 
 
@@ -51,17 +52,17 @@ def api(handle: Handler, prepare: Prepare | None = None) -> Callable[[argparse.N
             prepare(args)
         addresses = scheduler_addresses(args)
 
-        async def call() -> None:
+        async def call() -> int | None:
             async with connect(addresses, args) as client:
-                await handle(client, args)
+                return await handle(client, args)
 
         try:
-            asyncio.run(call())
+            code = asyncio.run(call())
         except KeyboardInterrupt:
             if getattr(args, "follow", False):
                 return EXIT_OK
             raise
-        return EXIT_OK
+        return EXIT_OK if code is None else code
 
     return run
 
@@ -307,18 +308,32 @@ async def _upload(client: SchedulerClient, app: str, packed: PackedSlug, shown: 
 
 
 async def scale(client: SchedulerClient, args: argparse.Namespace) -> None:
+    if args.plan:
+        render.planned(args.app, await client.plan_scale(args.app, args.parsed_changes))
+        return
     formation = await client.scale(args.app, args.parsed_changes)
     render.out(render.formation(args.app, formation))
 
 
 async def ps(client: SchedulerClient, args: argparse.Namespace) -> None:
-    views = await client.list_instances(args.app)
+    found = await client.instances_and_unplaced(args.app)
+    views = list(found.instances)
+    unplaced = [(name, u.reason) for u in found.unplaced for name in u.names]
     wanted: str | None = args.process
     if wanted:
         views = [view for view in views if wanted in (view.name, view.type)]
-        if not views and "." in wanted:
+        unplaced = [(n, r) for n, r in unplaced if wanted in (n, n.rpartition(".")[0])]
+        if not views and not unplaced and "." in wanted:
             raise CommandError(f"no instance {wanted} in {args.app} (`paas ps` lists them)")
-    render.instances(views, as_json=args.json, verbose=args.verbose)
+    render.instances(views, as_json=args.json, verbose=args.verbose, unplaced=unplaced)
+
+
+async def why(client: SchedulerClient, args: argparse.Namespace) -> None:
+    render.why(await client.why(args.app, args.instance))
+
+
+def prepare_why(args: argparse.Namespace) -> None:
+    args.instance = _instance(args.instance, hint="name one instance, e.g. {}.1")
 
 
 async def restart(client: SchedulerClient, args: argparse.Namespace) -> None:

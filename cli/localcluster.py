@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -145,12 +145,15 @@ class LocalCluster:
         scheduler_sans: tuple[str, ...] = (),
         scheduler_args: Sequence[str] = (),
         etcd_args: Sequence[str] = (),
+        agent_args: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if not 1 <= agents <= 250:
             raise ValueError(f"agents must be from 1 to 250, got {agents}")
         if not 1 <= schedulers <= 5:
             raise ValueError(f"schedulers must be from 1 to 5, got {schedulers}")
         self.agents = agents
+        # Extra `paas agent` arguments per agent name (labels, capacity, ...).
+        self.agent_args: Mapping[str, Sequence[str]] = dict(agent_args or {})
         self.schedulers = schedulers
         self.leader_ttl = leader_ttl
         # Where replicas listen; clients and local agents always dial 127.0.0.1. Tests
@@ -336,6 +339,13 @@ class LocalCluster:
         self._ca = pki.CertificateAuthority.load(self.tls_dir)
         self.client_tls = pki.read_credentials(self.credentials_path)
 
+    def node_credentials(self, name: str) -> pki.Credentials | None:
+        """A node certificate for `name`, signed by this cluster's CA (None without
+        TLS), for something that dials in as an agent (tests/simagents.py)."""
+        if self._ca is None:
+            return None
+        return self._ca.issue_credentials(pki.Identity(pki.Role.NODE, name), pki.NODE_TTL)
+
     def issue_node_credentials(self, name: str, state_dir: Path | None = None) -> None:
         """What a first join would leave in an agent's state dir (default: this cluster's
         agents'), STATE_DIR/NAME/node.credentials, issued here directly."""
@@ -453,6 +463,7 @@ class LocalCluster:
             "--state-dir", str(self.data_dir / "agents"),  # the agent keeps DIR/NAME
             "--stop-grace", f"{self.stop_grace:g}",
         ]  # fmt: skip
+        argv += self.agent_args.get(name, ())
         if not self.tls:
             argv.append("--insecure")
         self.issue_node_credentials(name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, NoReturn
 
-from paas.cli import argtypes, commands, credentials, render
+from paas.cli import argtypes, commands, credentials, releases, render
 from paas.cli.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -29,6 +29,8 @@ from paas.cli.errors import (
     UsageError,
     exit_code,
 )
+from paas.cli.run import add_arguments as run_arguments
+from paas.cli.run import run_command
 from paas.common.addresses import DEFAULT_SCHEDULER
 from paas.common.errors import InvalidInput
 
@@ -541,6 +543,16 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _scale_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("changes", metavar="TYPE=N", nargs="+")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print what would be placed, moved and stopped, on which nodes, and what "
+        "would not fit and why; change nothing",
+    )
+
+
+def _why_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("instance", metavar="INSTANCE", help="an instance name, e.g. web.7")
 
 
 def _ps_arguments(parser: argparse.ArgumentParser) -> None:
@@ -658,6 +670,74 @@ def _credentials_name_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "name", metavar="NAME", help="the credentials, as `paas credentials` names them"
     )
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print one JSON object")
+    shown.add_argument(
+        "--shell", action="store_true", help="print KEY='value' lines a shell can source"
+    )
+
+
+def _no_wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the release is made, without waiting for its rollout",
+    )
+
+
+def _config_get_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("key", metavar="KEY", help="the config var")
+
+
+def _config_set_arguments(parser: argparse.ArgumentParser) -> None:
+    # "*", not "+": no KEY=VALUE is bad input (exit 1) said by the command itself.
+    parser.add_argument("pairs", metavar="KEY=VALUE", nargs="*")
+    _no_wait_option(parser)
+
+
+def _config_unset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("keys", metavar="KEY", nargs="*")
+    _no_wait_option(parser)
+
+
+def _config_load_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a .env file: KEY=VALUE lines")
+    _no_wait_option(parser)
+
+
+def _releases_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-n",
+        "--num",
+        type=argtypes.count(1, 1000),
+        default=10,
+        metavar="N",
+        help="how many, newest first (default: 10)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (created_at ISO 8601 UTC; config_keys, not values)",
+    )
+
+
+def _releases_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("version", metavar="vN", help="the release, e.g. v5")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "version",
+        metavar="vN",
+        nargs="?",
+        default=None,
+        help="the release to go back to (default: the one before the current)",
+    )
+    _no_wait_option(parser)
 
 
 # ------------------------------------------------------------------ runners of local commands
@@ -853,7 +933,10 @@ COMMANDS: tuple[Command, ...] = (
         "leaves files out of the slug; .git is always left out. A symlink out of DIR, "
         "a fifo, socket or device, or a file that changes while it is packed is "
         "refused. DIR/.env, if present, sets config vars, taken literally: ${VAR} and "
-        "$VAR are not expanded (as with honcho and foreman). DIR/paas.toml, if "
+        "$VAR are not expanded (as with honcho and foreman); they are merged over the "
+        "app's config, so a var set with `paas config set` and not in DIR/.env is kept "
+        "(`paas config unset` removes one). PORT, DYNO and PAAS_* are reserved. "
+        "DIR/paas.toml, if "
         "present, sets per process type supervision settings. With --in-place nothing "
         "is packed: every process runs in DIR itself, on every host, so DIR must be "
         "the same path on all of them (one machine, or a shared filesystem).",
@@ -868,13 +951,171 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        ("config",),
+        "the app's config vars; get, set, unset, load them",
+        "The app's config vars, as `heroku config`: one `KEY: value` line each, aligned; "
+        "--shell prints KEY='value' lines a shell can source (shell-quoted), --json one "
+        "JSON object. Config lives with the app, not the code: it is the current "
+        "release's environment, every change makes one new release, and `paas deploy` "
+        "keeps it (DIR/.env is merged over it).",
+        Scope.APP,
+        commands.api(releases.config),
+        _config_arguments,
+        epilog="examples:\n  paas config\n  paas config --shell > app.env\n"
+        "  paas config --json | jq -r .DATABASE_URL",
+    ),
+    Command(
+        ("config", "get"),
+        "print one config var's value",
+        "Print the value of config var KEY; one that is not set is an error (exit 1).",
+        Scope.APP,
+        commands.api(releases.config_get, releases.prepare_get),
+        _config_get_arguments,
+        epilog="example:\n  paas config get DATABASE_URL",
+    ),
+    Command(
+        ("config", "set"),
+        "set config vars: one new release",
+        "Set config vars: one new release with the current release's code and these "
+        "vars changed (`Set KEY, KEY2 config vars` in `paas releases`), rolled out to "
+        "every process; the command waits for the rollout and exits 1 if it failed, "
+        "unless --no-wait. Keys are letters, digits and '_', not starting with a digit; "
+        "PORT, DYNO and PAAS_* are set by paas and reserved. At most 32 KiB of keys and "
+        "values in all. Before the first deploy the release has only config, as on "
+        "Heroku; the first deploy keeps it.",
+        Scope.APP,
+        commands.api(releases.config_set, releases.prepare_set),
+        _config_set_arguments,
+        epilog="examples:\n  paas config set LOG_LEVEL=debug WORKERS=4\n"
+        "  Set LOG_LEVEL, WORKERS on shop: v5\n"
+        "  v5 of shop is rolled out\n"
+        "  paas config set 'GREETING=hello world' --no-wait",
+    ),
+    Command(
+        ("config", "unset"),
+        "remove config vars: one new release",
+        "Remove config vars: one new release without them (`Unset KEY config vars`), "
+        "rolled out as `config set` is. A key that is not set is refused, naming it.",
+        Scope.APP,
+        commands.api(releases.config_unset, releases.prepare_unset),
+        _config_unset_arguments,
+        epilog="example:\n  paas config unset LOG_LEVEL WORKERS",
+    ),
+    Command(
+        ("config", "load"),
+        "set every var of a .env file: one new release",
+        "Set every config var of FILE, a .env file read as `paas deploy` reads DIR/.env "
+        "and as honcho does: KEY=VALUE lines, quotes and `export` understood, nothing "
+        "expanded (${VAR} and $VAR stay as written). One new release, rolled out as "
+        "`config set` is; vars already set and not in FILE are kept.",
+        Scope.APP,
+        commands.api(releases.config_set, releases.prepare_load),
+        _config_load_arguments,
+        epilog="example:\n  paas config load production.env",
+    ),
+    Command(
+        ("releases",),
+        "the app's releases, newest first",
+        "The app's releases, newest first: version, description (Deploy 3f2a9c1b0d4e, "
+        "Set FOO config vars, Rollback to v7), who made it (the admin credentials' "
+        "name; - without TLS), when (UTC) and where its rollout stands: rolling, "
+        "succeeded, or failed with the reason. The scheduler keeps the last "
+        "--keep-releases of each app (default 10) for rollback.",
+        Scope.APP,
+        commands.api(releases.releases),
+        _releases_arguments,
+        epilog="examples:\n  paas releases\n"
+        "  version  description           by     created (UTC)        status\n"
+        "  v7       Set FOO config vars   alice  2026-12-01 15:04:05  succeeded\n"
+        "  v6       Deploy 3f2a9c1b0d4e   alice  2026-12-01 14:58:12  succeeded\n"
+        "  paas releases -n 3 --json",
+    ),
+    Command(
+        ("releases", "info"),
+        "one release: its code, process types and config var keys",
+        "One release whole: version, who made it and when, its description and status, "
+        "the release before it, its code (slug digest and size, or the --in-place "
+        "directory), its process types with their commands, and the keys of its config "
+        "vars (their values: `paas config`).",
+        Scope.APP,
+        commands.api(releases.releases_info, releases.prepare_version),
+        _releases_info_arguments,
+        epilog="example:\n  paas releases info v5",
+    ),
+    Command(
+        ("rollback",),
+        "a new release with an older release's code and config",
+        "Roll back: a new release with vN's slug, Procfile, settings and config vars "
+        "(not its formation: the app keeps its scale), described `Rollback to vN`; "
+        "without vN, the release before the current one. A release no longer kept, "
+        "or whose slug is gone, is refused. The command waits for the rollout and "
+        "exits 1 if it failed, unless --no-wait.",
+        Scope.APP,
+        commands.api(releases.rollback, releases.prepare_version),
+        _rollback_arguments,
+        epilog="examples:\n  paas rollback\n  paas rollback v5 --no-wait",
+    ),
+    Command(
         ("scale",),
         "set how many instances of each type run",
-        "Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes.",
+        "Set the formation: TYPE=N sets, TYPE+N adds, TYPE-N removes. With --plan "
+        "nothing changes: the scheduler answers with what the new formation would "
+        "make it do on the nodes as they are now (instances placed, moved or stopped, "
+        "on which nodes, and how many would fit nowhere and why).",
         Scope.APP,
         commands.api(commands.scale, commands.prepare_scale),
         _scale_arguments,
-        epilog="example:\n  paas scale web=10 worker+2 clock-1",
+        epilog=(
+            "examples:\n  paas scale web=10 worker+2 clock-1\n"
+            "  paas scale --plan web=12\n"
+            "  Plan for shop: web=12 (nothing changed):\n"
+            "    place  web.11 on node-2\n"
+            "    unplaced 1 web: No room for 1 web instance(s): every eligible node is full"
+        ),
+    ),
+    Command(
+        ("why",),
+        "why an instance runs where it does, or is not placed",
+        "Where the instance runs, or why it is not placed: each placement filter in "
+        "the order the scheduler applies them (lost and draining nodes, constraints, "
+        "the spread label, capacity, memory, cpu, distinct_hosts) with how many of the "
+        "nodes left by the filters before it it rules out.",
+        Scope.APP,
+        commands.api(commands.why, commands.prepare_why),
+        _why_arguments,
+        epilog=(
+            "example:\n  paas why web.7\n"
+            "  web.7 is not placed: no node is left after the filters (5,000 nodes)\n"
+            "    constraint zone=eu-1  3,812 nodes\n"
+            "    memory 512M           1,188 nodes\n"
+            "    left                  0 of 5,000"
+        ),
+    ),
+    Command(
+        ("run",),
+        "run a one-off process (run.N) with the app's current release",
+        "Run a one-off process, as `heroku run`: run.N, with the current release's code "
+        "(its slug, unpacked on the node) and config vars, plus --env overrides, DYNO=run.N "
+        "and a PORT of its own. It is never restarted; its start and exit are in the log "
+        "stream (paas[run.N]), it shows in `paas ps` while it runs, and it takes room on "
+        "its node as an instance does."
+        "\n\n"
+        "Attached (the default), stdin, stdout and stderr are streamed, Ctrl-C reaches the "
+        "process (SIGINT to its process group) and paas exits with its exit code (128+N "
+        "when signal N ended it); if its node is lost, or the scheduler's leader changes, "
+        "paas says so and exits 1. When paas itself goes away the run gets SIGHUP. With "
+        "--detach paas prints run.N and returns; the output goes to the log stream. "
+        "`paas run TYPE` runs the Procfile's command for TYPE.",
+        Scope.APP,
+        run_command,
+        run_arguments,
+        epilog="examples:\n"
+        "  paas run -- sh -c 'exit 3'; echo $?      # 3\n"
+        "  echo hello | paas run -- cat             # hello\n"
+        "  paas run worker                          # the Procfile's worker command\n"
+        "  paas run --env DEBUG=1 -- python manage.py migrate\n"
+        "  paas run --detach -- ./backfill.sh       # run.4\n"
+        "  paas logs -p run.4 -f",
     ),
     Command(
         ("ps",),

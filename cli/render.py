@@ -9,11 +9,12 @@ else. It never talks to the scheduler and never decides exit codes.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
 from rich import box
@@ -262,14 +263,20 @@ def _mib(rss: int) -> str:
 
 
 def instances(
-    views: Iterable[pb.InstanceView], as_json: bool = False, verbose: bool = False
+    views: Iterable[pb.InstanceView],
+    as_json: bool = False,
+    verbose: bool = False,
+    unplaced: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """`paas ps`: a table, or a JSON array; `verbose` adds each instance's forensics."""
+    """`paas ps`: a table, or a JSON array; `verbose` adds each instance's forensics.
+    `unplaced`: (name, reason) of instances the formation asks for that no node takes,
+    a row each in the table (`unplaced: every eligible node is full`); the JSON array
+    holds assignments only."""
     ordered = sorted(views, key=_instance_order)
     if as_json:
         print_json([instance_dict(view) for view in ordered])
         return
-    if not ordered:
+    if not ordered and not unplaced:
         info("no instances: scale the app up with e.g. `paas scale web=1`")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
@@ -292,6 +299,9 @@ def instances(
             _mib(view.rss_bytes),
             Text(status_text(view, now), style=_STATE_STYLES.get(state, "")),
         )
+    for name, reason in unplaced:
+        kind = name.rpartition(".")[0]
+        table.add_row(name, kind, "-", "-", "-", "-", "-", Text(f"unplaced: {reason}", "red"))
     stdout = console()
     stdout.print(table)
     if verbose:
@@ -500,6 +510,39 @@ def formation(app: str, counts: Mapping[str, int]) -> str:
     return f"Scaled {app} to {describe(dict(counts))}"
 
 
+def planned(app: str, answer: pb.ScaleResponse) -> None:
+    """`paas scale --plan`: what the scale would place, move and stop, and what would
+    not fit and why; nothing of it has happened."""
+    counts = " ".join(f"{t}={n}" for t, n in sorted(answer.formation.items()) if n)
+    out(f"Plan for {app}: {counts or 'no instances'} (nothing changed):")
+    if not (answer.place or answer.stop or answer.unplaced):
+        out("  nothing to do: the instances already match")
+    for step in answer.place:
+        who = step.instance if step.app == app else f"{step.app}/{step.instance}"
+        if step.from_node:
+            out(f"  move   {who} from {step.from_node} to {step.node}")
+        else:
+            out(f"  place  {who} on {step.node}")
+    for step in answer.stop:
+        who = step.instance if step.app == app else f"{step.app}/{step.instance}"
+        out(f"  stop   {who} on {step.node}")
+    for missing in answer.unplaced:
+        who = missing.type if missing.app == app else f"{missing.app}/{missing.type}"
+        out(f"  unplaced {missing.count} {who}: {missing.reason}")
+
+
+def why(answer: pb.WhyResponse) -> None:
+    """`paas why web.7`: where it runs, or which filter ruled out how many nodes."""
+    out(answer.summary)
+    if not answer.filters:
+        return
+    width = max(len(f.filter) for f in answer.filters)
+    for found in answer.filters:
+        count = f"{found.nodes:,} node{'' if found.nodes == 1 else 's'}"
+        out(f"  {found.filter:<{width}}  {count}")
+    out(f"  {'left':<{width}}  {answer.candidates:,} of {answer.nodes:,}")
+
+
 def restarting(app: str, names: list[str]) -> str:
     """What `paas restart` says: which instances restart, and how."""
     if not names:
@@ -516,6 +559,177 @@ def stopping(app: str, instance: str) -> str:
     """What `paas stop` says: the instance goes, the formation brings a new one."""
     type_ = instance.rpartition(".")[0]
     return f"Stopping {instance} of {app}; the formation starts a new {type_} in its place"
+
+
+# ---------------------------------------------------------------- config vars
+
+
+def config_vars(env: Mapping[str, str], as_json: bool = False, shell: bool = False) -> None:
+    """`paas config`: `KEY: value` lines aligned on the values (Heroku's `config`),
+    `--shell` lines a shell can source (`KEY='value'`), `--json` one JSON object."""
+    ordered = dict(sorted(env.items()))
+    if as_json:
+        sys.stdout.write(json.dumps(ordered, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    if shell:
+        for key, value in ordered.items():
+            out(f"{key}={shlex.quote(value)}")
+        return
+    width = max((len(key) for key in ordered), default=0) + 1
+    for key, value in ordered.items():
+        out(f"{key + ':':<{width}} {value}")
+
+
+def config_changed(app: str, release: pb.Release, set_: Iterable[str], unset: Iterable[str]) -> str:
+    """What `config set/unset/load` says once the release is made: keys, not values."""
+    parts = []
+    set_keys, unset_keys = list(set_), list(unset)
+    if set_keys:
+        parts.append(f"Set {', '.join(set_keys)}")
+    if unset_keys:
+        parts.append(f"Unset {', '.join(unset_keys)}")
+    return f"{'; '.join(parts)} on {app}: v{release.version}"
+
+
+# ---------------------------------------------------------------- releases
+
+
+def release_status_name(status: int) -> str:
+    """`rolling`, `succeeded`, `failed` (`unknown` for anything else)."""
+    return _RELEASE_STATUS_NAMES.get(status, "unknown")
+
+
+_RELEASE_STATUS_NAMES: dict[int, str] = {
+    pb.RELEASE_ROLLING: "rolling",
+    pb.RELEASE_SUCCEEDED: "succeeded",
+    pb.RELEASE_FAILED: "failed",
+}
+
+
+def release_status(release: pb.Release) -> str:
+    """`succeeded`, `failed: web.2 crashed ...`, `rolling 3/10`."""
+    name = release_status_name(release.status)
+    if release.status == pb.RELEASE_FAILED and release.status_reason:
+        return f"{name}: {release.status_reason}"
+    if release.status == pb.RELEASE_ROLLING and release.instances:
+        return f"{name} {release.replaced}/{release.instances}"
+    return name
+
+
+def release_time(unix: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix)) if unix > 0 else "-"
+
+
+def release_code(release: pb.Release) -> str:
+    """What the release runs: its slug, its --in-place dir, or no code yet."""
+    if release.HasField("slug"):
+        return f"slug {release.slug.digest[:12]} ({human_size(release.slug.size)})"
+    if release.dir:
+        return f"{release.dir} (in place)"
+    return "no code (config set before the first deploy)"
+
+
+def release_dict(release: pb.Release) -> dict[str, Any]:
+    """One `releases --json` object; `created_at` ISO 8601 UTC; `config_keys` names the
+    config vars, without their values (`paas config` shows those)."""
+    return {
+        "version": release.version,
+        "description": release.description,
+        "by": release.by,
+        "created_at": iso_time(release.created_at),
+        "status": release_status_name(release.status),
+        "status_reason": release.status_reason,
+        "previous": release.previous,
+        "slug": (
+            {"digest": release.slug.digest, "size": release.slug.size}
+            if release.HasField("slug")
+            else None
+        ),
+        "dir": release.dir,
+        "commands": dict(sorted(release.commands.items())),
+        "config_keys": sorted(release.env),
+        "instances": release.instances,
+        "replaced": release.replaced,
+    }
+
+
+def releases(app: str, items: Iterable[pb.Release], as_json: bool = False) -> None:
+    """`paas releases`: newest first, as given."""
+    listed = list(items)
+    if as_json:
+        print_json([release_dict(release) for release in listed])
+        return
+    if not listed:
+        info(f"{app} has no releases yet: `paas deploy DIR` or `paas config set K=V` makes one")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in ("version", "description", "by", "created (UTC)", "status"):
+        table.add_column(column, no_wrap=column != "status")
+    for release in listed:
+        status = release_status_name(release.status)
+        table.add_row(
+            f"v{release.version}",
+            release.description,
+            release.by or "-",
+            release_time(release.created_at),
+            Text(release_status(release), style=_RELEASE_STYLES.get(status, "")),
+        )
+    console().print(table)
+
+
+_RELEASE_STYLES = {"rolling": "yellow", "succeeded": "green", "failed": "bold red"}
+
+
+def release_info(release: pb.Release, as_json: bool = False) -> None:
+    """`paas releases info vN`: the release whole; config var keys, not values."""
+    if as_json:
+        sys.stdout.write(json.dumps(release_dict(release), indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    rows = [
+        ("version", f"v{release.version}"),
+        ("description", release.description),
+        ("by", release.by or "-"),
+        ("created", f"{release_time(release.created_at)} UTC"),
+        ("status", release_status(release)),
+        ("previous", f"v{release.previous}" if release.previous else "-"),
+        ("code", release_code(release)),
+    ]
+    width = max(len(name) for name, _ in rows) + 1
+    for name, value in rows:
+        out(f"{name + ':':<{width}} {value}")
+    out("process types:")
+    for type_, command in sorted(release.commands.items()):
+        out(f"  {type_}: {command}")
+    if not release.commands:
+        out("  (none)")
+    keys = sorted(release.env)
+    out(f"config vars: {', '.join(keys) if keys else '(none)'}")
+
+
+def rollout_progress(release: pb.Release) -> str:
+    """The one line a terminal shows while a release rolls out."""
+    if release.instances:
+        return f"Rolling out v{release.version}: {release.replaced}/{release.instances} replaced"
+    return f"Rolling out v{release.version}..."
+
+
+def rollout_waiting(release: pb.Release) -> str:
+    """What a non-terminal hears once when the waiting starts."""
+    return (
+        f"Rolling out v{release.version} of {release.app}; waiting until it is done "
+        "(Ctrl-C stops the waiting, not the rollout; --no-wait returns at once)"
+    )
+
+
+def rollout_result(release: pb.Release) -> str:
+    """How the rollout ended, in one line."""
+    if release.status == pb.RELEASE_FAILED:
+        why = release.status_reason or "no reason given"
+        kept = f"; v{release.previous} stays in force" if release.previous else ""
+        return f"v{release.version} of {release.app} failed: {why}{kept}"
+    return f"v{release.version} of {release.app} is rolled out"
 
 
 # ---------------------------------------------------------------- logs

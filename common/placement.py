@@ -121,3 +121,40 @@ def show_size(size: int) -> str:
         if size % _UNITS[unit] == 0:
             return f"{size // _UNITS[unit]}{unit}"
     return str(size)
+
+
+def spread_conflict(
+    rules: TypePlacement, count: int, nodes_labels: list[dict[str, str]]
+) -> str | None:
+    """Why `count` instances under `rules` cannot be spread evenly (within one) over the
+    values of the spread label with at most one per node, on nodes with `nodes_labels`
+    (those the constraints allow are counted); None when they can, or when the rules
+    do not ask for both. Each value must hold count // values instances, and
+    count % values of them one more, each on a node of its own."""
+    if not (rules.spread and rules.distinct_hosts) or count <= 0:
+        return None
+    per_value: dict[str, int] = {}
+    for labels in nodes_labels:
+        if rules.allows(labels):
+            value = labels[rules.spread]
+            per_value[value] = per_value.get(value, 0) + 1
+    if not per_value:
+        return None  # no node yet: nothing to hold against (the log says so when placing)
+    share, extra = divmod(count, len(per_value))
+    short = sorted(v for v, nodes in per_value.items() if nodes < share)
+    roomy = sum(1 for nodes in per_value.values() if nodes > share)
+    if not short and roomy >= extra:
+        return None
+    values = f"{len(per_value)} value(s) of {rules.spread}"
+    if short:
+        worst = min(short, key=lambda v: per_value[v])
+        return (
+            f"spread = {rules.spread!r} and distinct_hosts = true cannot both hold for "
+            f"{count} instances: {values} need {share} node(s) each, and "
+            f"{rules.spread}={worst} has {per_value[worst]}"
+        )
+    return (
+        f"spread = {rules.spread!r} and distinct_hosts = true cannot both hold for "
+        f"{count} instances: {extra} of the {values} need {share + 1} node(s), "
+        f"and only {roomy} have that many"
+    )

@@ -880,7 +880,10 @@ class ScaleRequest(_message.Message):
 
     APP_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     app: _builtins.str
+    plan: _builtins.bool
+    """`paas scale --plan`: say what would happen, change nothing"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___FormationChange]: ...
     def __init__(
@@ -888,10 +891,11 @@ class ScaleRequest(_message.Message):
         *,
         app: _builtins.str = ...,
         changes: _abc.Iterable[Global___FormationChange] | None = ...,
+        plan: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "changes", b"changes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "changes", b"changes", "plan", b"plan"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -922,20 +926,193 @@ class ScaleResponse(_message.Message):
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     FORMATION_FIELD_NUMBER: _builtins.int
+    PLACE_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def formation(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def place(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedInstance]:
+        """With `plan`: what the formation would make the scheduler do, on the nodes as
+        they are now (every app's instances, not only the one scaled).
+        new ones, and moves (from_node set)
+        """
+
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlannedInstance]: ...
+    @_builtins.property
+    def unplaced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnplacedType]: ...
     def __init__(
         self,
         *,
         formation: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        place: _abc.Iterable[Global___PlannedInstance] | None = ...,
+        stop: _abc.Iterable[Global___PlannedInstance] | None = ...,
+        unplaced: _abc.Iterable[Global___UnplacedType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["formation", b"formation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["formation", b"formation", "place", b"place", "stop", b"stop", "unplaced", b"unplaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScaleResponse: _TypeAlias = ScaleResponse  # noqa: Y015
+
+@_typing.final
+class PlannedInstance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    instance: _builtins.str
+    node: _builtins.str
+    from_node: _builtins.str
+    """a move: where it runs now"""
+    release: _builtins.int
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        node: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        release: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "from_node", b"from_node", "instance", b"instance", "node", b"node", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlannedInstance: _TypeAlias = PlannedInstance  # noqa: Y015
+
+@_typing.final
+class UnplacedType(_message.Message):
+    """Instances the formation asks for that fit on no node, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    type: _builtins.str
+    count: _builtins.int
+    reason: _builtins.str
+    """as the app's log says it"""
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the instances that are not placed ("web.7")"""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        type: _builtins.str = ...,
+        count: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "count", b"count", "names", b"names", "reason", b"reason", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnplacedType: _TypeAlias = UnplacedType  # noqa: Y015
+
+@_typing.final
+class WhyRequest(_message.Message):
+    """`paas why web.7`: where it is, or, per placement filter, how many nodes it ruled out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    instance: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "instance", b"instance"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyRequest: _TypeAlias = WhyRequest  # noqa: Y015
+
+@_typing.final
+class WhyFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """"lost", "constraint zone=eu-1", "memory 512M", "distinct_hosts", ..."""
+    nodes: _builtins.int
+    """ruled out by it, of those the filters before it left"""
+    def __init__(
+        self,
+        *,
+        filter: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "nodes", b"nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyFilter: _TypeAlias = WhyFilter  # noqa: Y015
+
+@_typing.final
+class WhyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    instance: _builtins.str
+    node: _builtins.str
+    """where it runs; "" when it is not placed"""
+    nodes: _builtins.int
+    """nodes in the cluster"""
+    candidates: _builtins.int
+    """nodes left after every filter"""
+    summary: _builtins.str
+    """one line"""
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___WhyFilter]: ...
+    def __init__(
+        self,
+        *,
+        instance: _builtins.str = ...,
+        node: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+        candidates: _builtins.int = ...,
+        filters: _abc.Iterable[Global___WhyFilter] | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "filters", b"filters", "instance", b"instance", "node", b"node", "nodes", b"nodes", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WhyResponse: _TypeAlias = WhyResponse  # noqa: Y015
 
 @_typing.final
 class InstanceStatus(_message.Message):
@@ -1131,16 +1308,22 @@ class ListInstancesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCES_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceView]: ...
+    @_builtins.property
+    def unplaced(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnplacedType]:
+        """what the formation asks for and no node takes"""
+
     def __init__(
         self,
         *,
         instances: _abc.Iterable[Global___InstanceView] | None = ...,
+        unplaced: _abc.Iterable[Global___UnplacedType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "unplaced", b"unplaced"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2203,6 +2386,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     RENEW_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -2211,6 +2395,10 @@ class AgentMessage(_message.Message):
     def status(self) -> Global___InstanceStatus: ...
     @_builtins.property
     def renew(self) -> Global___RenewCertificate: ...
+    @_builtins.property
+    def run(self) -> Global___RunOutput:
+        """a one-off's start, output, stdin taken and exit"""
+
     def __init__(
         self,
         *,
@@ -2218,12 +2406,13 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         status: Global___InstanceStatus | None = ...,
         renew: Global___RenewCertificate | None = ...,
+        run: Global___RunOutput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "renew", b"renew", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "renew", b"renew", "run", b"run", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "renew", b"renew", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "kind", b"kind", "renew", b"renew", "run", b"run", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "status", "renew"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["hello", "heartbeat", "status", "renew", "run"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -2295,6 +2484,8 @@ class SchedulerMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     WELCOME_FIELD_NUMBER: _builtins.int
     RENEWED_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    RUN_INPUT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def desired(self) -> Global___DesiredSet: ...
     @_builtins.property
@@ -2303,6 +2494,14 @@ class SchedulerMessage(_message.Message):
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
     def renewed(self) -> Global___RenewedCertificate: ...
+    @_builtins.property
+    def runs(self) -> Global___RunSet:
+        """the one-offs this node must run (level-triggered)"""
+
+    @_builtins.property
+    def run_input(self) -> Global___RunInput:
+        """an attached one-off's stdin, signals, output taken"""
+
     def __init__(
         self,
         *,
@@ -2310,12 +2509,14 @@ class SchedulerMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         welcome: Global___Welcome | None = ...,
         renewed: Global___RenewedCertificate | None = ...,
+        runs: Global___RunSet | None = ...,
+        run_input: Global___RunInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "renewed", b"renewed", "run_input", b"run_input", "runs", b"runs", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat", b"heartbeat", "kind", b"kind", "renewed", b"renewed", "run_input", b"run_input", "runs", b"runs", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["desired", "heartbeat", "welcome", "renewed"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["desired", "heartbeat", "welcome", "renewed", "runs", "run_input"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -2468,3 +2669,317 @@ class RevokeCredentialsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeCredentialsRequest: _TypeAlias = RevokeCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class RunStart(_message.Message):
+    """---------------------------------------------------------------- one-off processes
+
+    `paas run`: the first RunInput the CLI sends on Run.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    APP_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    DETACH_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    COLUMNS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    detach: _builtins.bool
+    """output to the log stream; the call ends once it started"""
+    type: _builtins.str
+    """its process type's settings ("" = run)"""
+    node: _builtins.str
+    """pinned to this node ("" = the scheduler's choice)"""
+    columns: _builtins.int
+    """the CLI's terminal, passed as COLUMNS and LINES (0 = none)"""
+    lines: _builtins.int
+    @_builtins.property
+    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """argv words; one word naming a Procfile type runs that type's command"""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """overrides of the release's config vars"""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        command: _abc.Iterable[_builtins.str] | None = ...,
+        detach: _builtins.bool = ...,
+        type: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        node: _builtins.str = ...,
+        columns: _builtins.int = ...,
+        lines: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "columns", b"columns", "command", b"command", "detach", b"detach", "env", b"env", "lines", b"lines", "node", b"node", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStart: _TypeAlias = RunStart  # noqa: Y015
+
+@_typing.final
+class RunExit(_message.Message):
+    """How a one-off ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    LAST_LINES_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """the exit status; 128+N for signal N"""
+    signal: _builtins.int
+    """the signal that killed it, 0 if it exited"""
+    text: _builtins.str
+    """"exit 3", "signal 9 (SIGKILL)" """
+    @_builtins.property
+    def last_lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        signal: _builtins.int = ...,
+        text: _builtins.str = ...,
+        last_lines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "last_lines", b"last_lines", "signal", b"signal", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunExit: _TypeAlias = RunExit  # noqa: Y015
+
+@_typing.final
+class RunSpec(_message.Message):
+    """One one-off a node must run, over the agent's session. A run that is no longer in
+    the RunSet is stopped (SIGHUP, its grace, SIGKILL) and forgotten.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    APP_FIELD_NUMBER: _builtins.int
+    APP_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    DIR_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SLUG_FIELD_NUMBER: _builtins.int
+    ATTACHED_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    app_id: _builtins.str
+    name: _builtins.str
+    """run.N, release.N"""
+    type: _builtins.str
+    release: _builtins.int
+    command: _builtins.str
+    dir: _builtins.str
+    """--in-place: the release's directory"""
+    attached: _builtins.bool
+    """its I/O goes over the session; else output to the logs"""
+    started: _builtins.bool
+    """it has started once: an agent that does not hold it"""
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """the release's config vars with the run's overrides"""
+
+    @_builtins.property
+    def settings(self) -> Global___ProcessSettings: ...
+    @_builtins.property
+    def slug(self) -> Global___Slug: ...
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        app_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        type: _builtins.str = ...,
+        release: _builtins.int = ...,
+        command: _builtins.str = ...,
+        dir: _builtins.str = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        settings: Global___ProcessSettings | None = ...,
+        slug: Global___Slug | None = ...,
+        attached: _builtins.bool = ...,
+        started: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "slug", b"slug"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_id", b"app_id", "attached", b"attached", "command", b"command", "dir", b"dir", "env", b"env", "name", b"name", "release", b"release", "settings", b"settings", "slug", b"slug", "started", b"started", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunSpec: _TypeAlias = RunSpec  # noqa: Y015
+
+@_typing.final
+class RunSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunSpec]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RunSpec] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunSet: _TypeAlias = RunSet  # noqa: Y015
+
+@_typing.final
+class RunInput(_message.Message):
+    """CLI -> scheduler on Run (start first, then stdin and signals); scheduler -> agent in
+    SchedulerMessage.run_input (app and name say which run).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STDIN_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    SIGNAL_FIELD_NUMBER: _builtins.int
+    OUTPUT_TAKEN_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    name: _builtins.str
+    stdin: _builtins.bytes
+    eof: _builtins.bool
+    """stdin is closed"""
+    signal: _builtins.int
+    """send this signal to the run's process group"""
+    output_taken: _builtins.int
+    """scheduler -> agent: output bytes passed on this session"""
+    @_builtins.property
+    def start(self) -> Global___RunStart: ...
+    def __init__(
+        self,
+        *,
+        start: Global___RunStart | None = ...,
+        app: _builtins.str = ...,
+        name: _builtins.str = ...,
+        stdin: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+        signal: _builtins.int = ...,
+        output_taken: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "eof", b"eof", "name", b"name", "output_taken", b"output_taken", "signal", b"signal", "start", b"start", "stdin", b"stdin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunInput: _TypeAlias = RunInput  # noqa: Y015
+
+@_typing.final
+class RunOutput(_message.Message):
+    """Agent -> scheduler in AgentMessage.run; scheduler -> CLI on Run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    STDOUT_FIELD_NUMBER: _builtins.int
+    STDERR_FIELD_NUMBER: _builtins.int
+    STDIN_TAKEN_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    GONE_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    name: _builtins.str
+    stdout: _builtins.bytes
+    stderr: _builtins.bytes
+    stdin_taken: _builtins.int
+    """agent -> scheduler: stdin bytes written this session"""
+    pid: _builtins.int
+    """it started (the leader's pid)"""
+    node: _builtins.str
+    lost: _builtins.str
+    """scheduler -> CLI: why the run's outcome is unknown"""
+    gone: _builtins.bool
+    """agent -> scheduler: a started run this agent does not hold"""
+    @_builtins.property
+    def exit(self) -> Global___RunExit:
+        """it ended"""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        name: _builtins.str = ...,
+        stdout: _builtins.bytes = ...,
+        stderr: _builtins.bytes = ...,
+        stdin_taken: _builtins.int = ...,
+        pid: _builtins.int = ...,
+        node: _builtins.str = ...,
+        exit: Global___RunExit | None = ...,
+        lost: _builtins.str = ...,
+        gone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exit", b"exit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "exit", b"exit", "gone", b"gone", "lost", b"lost", "name", b"name", "node", b"node", "pid", b"pid", "stderr", b"stderr", "stdin_taken", b"stdin_taken", "stdout", b"stdout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunOutput: _TypeAlias = RunOutput  # noqa: Y015

@@ -94,6 +94,11 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.ScaleRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.ScaleResponse.FromString,
                 _registered_method=True)
+        self.Why = channel.unary_unary(
+                '/paas.v1.Scheduler/Why',
+                request_serializer=paas_dot_proto_dot_paas__pb2.WhyRequest.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.WhyResponse.FromString,
+                _registered_method=True)
         self.ListInstances = channel.unary_unary(
                 '/paas.v1.Scheduler/ListInstances',
                 request_serializer=paas_dot_proto_dot_paas__pb2.ListInstancesRequest.SerializeToString,
@@ -184,6 +189,11 @@ class SchedulerStub:
                 request_serializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
                 response_deserializer=paas_dot_proto_dot_paas__pb2.Credential.FromString,
                 _registered_method=True)
+        self.Run = channel.stream_stream(
+                '/paas.v1.Scheduler/Run',
+                request_serializer=paas_dot_proto_dot_paas__pb2.RunInput.SerializeToString,
+                response_deserializer=paas_dot_proto_dot_paas__pb2.RunOutput.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -257,6 +267,12 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Scale(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Why(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -375,6 +391,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Run(self, request_iterator, context):
+        """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -437,6 +460,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Scale,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.ScaleRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.ScaleResponse.SerializeToString,
+            ),
+            'Why': grpc.unary_unary_rpc_method_handler(
+                    servicer.Why,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.WhyRequest.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.WhyResponse.SerializeToString,
             ),
             'ListInstances': grpc.unary_unary_rpc_method_handler(
                     servicer.ListInstances,
@@ -527,6 +555,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.RevokeCredentials,
                     request_deserializer=paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.FromString,
                     response_serializer=paas_dot_proto_dot_paas__pb2.Credential.SerializeToString,
+            ),
+            'Run': grpc.stream_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=paas_dot_proto_dot_paas__pb2.RunInput.FromString,
+                    response_serializer=paas_dot_proto_dot_paas__pb2.RunOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -853,6 +886,33 @@ class Scheduler:
             '/paas.v1.Scheduler/Scale',
             paas_dot_proto_dot_paas__pb2.ScaleRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.ScaleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Why(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/paas.v1.Scheduler/Why',
+            paas_dot_proto_dot_paas__pb2.WhyRequest.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.WhyResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1339,6 +1399,33 @@ class Scheduler:
             '/paas.v1.Scheduler/RevokeCredentials',
             paas_dot_proto_dot_paas__pb2.RevokeCredentialsRequest.SerializeToString,
             paas_dot_proto_dot_paas__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/paas.v1.Scheduler/Run',
+            paas_dot_proto_dot_paas__pb2.RunInput.SerializeToString,
+            paas_dot_proto_dot_paas__pb2.RunOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,7 @@ class SchedulerStub:
     FetchSlug: _grpc.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]
     """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]
+    Why: _grpc.UnaryUnaryMultiCallable[_paas_pb2.WhyRequest, _paas_pb2.WhyResponse]
     ListInstances: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]
     Restart: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]
@@ -74,6 +75,8 @@ class SchedulerStub:
     """Admin credentials: sign a CSR for a new name, list them, revoke one."""
     ListCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]
     RevokeCredentials: _grpc.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]
+    Run: _grpc.StreamStreamMultiCallable[_paas_pb2.RunInput, _paas_pb2.RunOutput]
+    """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 @_typing.type_check_only
 class SchedulerAsyncStub(SchedulerStub):
@@ -91,6 +94,7 @@ class SchedulerAsyncStub(SchedulerStub):
     FetchSlug: _aio.UnaryStreamMultiCallable[_paas_pb2.FetchSlugRequest, _paas_pb2.SlugData]  # type: ignore[assignment]
     """Agents only: a slug's bytes, so that agents need no etcd credentials."""
     Scale: _aio.UnaryUnaryMultiCallable[_paas_pb2.ScaleRequest, _paas_pb2.ScaleResponse]  # type: ignore[assignment]
+    Why: _aio.UnaryUnaryMultiCallable[_paas_pb2.WhyRequest, _paas_pb2.WhyResponse]  # type: ignore[assignment]
     ListInstances: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListInstancesRequest, _paas_pb2.ListInstancesResponse]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListNodesRequest, _paas_pb2.ListNodesResponse]  # type: ignore[assignment]
     Restart: _aio.UnaryUnaryMultiCallable[_paas_pb2.RestartRequest, _paas_pb2.RestartResponse]  # type: ignore[assignment]
@@ -115,6 +119,8 @@ class SchedulerAsyncStub(SchedulerStub):
     """Admin credentials: sign a CSR for a new name, list them, revoke one."""
     ListCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.ListCredentialsRequest, _paas_pb2.ListCredentialsResponse]  # type: ignore[assignment]
     RevokeCredentials: _aio.UnaryUnaryMultiCallable[_paas_pb2.RevokeCredentialsRequest, _paas_pb2.Credential]  # type: ignore[assignment]
+    Run: _aio.StreamStreamMultiCallable[_paas_pb2.RunInput, _paas_pb2.RunOutput]  # type: ignore[assignment]
+    """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 class SchedulerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,6 +207,13 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.ScaleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.ScaleResponse, _abc.Awaitable[_paas_pb2.ScaleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Why(
+        self,
+        request: _paas_pb2.WhyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paas_pb2.WhyResponse, _abc.Awaitable[_paas_pb2.WhyResponse]]: ...
 
     @_abc_1.abstractmethod
     def ListInstances(
@@ -333,6 +346,14 @@ class SchedulerServicer(metaclass=_abc_1.ABCMeta):
         request: _paas_pb2.RevokeCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_paas_pb2.Credential, _abc.Awaitable[_paas_pb2.Credential]]: ...
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request_iterator: _MaybeAsyncIterator[_paas_pb2.RunInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_paas_pb2.RunOutput], _abc.AsyncIterator[_paas_pb2.RunOutput]]:
+        """`paas run` (admins): a one-off process; attached, its I/O both ways until it exits."""
 
 def add_SchedulerServicer_to_server(servicer: SchedulerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

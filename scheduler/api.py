@@ -3,8 +3,9 @@
     apps_api.AppsService            CreateApp, ListApps, DestroyApp, Deploy
     releases_api.ReleasesService    ListReleases, GetRelease, SetConfig, Rollback
     formation_api.FormationService  Scale
-    instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts)
+    instances_api.InstancesService  ListInstances, Restart, Stop (rolling.py restarts), Why
     nodes_api.NodesService          ListNodes, Drain
+    runs_api.RunsService            Run (runs.Runs holds the one-offs)
     drains_api.DrainsService        AddDrain, RemoveDrain, ListDrains
     logs_api.LogsService            Logs (logreader.LogReader merges it, for the drains too)
     session_api.SessionService      Session, the agents' stream
@@ -45,8 +46,11 @@ from paas.scheduler.logs_api import LogsService
 from paas.scheduler.nodecerts import DEFAULT_NODE_CERT_TTL, NodeCertificates
 from paas.scheduler.nodes_api import NodesService
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.release_phase import ReleasePhase
 from paas.scheduler.releases_api import ReleasesService
 from paas.scheduler.rolling import Restarts
+from paas.scheduler.runs import Runs
+from paas.scheduler.runs_api import RunsService
 from paas.scheduler.servingcert import ServingCertificate
 from paas.scheduler.session_api import SessionService
 from paas.scheduler.sessions import Sessions
@@ -95,17 +99,33 @@ class SchedulerService:
         self._drains = Drains(store, events, stream=self._reader.merged_batches)
         self._restarts = Restarts(store, sessions, reconciler, events)
         authorizer = Authorizer(store if tls else None)
+        self.runs = Runs(store, sessions, reconciler.kick, lambda: _instances_on(reconciler))
+        self.runs.watch_apps(lambda: reconciler.world.apps if reconciler.world else None)
+        reconciler.busy = self.runs.busy
+        # The rollout controller's hook: run_release_phase(release) -> None | why it failed.
+        self.release_phase = ReleasePhase(store, self.runs)
         parts: list[object] = [
             AppsService(
                 store, sessions, reconciler, events, self._restarts, self._drains, self._slug_gc
             ),
-            ReleasesService(store),
+            ReleasesService(
+                store, sessions, reconciler, events, self._slug_gc, config.keep_releases
+            ),
             FormationService(store, reconciler, events),
-            InstancesService(store, sessions, reconciler, events, self._restarts),
+            InstancesService(store, sessions, reconciler, events, self._restarts, self.runs.views),
             NodesService(store, sessions, reconciler),
             DrainsService(store, events, self._drains),
             LogsService(store, self._reader.merged_batches),
-            SessionService(store, sessions, reconciler, leadership, authorizer, certificates),
+            SessionService(
+                store,
+                sessions,
+                reconciler,
+                leadership,
+                authorizer,
+                certificates,
+                on_run=self.runs.on_output,
+            ),
+            RunsService(store, sessions, self.runs),
             SlugsService(
                 store, slugs, self._slug_gc, leadership, config.max_slug_size, config.slug_budget
             ),
@@ -120,6 +140,7 @@ class SchedulerService:
         pb_grpc.add_SchedulerServicer_to_server(cast(pb_grpc.SchedulerServicer, self), server)
 
     async def close(self) -> None:
+        await self.runs.close()
         self._restarts.close()
         await self._slug_gc.close()
         await self._drains.close()
@@ -128,9 +149,19 @@ class SchedulerService:
     def on_leadership(self, leading: bool) -> None:
         self._drains.on_leadership(leading)
         self._slug_gc.on_leadership(leading)
+        self.runs.on_leadership(leading)
         if not leading:
             # Agents must find the new leader: end every session now.
             self._sessions.close_all()
+
+
+def _instances_on(reconciler: Reconciler) -> dict[str, int]:
+    """Formation instances per node, as the last reconcile pass saw them."""
+    counts: dict[str, int] = {}
+    if reconciler.world is not None:
+        for record in reconciler.world.instances:
+            counts[record.node] = counts.get(record.node, 0) + 1
+    return counts
 
 
 def guarded_handlers(parts: Sequence[object], guard: Guard) -> dict[str, Callable[..., Any]]:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 from google.protobuf import json_format
 
+from paas.common.configvars import check_config_vars
 from paas.common.errors import InvalidInput
 from paas.common.names import check_app_name
+from paas.common.placement import spread_conflict
 from paas.common.procfile import parse_procfile
 from paas.common.slugs import short_digest
 from paas.proto import paas_pb2 as pb
@@ -30,10 +32,11 @@ from paas.scheduler.events import EventLog
 from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app
 from paas.scheduler.reconcile import Reconciler
+from paas.scheduler.releases import Code, build_release, caller_name, code_of, commit_release
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.rollout import RELEASE_PHASE
 from paas.scheduler.sessions import Sessions
-from paas.scheduler.settings import settings_from, settings_problem
+from paas.scheduler.settings import placement_of, settings_from, settings_problem
 from paas.scheduler.sluggc import SlugCollector
 from paas.scheduler.store import (
     RELEASE_STATUSES,
@@ -43,7 +46,6 @@ from paas.scheduler.store import (
     SlugRef,
     Store,
     StoreError,
-    next_version,
 )
 
 log = logging.getLogger(__name__)
@@ -157,54 +159,44 @@ class AppsService:
             description = f"Deploy {short_digest(slug.digest)}"
         else:
             description = f"Deploy of {request.dir} (in place)"
+        code = Code(commands, settings, slug, "" if slug else request.dir)
+        by = caller_name(context)
+        nodes = [dict(node.labels) for node in (await self._store.nodes()).values()]
 
-        async def attempt() -> ReleaseRecord:
-            app = await require_app(self._store, request.app)
-            formation, formation_rev = await self._store.formation(app.name)
-            if app.release == 0 and not formation and "web" in commands:
-                formation = {"web": 1}  # as Heroku does on the first deploy
+        async def decide(
+            app: AppRecord, current: ReleaseRecord | None, formation: dict[str, int]
+        ) -> tuple[ReleaseRecord, dict[str, int]]:
+            # Before the first code (no release, or only config set before it), web=1,
+            # as Heroku does on the first deploy.
+            if code_of(current).empty and not formation and "web" in commands:
+                formation = {"web": 1}
             for type_ in commands:
                 if type_ != RELEASE_PHASE:  # the release phase runs once, never scaled
                     formation.setdefault(type_, 0)
-            release = ReleaseRecord(
-                app=app.name,
-                version=next_version(app),
-                dir="" if slug else request.dir,
-                commands=commands,
-                env=dict(request.env),
-                created_at=time.time(),
-                description=description,
-                settings=settings,
-                slug=slug,
-                status="rolling",  # rollout.py replaces the instances, then says how it went
-                previous=app.release,
-            )
-            # The txn also requires the slug's meta: a slug deleted meanwhile is refused.
-            await self._store.add_release(app, release, formation, formation_rev)
-            return release
+            _check_spread(request.settings, formation, nodes)
+            # Config lives with the app: DIR/.env is merged over the current config.
+            env = {**(current.env if current else {}), **request.env}
+            check_config_vars(env)
+            return build_release(app, code, env, description, by), formation
 
-        async def attempt_with_slug() -> ReleaseRecord:
-            if slug is None:
-                return await attempt()
-            # No GC pass between the check and the write: the slug stays stored.
-            async with self._slug_gc.references():
-                stored = await self._store.slug(slug.digest)
-                if stored is None:
-                    raise InvalidInput(
-                        f"slug {short_digest(slug.digest)} is not uploaded (UploadSlug first)"
-                    )
-                if stored.size != slug.size:
-                    raise InvalidInput(
-                        f"slug {short_digest(slug.digest)} is stored with {stored.size} bytes, "
-                        f"not {slug.size}"
-                    )
-                return await attempt()
-
-        release = await retry_conflicts(attempt_with_slug, "the app")
+        release = await commit_release(self._store, self._slug_gc, request.app, decide)
         self._events.add(release.app, f"Release v{release.version} created ({', '.join(commands)})")
         self._reconciler.kick()
         self._slug_gc.kick()  # releases past --keep-releases and their slugs go
         return release_pb(release)
+
+
+def _check_spread(
+    settings: Mapping[str, pb.ProcessSettings],
+    formation: Mapping[str, int],
+    nodes: list[dict[str, str]],
+) -> None:
+    """Refuse settings whose spread and distinct_hosts cannot both hold for the
+    formation on the nodes there are (placement would leave some unplaced for good)."""
+    for type_, wanted in sorted(settings.items()):
+        problem = spread_conflict(placement_of(wanted), formation.get(type_, 0), nodes)
+        if problem:
+            raise InvalidInput(f"paas.toml [types.{type_}]: {problem}")
 
 
 def release_pb(release: ReleaseRecord) -> pb.Release:

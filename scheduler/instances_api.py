@@ -1,4 +1,4 @@
-"""The instances: ListInstances (`paas ps`), Restart and Stop.
+"""The instances: ListInstances (`paas ps`), Restart, Stop and Why (`paas why`).
 
 ListInstances joins the assignments in etcd (and a rollout's new copies, the
 surges, listed beside the instances they replace) with what each agent last
@@ -8,10 +8,13 @@ unassigns it, and the formation places it anew.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from paas.common.names import InstanceName
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import NotFound
 from paas.scheduler.events import EventLog
+from paas.scheduler.explain import explain
 from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app, select
 from paas.scheduler.reconcile import Reconciler
@@ -21,7 +24,7 @@ from paas.scheduler.store import InstanceRecord, Store, SurgeRecord, Unassign
 
 
 class InstancesService:
-    """ListInstances, Restart and Stop."""
+    """ListInstances, Restart, Stop and Why."""
 
     def __init__(
         self,
@@ -30,7 +33,10 @@ class InstancesService:
         reconciler: Reconciler,
         events: EventLog,
         restarts: Restarts,
+        one_offs: Callable[[str], list[pb.InstanceView]] = lambda _app: [],
     ) -> None:
+        """`one_offs`: the rows of an app's running one-offs (runs.Runs.views)."""
+        self._one_offs = one_offs
         self._store = store
         self._sessions = sessions
         self._reconciler = reconciler
@@ -42,9 +48,9 @@ class InstancesService:
     ) -> pb.ListInstancesResponse:
         if request.app:
             await require_app(self._store, request.app)
-        records: list[InstanceRecord | SurgeRecord] = [*await self._store.instances()]
+        records: list[InstanceRecord | SurgeRecord] = [*await self._store.instances(request.app)]
         # A rollout's new copies are listed beside the instances they replace.
-        records += await self._store.surges()
+        records += await self._store.surges(request.app)
         views = []
         for record in sorted(records, key=lambda r: (r.app, r.name, r.release)):
             if request.app and record.app != request.app:
@@ -84,11 +90,67 @@ class InstancesService:
                 view.rss_bytes = status.rss_bytes
                 view.started_at = status.started_at
             views.append(view)
-        return pb.ListInstancesResponse(instances=views)
+        if request.app:
+            views.extend(self._one_offs(request.app))
+        return pb.ListInstancesResponse(
+            instances=views, unplaced=await self._unplaced(request.app, records)
+        )
+
+    async def _unplaced(
+        self, app: str, records: list[InstanceRecord | SurgeRecord]
+    ) -> list[pb.UnplacedType]:
+        """What the last reconcile pass found no node for, with the names the formation
+        asks for that no assignment has (a move that found no node keeps its old one)."""
+        found = []
+        for (of_app, type_), reason in sorted(self._reconciler.unplaced().items()):
+            if app and of_app != app:
+                continue
+            formation, _ = await self._store.formation(of_app)
+            held = {r.name.index for r in records if r.app == of_app and r.name.type == type_}
+            missing = formation.get(type_, 0) - len(held)
+            names: list[str] = []
+            index = 1
+            while len(names) < missing:
+                if index not in held:
+                    names.append(str(InstanceName(type_, index)))
+                index += 1
+            found.append(
+                pb.UnplacedType(
+                    app=of_app, type=type_, count=len(names), reason=reason, names=names
+                )
+            )
+        return [u for u in found if u.count]
+
+    async def Why(self, request: pb.WhyRequest, context: Context) -> pb.WhyResponse:
+        app = await require_app(self._store, request.app)
+        name = InstanceName.parse(request.instance)
+        world, desired, nodes, placed = await self._reconciler.placement_inputs()
+        formation = world.formations.get(app.name, {})
+        release = world.releases.get(app.name)
+        held = any(i.app == app.name and i.name == name for i in placed)
+        if not held and (release is None or name.type not in release.commands):
+            raise NotFound(
+                f"{app.name} has no process type {name.type!r} (`paas ps` lists its instances)"
+            )
+        if not held and name.index > formation.get(name.type, 0):
+            raise NotFound(
+                f"{app.name} asks for {formation.get(name.type, 0)} {name.type} instance(s): "
+                f"{name} is not one of them (`paas scale {name.type}={name.index}` would make it)"
+            )
+        rules = {(d.app, type_): rule for d in desired for type_, rule in d.placement.items()}
+        found = explain(app.name, name, nodes, placed, rules)
+        return pb.WhyResponse(
+            instance=found.instance,
+            node=found.node,
+            nodes=found.nodes,
+            candidates=found.candidates,
+            filters=[pb.WhyFilter(filter=f.filter, nodes=f.nodes) for f in found.filters],
+            summary=found.summary,
+        )
 
     async def Restart(self, request: pb.RestartRequest, context: Context) -> pb.RestartResponse:
         await require_app(self._store, request.app)
-        records = [r for r in await self._store.instances() if r.app == request.app]
+        records = await self._store.instances(request.app)
         chosen = select(records, request.process)
         if request.process and not chosen:
             raise NotFound(
@@ -106,7 +168,7 @@ class InstancesService:
     async def Stop(self, request: pb.StopRequest, context: Context) -> pb.StopResponse:
         await require_app(self._store, request.app)
         name = InstanceName.parse(request.instance)
-        records = await self._store.instances()
+        records = await self._store.instances(request.app)
         found = [r for r in records if r.app == request.app and r.name == name]
         if not found:
             raise NotFound(

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from paas.common.placement import PlacementError, TypePlacement
@@ -77,12 +78,15 @@ class Reconciler:
         # What the app's log last said found no node, per (app, type): said again only
         # when it changes, not on every pass.
         self._unplaced: dict[tuple[str, str], Unplaced] = {}
+        self._unplaced_text: dict[tuple[str, str], str] = {}
         self._informer = Informer(store, self.kick)
         # Per instance, the assignment last built and what it was built from, so that
         # a pass rebuilds only what changed; per node, what its session was last sent.
         self._assignments: dict[tuple[str, str, int], tuple[tuple[Any, ...], pb.Assignment]] = {}
         self._pushed: dict[str, tuple[object, list[tuple[Any, ...]], list[str]]] = {}
         self.pushes = 0  # desired sets sent, for tests and benchmarks
+        # One-off runs per node (runs.Runs.busy): room they hold, taken off capacity.
+        self.busy: Callable[[str], int] = lambda _node: 0
 
     def kick(self) -> None:
         """Say: look again."""
@@ -138,25 +142,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         world, revision = await self._world()
-        nodes = _node_views(world, self._sessions)
-        desired = [
-            AppDesired(
-                app=app.name,
-                release=app.release,
-                formation={
-                    type_: count
-                    for type_, count in world.formations.get(app.name, {}).items()
-                    if app.name in world.releases
-                    and type_ in world.releases[app.name].commands
-                    and type_ != RELEASE_PHASE
-                },
-                placement=_placement(world.releases.get(app.name)),
-            )
-            for app in world.apps.values()
-        ]
-        placed = [
-            Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
-        ]
+        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy)
         result = plan(desired, nodes, placed)
         self._announce_unplaced(result, nodes)
         if not result.empty:
@@ -174,13 +160,34 @@ class Reconciler:
             self._announce(result, world)
             await self._informer.caught_up(done.revision)
             world, _ = await self._world()
-            nodes = _node_views(world, self._sessions)
+            nodes = _node_views(world, self._sessions, self.busy)
         wrote = await self.rollouts.step(world, _room(world, nodes), _allowed_nodes(world, nodes))
         if wrote:
             await self._informer.caught_up(wrote)
             world, _ = await self._world()
         self.world = world
         self._push(world)
+
+    async def preview(
+        self, app: str, formation: Mapping[str, int]
+    ) -> tuple[Plan, World, list[NodeView]]:
+        """What a pass would do if `app` had `formation` (`paas scale --plan`): the
+        plan made from the informer's cache as it is now, committed nowhere."""
+        world, _ = await self._world()
+        world = dataclasses.replace(world, formations={**world.formations, app: dict(formation)})
+        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy)
+        return plan(desired, nodes, placed), world, nodes
+
+    async def placement_inputs(
+        self,
+    ) -> tuple[World, list[AppDesired], list[NodeView], list[Placed]]:
+        """The world and what plan() is given for it, as a pass now would (`paas why`)."""
+        world, _ = await self._world()
+        return (world, *plan_inputs(world, self._sessions, self.busy))
+
+    def unplaced(self) -> dict[tuple[str, str], str]:
+        """What the last pass found no node for, per (app, type): the log's words."""
+        return dict(self._unplaced_text)
 
     def _announce(self, result: Plan, world: World) -> None:
         current = {(i.app, i.name): i.node for i in world.instances}
@@ -195,10 +202,15 @@ class Reconciler:
     def _announce_unplaced(self, result: Plan, nodes: list[NodeView]) -> None:
         """Say in the app's log what finds no node and why, when that changes (a plan
         with nothing else to do included: a scale-up with no node is not silent)."""
+        texts = {
+            key: shortfall_text(unplaced, key[1], nodes)
+            for key, unplaced in result.unplaced.items()
+        }
         for (app, type_), unplaced in sorted(result.unplaced.items()):
             if self._unplaced.get((app, type_)) != unplaced:
-                self._events.add(app, shortfall_text(unplaced, type_, nodes))
+                self._events.add(app, texts[(app, type_)])
         self._unplaced = dict(result.unplaced)
+        self._unplaced_text = texts
 
     def _hand_off(self, result: Plan, world: World) -> None:
         """Remember instances that leave a draining node that still runs them: it keeps
@@ -277,15 +289,47 @@ class Reconciler:
             self._push(self.world)
 
 
-def _node_view(node: NodeRecord, sessions: Sessions) -> NodeView:
+def plan_inputs(
+    world: World, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
+    """What plan() is given for `world`: each app's release and formation (types of
+    its current release only, never its release phase), the nodes as Sessions sees
+    them (less the room their one-off runs and the rollouts' new copies hold), the
+    assignments."""
+    nodes = _node_views(world, sessions, busy)
+    desired = [
+        AppDesired(
+            app=app.name,
+            release=app.release,
+            formation={
+                type_: count
+                for type_, count in world.formations.get(app.name, {}).items()
+                if app.name in world.releases
+                and type_ in world.releases[app.name].commands
+                and type_ != RELEASE_PHASE
+            },
+            placement=_placement(world.releases.get(app.name)),
+        )
+        for app in world.apps.values()
+    ]
+    placed = [
+        Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
+    ]
+    return desired, nodes, placed
+
+
+def _node_view(
+    node: NodeRecord, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+) -> NodeView:
     """The node as placement sees it, from its state as Sessions decides it (so that a
-    node takes instances exactly when `paas nodes` calls it ready)."""
+    node takes instances exactly when `paas nodes` calls it ready), its capacity less
+    the one-off runs on it (`busy`)."""
     state = sessions.node_state(node.name, node.draining)
     return NodeView(
         name=node.name,
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
-        capacity=node.capacity,
+        capacity=max(0, node.capacity - busy(node.name)),
         labels=node.labels,
         memory=node.memory,
         cpu=node.cpu,
@@ -308,13 +352,15 @@ def _placement(release: ReleaseRecord | None) -> dict[str, TypePlacement]:
     return rules
 
 
-def _node_views(world: World, sessions: Sessions) -> list[NodeView]:
-    """The nodes as placement sees them, each with the room the rollouts' new copies on
+def _node_views(
+    world: World, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+) -> list[NodeView]:
+    """The nodes as placement sees them, each less the room the rollouts' new copies on
     it take (they count against its capacity as instances do)."""
     surging = Counter(s.node for s in world.surges)
     views = []
     for node in world.nodes.values():
-        view = _node_view(node, sessions)
+        view = _node_view(node, sessions, busy)
         if surging[node.name]:
             view = dataclasses.replace(view, capacity=max(0, view.capacity - surging[node.name]))
         views.append(view)

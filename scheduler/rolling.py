@@ -56,7 +56,7 @@ class Restarts:
             [Assign(record.app, record.name, record.node, record.release, app.create_revision)]
         )
         self._reconciler.kick()
-        for current in await self._store.instances():
+        for current in await self._store.instances(record.app):
             if current.app == record.app and current.name == record.name:
                 return current.incarnation
         return 0

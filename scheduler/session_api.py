@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -44,9 +44,12 @@ class SessionService:
         leadership: LeaderView,
         authorizer: Authorizer | None = None,
         certificates: NodeCertificates | None = None,
+        on_run: Callable[[AgentSession, pb.RunOutput], None] | None = None,
     ) -> None:
         """`authorizer`: the guard's, which also checks the Hello's node name (None: off);
-        `certificates`: signs the renewals agents ask for (None: --insecure)."""
+        `certificates`: signs the renewals agents ask for (None: --insecure);
+        `on_run`: takes what agents say of their one-offs (runs.Runs.on_output)."""
+        self._on_run = on_run
         self._authorizer = authorizer or Authorizer(None)
         self._certificates = certificates
         self._store = store
@@ -87,8 +90,7 @@ class SessionService:
             log.info("agent %s disconnected", session.name)
 
     async def _register(self, session: AgentSession) -> None:
-        nodes = await self._store.nodes()
-        known = nodes.get(session.name)
+        known = await self._store.node(session.name)
         record = NodeRecord(
             name=session.name,
             address=session.address,
@@ -139,6 +141,10 @@ class SessionService:
                     self._reconciler.on_report()
                 elif kind == "renew":
                     await self._renew(session, message)
+                elif kind == "run":
+                    session.heartbeat()
+                    if self._on_run is not None:
+                        self._on_run(session, message.run)
                 else:
                     session.heartbeat()
         except (StopAsyncIteration, TimeoutError, grpc.aio.AioRpcError):

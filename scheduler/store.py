@@ -41,6 +41,13 @@ Layout, under /paas/:
     revoked/SERIAL               {"name", "revoked_at"}: the deny list of certificate
                                  serials (lowercase hex) every replica checks on each call
     slugs/DIGEST/chunk/000000    a slug's bytes, CHUNK_SIZE per value, in order
+    runs/APP/NAME                a one-off process (`run.4`, `release.7`): {"node", "release",
+                                 "command", "type", "env", "attached", "state", "exit",
+                                 "created_at"}; deleted once its exit is seen (a release
+                                 phase's once its result is read); the reconcile watch
+                                 ignores these keys
+    run-counter/APP/next         the last N of the app's run.N, taken in the txn that
+                                 writes the run (a compare on its mod revision)
     slugs/DIGEST/meta            {"digest", "size", "chunks", "created_at"}: written
                                  last, after every chunk; a slug exists when its meta
                                  does (chunks without it are a dead leader's leftovers).
@@ -100,6 +107,8 @@ def _app_prefixes(app: str) -> list[str]:
         _events_prefix(app),
         f"{PREFIX}drains/{app}/",
         f"{_DRAIN_PROGRESS}{app}/",
+        _runs_prefix(app),
+        _run_counter_prefix(app),
     ]
 
 
@@ -480,35 +489,38 @@ class Store:
         found = await self._get(_release_key(app, version))
         return None if found is None else _release_from(json.loads(found[0]), found[1])
 
+    async def releases(self, app: str) -> list[ReleaseRecord]:
+        """The app's releases still kept, oldest first (keys sort by version)."""
+        return [
+            _release_from(json.loads(value))
+            for _, value, _ in await self._get_prefix(f"{PREFIX}releases/{app}/")
+        ]
+
     async def nodes(self) -> dict[str, NodeRecord]:
         rows = await self._get_prefix(f"{PREFIX}nodes/")
-        nodes = {}
-        for key, value, revision in rows:
-            data = json.loads(value)
-            name = key.rsplit("/", 1)[1]
-            nodes[name] = NodeRecord(
-                name=name,
-                address=str(data["address"]),
-                capacity=int(data["capacity"]),
-                labels=dict(data.get("labels", {})),
-                draining=bool(data.get("draining", False)),
-                mod_revision=revision,
-                memory=int(data.get("memory", 0)),
-                cpu=float(data.get("cpu", 0.0)),
-            )
-        return nodes
+        found = (
+            _node_from(key.rsplit("/", 1)[1], value, revision) for key, value, revision in rows
+        )
+        return {node.name: node for node in found}
 
-    async def instances(self) -> list[InstanceRecord]:
-        rows = await self._get_prefix(f"{PREFIX}instances/")
+    async def node(self, name: str) -> NodeRecord | None:
+        """One node's record (an agent's hello reads its own, not all of them)."""
+        found = await self._get(_node_key(name))
+        return None if found is None else _node_from(name, found[0], found[1])
+
+    async def instances(self, app: str = "") -> list[InstanceRecord]:
+        """Every assignment, or only those of `app`."""
+        rows = await self._get_prefix(f"{PREFIX}instances/{app}/" if app else f"{PREFIX}instances/")
         records = []
         for key, value, revision in rows:
             app, name = key[len(f"{PREFIX}instances/") :].split("/", 1)
             records.append(_instance_from(app, InstanceName.parse(name), value, revision))
         return records
 
-    async def surges(self) -> list[SurgeRecord]:
-        """Every rollout's new copies in flight (the rollouts section below)."""
-        rows = await self._get_prefix(_SURGES)
+    async def surges(self, app: str = "") -> list[SurgeRecord]:
+        """Every rollout's new copies in flight, or only those of `app` (the rollouts
+        section below)."""
+        rows = await self._get_prefix(f"{_SURGES}{app}/" if app else _SURGES)
         records = []
         for key, value, revision in rows:
             app, name = key[len(_SURGES) :].split("/", 1)
@@ -941,6 +953,58 @@ class Store:
             raise etcd_error(self.endpoints, exc) from exc
         return revision
 
+    # ------------------------------------------------------------ one-off runs
+
+    async def runs(self) -> list[RunRecord]:
+        """Every one-off of every app."""
+        return [
+            _run_from(key, value, mod)
+            for key, value, mod in await self._get_prefix(f"{PREFIX}runs/")
+        ]
+
+    async def create_run(self, record: RunRecord, app: AppRecord) -> RunRecord:
+        """Write `record` as the app's next run.N (its name is ignored) while the app is
+        the one read; the run as written."""
+        counter = _run_counter_key(record.app)
+        for _ in range(10):
+            found = await self._get(counter)
+            last, mod = (int(found[0]), found[1]) if found else (0, 0)
+            named = dataclasses.replace(record, name=f"run.{last + 1}")
+            try:
+                revision = await self.txn_revision(
+                    [tx.Mod(counter) == mod, tx.Create(_app_key(app.name)) == app.create_revision],
+                    [
+                        tx.Put(counter.encode(), str(last + 1).encode()),
+                        tx.Put(_run_key(named.app, named.name).encode(), _dumps(_run_to(named))),
+                    ],
+                )
+            except ConflictError:
+                if await self.app(app.name) is None:
+                    raise
+                continue  # another run took the number: the next one
+            return dataclasses.replace(named, mod_revision=revision)
+        raise ConflictError("too many runs started at once; try again")
+
+    async def add_run(self, record: RunRecord, app: AppRecord) -> RunRecord:
+        """Write `record` under its own name (`release.7`); ConflictError if it exists."""
+        key = _run_key(record.app, record.name)
+        revision = await self.txn_revision(
+            [tx.Version(key) == 0, tx.Create(_app_key(app.name)) == app.create_revision],
+            [tx.Put(key.encode(), _dumps(_run_to(record)))],
+        )
+        return dataclasses.replace(record, mod_revision=revision)
+
+    async def update_run(self, record: RunRecord) -> RunRecord:
+        """Write `record` over the stored one, if it is still there."""
+        key = _run_key(record.app, record.name)
+        revision = await self.txn_revision(
+            [tx.Version(key) > 0], [tx.Put(key.encode(), _dumps(_run_to(record)))]
+        )
+        return dataclasses.replace(record, mod_revision=revision)
+
+    async def delete_run(self, app: str, name: str) -> None:
+        await self._txn([], [tx.Delete(_run_key(app, name).encode())])
+
     # ------------------------------------------------------------ watch
 
     async def changes(self) -> AsyncIterator[None]:
@@ -1226,6 +1290,79 @@ async def _commit_chunk(
     return Commit(revision, done.txns + 1)
 
 
+# ------------------------------------------------------------ one-off runs
+
+
+def _runs_prefix(app: str) -> str:
+    return f"{PREFIX}runs/{app}/"
+
+
+def _run_key(app: str, name: str) -> str:
+    return f"{_runs_prefix(app)}{name}"
+
+
+def _run_counter_prefix(app: str) -> str:
+    return f"{PREFIX}run-counter/{app}/"
+
+
+def _run_counter_key(app: str) -> str:
+    return f"{_run_counter_prefix(app)}next"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A one-off process: where it runs, what, and how far it got.
+
+    `state`: "pending" (commanded, not yet reported started), "running", or
+    "exited" (kept only for a release phase, until its result is read)."""
+
+    app: str
+    name: str  # run.4, release.7
+    node: str
+    release: int
+    command: str
+    type: str = "run"
+    env: dict[str, str] = field(default_factory=dict)
+    attached: bool = False
+    state: str = "pending"
+    exit: dict[str, Any] | None = None  # {"code", "signal", "text", "last_lines"}
+    created_at: float = 0.0
+    mod_revision: int = 0
+
+
+def _run_to(run: RunRecord) -> dict[str, Any]:
+    return {
+        "node": run.node,
+        "release": run.release,
+        "command": run.command,
+        "type": run.type,
+        "env": run.env,
+        "attached": run.attached,
+        "state": run.state,
+        "exit": run.exit,
+        "created_at": run.created_at,
+    }
+
+
+def _run_from(key: str, value: bytes, mod: int) -> RunRecord:
+    app, name = key[len(PREFIX + "runs/") :].split("/", 1)
+    data = json.loads(value)
+    return RunRecord(
+        app=app,
+        name=name,
+        node=str(data["node"]),
+        release=int(data["release"]),
+        command=str(data["command"]),
+        type=str(data.get("type", "run")),
+        env={str(k): str(v) for k, v in dict(data.get("env", {})).items()},
+        attached=bool(data.get("attached", False)),
+        state=str(data.get("state", "pending")),
+        exit=data.get("exit"),
+        created_at=float(data.get("created_at", 0.0)),
+        mod_revision=mod,
+    )
+
+
 def _credential_from(value: bytes) -> CredentialRecord:
     data = json.loads(value)
     return CredentialRecord(
@@ -1293,6 +1430,20 @@ def _slug_from(data: dict[str, Any]) -> SlugRecord:
         size=int(data["size"]),
         chunks=int(data["chunks"]),
         created_at=float(data["created_at"]),
+    )
+
+
+def _node_from(name: str, value: bytes, revision: int) -> NodeRecord:
+    data = json.loads(value)
+    return NodeRecord(
+        name=name,
+        address=str(data["address"]),
+        capacity=int(data["capacity"]),
+        labels=dict(data.get("labels", {})),
+        draining=bool(data.get("draining", False)),
+        mod_revision=revision,
+        memory=int(data.get("memory", 0)),
+        cpu=float(data.get("cpu", 0.0)),
     )
 
 

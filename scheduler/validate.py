@@ -22,7 +22,14 @@ from typing import Any
 from google.protobuf.message import Message
 
 from paas.common.addresses import parse_address
-from paas.common.configvars import PROCFILE_LIMIT, check_config_vars, check_no_nul, check_size
+from paas.common.configvars import (
+    CONFIG_VARS_LIMIT,
+    PROCFILE_LIMIT,
+    check_config_vars,
+    check_key,
+    check_no_nul,
+    check_size,
+)
 from paas.common.errors import InvalidInput
 from paas.common.formation import MAX_INSTANCES_PER_TYPE
 from paas.common.jointoken import MAX_TEXT as TOKEN_TEXT_LIMIT
@@ -45,6 +52,10 @@ MAX_LOG_LINES = 1_000_000  # as `paas logs -n` takes it
 # A drain URL, a node's address, a label: no legitimate one comes near this.
 TEXT_LIMIT = 2048
 MAX_LABELS = 64
+# Releases one ListReleases may ask for (--keep-releases is at most 1000).
+MAX_RELEASES = 1000
+# A release version: far above any an app makes, and within etcd keys' 10 digits.
+MAX_VERSION = 9_999_999_999
 
 
 def check_request(request: Message) -> None:
@@ -147,8 +158,43 @@ def _slug_upload(message: pb.SlugUpload) -> None:
         )
 
 
-def _releases(request: pb.ListReleasesRequest | pb.GetReleaseRequest) -> None:
-    _app(request.app)  # PLACEHOLDER (issue 13): the whole check comes with the RPCs
+def _list_releases(request: pb.ListReleasesRequest) -> None:
+    _app(request.app)
+    if not 0 <= request.limit <= MAX_RELEASES:
+        raise InvalidInput(f"limit must be from 0 (all) to {MAX_RELEASES}, not {request.limit}")
+
+
+def _version(what: str, version: int) -> None:
+    if not 0 <= version <= MAX_VERSION:
+        raise InvalidInput(f"{what}: a release version is from 1 to {MAX_VERSION}, not {version}")
+
+
+def _get_release(request: pb.GetReleaseRequest) -> None:
+    _app(request.app)
+    _version("the release", request.version)
+
+
+def _rollback(request: pb.RollbackRequest) -> None:
+    _app(request.app)
+    _version("the release to roll back to", request.version)
+
+
+def _set_config(request: pb.SetConfigRequest) -> None:
+    """Keys to set and to unset; whether those to unset are set, and the size of the
+    config they make, need the current release (releases_api.py)."""
+    _app(request.app)
+    if not request.set and not request.unset:
+        raise InvalidInput("no config var to set or unset given")
+    check_config_vars(request.set)
+    seen: set[str] = set()
+    for key in request.unset:
+        check_key(key)
+        if key in seen:
+            raise InvalidInput(f"config var {key} is given more than once")
+        if key in request.set:
+            raise InvalidInput(f"config var {key} is both set and unset")
+        seen.add(key)
+    check_size("the config vars to unset", "".join(request.unset), CONFIG_VARS_LIMIT)
 
 
 def _scale(request: pb.ScaleRequest) -> None:
@@ -168,6 +214,13 @@ def _scale(request: pb.ScaleRequest) -> None:
         if change.type in seen:
             raise InvalidInput(f"process type {change.type!r} is given more than once")
         seen.add(change.type)
+
+
+def _why(request: pb.WhyRequest) -> None:
+    _app(request.app)
+    if not request.instance:
+        raise InvalidInput("no instance given: name one like web.3")
+    InstanceName.parse(request.instance)
 
 
 def _list_instances(request: pb.ListInstancesRequest) -> None:
@@ -282,6 +335,63 @@ def check_agent_message(message: pb.AgentMessage) -> None:
             _text(f"the label {key}", value, 256)
     elif kind == "renew":
         _csr("renew", message.renew.csr)
+    elif kind == "run":
+        run = message.run
+        if len(run.stdout) + len(run.stderr) > RUN_STDIN_LIMIT:
+            raise InvalidInput("a run's output message holds at most 64 KiB")
+
+
+# A one-off's command line, its words together, and one stdin message.
+RUN_COMMAND_LIMIT = 32 * 1024
+RUN_STDIN_LIMIT = 64 * 1024
+# The signals a CLI may send a one-off's process group: Ctrl-C, Ctrl-\, hang-up,
+# terminate, kill, a terminal resize and the user signals.
+RUN_SIGNALS = frozenset({1, 2, 3, 9, 10, 12, 15, 28})
+
+
+def check_run_env(env: dict[str, str] | Any) -> None:
+    """--env K=V of a run: checked as config vars are (the reserved names included)."""
+    check_config_vars(env)
+
+
+def check_run_input(message: pb.RunInput, *, first: bool) -> None:
+    """One message of Run: the first carries RunStart and nothing else, the others no
+    RunStart; stdin within its limit, only the signals a terminal sends."""
+    if first != message.HasField("start"):
+        raise InvalidInput(
+            "a run starts with what to run (RunStart), once"
+            if first
+            else "a run takes one RunStart, as its first message"
+        )
+    if message.app or message.name or message.output_taken:
+        raise InvalidInput("app, name and output_taken are the scheduler's to set")
+    if len(message.stdin) > RUN_STDIN_LIMIT:
+        raise InvalidInput(
+            f"a stdin message holds at most {RUN_STDIN_LIMIT} bytes, got {len(message.stdin)}"
+        )
+    if message.signal and message.signal not in RUN_SIGNALS:
+        raise InvalidInput(
+            f"signal {message.signal} cannot be sent to a run (only "
+            f"{', '.join(str(s) for s in sorted(RUN_SIGNALS))})"
+        )
+    if not first:
+        return
+    start = message.start
+    _app(start.app)
+    words = list(start.command)
+    if not words or not any(word.strip() for word in words):
+        raise InvalidInput("no command to run: `paas run -- COMMAND ...` or `paas run TYPE`")
+    for word in words:
+        check_no_nul("the command", word)
+    check_size("the command", " ".join(words), RUN_COMMAND_LIMIT)
+    if start.type:
+        check_process_type(start.type)
+    check_run_env(start.env)
+    if start.node:
+        check_node_name(start.node)
+    for what, value in (("columns", start.columns), ("lines", start.lines)):
+        if not 0 <= value <= 10_000:
+            raise InvalidInput(f"the terminal's {what} must be from 0 to 10000, got {value}")
 
 
 _CHECKS: dict[str, Callable[[Any], None]] = {
@@ -290,11 +400,12 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.DestroyAppRequest.DESCRIPTOR.full_name: _destroy_app,
     pb.DeployRequest.DESCRIPTOR.full_name: _deploy,
     pb.ScaleRequest.DESCRIPTOR.full_name: _scale,
-    pb.ListReleasesRequest.DESCRIPTOR.full_name: _releases,
-    pb.GetReleaseRequest.DESCRIPTOR.full_name: _releases,
-    pb.SetConfigRequest.DESCRIPTOR.full_name: _releases,
-    pb.RollbackRequest.DESCRIPTOR.full_name: _releases,
+    pb.ListReleasesRequest.DESCRIPTOR.full_name: _list_releases,
+    pb.GetReleaseRequest.DESCRIPTOR.full_name: _get_release,
+    pb.SetConfigRequest.DESCRIPTOR.full_name: _set_config,
+    pb.RollbackRequest.DESCRIPTOR.full_name: _rollback,
     pb.ListInstancesRequest.DESCRIPTOR.full_name: _list_instances,
+    pb.WhyRequest.DESCRIPTOR.full_name: _why,
     pb.ListNodesRequest.DESCRIPTOR.full_name: _nothing,
     pb.RestartRequest.DESCRIPTOR.full_name: _restart,
     pb.StopRequest.DESCRIPTOR.full_name: _stop,
@@ -315,4 +426,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     pb.CreateCredentialsRequest.DESCRIPTOR.full_name: _create_credentials,
     pb.ListCredentialsRequest.DESCRIPTOR.full_name: _nothing,
     pb.RevokeCredentialsRequest.DESCRIPTOR.full_name: _credential_name,
+    # A stream: its handler checks each message with check_run_input.
+    pb.RunInput.DESCRIPTOR.full_name: lambda message: check_run_input(
+        message, first=message.HasField("start")
+    ),
 }

@@ -54,6 +54,12 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
         self.slug_stats: list[str] = []
         self.uploads: list[list[pb.SlugUpload]] = []
         self.max_slug_size = DEFAULT_MAX_SLUG_SIZE
+        # GetRelease answers these in turn, then the last one for good, when set.
+        self.release_answers: list[pb.Release] = []
+        self.release_requests: list[pb.GetReleaseRequest] = []
+        self.config_requests: list[pb.SetConfigRequest] = []
+        self.rollbacks: list[pb.RollbackRequest] = []
+        self.releases = [pb.Release(app="shop", version=1, description="Deploy 3f2a9c1b0d4e")]
         # Serves Logs instead of log_lines when set.
         self.logs: Callable[[pb.LogsRequest, Context], AsyncIterator[pb.LogLine]] | None = None
 
@@ -81,23 +87,45 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
             commands={"web": "python3 serve.py"},
         )
 
+    async def Why(self, request: pb.WhyRequest, context: Context) -> pb.WhyResponse:
+        await self._gate(context)
+        return pb.WhyResponse(instance=request.instance, summary="web.7 is not placed")
+
     async def ListReleases(
         self, request: pb.ListReleasesRequest, context: Context
     ) -> pb.ListReleasesResponse:
         await self._gate(context)
-        return pb.ListReleasesResponse()
+        listed = self.releases[: request.limit] if request.limit else self.releases
+        return pb.ListReleasesResponse(releases=listed)
 
     async def GetRelease(self, request: pb.GetReleaseRequest, context: Context) -> pb.Release:
         await self._gate(context)
+        self.release_requests.append(request)
+        if self.release_answers:
+            answer = self.release_answers[0]
+            if len(self.release_answers) > 1:
+                self.release_answers.pop(0)
+            return answer
         return pb.Release(app=request.app, version=request.version, status=pb.RELEASE_SUCCEEDED)
 
     async def SetConfig(self, request: pb.SetConfigRequest, context: Context) -> pb.Release:
         await self._gate(context)
-        return pb.Release(app=request.app, version=1, env=request.set)
+        self.config_requests.append(request)
+        return pb.Release(
+            app=request.app, version=2, env=request.set, status=pb.RELEASE_ROLLING, previous=1
+        )
 
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.Release:
         await self._gate(context)
-        return pb.Release(app=request.app, version=1)
+        self.rollbacks.append(request)
+        target = request.version or 1
+        return pb.Release(
+            app=request.app,
+            version=2,
+            description=f"Rollback to v{target}",
+            status=pb.RELEASE_ROLLING,
+            previous=1,
+        )
 
     async def Scale(self, request: pb.ScaleRequest, context: Context) -> pb.ScaleResponse:
         await self._gate(context)
@@ -166,6 +194,12 @@ class FakeScheduler(pb_grpc.SchedulerServicer):
     ) -> AsyncIterator[pb.SchedulerMessage]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         yield pb.SchedulerMessage()
+
+    async def Run(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.RunInput], context: Context
+    ) -> AsyncIterator[pb.RunOutput]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
+        yield pb.RunOutput()
 
     async def RemoveNode(
         self, request: pb.RemoveNodeRequest, context: Context

@@ -36,10 +36,10 @@ class SlowStore:
     async def cluster_id(self) -> str:
         return "c0ffee"
 
-    async def nodes(self) -> dict[str, NodeRecord]:
+    async def node(self, name: str) -> NodeRecord | None:
         self.reading.set()
         await self.go.wait()
-        return {}
+        return None
 
     async def put_node(self, record: NodeRecord) -> None:
         self.written.append(record)
