@@ -34,7 +34,7 @@ from paas.scheduler.plan import (
     plan,
     shortfall_text,
 )
-from paas.scheduler.rollout import RELEASE_PHASE, ReleasePhase, Rollouts
+from paas.scheduler.rollout import RELEASE_PHASE, ReleasePhaseHook, Rollouts
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import placement_of, settings_from
 from paas.scheduler.store import (
@@ -62,7 +62,7 @@ class Reconciler:
         store: Store,
         sessions: Sessions,
         events: EventLog,
-        release_phase: ReleasePhase | None = None,
+        release_phase: ReleasePhaseHook | None = None,
     ) -> None:
         """`release_phase`: runs a release's `release` Procfile entry before its rollout
         replaces anything (None: a release phase counts as done at once)."""

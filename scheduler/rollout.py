@@ -79,7 +79,7 @@ LAST_LINES = 5  # of a failing copy's output, in the failure's event
 MAX_WRITES = 40
 
 # The hook that runs a release's release phase: None when it succeeded, else why not.
-ReleasePhase = Callable[[ReleaseRecord], Awaitable[str | None]]
+ReleasePhaseHook = Callable[[ReleaseRecord], Awaitable[str | None]]
 AllowedNodes = Mapping[str, Mapping[str, frozenset[str]]]  # app -> type -> nodes
 _CopyKey = tuple[str, str, int, int]  # (app id, name, release, incarnation)
 
@@ -209,7 +209,11 @@ def decide(rollout: RolloutInput) -> Decision:
             decision.run_phase = not rollout.phase_running
             return decision
         if rollout.phase:
-            return _fail(rollout, decision, f"release phase failed: {rollout.phase}", surges)
+            phase = rollout.phase
+            reason = (
+                phase if phase.startswith("release phase") else f"release phase failed: {phase}"
+            )
+            return _fail(rollout, decision, reason, surges)
         release = dataclasses.replace(release, phase_done=True, progress_at=rollout.now)
         decision.writes.append(PutRelease(release))
         rollout = dataclasses.replace(rollout, release=release)
@@ -436,7 +440,7 @@ class Rollouts:
         sessions: Sessions,
         events: EventLog,
         kick: Callable[[], None],
-        release_phase: ReleasePhase | None = None,
+        release_phase: ReleasePhaseHook | None = None,
     ) -> None:
         self._store = store
         self._sessions = sessions
@@ -450,6 +454,10 @@ class Rollouts:
         self._phases: dict[tuple[str, int], asyncio.Task[str | None]] = {}
         self._no_room: dict[str, frozenset[str]] = {}
         self.active: set[str] = set()  # apps whose release is rolling, as of the last step
+
+    def use_release_phase(self, hook: ReleasePhaseHook) -> None:
+        """Run release phases with `hook` from now on (server.py wires the runs' one)."""
+        self._release_phase = hook
 
     def close(self) -> None:
         for timer in self._timers.values():

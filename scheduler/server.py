@@ -92,6 +92,8 @@ async def run_scheduler(config: SchedulerConfig) -> None:
         config,
     )
 
+    # A release's `release` Procfile entry runs as a one-off before its rollout.
+    reconciler.rollouts.use_release_phase(service.release_phase.run_release_phase)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service.add_to_server(server)
     # Dynamic credentials: a re-issued serving certificate takes from the next handshake.
