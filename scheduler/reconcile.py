@@ -297,25 +297,37 @@ def plan_inputs(
     them (less the room their one-off runs and the rollouts' new copies hold), the
     assignments."""
     nodes = _node_views(world, sessions, busy)
-    desired = [
-        AppDesired(
-            app=app.name,
-            release=app.release,
-            formation={
-                type_: count
-                for type_, count in world.formations.get(app.name, {}).items()
-                if app.name in world.releases
-                and type_ in world.releases[app.name].commands
-                and type_ != RELEASE_PHASE
-            },
-            placement=_placement(world.releases.get(app.name)),
+    desired = []
+    for app in world.apps.values():
+        release = _placing(world, app.name)
+        desired.append(
+            AppDesired(
+                app=app.name,
+                release=release.version if release else 0,
+                formation={
+                    type_: count
+                    for type_, count in world.formations.get(app.name, {}).items()
+                    if release and type_ in release.commands and type_ != RELEASE_PHASE
+                },
+                placement=_placement(release),
+            )
         )
-        for app in world.apps.values()
-    ]
     placed = [
         Placed(app=i.app, name=i.name, node=i.node, release=i.release) for i in world.instances
     ]
     return desired, nodes, placed
+
+
+def _placing(world: World, app: str) -> ReleaseRecord | None:
+    """The release new instances of `app` are placed with: the current one, but while
+    its release phase has not run, the one before (none before the first: nothing
+    runs a release whose release phase has not passed)."""
+    release = world.releases.get(app)
+    if release is None or release.status != "rolling" or release.phase_done:
+        return release
+    if RELEASE_PHASE not in release.commands:
+        return release
+    return world.history.get((app, release.previous))
 
 
 def _node_view(
