@@ -247,7 +247,9 @@ def decide(rollout: RolloutInput) -> Decision:
             decision.wake_in = _sooner(decision.wake_in, wait - surge.health.up_for)
 
     done = {s.name for s in promoted}
-    surging = {s.name for s in surges}
+    # Every name with a surge key now, dropped ones included: a txn may not name a key
+    # twice, so a name whose copy goes in this step gets its new one in the next.
+    surging = {s.name for s in rollout.surges}
     left = [i for i in instances.values() if i.release != release.version and i.name not in done]
     progress_at = (release.progress_at or release.created_at) if not promoted else rollout.now
     for type_ in sorted(types):

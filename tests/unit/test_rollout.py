@@ -275,6 +275,23 @@ def test_a_copy_whose_node_is_gone_is_dropped_and_started_again_elsewhere() -> N
     case = Case([inst(1), inst(2)], surges=[surge(1, node="gone")])
     decision = run(case)
     assert dropped(decision) == ["web.1"]
+    assert "web.1" not in started(decision), "not in the txn that drops it: a key once per txn"
+    case.surges = []
+    assert started(run(case)) == ["web.1"]
+
+
+def test_a_superseded_copy_is_replaced_by_one_of_the_new_release_a_step_later() -> None:
+    case = Case(
+        [inst(1), inst(2)],
+        surges=[surge(1, UP, version=5)],
+        release=dataclasses.replace(release(6), previous=5),
+        superseded=[release(5)],
+    )
+    decision = run(case)
+    assert dropped(decision) == ["web.1"] and started(decision) == ["web.2"]
+    keys = [str(w.name) for w in decision.writes if isinstance(w, StartSurge)]
+    keys += [str(w.surge.name) for w in decision.writes if isinstance(w, DropSurge | Promote)]
+    assert len(keys) == len(set(keys))
 
 
 def test_a_copy_made_redundant_by_a_move_is_dropped() -> None:
