@@ -3,8 +3,8 @@ release that reaches the processes' environment, `paas deploy` keeps them, and n
 value ever shows in the log stream or the scheduler's own log; bad input changes
 nothing. Real etcd, scheduler, agents and processes, TLS on.
 
-These tests pass --no-wait: until rollouts land, nothing moves a release out of
-"rolling"; they wait on the new release's processes instead.
+These tests pass --no-wait and wait on the new release's processes instead (each
+release rolls: rollout.py).
 """
 
 from __future__ import annotations
