@@ -26,6 +26,7 @@ from paas.cli.client import SchedulerClient
 from paas.cli.credentials import connect
 from paas.cli.daemons import tune_gc
 from paas.cli.errors import EXIT_OK, CommandError, UsageError
+from paas.cli.rollout_wait import wait_as_asked
 from paas.cli.slugpack import IGNORE_FILE, PackedSlug, pack
 from paas.cli.timespec import TimeSpecError, parse_since
 from paas.common.addresses import DEFAULT_SCHEDULER, AddressError, parse_address_list
@@ -241,7 +242,7 @@ async def apps_destroy(client: SchedulerClient, args: argparse.Namespace) -> Non
     render.out(render.destroyed(args.name, stopped))
 
 
-async def deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
+async def deploy(client: SchedulerClient, args: argparse.Namespace) -> int:
     source: AppSource = args.source
     if args.in_place:
         release = await client.deploy(
@@ -258,6 +259,7 @@ async def deploy(client: SchedulerClient, args: argparse.Namespace) -> None:
         else ""
     )
     render.out(f"Deployed {args.app} v{release.version} from {origin} ({types}){settings}")
+    return await wait_as_asked(client, args, release)
 
 
 async def deploy_slug(

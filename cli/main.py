@@ -539,6 +539,7 @@ def _deploy_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="upload nothing: run the processes in DIR itself, the same path on every host",
     )
+    _no_wait_option(parser)
 
 
 def _scale_arguments(parser: argparse.ArgumentParser) -> None:
@@ -937,7 +938,11 @@ COMMANDS: tuple[Command, ...] = (
         "app's config, so a var set with `paas config set` and not in DIR/.env is kept "
         "(`paas config unset` removes one). PORT, DYNO and PAAS_* are reserved. "
         "DIR/paas.toml, if "
-        "present, sets per process type supervision settings. With --in-place nothing "
+        "present, sets per process type supervision, placement and rollout settings. "
+        "Running instances are replaced a few at a time, each new copy up and healthy "
+        "before its old one stops (docs/rollouts.md); the command waits for that "
+        "rollout and exits 1 if it failed (the previous release then stays in force), "
+        "unless --no-wait. With --in-place nothing "
         "is packed: every process runs in DIR itself, on every host, so DIR must be "
         "the same path on all of them (one machine, or a shared filesystem).",
         Scope.APP,
@@ -947,7 +952,9 @@ COMMANDS: tuple[Command, ...] = (
             "example:\n  paas deploy examples/hello\n"
             "  Packed 1.2 KiB slug 3f2a9c1b0d4e (3 files)\n"
             "  Uploaded 1.2 KiB in 0.0 s (1.1 MiB/s)\n"
-            "  Deployed hello v1 from slug 3f2a9c1b0d4e (web)"
+            "  Deployed hello v1 from slug 3f2a9c1b0d4e (web)\n"
+            "  v1 of hello is rolled out\n"
+            "  paas deploy . --no-wait     # return once the release is made"
         ),
     ),
     Command(

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 from paas.cli import render
 from paas.cli.appconfig import parse_dotenv
 from paas.cli.client import SchedulerClient
 from paas.cli.errors import CommandError
-from paas.cli.rollout_wait import wait_for_release
+from paas.cli.rollout_wait import wait_as_asked
 from paas.common.configvars import check_config_vars, check_key
-from paas.proto import paas_pb2 as pb
 
 _VERSION = re.compile(r"v?([0-9]{1,10})")
 
@@ -108,13 +106,13 @@ async def config_get(client: SchedulerClient, args: argparse.Namespace) -> None:
 async def config_set(client: SchedulerClient, args: argparse.Namespace) -> int:
     release = await client.set_config(args.app, args.set_vars)
     render.out(render.config_changed(args.app, release, args.set_vars, ()))
-    return await _wait(client, args, release)
+    return await wait_as_asked(client, args, release)
 
 
 async def config_unset(client: SchedulerClient, args: argparse.Namespace) -> int:
     release = await client.set_config(args.app, {}, args.keys)
     render.out(render.config_changed(args.app, release, (), args.keys))
-    return await _wait(client, args, release)
+    return await wait_as_asked(client, args, release)
 
 
 async def releases(client: SchedulerClient, args: argparse.Namespace) -> None:
@@ -128,12 +126,4 @@ async def releases_info(client: SchedulerClient, args: argparse.Namespace) -> No
 async def rollback(client: SchedulerClient, args: argparse.Namespace) -> int:
     release = await client.rollback(args.app, args.release_version)
     render.out(f"{release.description} of {args.app}: v{release.version}")
-    return await _wait(client, args, release)
-
-
-async def _wait(client: SchedulerClient, args: argparse.Namespace, release: pb.Release) -> int:
-    if args.no_wait:
-        return 0
-    return await wait_for_release(
-        client, args.app, release.version, sys.stderr, tty=sys.stderr.isatty()
-    )
+    return await wait_as_asked(client, args, release)

@@ -1,5 +1,5 @@
 """Waiting for a new release to roll out: `paas config set`, `config unset/load` and
-`rollback` (and, once rollouts gate deploys, `paas deploy`) end here unless --no-wait.
+`rollback` and `paas deploy` end here unless --no-wait.
 
     code = await wait_for_release(client, "shop", 5, sys.stderr, tty=sys.stderr.isatty())
 
@@ -13,7 +13,9 @@ stops the waiting, not the rollout. The words come from render.py.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import sys
 from typing import TextIO
 
 from paas.cli import render
@@ -52,3 +54,15 @@ async def wait_for_release(
     out.write(f"{render.rollout_result(release)}\n")
     out.flush()
     return EXIT_REFUSED if release.status == pb.RELEASE_FAILED else EXIT_OK
+
+
+async def wait_as_asked(
+    client: SchedulerClient, args: argparse.Namespace, release: pb.Release
+) -> int:
+    """`paas deploy`, `config set/unset/load` and `rollback`: wait for the release's
+    rollout (progress on stderr) unless --no-wait; the command's exit code."""
+    if args.no_wait:
+        return EXIT_OK
+    return await wait_for_release(
+        client, args.app, release.version, sys.stderr, tty=sys.stderr.isatty()
+    )

@@ -122,16 +122,22 @@ def caller_name(context: Context) -> str:
 
 
 def rollback_target(
-    app: AppRecord, kept: Iterable[int], version: int, keep_releases: int | None = None
+    app: AppRecord,
+    kept: Iterable[int],
+    version: int,
+    keep_releases: int | None = None,
+    previous: int = 0,
 ) -> int:
     """The version `paas rollback [vN]` goes back to, among the `kept` versions; 0 asks
-    for the one before the current (current - 1). NotFound names what is wrong: a
-    version never made, or one no longer kept (--keep-releases)."""
+    for the one before the current: the release that was in force when the current one
+    was made (`previous`; a failed release in between is skipped), else current - 1.
+    NotFound names what is wrong: a version never made, or one no longer kept
+    (--keep-releases)."""
     kept_versions = set(kept)
     newest = max([app.release, *kept_versions], default=0)
     if app.release == 0:
         raise NotFound(f"{app.name} has no releases yet: nothing to roll back to")
-    wanted = version or app.release - 1
+    wanted = version or previous or app.release - 1
     if wanted in kept_versions:
         return wanted
     if version == 0 and wanted == 0:

@@ -109,7 +109,9 @@ class ReleasesService:
             app: AppRecord, current: ReleaseRecord | None, formation: dict[str, int]
         ) -> tuple[ReleaseRecord, dict[str, int]]:
             kept = {r.version: r for r in await self._store.releases(app.name)}
-            version = rollback_target(app, kept, request.version, self._keep_releases)
+            version = rollback_target(
+                app, kept, request.version, self._keep_releases, current.previous if current else 0
+            )
             target = kept[version]
             check_rollback_code(target)
             code = code_of(target)

@@ -64,9 +64,13 @@ def settings(**values: object) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def deploy(cluster: LocalCluster, where: Path) -> None:
-    result = await paas(cluster, "deploy", str(where), app="shop")
-    assert result.returncode == 0, result.stderr
+async def deploy(cluster: LocalCluster, where: Path, wait: bool = False, expect: int = 0) -> str:
+    """`paas deploy` of `where`: by default --no-wait (the tests watch the rollout
+    themselves); with `wait`, the command waits for it. Its stderr."""
+    options = () if wait else ("--no-wait",)
+    result = await paas(cluster, "deploy", str(where), *options, app="shop")
+    assert result.returncode == expect, result.stderr
+    return result.stderr
 
 
 async def release_record(cluster: LocalCluster, version: int) -> dict[str, Any]:
@@ -164,11 +168,14 @@ async def test_a_new_release_rolls_with_at_least_four_of_five_answering_througho
 
     async with Poller(cluster) as poller:
         await wait_for(lambda: len(poller.samples) >= 3, what="the poller's first samples")
-        await deploy(cluster, write_app(app_dir, "two", settings(min_healthy=1)))
-        # The new copies show in `paas ps` beside the old ones while they boot.
-        await wait_for(lambda: poller.most_copies > 5, timeout=60, what="a new copy listed beside")
+        # The new release is a config change: `paas config set` waits for its rollout.
+        changed = await paas(cluster, "config", "set", "MARK=two", app="shop")
+        assert changed.returncode == 0, changed.stderr
+        assert "v2 of shop is rolled out" in changed.stderr
+        assert await status_is(cluster, 2, "succeeded")
+        # The new copies showed in `paas ps` beside the old ones while they booted.
+        assert poller.most_copies > 5
         after = await web_up(cluster, 5, 2)
-        await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=30)
     assert len(poller.samples) > 20
     assert min(poller.samples) >= 4, poller.samples
     assert {r["port"] for r in after}.isdisjoint({r["port"] for r in before})
@@ -184,8 +191,12 @@ async def test_new_copies_that_crash_leave_the_old_ones_serving_and_fail_the_rel
     assert (await paas(cluster, "scale", "web=2", app="shop")).returncode == 0
     before = await web_up(cluster, 2, 1)
 
-    await deploy(cluster, write_app(app_dir, "two", settings(min_healthy=1), CRASHING))
-    await wait_for(lambda: status_is(cluster, 2, "failed"), timeout=60, what="v2 failed")
+    # `paas deploy` waits for the rollout and says it failed, exit 1.
+    said = await deploy(
+        cluster, write_app(app_dir, "two", settings(min_healthy=1), CRASHING), wait=True, expect=1
+    )
+    assert "v2 of shop failed: " in said and "v1 stays in force" in said, said
+    assert await status_is(cluster, 2, "failed")
     record = await release_record(cluster, 2)
     assert "web.1 crashed" in record["status_reason"], record
     assert await app_release(cluster) == 1, "the release before is in force again"

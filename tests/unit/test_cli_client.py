@@ -604,7 +604,8 @@ async def test_deploy_uploads_an_unknown_slug_in_chunks_in_order_and_names_it(
     follower, leader = replicas
     follower.fake.refuse = redirect_to(leader.address)  # the upload follows it too
     code, out, err = await paas(follower.address, "deploy", str(app_dir))
-    assert (code, err) == (0, ""), "no progress bar when stdout and stderr are pipes"
+    # No progress bar when stdout and stderr are pipes: only how the rollout ended.
+    assert (code, err) == (0, "v1 of shop is rolled out\n")
     [upload] = leader.fake.uploads
     first = upload[0]
     assert first.app == "shop" and first.slug.size > CHUNK_SIZE * 2
@@ -629,7 +630,7 @@ async def test_deploying_an_unchanged_tree_again_uploads_nothing(
     code, _, _ = await paas(replicas[0].address, "deploy", str(app_dir))
     assert code == 0 and len(fake.uploads) == 1
     code, out, err = await paas(replicas[0].address, "deploy", str(app_dir))
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, "v2 of shop is rolled out\n")
     assert len(fake.uploads) == 1, "a known digest is not uploaded again"
     digest = fake.uploads[0][0].slug.digest
     assert fake.slug_stats == [digest, digest]
@@ -658,7 +659,7 @@ async def test_deploy_in_place_sends_the_directory_and_no_slug(
 ) -> None:
     fake = replicas[0].fake
     code, out, err = await paas(replicas[0].address, "deploy", "--in-place", str(app_dir))
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, "v1 of shop is rolled out\n")
     assert (fake.slug_stats, fake.uploads) == ([], [])
     [deploy] = fake.deploys
     assert deploy.dir == str(app_dir) and not deploy.HasField("slug")

@@ -4,6 +4,7 @@ four release requests are checked (validate.py): pure, no I/O."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -282,3 +283,10 @@ async def test_set_config_keeps_the_code_and_rollback_takes_the_old_env() -> Non
     with pytest.raises(InvalidInput, match="config var NOPE is not set"):
         await service(store).SetConfig(pb.SetConfigRequest(app="shop", unset=["NOPE"]), CONTEXT)  # type: ignore[arg-type]
     assert len(store.written) == 2
+
+
+def test_rollback_alone_goes_to_the_release_in_force_before_the_current_one() -> None:
+    """v4 failed (v3 stayed in force), v5 was made from v3: `paas rollback` is v3."""
+    app = dataclasses.replace(APP, release=5)
+    assert rollback_target(app, {1, 2, 3, 4, 5}, 0, previous=3) == 3
+    assert rollback_target(app, {1, 2, 3, 4, 5}, 0) == 4  # a release with no previous
