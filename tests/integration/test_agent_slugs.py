@@ -299,18 +299,23 @@ async def test_a_new_release_whose_slug_fails_leaves_the_old_instance_serving(
         scheduler.push(in_slug("worker.1", old, SAYS), generation=1)
         up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
         no_leftovers.add(up.pid)
-        # The new release's slug is not to be had (yet): the old instance keeps running.
-        scheduler.push(in_slug("worker.1", new, SAYS, incarnation=2), generation=2)
+        # A rollout's new copy (release 2) beside the old one, as the scheduler sends it:
+        # its slug is not to be had (yet), and the old instance keeps running.
+        scheduler.push(
+            in_slug("worker.1", old, SAYS),
+            in_slug("worker.1", new, SAYS, incarnation=2),
+            generation=2,
+        )
         await eventually(lambda: scheduler.fetched.count(new.digest) >= 2, "fetch retried")
 
         async def told() -> bool:
             lines = await lines_of(hello.address, "worker.1")
-            return any(line.startswith("Slug of incarnation 2 not ready: ") for line in lines)
+            return any(line.startswith("Slug not ready: ") for line in lines)
 
         await eventually_async(told, "the failure in worker.1's log stream")
         assert group_alive(up.pid)
         assert scheduler.reported("worker.1", pb.STOPPING) is None
-        # Once it can be had, the replacement goes ahead.
+        # Once it can be had, the new copy comes up; promoted, the old one stops.
         scheduler.slugs[new.digest] = new_data
         replaced = await eventually(
             lambda: next(
@@ -324,6 +329,8 @@ async def test_a_new_release_whose_slug_fails_leaves_the_old_instance_serving(
             "incarnation 2 up",
         )
         no_leftovers.add(replaced.pid)
+        assert group_alive(up.pid), "the old copy serves until the new one is promoted"
+        scheduler.push(in_slug("worker.1", new, SAYS, incarnation=2), generation=3)
         await eventually(lambda: not group_alive(up.pid), "the old instance stopped")
     finally:
         await stopped(agent)

@@ -39,6 +39,8 @@ def app_dir(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "Procfile").write_text(PROCFILE)
     (directory / ".env").write_text("TARGET=from-dotenv\n")
+    # Rollouts are not what is tested here: a new copy replaces its old one at once.
+    (directory / "paas.toml").write_text("[types.worker]\nmin_healthy = 0\n")
     return directory
 
 

@@ -42,6 +42,8 @@ def tree(root: Path, name: str) -> Path:
     (directory / "Procfile").write_text(
         f'worker: echo "code={name} GREETING=[$GREETING]"; exec sleep 3600\n'
     )
+    # Rollouts are not what is tested here: a new copy replaces its old one at once.
+    (directory / "paas.toml").write_text("[types.worker]\nmin_healthy = 0\n")
     return directory
 
 

@@ -419,3 +419,23 @@ async def test_a_drain_during_a_rollout_places_the_new_release(
     await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
     after = await web_up(cluster, 3, 2)
     assert drained["node"] not in {r["node"] for r in after}
+
+
+async def test_a_failing_release_phase_fails_the_release_and_replaces_nothing(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    await deploy(cluster, write_app(app_dir, "one", settings(min_healthy=0)))
+    assert (await paas(cluster, "scale", "web=2", app="shop")).returncode == 0
+    before = await web_up(cluster, 2, 1)
+
+    procfile = PROCFILE + "release: echo step one; echo 'migration 0042 failed' >&2; exit 2\n"
+    said = await deploy(
+        cluster, write_app(app_dir, "two", settings(min_healthy=0), procfile), wait=True, expect=1
+    )
+    assert "release phase failed: exit 2" in said and "migration 0042 failed" in said, said
+    assert await status_is(cluster, 2, "failed")
+    assert await app_release(cluster) == 1, "the release before stays in force"
+    after = await web_up(cluster, 2, 1)
+    assert [(r["name"], r["pid"]) for r in after] == [(r["name"], r["pid"]) for r in before]
+    logs = await paas(cluster, "logs", "-n", "500", app="shop")
+    assert "migration 0042 failed" in logs.stdout, "the release phase's output is in the log"

@@ -360,11 +360,13 @@ async def test_the_release_phase_runs_the_release_command_once_and_tells_its_out
     )
     (app_dir / ".env").write_text("GREETING=config\n")
     assert (await paas(address, "apps", "create", "shop", env=env)).returncode == 0
-    assert (await paas(address, "deploy", str(app_dir), app="shop", env=env)).returncode == 0
+    deployed = await paas(address, "deploy", str(app_dir), "--no-wait", app="shop", env=env)
+    assert deployed.returncode == 0, deployed.stderr
     (app_dir / "Procfile").write_text(
         "web: exec sleep 1000\nrelease: echo step one; echo 'migration 0042 failed' >&2; exit 2\n"
     )
-    assert (await paas(address, "deploy", str(app_dir), app="shop", env=env)).returncode == 0
+    deployed = await paas(address, "deploy", str(app_dir), "--no-wait", app="shop", env=env)
+    assert deployed.returncode == 0, deployed.stderr
     store = Store([etcd])
     try:
         first, second = await store.release("shop", 1), await store.release("shop", 2)
