@@ -494,8 +494,15 @@ async def test_paas_agent_stops_its_instances_on_sigterm_and_leaves_nothing(
         scheduler.push(worker("worker.1", SLEEPERS), generation=1)
         up = await eventually(lambda: scheduler.reported("worker.1", pb.UP), "worker.1 up")
         no_leftovers.add(up.pid)
-        pids = [up.pid, *(p.pid for p in psutil.Process(up.pid).children(recursive=True))]
-        assert len(pids) >= 3
+
+        def family() -> list[int] | None:
+            """The instance and its children, once it has started them (it is up at
+            once: on a loaded machine its children may come a moment later)."""
+            children = psutil.Process(up.pid).children(recursive=True)
+            found = [up.pid, *(p.pid for p in children)]
+            return found if len(found) >= 3 else None
+
+        pids = await eventually(family, "the instance's children", timeout=30)
 
         agent.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(agent.wait(), 30) == 0

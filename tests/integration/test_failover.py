@@ -167,17 +167,22 @@ async def test_an_agent_paused_past_its_grace_runs_nothing_twice_when_it_wakes(
     await wait_for(no_duplicates, timeout=60, what="one live process per instance name")
 
 
-def copies_per_name() -> dict[str, int]:
-    """How many live processes of the app `shop` each instance name has."""
+def copies_per_name(cluster: LocalCluster) -> dict[str, int]:
+    """How many live processes of the app `shop` each instance name has, among those
+    the agents of `cluster` started (other tests on the machine run apps named shop)."""
+    agents = {cluster.agent_process(f"node-{i}").pid for i in range(1, cluster.agents + 1)}
     counts: dict[str, int] = {}
     for proc in psutil.process_iter(["environ", "name"]):
         try:
             env = proc.info["environ"] or {}
+            if env.get("PAAS_APP") != "shop" or proc.info["name"] != "sleep":
+                continue
+            if not agents & {parent.pid for parent in proc.parents()}:
+                continue
         except psutil.Error:
             continue
-        if env.get("PAAS_APP") == "shop" and proc.info["name"] == "sleep":
-            name = str(env.get("PAAS_INSTANCE"))
-            counts[name] = counts.get(name, 0) + 1
+        name = str(env.get("PAAS_INSTANCE"))
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 
@@ -198,7 +203,7 @@ async def test_a_leader_paused_for_20_s_restarts_nothing_and_runs_nothing_twice(
             paused_until = loop.time() + 20.0
             samples = 0
             while loop.time() < paused_until:
-                counts = copies_per_name()
+                counts = copies_per_name(cluster)
                 assert all(n == 1 for n in counts.values()), f"run twice: {counts}"
                 samples += 1
                 await asyncio.sleep(0.25)
@@ -213,7 +218,7 @@ async def test_a_leader_paused_for_20_s_restarts_nothing_and_runs_nothing_twice(
             leader.send_signal(signal.SIGCONT)
         after = {r["name"]: r["pid"] for r in await all_up(cluster, 6)}
         assert after == before, "an instance was restarted or moved by the pause"
-        assert all(n == 1 for n in copies_per_name().values())
+        assert all(n == 1 for n in copies_per_name(cluster).values())
 
 
 async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(
