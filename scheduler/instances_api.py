@@ -17,6 +17,7 @@ from paas.scheduler.events import EventLog
 from paas.scheduler.explain import explain
 from paas.scheduler.guard import Context
 from paas.scheduler.lookup import require_app, select
+from paas.scheduler.plan import lowest_free
 from paas.scheduler.reconcile import Reconciler
 from paas.scheduler.rolling import Restarts
 from paas.scheduler.sessions import Sessions
@@ -107,13 +108,8 @@ class InstancesService:
                 continue
             formation, _ = await self._store.formation(of_app)
             held = {r.name.index for r in records if r.app == of_app and r.name.type == type_}
-            missing = formation.get(type_, 0) - len(held)
-            names: list[str] = []
-            index = 1
-            while len(names) < missing:
-                if index not in held:
-                    names.append(str(InstanceName(type_, index)))
-                index += 1
+            missing = max(0, formation.get(type_, 0) - len(held))
+            names = [str(InstanceName(type_, i)) for i in lowest_free(held, missing)]
             found.append(
                 pb.UnplacedType(
                     app=of_app, type=type_, count=len(names), reason=reason, names=names

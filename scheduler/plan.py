@@ -263,7 +263,7 @@ def _sort_into_buckets(
     need = count - len(kept) if release > 0 else 0
     move, stop = orphans[:need], orphans[need:]
     used = {i.name.index for i in kept + move}
-    new = [InstanceName(type_, n) for n in _lowest_free(used, need - len(move))]
+    new = [InstanceName(type_, n) for n in lowest_free(used, need - len(move))]
     return _Buckets(app, release, kept, stop, move, new, desired)
 
 
@@ -291,7 +291,8 @@ def _extras(kept: list[Placed], excess: int) -> list[Placed]:
     return extras
 
 
-def _lowest_free(used: set[int], count: int) -> list[int]:
+def lowest_free(used: set[int], count: int) -> list[int]:
+    """The `count` lowest instance indexes (from 1) not in `used`."""
     free: list[int] = []
     index = 1
     while len(free) < count:
