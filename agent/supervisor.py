@@ -644,6 +644,7 @@ class Supervisor:
         )
         self.slugs.in_use = self._slugs_in_use
         self._pruning: set[asyncio.Task[list[str]]] = set()
+        self._prune_again = False  # the set of slugs in use changed during a prune
         self.ports = ports if ports is not None else PortPool(*config.ports, config.port_lock_dir)
         self.reaper = reaper
         # One for all instances: it spawns one at a time and batches the sweeps.
@@ -765,15 +766,21 @@ class Supervisor:
 
     def _prune_slugs(self) -> None:
         if self._pruning:
-            return  # the running one sees the newest desired set
+            self._prune_again = True  # the running one may have read what was in use
+            return
+        self._prune_again = False
         task = asyncio.create_task(self.slugs.prune(), name="slug cache prune")
         self._pruning.add(task)
         task.add_done_callback(self._pruned)
 
     def _pruned(self, task: asyncio.Task[list[str]]) -> None:
         self._pruning.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             log.error("pruning the slug cache failed: %r", task.exception())
+        if self._prune_again and not self._closing:
+            self._prune_slugs()
 
     async def close(self) -> None:
         """Stop every instance gracefully (in parallel) and accept no desired set after."""
@@ -838,6 +845,8 @@ class Supervisor:
             if self._slots.get(slot.key) is slot:
                 del self._slots[slot.key]
             self.ports.release(slot.key)
+            if not self._closing:
+                self._prune_slugs()  # its slug may be unused now
             # The buffer is (app, name)'s: another release's copy may still write to it.
             if not any(key[:2] == (app, name) for key in self._slots):
                 self.logs.retire(app, name)

@@ -134,3 +134,24 @@ async def etcd_keys(endpoint: str) -> dict[str, bytes]:
 async def keys_of(endpoint: str, app: str) -> list[str]:
     """The keys under /paas/ of the etcd at `endpoint` that name `app` as a path segment."""
     return sorted(key for key in await etcd_keys(endpoint) if f"/{app}/" in key + "/")
+
+
+def child_pids() -> set[int]:
+    """Every live (not zombie) descendant of this test process."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def children_since(before: set[int]) -> set[int]:
+    """The live descendants that were not there in `before` (taken at a test's start):
+    a test answers for its own processes, not for those of a test before it on this
+    worker that are still on their way out."""
+    return child_pids() - before

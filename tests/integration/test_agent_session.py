@@ -35,6 +35,7 @@ from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
 from paas.common.ports import free_port
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
+from tests.helpers import child_pids, children_since
 
 pytestmark = pytest.mark.integration
 
@@ -268,6 +269,7 @@ def config_for(tmp_path: Path) -> Callable[..., AgentConfig]:
 async def no_leftovers() -> AsyncIterator[set[int]]:
     """A set for the test to fill with the pids it saw; at the end none of their groups runs."""
     pgids: set[int] = set()
+    before = child_pids()
     try:
         yield pgids
     finally:
@@ -276,8 +278,7 @@ async def no_leftovers() -> AsyncIterator[set[int]]:
                 lambda: not any(group_alive(pgid) for pgid in pgids), "every group to be gone"
             )
             await eventually(
-                lambda: not live([c.pid for c in psutil.Process().children(recursive=True)]),
-                "no child process of the test left",
+                lambda: not children_since(before), "no child process of the test left"
             )
         finally:
             for pgid in pgids:

@@ -35,6 +35,7 @@ from paas.agent.reaper import (
 from paas.agent.supervisor import State, Supervisor
 from paas.common import ports
 from paas.proto import paas_pb2 as pb
+from tests.helpers import child_pids, children_since
 
 pytestmark = pytest.mark.integration
 
@@ -191,6 +192,7 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
     orphans = OrphanReaper(own_all_children=False)  # pytest has children of its own
     orphans.start()
     nodes: list[Node] = []
+    before = child_pids()
 
     async def start(**overrides: Any) -> Node:
         settings: dict[str, Any] = {
@@ -227,8 +229,7 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
                     "every process group to be gone",
                 )
             await eventually(
-                lambda: not live([c.pid for c in psutil.Process().children(recursive=True)]),
-                "no child process of the test left",
+                lambda: not children_since(before), "no child process of the test left"
             )
         finally:
             for node in nodes:

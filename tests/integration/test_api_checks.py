@@ -5,6 +5,7 @@ were)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,12 @@ async def test_requests_no_process_could_run_are_refused_and_change_nothing(
     assert release.version == 1
     # The first deploy scales web to 1: once it is placed, nothing moves on its own.
     placed = f"{PREFIX}instances/shop/web.1"
+    # ... and once v1's rollout is over, its record no longer changes either.
     before = await wait_for(
-        lambda: _with(keys(cluster), placed), timeout=30, what="web.1 to be placed"
+        lambda: _settled(keys(cluster), placed, f"{PREFIX}releases/shop/{1:010d}"),
+        timeout=60,
+        what="web.1 to be placed and v1 rolled out",
     )
-    assert f"{PREFIX}releases/shop/{1:010d}" in before
 
     def deploy(**changes: Any) -> pb.DeployRequest:
         request = pb.DeployRequest()
@@ -113,9 +116,12 @@ async def test_requests_no_process_could_run_are_refused_and_change_nothing(
     assert apps["shop"].release == 1
 
 
-async def _with(found: Any, key: str) -> dict[str, bytes] | None:
+async def _settled(found: Any, placed: str, release: str) -> dict[str, bytes] | None:
     current: dict[str, bytes] = await found
-    return current if key in current else None
+    if placed in current and release in current:
+        if json.loads(current[release])["status"] == "succeeded":
+            return current
+    return None
 
 
 async def _drain(stream: Any) -> None:

@@ -194,6 +194,13 @@ async def test_the_scheduler_checks_release_requests_as_if_there_were_no_cli(
     await ok(cluster, "apps", "create", "shop")
     await ok(cluster, "deploy", str(app_dir))
     await ok(cluster, "scale", "worker=2")
+
+    async def both_up() -> bool:
+        rows = [row for row in await ps_rows(cluster, "shop") if row["type"] == "worker"]
+        return len(rows) == 2 and all(r["release"] == 1 and r["state"] == "up" for r in rows)
+
+    # Both run v1 before the change, so the rollout has two to replace.
+    await wait_for(both_up, timeout=90, what="worker.1 and worker.2 up on v1")
     made = await scheduler.SetConfig(pb.SetConfigRequest(app="shop", set={"GREETING": "hi"}))
     assert made.status == pb.RELEASE_ROLLING and made.previous == 1 and made.by == "admin"
 

@@ -339,12 +339,26 @@ async def in_process(etcd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         await wait_for(ready, timeout=60, what="node-1 ready")
         yield address, services[0], env
     finally:
+        # Bounded, and named when it is not: a teardown that hung once on a loaded CI
+        # machine left only pytest-timeout's 300 s and no clue.
+        stuck: list[str] = []
         agent.terminate()
-        await agent.wait()
+        try:
+            await asyncio.wait_for(agent.wait(), 60)
+        except TimeoutError:
+            agent.kill()
+            await agent.wait()
+            stuck.append("the agent did not exit within 60 s of SIGTERM")
         scheduler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await scheduler
+        done, _ = await asyncio.wait([scheduler], timeout=60)
+        if not done:
+            stuck.append("the in-process scheduler did not stop within 60 s of its cancel")
+        elif not scheduler.cancelled() and scheduler.exception() is not None:
+            stuck.append(f"the in-process scheduler failed: {scheduler.exception()!r}")
         log.close()
+        assert not stuck, (
+            f"{'; '.join(stuck)}; agent log:\n" + (tmp_path / "agent.log").read_text()[-4000:]
+        )
 
 
 async def test_the_release_phase_runs_the_release_command_once_and_tells_its_outcome(
