@@ -26,7 +26,7 @@ import asyncio
 import codecs
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from itertools import count, islice, repeat
 from operator import itemgetter
@@ -49,6 +49,10 @@ RETIRED_LINES = 1000
 # Sequence and run counters of instances whose buffers were forgotten, so they go on.
 FORGOTTEN_COUNTERS = 10_000
 SUBSCRIBER_QUEUE = 4096
+
+
+def _no_wait() -> None:
+    return None
 
 
 class Piece(NamedTuple):
@@ -167,6 +171,9 @@ class LogBuffer:
         self._lines: deque[LogLine] = deque(maxlen=max(1, limit))
         self._seq = seq
         self._publish = publish
+        # What the pipe's reader waits on before reading more (the hub's: the disk
+        # writer's backlog); None: nothing to wait for now.
+        self.backpressure: Callable[[], Awaitable[None] | None] = _no_wait
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -481,6 +488,7 @@ class LogHub:
             if found is not None:
                 if found.app_id == app_id:
                     found.revive(self._limit, self._publish)
+                    found.backpressure = self._backpressure
                     self._live[key] = found
                     return found
                 self._forget_counters(found)
@@ -490,6 +498,7 @@ class LogHub:
         fresh = LogBuffer(
             app, instance, self.node, self._limit, self._publish, seq=seq, run=run, app_id=app_id
         )
+        fresh.backpressure = self._backpressure
         self._live[key] = fresh
         return fresh
 
@@ -577,6 +586,15 @@ class LogHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
 
+    def _backpressure(self) -> Awaitable[None] | None:
+        """While the spool's disk writer is far behind, what a pipe's reader waits on
+        before it reads more: the process then waits on its pipe, as it would under
+        `docker logs` in blocking mode, instead of its lines being dropped."""
+        spool = self.spool
+        if spool is None or not spool.congested():
+            return None
+        return spool.flush()
+
     def _publish(self, lines: list[LogLine]) -> None:
         """Lines of one instance, in order, to the spool and to each follower."""
         if self.spool is not None:
@@ -591,4 +609,7 @@ async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> 
     splitter = LineSplitter()
     while chunk := await reader.read(READ_CHUNK):
         buffer.extend(stream, splitter.feed(chunk))
+        wait = buffer.backpressure()
+        if wait is not None:
+            await wait
     buffer.extend(stream, splitter.flush())

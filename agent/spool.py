@@ -330,6 +330,11 @@ class Spool:
             self._queued += cost
             self._batch.append(notice)
 
+    def congested(self) -> bool:
+        """Whether more than half the backlog waits for the disk: readers of pipes then
+        wait for it (`flush`) rather than have lines dropped when it is full."""
+        return self._thread is not None and self._queued - self._written > self.backlog_bytes // 2
+
     async def flush(self) -> None:
         """Return once every line written so far is on disk (or the writer has failed)."""
         if self._thread is None:

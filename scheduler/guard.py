@@ -33,6 +33,8 @@ before or after their first message.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ StreamHandler = Callable[[Any, Context], AsyncIterator[Any]]
 
 # Set on every wrapped handler, so a test (and the composition) can tell.
 GUARDED = "__paas_guarded__"
+# How long a refused stream of requests is given to send its first message.
+REFUSAL_READ = 5.0
 
 
 class LeaderView(Protocol):
@@ -143,9 +147,8 @@ class Guard:
 
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> Any:
+            await self._admit(rpc, request, context, check)
             try:
-                await self._authorizer.authorize(rpc, context)
-                self.check_leader()
                 if check:
                     check_request(request)
                 return await handler(request, context)
@@ -163,9 +166,8 @@ class Guard:
 
         @functools.wraps(handler)
         async def guarded(request: Any, context: Context) -> AsyncIterator[Any]:
+            await self._admit(rpc, request, context, check)
             try:
-                await self._authorizer.authorize(rpc, context)
-                self.check_leader()
                 if check:
                     check_request(request)
                 async for message in handler(request, context):
@@ -176,6 +178,28 @@ class Guard:
 
         setattr(guarded, GUARDED, True)
         return guarded
+
+
+    async def _admit(self, rpc: str, request: Any, context: Context, check: bool) -> None:
+        """The caller's certificate, then leadership; a refusal aborts the call. A stream
+        of requests (`check` False) refused has its first message taken before the
+        status goes out: a client whose first write meets the status sees that write
+        fail with INTERNAL ("Internal error from Core"), which hides the refusal."""
+        try:
+            await self._authorizer.authorize(rpc, context)
+            self.check_leader()
+        except Exception as exc:
+            if not check:
+                await _take_first(request)
+            await _abort_with(context, exc)
+            raise
+
+
+async def _take_first(requests: Any) -> None:
+    """Read the first message of a stream of requests (at most REFUSAL_READ s)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REFUSAL_READ):
+            await requests.__aiter__().__anext__()
 
 
 async def _abort_with(context: Context, exc: Exception) -> None:

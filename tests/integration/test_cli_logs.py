@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from paas.cli.localcluster import LocalCluster
+from paas.common.logformat import lost_count
 from tests.helpers import paas, wait_for
 
 pytestmark = pytest.mark.integration
@@ -78,6 +79,9 @@ class Follower:
         assert self.process.stdout is not None
         async for raw in self.process.stdout:
             self.lines.append(json.loads(raw))
+
+    def printed_any(self) -> bool:
+        return bool(self.lines)
 
     def ticks(self) -> list[int]:
         found = (re.fullmatch(r"tick (\d+)", line["text"]) for line in self.lines)
@@ -287,3 +291,119 @@ async def test_a_follower_stopped_for_ten_seconds_gets_every_line_once_continued
     assert follower.numbered()["flood.1"] == list(range(FLOOD_LINES))
     assert not [line for line in follower.lines if "no longer kept" in line["text"]]
     assert code == 0, stderr
+
+
+async def test_a_follower_stopped_past_retention_is_told_exactly_what_it_lost_then_gets_the_rest(
+    tmp_path: Path, app_dir: Path
+) -> None:
+    """The agent keeps 1,000 lines per instance and no spool; a follower stopped while
+    100,000 are written is told, once continued, how many left retention before it got
+    to them, and those counts and the lines it got add up to every line written."""
+    kept = 1000
+    async with LocalCluster(
+        agents=1, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs",
+        agent_args={"node-1": ["--log-buffer-lines", str(kept), "--log-spool-files", "0"]},
+    ) as cluster:  # fmt: skip
+        await start_shop(cluster, app_dir, "ticker=1")
+        follower = await Follower.start(cluster, [cluster.scheduler_address])
+        try:
+            await wait_for(lambda: len(follower.ticks()) >= 2, timeout=60, what="following")
+            follower.process.send_signal(signal.SIGSTOP)
+            scaled = await paas(cluster, "scale", "flood=1", app="shop")
+            assert scaled.returncode == 0, scaled.stderr
+
+            async def written() -> bool:
+                tail = await paas(cluster, "logs", "-n", "1", "-p", "flood.1", app="shop")
+                return f"n {FLOOD_LINES - 1}" in tail.stdout
+
+            await wait_for(written, timeout=120, what="the flood written, the follower stopped")
+            follower.process.send_signal(signal.SIGCONT)
+            await wait_for(
+                lambda: follower.has_last(["flood.1"], FLOOD_LINES),
+                timeout=180,
+                what="the last line once the follower goes on",
+            )
+        finally:
+            follower.process.send_signal(signal.SIGCONT)
+            code, stderr = await follower.stop()
+    got = follower.numbered()["flood.1"]
+    lost = sum(lost_count(line["text"]) for line in follower.lines if line["instance"] == "flood.1")
+    assert lost > 0, "100,000 lines past a 1,000-line buffer: some must have gone"
+    assert got == sorted(set(got)), "in order, none twice"
+    assert len(got) + lost == FLOOD_LINES, (len(got), lost)
+    assert got[-kept // 2 :] == list(range(FLOOD_LINES - kept // 2, FLOOD_LINES)), (
+        "what was still kept all arrives"
+    )
+    assert code == 0, stderr
+
+
+ROUND_SECONDS = 3.0
+# Writes rounds of ~100-byte numbered lines flat out for ROUND_SECONDS, each once its
+# go-K file exists, and says how many lines a second it wrote: the writer's own clock,
+# not the follower's.
+TIMED_WRITER = """\
+import os, sys, time
+pad = "x" * 90
+k = 0
+while True:
+    k += 1
+    while not os.path.exists(os.path.join(sys.argv[1], f"go-{k}")):
+        time.sleep(0.02)
+    started = time.perf_counter()
+    end, i = started + float(sys.argv[2]), 0
+    while time.perf_counter() < end:
+        sys.stdout.writelines(f"n {j} {pad}\\n" for j in range(i, i + 1000))
+        i += 1000
+    sys.stdout.flush()
+    print(f"round {k}: {i / (time.perf_counter() - started):.1f} lines/s", flush=True)
+"""
+
+
+async def test_a_stopped_follower_does_not_slow_the_writer(
+    cluster: LocalCluster, app_dir: Path, tmp_path: Path
+) -> None:
+    """Rounds of writing flat out, alternately with no follower and with a `paas logs -f`
+    stopped (SIGSTOP) before the round begins: the writer's best rate with the stopped
+    follower is within 10 % of its best rate alone (only the follower waits; the pipe
+    is read as before). Best of interleaved rounds, at least three of each, because
+    the other tests on the machine slow a round now and then."""
+    (app_dir / "timed.py").write_text(TIMED_WRITER)
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    timed = f"timed: exec python3 timed.py {triggers} {ROUND_SECONDS}\n"
+    (app_dir / "Procfile").write_text(PROCFILE + timed)
+    await start_shop(cluster, app_dir, "timed=1")
+    rates: dict[bool, list[float]] = {False: [], True: []}
+
+    async def round_(k: int) -> float:
+        (triggers / f"go-{k}").touch()
+
+        async def said() -> float | None:
+            tail = await paas(cluster, "logs", "-n", "5", "-p", "timed.1", app="shop")
+            found = re.search(rf"round {k}: ([0-9.]+) lines/s", tail.stdout)
+            return float(found.group(1)) if found else None
+
+        rate: float = await wait_for(said, timeout=120, what=f"round {k}")
+        return rate
+
+    k = 0
+    for pair in range(6):
+        for stopped in (False, True):
+            k += 1
+            follower = None
+            if stopped:
+                follower = await Follower.start(cluster, [cluster.scheduler_address])
+                await wait_for(follower.printed_any, timeout=60, what="the follower attached")
+                follower.process.send_signal(signal.SIGSTOP)
+            try:
+                rates[stopped].append(await round_(k))
+            finally:
+                if follower is not None:
+                    follower.process.send_signal(signal.SIGCONT)
+                    await follower.stop()
+        if pair >= 2 and max(rates[True]) >= 0.9 * max(rates[False]):
+            break
+    alone, behind = max(rates[False]), max(rates[True])
+    assert behind >= 0.9 * alone, (
+        f"best {behind:,.0f} lines/s with a stopped follower against {alone:,.0f} alone: {rates}"
+    )

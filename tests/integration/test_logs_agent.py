@@ -10,6 +10,7 @@ import contextlib
 import random
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,6 +175,32 @@ async def test_a_spool_that_falls_behind_counts_what_it_did_not_write_and_says_w
         expected, noticed = line.seq + 1, False
     assert expected - 1 == node.logs.buffer(APP, "flood.1").last_seq
     assert 0 < missing <= unwritten
+
+
+async def test_a_slow_disk_makes_the_process_wait_instead_of_lines_being_dropped(
+    start_node: NodeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each write to disk takes 20 ms and the backlog holds 4 MiB (some 16,000 short
+    lines), so the flood outruns the disk writer: the pipe's reader waits for it, the
+    process waits on its pipe, and every line reaches the spool (none dropped)."""
+    real_write = Spool._write
+
+    def slow_write(self: Spool, batch: list[LogLine]) -> None:
+        time.sleep(0.02)
+        real_write(self, batch)
+
+    monkeypatch.setattr(Spool, "_write", slow_write)
+    node = await start_node(spool_backlog=4 << 20)
+    node.run("flood.1", FLOOD)
+    await wait_for(lambda: flooded(node), timeout=120, what="the flood written")
+    spool = node.logs.spool
+    assert spool is not None
+    await spool.flush()
+    assert spool.dropped_total == 0
+    lines, _ = await read_history(node.logs, APP, process_matcher(""), 100_000)
+    numbers = [int(line.text.split()[1]) for line in lines if line.text.startswith("line ")]
+    assert numbers == list(range(LINES)), "every line from the spool, once, in order"
+    assert not [line for line in lines if not line.seq], "no notice of a loss"
 
 
 @contextlib.asynccontextmanager

@@ -4,6 +4,7 @@ one is covered (or fails here) without anyone remembering to add it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -220,3 +221,41 @@ async def test_a_bug_is_not_mapped() -> None:
     guarded = Guard(Leader(True, None)).unary(handler)
     with pytest.raises(KeyError):
         await guarded(pb.ListAppsRequest(), context())
+
+
+STREAMED = [method.name for method in SCHEDULER.methods if method.client_streaming]
+
+
+@pytest.mark.parametrize("name", STREAMED)
+async def test_a_refused_stream_of_requests_has_its_first_message_read_before_the_status(
+    name: str,
+) -> None:
+    """A client's first write that meets the refusal fails as INTERNAL and hides it, so
+    the guard takes that message first (here: the refusal waits for it)."""
+    method = SCHEDULER.methods_by_name[name]
+    svc = service(Leader(False, "127.0.0.9:7070"))
+    handler = getattr(svc, name)
+    sent = asyncio.Event()
+    taken: list[Any] = []
+
+    async def requests() -> AsyncIterator[Any]:
+        await sent.wait()
+        message = getattr(pb, method.input_type.name)()
+        taken.append(message)
+        yield message
+
+    async def refused() -> Aborted:
+        with pytest.raises(Aborted) as raised:
+            if method.server_streaming:
+                async for _ in handler(requests(), context()):
+                    pass
+            else:
+                await handler(requests(), context())
+        return raised.value
+
+    answer = asyncio.create_task(refused())
+    await asyncio.sleep(0.05)
+    assert not answer.done(), "refused before the first message came"
+    sent.set()
+    aborted = await asyncio.wait_for(answer, 5)
+    assert aborted.code == grpc.StatusCode.FAILED_PRECONDITION and len(taken) == 1
