@@ -337,7 +337,7 @@ async def test_a_follower_stopped_past_retention_is_told_exactly_what_it_lost_th
     assert code == 0, stderr
 
 
-ROUND_SECONDS = 3.0
+ROUND_SECONDS = 2.0
 # Writes rounds of ~100-byte numbered lines flat out for ROUND_SECONDS, each once its
 # go-K file exists, and says how many lines a second it wrote: the writer's own clock,
 # not the follower's.
@@ -366,7 +366,8 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
     stopped (SIGSTOP) before the round begins: the writer's best rate with the stopped
     follower is within 10 % of its best rate alone (only the follower waits; the pipe
     is read as before). Best of interleaved rounds, at least three of each, because
-    the other tests on the machine slow a round now and then."""
+    the other tests on the machine slow a round now and then. Each stopped follower
+    gets a first round that is not counted (see below)."""
     (app_dir / "timed.py").write_text(TIMED_WRITER)
     triggers = tmp_path / "triggers"
     triggers.mkdir()
@@ -396,6 +397,13 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
                 await wait_for(follower.printed_any, timeout=60, what="the follower attached")
                 follower.process.send_signal(signal.SIGSTOP)
             try:
+                if stopped:
+                    # The first round fills what lies between the agent and the stopped
+                    # process (gRPC's windows and the sockets' buffers, some MiB): the
+                    # follower reads as if live until they are full. The next round
+                    # is the writer with a follower that takes nothing.
+                    await round_(k)
+                    k += 1
                 rates[stopped].append(await round_(k))
             finally:
                 if follower is not None:
