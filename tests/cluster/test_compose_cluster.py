@@ -193,8 +193,15 @@ async def test_a_paused_leader_is_replaced_and_restarts_nothing(
         await wait_for(scale_accepted, timeout=60, what="a scale accepted by the new leader")
         took = time.monotonic() - paused_at
         assert took < LEADER_TTL + 2 + 10, f"the new leader took {took:.1f} s"
-        after = await ps(cluster)
-        assert {row["name"]: row["pid"] for row in after} == pids, "an instance restarted"
+
+        async def reported() -> dict[str, int] | None:
+            # The new leader knows a pid once the instance's agent has reported to it:
+            # until then ps shows 0, which is no restart.
+            now = {row["name"]: row["pid"] for row in await ps(cluster)}
+            return now if all(now.get(name) for name in pids) else None
+
+        after = await wait_for(reported, timeout=60, what="every instance reported")
+        assert {name: after[name] for name in pids} == pids, "an instance restarted"
     finally:
         cluster.docker("unpause", cluster.container(old))
     # Unpaused, the old leader is a follower: it answers nothing on its own.
