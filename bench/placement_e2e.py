@@ -79,8 +79,14 @@ async def _all_committed(endpoint: str, count: int) -> bool:
     host, port = endpoint.rsplit(":", 1)
     client = aetcd.Client(host=host, port=int(port))
     try:
-        found = await client.get_prefix(f"{PREFIX}instances/".encode(), keys_only=True)
-        return len(found.kvs) >= count
+        # Counted by etcd: 100,000 keys are more than one gRPC message holds.
+        prefix = f"{PREFIX}instances/".encode()
+        await client.connect()
+        found = await client.kvstub.Range(
+            aetcd.rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0", count_only=True),
+            metadata=client.metadata,
+        )
+        return int(found.count) >= count
     finally:
         await client.close()
 

@@ -53,6 +53,9 @@ from paas.scheduler.store import (
 
 log = logging.getLogger(__name__)
 
+# Per node name: the record, (ready, room taken) and the view built from them.
+ViewCache = dict[str, tuple[NodeRecord, tuple[bool, int], NodeView]]
+
 
 class Reconciler:
     """Keeps the assignments in etcd and the agents' desired sets matching the formation."""
@@ -86,7 +89,10 @@ class Reconciler:
         self._pushed: dict[str, tuple[object, list[tuple[Any, ...]], list[str]]] = {}
         self.pushes = 0  # desired sets sent, for tests and benchmarks
         # One-off runs per node (runs.Runs.busy): room they hold, taken off capacity.
-        self.busy: Callable[[str], int] = lambda _node: 0
+        self.busy: Callable[[], Mapping[str, int]] = dict
+        # Per node, the view last built and what it was built from: most passes at
+        # thousands of nodes change few of them.
+        self._views: ViewCache = {}
 
     def kick(self) -> None:
         """Say: look again."""
@@ -142,7 +148,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> None:
         world, revision = await self._world()
-        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy)
+        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy(), self._views)
         result = plan(desired, nodes, placed)
         self._announce_unplaced(result, nodes)
         if not result.empty:
@@ -160,7 +166,7 @@ class Reconciler:
             self._announce(result, world)
             await self._informer.caught_up(done.revision)
             world, _ = await self._world()
-            nodes = _node_views(world, self._sessions, self.busy)
+            nodes = _node_views(world, self._sessions, self.busy(), self._views)
         wrote = await self.rollouts.step(world, _room(world, nodes), _allowed_nodes(world, nodes))
         if wrote:
             await self._informer.caught_up(wrote)
@@ -175,7 +181,7 @@ class Reconciler:
         plan made from the informer's cache as it is now, committed nowhere."""
         world, _ = await self._world()
         world = dataclasses.replace(world, formations={**world.formations, app: dict(formation)})
-        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy)
+        desired, nodes, placed = plan_inputs(world, self._sessions, self.busy())
         return plan(desired, nodes, placed), world, nodes
 
     async def placement_inputs(
@@ -183,7 +189,7 @@ class Reconciler:
     ) -> tuple[World, list[AppDesired], list[NodeView], list[Placed]]:
         """The world and what plan() is given for it, as a pass now would (`paas why`)."""
         world, _ = await self._world()
-        return (world, *plan_inputs(world, self._sessions, self.busy))
+        return (world, *plan_inputs(world, self._sessions, self.busy()))
 
     def unplaced(self) -> dict[tuple[str, str], str]:
         """What the last pass found no node for, per (app, type): the log's words."""
@@ -290,13 +296,16 @@ class Reconciler:
 
 
 def plan_inputs(
-    world: World, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+    world: World,
+    sessions: Sessions,
+    busy: Mapping[str, int] | None = None,
+    views: ViewCache | None = None,
 ) -> tuple[list[AppDesired], list[NodeView], list[Placed]]:
     """What plan() is given for `world`: each app's release and formation (types of
     its current release only, never its release phase), the nodes as Sessions sees
     them (less the room their one-off runs and the rollouts' new copies hold), the
     assignments."""
-    nodes = _node_views(world, sessions, busy)
+    nodes = _node_views(world, sessions, busy, views)
     desired = []
     for app in world.apps.values():
         release = _placing(world, app.name)
@@ -330,18 +339,16 @@ def _placing(world: World, app: str) -> ReleaseRecord | None:
     return world.history.get((app, release.previous))
 
 
-def _node_view(
-    node: NodeRecord, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
-) -> NodeView:
+def _node_view(node: NodeRecord, sessions: Sessions, busy: int = 0) -> NodeView:
     """The node as placement sees it, from its state as Sessions decides it (so that a
     node takes instances exactly when `paas nodes` calls it ready), its capacity less
-    the one-off runs on it (`busy`)."""
+    the `busy` room its one-off runs hold."""
     state = sessions.node_state(node.name, node.draining)
     return NodeView(
         name=node.name,
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
-        capacity=max(0, node.capacity - busy(node.name)),
+        capacity=max(0, node.capacity - busy),
         labels=node.labels,
         memory=node.memory,
         cpu=node.cpu,
@@ -365,17 +372,32 @@ def _placement(release: ReleaseRecord | None) -> dict[str, TypePlacement]:
 
 
 def _node_views(
-    world: World, sessions: Sessions, busy: Callable[[str], int] = lambda _node: 0
+    world: World,
+    sessions: Sessions,
+    busy: Mapping[str, int] | None = None,
+    cache: ViewCache | None = None,
 ) -> list[NodeView]:
-    """The nodes as placement sees them, each less the room the rollouts' new copies on
-    it take (they count against its capacity as instances do)."""
-    surging = Counter(s.node for s in world.surges)
+    """The nodes as placement sees them, each less the room its one-off runs (`busy`)
+    and the rollouts' new copies on it take (they count against its capacity as
+    instances do). With `cache`, a node's view is built again only when its record,
+    its readiness or the room so taken changed since the last call."""
+    busy = busy or {}
+    surging = Counter(s.node for s in world.surges) if world.surges else Counter[str]()
+    cache = {} if cache is None else cache
     views = []
-    for node in world.nodes.values():
-        view = _node_view(node, sessions, busy)
-        if surging[node.name]:
-            view = dataclasses.replace(view, capacity=max(0, view.capacity - surging[node.name]))
+    for name, node in world.nodes.items():
+        taken = busy.get(name, 0) + surging[name] if (busy or surging) else 0
+        ready = sessions.is_ready(name)
+        before = cache.get(name)
+        if before is not None and before[0] is node and before[1] == (ready, taken):
+            views.append(before[2])
+            continue
+        view = _node_view(node, sessions, taken)
+        cache[name] = (node, (ready, taken), view)
         views.append(view)
+    if len(cache) > len(world.nodes):
+        for gone in cache.keys() - world.nodes.keys():
+            del cache[gone]
     return views
 
 

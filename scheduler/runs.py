@@ -250,13 +250,13 @@ class Runs:
 
     # ------------------------------------------------------------ what reconcile reads
 
-    def busy(self, node: str) -> int:
-        """Runs that hold room on `node` (every one not yet exited)."""
-        return sum(
-            1
-            for run in self._runs.values()
-            if run.record.node == node and run.record.state != "exited"
-        )
+    def busy(self) -> dict[str, int]:
+        """Per node, the runs that hold room on it (every one not yet exited)."""
+        held: dict[str, int] = {}
+        for run in self._runs.values():
+            if run.record.state != "exited":
+                held[run.record.node] = held.get(run.record.node, 0) + 1
+        return held
 
     def listing(self, app: str) -> list[RunRecord]:
         """The app's runs that have not exited, for `paas ps`."""
