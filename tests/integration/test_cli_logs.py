@@ -100,6 +100,15 @@ class Follower:
         seen = {line["instance"] for line in self.lines if line["text"] == last}
         return seen >= set(instances)
 
+    async def go_on_until_the_last(self, count: int) -> None:
+        """SIGCONT it, then wait until it has printed flood.1's line `n count-1`."""
+        self.process.send_signal(signal.SIGCONT)
+        await wait_for(
+            lambda: self.has_last(["flood.1"], count),
+            timeout=180,
+            what="the last line once the follower goes on",
+        )
+
     async def stop(self) -> tuple[int, str]:
         """Ctrl-C it; its exit code and stderr."""
         if self.process.returncode is None:
@@ -117,6 +126,16 @@ async def start_shop(cluster: LocalCluster, app_dir: Path, *formation: str) -> N
     assert deployed.returncode == 0, deployed.stderr
     scaled = await paas(cluster, "scale", *formation, app="shop")
     assert scaled.returncode == 0, scaled.stderr
+
+
+async def flood_written(cluster: LocalCluster) -> None:
+    """Until flood.1's last line is in the cluster's log (a follower may be stopped)."""
+
+    async def written() -> bool:
+        tail = await paas(cluster, "logs", "-n", "1", "-p", "flood.1", app="shop")
+        return f"n {FLOOD_LINES - 1}" in tail.stdout
+
+    await wait_for(written, timeout=120, what="the flood written, the follower stopped")
 
 
 def consecutive(ticks: list[int]) -> bool:
@@ -269,22 +288,13 @@ async def test_a_follower_stopped_for_ten_seconds_gets_every_line_once_continued
         scaled = await paas(cluster, "scale", "flood=1", app="shop")
         assert scaled.returncode == 0, scaled.stderr
 
-        async def written() -> bool:
-            tail = await paas(cluster, "logs", "-n", "1", "-p", "flood.1", app="shop")
-            return f"n {FLOOD_LINES - 1}" in tail.stdout
-
-        await wait_for(written, timeout=120, what="the flood written, the follower stopped")
+        await flood_written(cluster)
         await wait_for(
             lambda: asyncio.get_running_loop().time() - stopped_at >= 10,
             timeout=30,
             what="ten seconds stopped",
         )
-        follower.process.send_signal(signal.SIGCONT)
-        await wait_for(
-            lambda: follower.has_last(["flood.1"], FLOOD_LINES),
-            timeout=180,
-            what="every line once the follower goes on",
-        )
+        await follower.go_on_until_the_last(FLOOD_LINES)
     finally:
         follower.process.send_signal(signal.SIGCONT)
         code, stderr = await follower.stop()
@@ -312,17 +322,8 @@ async def test_a_follower_stopped_past_retention_is_told_exactly_what_it_lost_th
             scaled = await paas(cluster, "scale", "flood=1", app="shop")
             assert scaled.returncode == 0, scaled.stderr
 
-            async def written() -> bool:
-                tail = await paas(cluster, "logs", "-n", "1", "-p", "flood.1", app="shop")
-                return f"n {FLOOD_LINES - 1}" in tail.stdout
-
-            await wait_for(written, timeout=120, what="the flood written, the follower stopped")
-            follower.process.send_signal(signal.SIGCONT)
-            await wait_for(
-                lambda: follower.has_last(["flood.1"], FLOOD_LINES),
-                timeout=180,
-                what="the last line once the follower goes on",
-            )
+            await flood_written(cluster)
+            await follower.go_on_until_the_last(FLOOD_LINES)
         finally:
             follower.process.send_signal(signal.SIGCONT)
             code, stderr = await follower.stop()
