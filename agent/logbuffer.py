@@ -48,7 +48,11 @@ RETIRED_BUFFERS = 100
 RETIRED_LINES = 1000
 # Sequence and run counters of instances whose buffers were forgotten, so they go on.
 FORGOTTEN_COUNTERS = 10_000
-SUBSCRIBER_QUEUE = 4096
+# Live lines queued per follower before it pauses and catches up from retention: a
+# few tens of ms of a process writing flat out. Catching up costs the agent about
+# three times the CPU per line of following live (bench/logs.py: 4,096 paused a
+# gRPC follower in about half the runs, and it stayed behind at 0.11 of the floor).
+SUBSCRIBER_QUEUE = 16384
 
 
 def _no_wait() -> None:
