@@ -458,16 +458,18 @@ class SchedulerClient:
                             on_resume()
                     fresh: list[pb.LogLine] = []
                     for line in batch:
-                        if line.seq:
+                        seq = line.seq
+                        if seq:
                             key = (line.node, line.instance)
-                            if line.seq <= skip.get(key, 0):
+                            if skip and seq <= skip.get(key, 0):
                                 continue  # the scheduler skips these; never yield one twice
-                            if line.seq > cursors.get(key, 0):
-                                cursors[key] = line.seq
-                        if not oldest or line.timestamp < oldest:
-                            oldest = line.timestamp
+                            if seq > cursors.get(key, 0):
+                                cursors[key] = seq
                         fresh.append(line)
                     if fresh:
+                        first = min(line.timestamp for line in fresh)
+                        if not oldest or first < oldest:
+                            oldest = first
                         yield fresh
                 problem = "the scheduler ended the log stream"
             except SchedulerError as exc:

@@ -395,8 +395,7 @@ async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     printed = 0
     try:
         async for batch in batches:
-            for line in batch:
-                printer.print(line)
+            printer.print_batch(batch)
             printed += len(batch)
             if args.follow:
                 printer.flush_lines()

@@ -820,6 +820,29 @@ class LogPrinter:
         if whole is not None:
             self._write(whole)
 
+    def print_batch(self, lines: Sequence[pb.LogLine]) -> None:
+        """`print` each of `lines`. To a file that is no terminal they go in one write:
+        a write per line was half the CLI's time when following 100,000 lines a second."""
+        if self._console is not None:
+            for line in lines:
+                self.print(line)
+            return
+        if self._as_json:
+            out = [json.dumps(log_dict(line), ensure_ascii=False) for line in lines]
+        else:
+            feed = self._joiner.feed
+            out = []
+            for line in lines:
+                whole = feed(line)
+                if whole is not None:
+                    instance = whole.instance or "?"
+                    out.append(format_line(whole.timestamp, whole.stream, instance, whole.text))
+        if out:
+            out.append("")
+            self._file.write("\n".join(out))
+            if self._flush_each:
+                self._file.flush()
+
     def flush_lines(self) -> None:
         """Flush the stream (a piece of a line that waits for the rest stays waiting)."""
         self._file.flush()

@@ -280,6 +280,25 @@ def test_pieces_of_an_over_long_line_are_printed_as_one_line() -> None:
     ]
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_batch_prints_what_its_lines_one_by_one_would(as_json: bool) -> None:
+    lines = [
+        piece(1, "aaa", True),
+        piece(2, "other", False, instance="web.2"),
+        piece(3, "bbb", True),
+        piece(4, "cc", False),
+        piece(5, "next", False),
+        piece(6, "half", True),
+    ]
+    one_by_one, batched = io.StringIO(), io.StringIO()
+    single = render.LogPrinter(one_by_one, as_json=as_json)
+    for line in lines:
+        single.print(line)
+    render.LogPrinter(batched, as_json=as_json).print_batch(lines)
+    assert batched.getvalue() == one_by_one.getvalue()
+    assert batched.getvalue().count("\n") == (6 if as_json else 3)  # the half line waits
+
+
 def test_a_line_whose_rest_never_came_is_printed_at_the_end() -> None:
     stream = io.StringIO()
     printer = render.LogPrinter(stream)
