@@ -11,9 +11,11 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
@@ -356,37 +358,61 @@ while True:
         sys.stdout.writelines(f"n {j} {pad}\\n" for j in range(i, i + 1000))
         i += 1000
     sys.stdout.flush()
-    print(f"round {k}: {i / (time.perf_counter() - started):.1f} lines/s", flush=True)
+    rate = i / (time.perf_counter() - started)
+    print(f"round {k}: {i} lines, {rate:.1f} lines/s", flush=True)
 """
+
+
+@dataclass
+class Round:
+    """One round of the timed writer: its rate, and the cluster's CPU per line it wrote."""
+
+    rate: float  # lines a second, by the writer's own clock
+    cpu_per_line: float  # seconds of every agent and scheduler, over the lines written
 
 
 async def test_a_stopped_follower_does_not_slow_the_writer(
     cluster: LocalCluster, app_dir: Path, tmp_path: Path
 ) -> None:
     """Rounds of writing flat out, alternately with no follower and with a `paas logs -f`
-    stopped (SIGSTOP) before the round begins: the writer's best rate with the stopped
-    follower is within 10 % of its best rate alone (only the follower waits; the pipe
-    is read as before). Best of interleaved rounds, at least three of each, because
-    the other tests on the machine slow a round now and then. Each stopped follower
-    gets a first round that is not counted (see below)."""
+    stopped (SIGSTOP) before the round begins. Only the follower waits: the pipe is
+    read as before, so the cluster spends no more CPU per line written with the
+    stopped follower (best rounds within 10 %), and the writer's best rate is as
+    high (within 10 % when that holds, as on an idle machine; within 25 % on a loaded
+    one, where the rate of a 2 s round swings by a quarter whatever follows it: seen
+    in CI; a blocked pipe would cost far more). Interleaved rounds, three of each at
+    least. Each stopped follower gets a first round that is not counted (see below)."""
     (app_dir / "timed.py").write_text(TIMED_WRITER)
     triggers = tmp_path / "triggers"
     triggers.mkdir()
     timed = f"timed: exec python3 timed.py {triggers} {ROUND_SECONDS}\n"
     (app_dir / "Procfile").write_text(PROCFILE + timed)
     await start_shop(cluster, app_dir, "timed=1")
-    rates: dict[bool, list[float]] = {False: [], True: []}
+    parts = [cluster.agent_process(name) for name in cluster.agent_names]
+    parts.append(cluster.scheduler_process())
+    processes = [psutil.Process(part.pid) for part in parts]
+    rounds: dict[bool, list[Round]] = {False: [], True: []}
 
-    async def round_(k: int) -> float:
+    def cpu() -> float:
+        return sum(sum(process.cpu_times()[:2]) for process in processes)
+
+    async def round_(k: int) -> Round:
+        used = cpu()
         (triggers / f"go-{k}").touch()
 
-        async def said() -> float | None:
+        async def said() -> tuple[int, float] | None:
             tail = await paas(cluster, "logs", "-n", "5", "-p", "timed.1", app="shop")
-            found = re.search(rf"round {k}: ([0-9.]+) lines/s", tail.stdout)
-            return float(found.group(1)) if found else None
+            found = re.search(rf"round {k}: (\d+) lines, ([0-9.]+) lines/s", tail.stdout)
+            return (int(found.group(1)), float(found.group(2))) if found else None
 
-        rate: float = await wait_for(said, timeout=120, what=f"round {k}")
-        return rate
+        lines, rate = await wait_for(said, timeout=120, what=f"round {k}")
+        return Round(rate, (cpu() - used) / lines)
+
+    def holds(rate_bound: float) -> bool:
+        alone, behind = rounds[False], rounds[True]
+        return min(r.cpu_per_line for r in behind) <= 1.10 * min(
+            r.cpu_per_line for r in alone
+        ) and max(r.rate for r in behind) >= rate_bound * max(r.rate for r in alone)
 
     k = 0
     for pair in range(6):
@@ -405,14 +431,11 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
                     # is the writer with a follower that takes nothing.
                     await round_(k)
                     k += 1
-                rates[stopped].append(await round_(k))
+                rounds[stopped].append(await round_(k))
             finally:
                 if follower is not None:
                     follower.process.send_signal(signal.SIGCONT)
                     await follower.stop()
-        if pair >= 2 and max(rates[True]) >= 0.9 * max(rates[False]):
+        if pair >= 2 and holds(0.9):
             break
-    alone, behind = max(rates[False]), max(rates[True])
-    assert behind >= 0.9 * alone, (
-        f"best {behind:,.0f} lines/s with a stopped follower against {alone:,.0f} alone: {rates}"
-    )
+    assert holds(0.75), f"with a stopped follower: {rounds[True]}; alone: {rounds[False]}"
