@@ -179,7 +179,6 @@ class Guard:
         setattr(guarded, GUARDED, True)
         return guarded
 
-
     async def _admit(self, rpc: str, request: Any, context: Context, check: bool) -> None:
         """The caller's certificate, then leadership; a refusal aborts the call. A stream
         of requests (`check` False) refused has its first message taken before the

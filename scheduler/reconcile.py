@@ -339,16 +339,16 @@ def _placing(world: World, app: str) -> ReleaseRecord | None:
     return world.history.get((app, release.previous))
 
 
-def _node_view(node: NodeRecord, sessions: Sessions, busy: int = 0) -> NodeView:
+def _node_view(node: NodeRecord, sessions: Sessions, taken: int = 0) -> NodeView:
     """The node as placement sees it, from its state as Sessions decides it (so that a
     node takes instances exactly when `paas nodes` calls it ready), its capacity less
-    the `busy` room its one-off runs hold."""
+    the room `taken` (by its one-off runs and the rollouts' new copies on it)."""
     state = sessions.node_state(node.name, node.draining)
     return NodeView(
         name=node.name,
         ready=state != pb.NODE_LOST,
         draining=node.draining,  # a lost node that was draining still is when back
-        capacity=max(0, node.capacity - busy),
+        capacity=max(0, node.capacity - taken),
         labels=node.labels,
         memory=node.memory,
         cpu=node.cpu,
@@ -382,11 +382,11 @@ def _node_views(
     instances do). With `cache`, a node's view is built again only when its record,
     its readiness or the room so taken changed since the last call."""
     busy = busy or {}
-    surging = Counter(s.node for s in world.surges) if world.surges else Counter[str]()
+    surging = Counter(s.node for s in world.surges)
     cache = {} if cache is None else cache
     views = []
     for name, node in world.nodes.items():
-        taken = busy.get(name, 0) + surging[name] if (busy or surging) else 0
+        taken = busy.get(name, 0) + surging.get(name, 0)
         ready = sessions.is_ready(name)
         before = cache.get(name)
         if before is not None and before[0] is node and before[1] == (ready, taken):

@@ -116,16 +116,11 @@ class AgentSession:
             self._wake.clear()
             if self._closed:
                 return
-            if self._beat_due:
-                self._beat_due = False
-                if not self._replies and not (self._desired is not None and self._changed):
-                    # Nothing to send for a while: a heartbeat, by which the agent knows
-                    # this replica is alive (a paused one sends none, and the agent
-                    # moves on in seconds).
-                    yield pb.SchedulerMessage(heartbeat=pb.Heartbeat(time=time.time()))
-                    continue
+            beat_due, self._beat_due = self._beat_due, False
+            sent = False
             while self._replies:
                 yield self._replies.pop(0)
+                sent = True
             if self._desired is not None and self._changed:
                 self._changed = False
                 self._generation += 1
@@ -136,6 +131,12 @@ class AgentSession:
                         live_apps=self._live_apps,
                     )
                 )
+                sent = True
+            if beat_due and not sent:
+                # Nothing sent for a while: a heartbeat, by which the agent knows this
+                # replica is alive (a paused one sends none, and the agent moves on in
+                # seconds).
+                yield pb.SchedulerMessage(heartbeat=pb.Heartbeat(time=time.time()))
 
 
 def _same(a: list[pb.Assignment], b: list[pb.Assignment]) -> bool:
