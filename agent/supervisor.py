@@ -63,6 +63,7 @@ from paas.agent.states import State as State
 from paas.agent.states import TransitionError, check_transition, classify_exit, seconds
 from paas.common.errors import InvalidInput
 from paas.common.logformat import PAAS_STREAM
+from paas.common.rollouts import DEFAULT_MIN_HEALTHY
 from paas.common.slugs import NOT_READY, short_digest
 from paas.proto import paas_pb2 as pb
 
@@ -78,6 +79,12 @@ LAST_LINES = 10  # output lines of a run kept with its exit, for `paas ps`
 USAGE_CPU_CHANGE = 1.0
 USAGE_RSS_CHANGE = 0.05
 HEALTH_INTERVAL = 0.05
+# Once up, a checked type is checked again this often for its first min_healthy
+# seconds (what a rollout waits before it stops the old copy); this many failed
+# checks in a row and it is killed as unhealthy, as a boot timeout would be.
+WATCH_INTERVAL = 0.5
+WATCH_TIMEOUT = 2.0
+WATCH_FAILURES = 2
 GROUP_POLL_INTERVAL = 0.1
 # After the leader exits, how long its output pipes may stay open (held by an
 # escaped process) before they are closed anyway.
@@ -162,6 +169,9 @@ class Instance:
         self.boot_timeout = settings.boot_timeout or config.boot_timeout
         # An HTTP path that must answer 2xx/3xx on $PORT ("": a TCP accept will do).
         self.health_path = settings.health
+        self.min_healthy = (
+            settings.min_healthy if settings.HasField("min_healthy") else DEFAULT_MIN_HEALTHY
+        )
         if settings.check == pb.ProcessSettings.CHECK_DEFAULT:
             self.port_check = self.type == WEB_TYPE or bool(self.health_path)
         else:
@@ -355,7 +365,7 @@ class Instance:
         try:
             run.failure = await self._boot(child, stopping)
             if not run.failure:
-                await self._supervise(child, stopping)
+                run.failure = await self._supervise(child, stopping)
             if not child.exited.done():
                 await self._terminate(child)
         finally:
@@ -413,26 +423,68 @@ class Instance:
             return ""
         if child.exited.done() or stopping.done() or health.result():
             return ""
-        what = (
-            f"answer GET {self.health_path} on {self.port} with 2xx/3xx"
-            if self.health_path
-            else f"listen on {self.port}"
+        failure = (
+            f"boot timeout: did not {self._check_text(self.port)} "
+            f"within {seconds(self.boot_timeout)}s"
         )
-        failure = f"boot timeout: did not {what} within {seconds(self.boot_timeout)}s"
         self._line(failure)
         self._processes.signal_group(child.pid, signal.SIGKILL)
         await asyncio.shield(child.exited)
         return failure
 
-    async def _supervise(self, child: Child, stopping: asyncio.Task[Any]) -> None:
-        """up, until the leader exits or a stop is asked for."""
+    async def _supervise(self, child: Child, stopping: asyncio.Task[Any]) -> str:
+        """up, until the leader exits or a stop is asked for; a checked type must keep
+        passing its check for its first min_healthy seconds: "" if it did (or exited,
+        or was asked to stop), else why it was killed."""
         if child.exited.done() or stopping.done():
-            return
+            return ""
         # starting → up: it runs (and a checked type listens).
         self._to(State.UP)
         self.run.up_at = self._clock.monotonic()
         either: set[asyncio.Future[Any]] = {child.exited, stopping}
+        if self.port_check and self.min_healthy > 0:
+            watch = asyncio.create_task(self._watch(self.port, self.min_healthy))
+            await asyncio.wait({*either, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                return ""
+            failure = watch.result()
+            if failure and not child.exited.done() and not stopping.done():
+                self._line(failure)
+                self._processes.signal_group(child.pid, signal.SIGKILL)
+                await asyncio.shield(child.exited)
+                return failure
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        return ""
+
+    async def _watch(self, port: int, seconds_up: float) -> str:
+        """Check the port (or the health path) again every WATCH_INTERVAL for
+        `seconds_up` seconds: "" if it kept answering, else why it is unhealthy."""
+        clock = self._clock
+        deadline = clock.monotonic() + seconds_up
+        failed = 0
+        while clock.monotonic() < deadline:
+            await clock.sleep(WATCH_INTERVAL)
+            failed = 0 if await self._check(port, WATCH_TIMEOUT) else failed + 1
+            if failed >= WATCH_FAILURES:
+                return (
+                    f"unhealthy: did not {self._check_text(port)} at {failed} checks in a "
+                    f"row within {seconds(seconds_up)}s of going up"
+                )
+        return ""
+
+    async def _check(self, port: int, timeout: float) -> bool:  # noqa: ASYNC109
+        """One check: the health path answers 2xx/3xx, or (without one) the port accepts."""
+        if self.health_path:
+            return await self._processes.answers(port, self.health_path, timeout)
+        return await self._processes.accepts(port, timeout)
+
+    def _check_text(self, port: int) -> str:
+        if self.health_path:
+            return f"answer GET {self.health_path} on {port} with 2xx/3xx"
+        return f"listen on {port}"
 
     async def _until_listening(self, port: int) -> bool:
         """Whether 127.0.0.1:`port` accepts a connection (answers the health path with
@@ -441,10 +493,7 @@ class Instance:
         while True:
             remaining = deadline - self._clock.monotonic()
             timeout = max(0.05, min(1.0, remaining))
-            if self.health_path:
-                if await self._processes.answers(port, self.health_path, timeout):
-                    return True
-            elif await self._processes.accepts(port, timeout):
+            if await self._check(port, timeout):
                 return True
             if self._clock.monotonic() >= deadline:
                 return False

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 
 MAX_MIN_HEALTHY = 3600.0  # seconds
+# Seconds a new copy must stay up, its health check passing, before its old one
+# stops (the agent keeps checking it that long; the rollout waits that long).
+DEFAULT_MIN_HEALTHY = 3.0
 
 
 def max_parallel(value: str, count: int) -> int:

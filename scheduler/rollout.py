@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from paas.common.names import InstanceName
-from paas.common.rollouts import max_parallel
+from paas.common.rollouts import DEFAULT_MIN_HEALTHY, max_parallel
 from paas.common.slugs import NOT_READY
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.events import EventLog
@@ -72,7 +72,6 @@ from paas.scheduler.store import (
 log = logging.getLogger(__name__)
 
 RELEASE_PHASE = "release"  # the Procfile entry run once per release, never a formation type
-DEFAULT_MIN_HEALTHY = 3.0
 DEFAULT_PROGRESS_DEADLINE = 300.0
 LAST_LINES = 5  # of a failing copy's output, in the failure's event
 # Writes of one app per pass: one etcd txn holds at most 128 operations.

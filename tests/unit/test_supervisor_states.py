@@ -251,6 +251,54 @@ async def test_a_web_instance_is_up_once_it_listens_on_its_port() -> None:
     await harness.stop()
 
 
+async def test_a_web_instance_that_stops_listening_soon_after_up_is_killed_as_unhealthy() -> None:
+    harness = Harness("web")
+    harness.instance.start()
+    await harness.clock.run_until(lambda: bool(harness.processes.children))
+    harness.processes.listening.add(PORT)
+    await harness.until(State.UP, limit=5.0)
+    up_at = harness.first_at(State.UP)
+    harness.processes.listening.discard(PORT)  # it went up, then stopped answering
+    await harness.until(State.CRASHED, limit=10.0)
+    reason = f"unhealthy: did not listen on {PORT} at 2 checks in a row within 3s of going up"
+    assert harness.first_reason(State.CRASHED) == reason
+    assert reason in harness.texts()
+    first = harness.processes.children[0]
+    assert signal.SIGKILL in {signum for signum, _ in harness.processes.signals(first.pid)}
+    assert harness.first_at(State.CRASHED) - up_at <= 3.0 + 2 * 2.0
+    await harness.stop()
+
+
+async def test_a_web_instance_that_answers_through_min_healthy_is_not_checked_after() -> None:
+    harness = Harness("web")
+    harness.instance.start()
+    await harness.clock.run_until(lambda: bool(harness.processes.children))
+    harness.processes.listening.add(PORT)
+    await harness.until(State.UP, limit=5.0)
+    await harness.clock.advance(3.5)  # past min_healthy (3 s by default), answering
+    harness.processes.listening.discard(PORT)
+    await harness.clock.advance(60.0)
+    assert harness.state is State.UP
+    assert State.CRASHED not in harness.reported
+    assert harness.processes.signals(harness.child.pid) == []
+    await harness.stop()
+
+
+async def test_one_failed_check_after_up_is_forgiven() -> None:
+    harness = Harness("web")
+    harness.instance.start()
+    await harness.clock.run_until(lambda: bool(harness.processes.children))
+    harness.processes.listening.add(PORT)
+    await harness.until(State.UP, limit=5.0)
+    harness.processes.listening.discard(PORT)
+    await harness.clock.advance(0.6)  # one check fails (it takes its whole timeout)
+    harness.processes.listening.add(PORT)
+    await harness.clock.advance(30.0)
+    assert harness.state is State.UP
+    assert State.CRASHED not in harness.reported
+    await harness.stop()
+
+
 async def test_a_worker_needs_no_port_to_be_up() -> None:
     harness = Harness("worker")
     harness.instance.start()
