@@ -27,7 +27,7 @@ from paas.agent.spool import Query, Verdict
 from paas.agent.spoolfiles import Span
 from paas.common.logbatch import batches
 from paas.common.logformat import PAAS_STREAM
-from paas.common.names import InstanceName, NameError_
+from paas.common.names import InstanceName, NameError_, is_instance
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -126,7 +126,7 @@ class AgentService(pb_grpc.AgentServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"invalid line count {request.lines}: expected 0 (the default) or more",
             )
-        if request.previous and not _is_instance(request.process):
+        if request.previous and not is_instance(request.process):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "previous needs one instance (process like web.3), not "
@@ -461,11 +461,3 @@ def _unsent(lines: list[LogLine], sent: dict[str, int], since: float) -> list[Lo
 
 def _notice(app: str, node: str, text: str) -> LogLine:
     return LogLine(time.time(), app, node, PAAS_STREAM, node, 0, text)
-
-
-def _is_instance(process: str) -> bool:
-    try:
-        InstanceName.parse(process)
-    except NameError_:
-        return False
-    return True

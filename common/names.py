@@ -72,3 +72,12 @@ class InstanceName:
         if not dot or index is None or index < 1:
             raise NameError_(f"invalid instance name {text!r}: expected TYPE.N, e.g. web.3")
         return cls(check_process_type(type_), index)
+
+
+def is_instance(process: str) -> bool:
+    """Whether `process` names one instance (web.3), not a type or everything."""
+    try:
+        InstanceName.parse(process)
+    except NameError_:
+        return False
+    return True

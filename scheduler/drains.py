@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -49,10 +48,10 @@ from typing import Protocol
 import aiohttp
 
 from paas.common.drainurl import DrainURL, parse_drain_url, redacted
-from paas.common.logformat import PAAS_STREAM, SCHEDULER_INSTANCE, lost_count, timestamp
+from paas.common.logformat import lost_count, timestamp
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import DeliveryError
-from paas.scheduler.events import EventLog
+from paas.scheduler.events import EventLog, notice
 from paas.scheduler.logmerge import Cursors
 from paas.scheduler.logreader import LogStream
 from paas.scheduler.store import (
@@ -296,12 +295,9 @@ class Forwarder:
         self._arrived.set()
 
     def _notice(self, text: str, first: float) -> pb.LogLine:
-        return pb.LogLine(
-            timestamp=time.time(),
-            app=self.drain.app,
-            instance=SCHEDULER_INSTANCE,
-            stream=PAAS_STREAM,
-            text=f"{text} since {timestamp(first)} (the log drain was slow or unreachable)",
+        return notice(
+            self.drain.app,
+            f"{text} since {timestamp(first)} (the log drain was slow or unreachable)",
         )
 
     # ------------------------------------------------------------ sending

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from paas.common.errors import InvalidInput
+from paas.common.names import is_instance
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.guard import Context
 from paas.scheduler.logreader import LogStream
-from paas.scheduler.lookup import is_instance, require_app
+from paas.scheduler.lookup import require_app
 from paas.scheduler.store import Store
 
 

@@ -6,7 +6,7 @@ A `process` argument is "" (every instance), a type ("web") or one instance
 
 from __future__ import annotations
 
-from paas.common.names import InstanceName, NameError_, check_app_name
+from paas.common.names import NameError_, check_app_name
 from paas.scheduler.errors import NotFound
 from paas.scheduler.store import AppRecord, InstanceRecord, Store
 
@@ -30,12 +30,3 @@ def select(records: list[InstanceRecord], process: str) -> list[InstanceRecord]:
     if "." in process:
         return [r for r in ordered if str(r.name) == process]
     return [r for r in ordered if r.name.type == process]
-
-
-def is_instance(process: str) -> bool:
-    """Whether `process` names one instance (web.3), not a type or everything."""
-    try:
-        InstanceName.parse(process)
-    except NameError_:
-        return False
-    return True

@@ -46,6 +46,7 @@ from paas.common.names import InstanceName
 from paas.common.rollouts import DEFAULT_MIN_HEALTHY, max_parallel
 from paas.common.slugs import NOT_READY
 from paas.proto import paas_pb2 as pb
+from paas.scheduler.cas import retry_conflicts
 from paas.scheduler.events import EventLog
 from paas.scheduler.sessions import Sessions
 from paas.scheduler.settings import settings_from
@@ -614,34 +615,38 @@ class Rollouts:
 
     async def _roll_back(self, app_name: str, failed: ReleaseRecord, to: ReleaseRecord) -> None:
         """auto_rollback: a new release copying `to`, made as Deploy makes one."""
-        for _ in range(5):
-            try:
-                app = await self._store.app(app_name)
-                if app is None:
-                    return
-                formation, formation_rev = await self._store.formation(app_name)
-                release = dataclasses.replace(
-                    to,
-                    version=next_version(app),
-                    created_at=time.time(),
-                    description=f"Rollback to v{to.version} (v{failed.version} failed)",
-                    by="",
-                    status="rolling",
-                    status_reason="",
-                    previous=app.release,
-                    progress_at=0.0,
-                    phase_done=False,
-                    mod_revision=0,
-                )
-                await self._store.add_release(app, release, formation, formation_rev)
-            except ConflictError:
-                continue
-            except StoreError as exc:
-                self._events.add(app_name, f"Automatic rollback to v{to.version} failed: {exc}")
-                return
-            self._events.add(app_name, f"Release v{release.version} created: {release.description}")
-            self._kick()
+
+        async def attempt() -> ReleaseRecord | None:
+            app = await self._store.app(app_name)
+            if app is None:
+                return None
+            formation, formation_rev = await self._store.formation(app_name)
+            release = dataclasses.replace(
+                to,
+                version=next_version(app),
+                created_at=time.time(),
+                description=f"Rollback to v{to.version} (v{failed.version} failed)",
+                by="",
+                status="rolling",
+                status_reason="",
+                previous=app.release,
+                progress_at=0.0,
+                phase_done=False,
+                mod_revision=0,
+            )
+            await self._store.add_release(app, release, formation, formation_rev)
+            return release
+
+        try:
+            # A ConflictError after the last retry is a StoreError too: it is told.
+            release = await retry_conflicts(attempt, "the app")
+        except StoreError as exc:
+            self._events.add(app_name, f"Automatic rollback to v{to.version} failed: {exc}")
             return
+        if release is None:
+            return
+        self._events.add(app_name, f"Release v{release.version} created: {release.description}")
+        self._kick()
 
     def _wake(self, app: str, delay: float) -> None:
         timer = self._timers.pop(app, None)
