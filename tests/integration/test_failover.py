@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -219,6 +220,57 @@ async def test_a_leader_paused_for_20_s_restarts_nothing_and_runs_nothing_twice(
         after = {r["name"]: r["pid"] for r in await all_up(cluster, 6)}
         assert after == before, "an instance was restarted or moved by the pause"
         assert all(n == 1 for n in copies_per_name(cluster).values())
+
+
+def last_session_with(cluster: LocalCluster, agent: str) -> str:
+    """The scheduler address of the agent's newest "session open" line ("": none)."""
+    found = re.findall(r"session open with scheduler (\S+)", cluster.log_path(agent).read_text())
+    return found[-1] if found else ""
+
+
+async def test_an_agent_that_dials_a_leader_as_it_loses_the_lead_is_served_by_the_new_one(
+    replicated: LocalCluster, tmp_path: Path
+) -> None:
+    # Issue 9, hole 2: an agent whose session reached a replica just as its lease ran
+    # out stayed there, its node lost, for as long as that replica followed. Here the
+    # agent dials the leader while it is paused; the leader wakes with its lease gone
+    # (paused past the 2 s lease) and the agent's hello waiting for it.
+    cluster = replicated
+    await deploy(cluster, tmp_path, "web=0", "worker=3")
+    await all_up(cluster, 3)
+    old, new = cluster.scheduler_addresses
+    cluster.agent_process("node-2").kill()
+    await cluster.agent_process("node-2").wait()
+    leader = cluster.scheduler_process(0)
+    loop = asyncio.get_running_loop()
+    leader.send_signal(signal.SIGSTOP)
+    try:
+        paused_at = loop.time()
+        # The agent lists the paused replica first: its connection waits there.
+        restarted = asyncio.create_task(cluster.restart_agent("node-2"))
+        # Past the lease, within the agent's 3 s wait for its first message.
+        await asyncio.sleep(max(0.0, paused_at + cluster.leader_ttl + 0.7 - loop.time()))
+    finally:
+        leader.send_signal(signal.SIGCONT)
+    woke_at = loop.time()
+    await asyncio.wait_for(restarted, 60)
+    await wait_for(
+        lambda: last_session_with(cluster, "node-2") == new,
+        timeout=30,
+        what=f"node-2 in session with the new leader {new}",
+    )
+    took = loop.time() - woke_at
+    assert took < 15.0, f"node-2 reached the new leader {took:.1f} s after the old one woke"
+    # Served means the leader's work reaches it: a scale-up places instances there.
+    assert (await paas(cluster, "scale", "worker=9", app="shop")).returncode == 0
+
+    async def placed_on_node_2() -> bool:
+        rows = await ps(cluster)
+        return any(r["node"] == "node-2" and r["state"] == "up" for r in rows)
+
+    await wait_for(placed_on_node_2, timeout=60, what="an instance up on node-2")
+    assert last_session_with(cluster, "node-2") == new, "node-2 went back to the follower"
+    assert old != new
 
 
 async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(

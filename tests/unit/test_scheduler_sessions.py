@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from paas.proto import paas_pb2 as pb
-from paas.scheduler.sessions import AgentSession, Sessions
+from paas.scheduler.sessions import HEARTBEAT_INTERVAL, AgentSession, Sessions
 from paas.scheduler.settings import settings_from, settings_problem
 from tests.helpers import wait_for
 
@@ -75,3 +75,26 @@ def test_settings_round_trip_and_bounds() -> None:
     assert "boot_timeout" in (settings_problem(pb.ProcessSettings(boot_timeout=1e9), 10) or "")
     fence = pb.ProcessSettings(stop_after_disconnected=10)
     assert "below the node grace" in (settings_problem(fence, 10) or "")
+
+
+async def test_an_idle_session_sends_a_heartbeat_every_interval_and_a_busy_one_none() -> None:
+    # A paused replica sends nothing, and the agent leaves it after its silence timeout;
+    # a live one that has nothing to say must still say so, every HEARTBEAT_INTERVAL.
+    agent = session("node-1")
+    loop = asyncio.get_running_loop()
+    outgoing = agent.outgoing()
+    started = loop.time()
+    first = await asyncio.wait_for(anext(outgoing), 10)
+    assert first.WhichOneof("kind") == "heartbeat"
+    assert loop.time() - started >= HEARTBEAT_INTERVAL * 0.9, "a beat before it was due"
+    # Something to send goes at once, and is all that goes: no beat beside it.
+    agent.push([pb.Assignment(app="shop", name="web.1", incarnation=1)], ["a1"])
+    pushed_at = loop.time()
+    second = await asyncio.wait_for(anext(outgoing), 10)
+    assert second.WhichOneof("kind") == "desired"
+    assert loop.time() - pushed_at < HEARTBEAT_INTERVAL * 0.9
+    third = await asyncio.wait_for(anext(outgoing), 10)
+    assert third.WhichOneof("kind") == "heartbeat"
+    assert loop.time() - pushed_at >= HEARTBEAT_INTERVAL * 0.9, "the beat was not put off"
+    agent.close()
+    assert [m async for m in outgoing] == []
