@@ -65,12 +65,42 @@ FIRST_MESSAGE_TIMEOUT = 3.0
 # A replica that went silent is not dialled again (nor followed to, when a follower
 # names it as the leader it still believes in) for this long, while others may answer.
 SILENT_REPLICA_AVOIDED_FOR = 15.0
+# A silence timer that goes off this much later than it was set for went off after
+# this agent was paused or starved, not only the scheduler: what the scheduler sent
+# meanwhile waits in the socket, so the agent waits SILENCE_CONFIRM more for it
+# before it calls the scheduler silent (and avoids it).
+LATE_TIMER = 0.25
+SILENCE_CONFIRM = 1.0
 # A renewal the scheduler has not answered is asked again after this long.
 RENEW_RETRY = 5.0
 
 
 class _SchedulerSilent(Exception):
     """The scheduler of the session stopped sending, heartbeats included."""
+
+
+async def _read_within(call: Any, address: str, silence: float) -> Any:
+    """The call's next message, or _SchedulerSilent if the scheduler sends none for
+    `silence` seconds of this agent's own running time.
+
+    The scheduler sends at least a heartbeat every second: one that says nothing this
+    long is paused, cut off or gone (gRPC's own keepalive would take a minute to say
+    so). But an agent that was itself paused (SIGSTOP, a stalled VM) wakes with its
+    timer overdue and the scheduler's messages still unread: it waits a moment more
+    for them before it blames the scheduler.
+    """
+    loop = asyncio.get_running_loop()
+    read = asyncio.ensure_future(call.read())
+    due = loop.time() + silence
+    done, _ = await asyncio.wait({read}, timeout=silence)
+    if not done and loop.time() - due > LATE_TIMER:
+        done, _ = await asyncio.wait({read}, timeout=SILENCE_CONFIRM)
+    if not done:
+        read.cancel()  # cancels the call, which the caller leaves
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await read
+        raise _SchedulerSilent(f"scheduler {address} sent nothing for {silence:g} s")
+    return read.result()
 
 
 class _Outbox:
@@ -343,16 +373,8 @@ class Session:
         # writes to a paused one succeed, into its socket buffers.
         silence = min(self.config.scheduler_silence, FIRST_MESSAGE_TIMEOUT)
         while True:
-            try:
-                message = await asyncio.wait_for(call.read(), silence)
-                silence = self.config.scheduler_silence
-            except TimeoutError:
-                # The scheduler sends at least a heartbeat every second: one that says
-                # nothing this long is paused, cut off or gone (gRPC's own keepalive
-                # would take a minute to say so). On to the next replica.
-                raise _SchedulerSilent(
-                    f"scheduler {address} sent nothing for {silence:g} s"
-                ) from None
+            message = await _read_within(call, address, silence)
+            silence = self.config.scheduler_silence
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             self._opened(address)

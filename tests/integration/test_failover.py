@@ -273,6 +273,42 @@ async def test_an_agent_that_dials_a_leader_as_it_loses_the_lead_is_served_by_th
     assert old != new
 
 
+async def test_an_agent_paused_past_its_silence_timeout_goes_back_to_the_leader_at_once(
+    replicated: LocalCluster, tmp_path: Path
+) -> None:
+    # Found by bench/chaos.py: an agent paused for 6 s woke with its 5 s silence timer
+    # overdue and the leader's heartbeats unread, called the leader silent and avoided
+    # it for 15 s; its node was lost meanwhile and its work ran twice.
+    cluster = replicated
+    await deploy(cluster, tmp_path, "web=0", "worker=3")
+    before = {(r["name"], r["node"], r["pid"]) for r in await all_up(cluster, 3)}
+    leader = cluster.scheduler_addresses[0]
+    agent = cluster.agent_process("node-1")
+    log_before = cluster.log_path("node-1").read_text()
+    loop = asyncio.get_running_loop()
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        # Past the agent's 5 s silence timeout and the scheduler's, within the 5 s grace
+        # that follows the scheduler's.
+        await asyncio.sleep(6.0)
+    finally:
+        agent.send_signal(signal.SIGCONT)
+    woke_at = loop.time()
+
+    def back() -> bool:
+        text = cluster.log_path("node-1").read_text()[len(log_before) :]
+        return f"session open with scheduler {leader}" in text
+
+    await wait_for(back, timeout=30, what="node-1 in session with the leader again")
+    took = loop.time() - woke_at
+    text = cluster.log_path("node-1").read_text()[len(log_before) :]
+    assert took < 4.0, f"node-1 took {took:.1f} s to reach the leader again:\n{text}"
+    assert "went silent" not in text and "sent nothing" not in text, text
+    after = {(r["name"], r["node"], r["pid"]) for r in await all_up(cluster, 3)}
+    assert after == before, "an instance was moved or restarted"
+    assert all(n == 1 for n in copies_per_name(cluster).values())
+
+
 async def test_an_etcd_restart_stops_no_workload_and_the_api_comes_back(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
