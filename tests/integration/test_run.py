@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from paas.cli.localcluster import LocalCluster
+from paas.common.formation import parse_changes
 from tests.helpers import etcd_keys, paas, ps_rows, wait_for
 
 pytestmark = pytest.mark.integration
@@ -190,6 +191,8 @@ async def test_detach_prints_the_name_and_the_output_goes_to_the_logs(
 
 async def test_ps_lists_a_running_one_off(cluster: LocalCluster, app_dir: Path) -> None:
     await deployed(cluster, app_dir)
+    async with cluster.client() as client:
+        formation = await client.scale("shop", parse_changes(["web=1"]))
     result = await paas(cluster, "run", "--detach", "--", "sleep 30", app="shop")
     assert result.returncode == 0, result.stderr
 
@@ -205,6 +208,12 @@ async def test_ps_lists_a_running_one_off(cluster: LocalCluster, app_dir: Path) 
     text = await paas(cluster, "ps", app="shop")
     assert text.returncode == 0, text.stderr
     assert any(line.startswith("run.1") and "up" in line for line in text.stdout.splitlines())
+    # A one-off holds no formation slot: the formation is as it was, web.1 its only instance.
+    async with cluster.client() as client:
+        assert await client.scale("shop", parse_changes(["web=1"])) == formation
+    assert formation.get("web") == 1 and "run" not in formation
+    names = {row["name"] for row in await ps_rows(cluster, "shop")}
+    assert names == {"web.1", "run.1"}, names
 
 
 async def test_bad_input_is_refused_in_one_line_and_changes_nothing(
