@@ -421,6 +421,40 @@ async def test_a_drain_during_a_rollout_places_the_new_release(
     assert drained["node"] not in {r["node"] for r in after}
 
 
+async def test_a_node_lost_during_a_rollout_has_its_work_placed_with_the_new_release(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    toml = settings(min_healthy=6)
+    await deploy(cluster, write_app(app_dir, "one", toml))
+    assert (await paas(cluster, "scale", "web=3", app="shop")).returncode == 0
+    rows = await web_up(cluster, 3, 1)
+    await deploy(cluster, write_app(app_dir, "two", toml))
+
+    async def new_copy() -> dict[str, Any] | None:
+        found = [r for r in await ps_rows(cluster, "shop") if r["release"] == 2]
+        return found[0] if found else None
+
+    surge = await wait_for(new_copy, timeout=60, what="a new copy in flight")
+    # Kill the agent of an instance the rollout has not reached, on a node without the
+    # new copy: its node is lost (3 s grace) while the release rolls.
+    waiting = [r for r in rows if r["name"] != surge["name"] and r["node"] != surge["node"]]
+    assert waiting, (rows, surge)
+    lost = waiting[0]
+    cluster.agent_process(lost["node"]).kill()
+    await cluster.agent_process(lost["node"]).wait()
+
+    async def placed_with_v2() -> bool:
+        found = [r for r in await ps_rows(cluster, "shop") if r["name"] == lost["name"]]
+        return any(
+            r["node"] != lost["node"] and r["release"] == 2 and r["state"] == "up" for r in found
+        )
+
+    await wait_for(placed_with_v2, timeout=60, interval=0.2, what="the lost one placed on v2")
+    await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
+    after = await web_up(cluster, 3, 2)
+    assert lost["node"] not in {r["node"] for r in after}
+
+
 async def test_a_failing_release_phase_fails_the_release_and_replaces_nothing(
     cluster: LocalCluster, app_dir: Path
 ) -> None:
