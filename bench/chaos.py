@@ -230,7 +230,7 @@ async def one_fault(
     cluster: LocalCluster, client: SchedulerClient, rng: random.Random, kind: str, soak: Soak
 ) -> None:
     before = await converge(client)
-    started = time.monotonic()
+    started, began = time.monotonic(), time.strftime("%H:%M:%S")
     touched = await FAULTS[kind](cluster, rng)
     try:
         after = await converge(client)
@@ -252,7 +252,11 @@ async def one_fault(
                 f"after {kind} (touching {', '.join(sorted(touched)) or 'no agent'}): "
                 f"{row.name} on {row.node} was restarted (pid {row.pid} -> {now.get(row.name)})"
             )
-    print(f"{kind:20} touched {', '.join(sorted(touched)) or '-':8} converged in {took:5.1f} s")
+    print(
+        f"{began} {kind:20} touched {', '.join(sorted(touched)) or '-':8} "
+        f"converged in {took:5.1f} s",
+        flush=True,
+    )
 
 
 async def soak(seed: int, faults: int, workdir: Path) -> Soak:
@@ -290,11 +294,19 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--faults", type=int, default=12, help="how many (default 12)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the cluster's logs (the directory is printed)"
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     print(f"chaos soak, seed {seed}, {args.faults} faults", flush=True)
-    with tempfile.TemporaryDirectory(prefix="paas-chaos-") as tmp:
-        found = await soak(seed, args.faults, Path(tmp))
+    if args.keep:
+        kept = Path(tempfile.mkdtemp(prefix="paas-chaos-"))
+        print(f"logs kept in {kept / 'logs'}", flush=True)
+        found = await soak(seed, args.faults, kept)
+    else:
+        with tempfile.TemporaryDirectory(prefix="paas-chaos-") as tmp:
+            found = await soak(seed, args.faults, Path(tmp))
     for kind, times in sorted(found.converged.items()):
         print(
             f"{kind:20} {len(times):3}x  converged median {statistics.median(times):5.1f} s, "
