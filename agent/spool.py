@@ -78,7 +78,7 @@ from paas.agent.spoolfiles import (
     Span,
     SpoolFile,
     decode,
-    encode,
+    encode_all,
     records,
     records_backwards,
 )
@@ -654,7 +654,7 @@ class Spool:
         current = self._current
         if current is None or self._fd < 0:  # a failed clear or rewrite left none
             raise OSError(errno.EBADF, "the spool has no file to write to")
-        data = "".join(map(encode, batch)).encode("utf-8", "replace")
+        data = encode_all(batch).encode("utf-8", "replace")
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]

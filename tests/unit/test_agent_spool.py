@@ -19,7 +19,7 @@ from paas.agent.logbuffer import LogHub
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
 from paas.agent.spool import Found, Query, Spool, Verdict
-from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode
+from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode, encode_all
 
 
 def line(
@@ -495,3 +495,33 @@ async def test_history_of_an_app_id_leaves_out_an_earlier_app_of_the_same_name(
         assert [x.text for x in by_name] == [f"new {i}" for i in range(1, 21)]
     finally:
         await restarted.close()
+
+
+_texts = st.text(alphabet=st.sampled_from("ab\n\t{}é\u2028"), max_size=6)
+_runs = st.lists(
+    st.tuples(
+        st.sampled_from(["web.1", "web.2"]),
+        st.sampled_from(["stdout", "stderr", "paas"]),
+        st.sampled_from([1.5, 1796161738.810406]),
+        st.integers(0, 3),
+        st.booleans(),
+        st.lists(_texts, min_size=1, max_size=4),
+    ),
+    max_size=6,
+)
+
+
+@given(_runs)
+def test_records_made_a_run_at_a_time_are_the_records_made_one_by_one(
+    runs: list[tuple[str, str, float, int, bool, list[str]]],
+) -> None:
+    seq = itertools.count(1)
+    lines = [
+        LogLine(stamp, "shop", instance, stream, "node-1", next(seq), text, run, continued, "id1")
+        for instance, stream, stamp, run, continued, texts in runs
+        for text in texts
+    ]
+    made = encode_all(lines)
+    assert made == "".join(map(encode, lines))
+    records = made.encode().split(b"\n")[:-1] if made else []
+    assert [decode(record, "node-1") for record in records] == lines
