@@ -15,6 +15,8 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import Any, TextIO
 
 from rich import box
@@ -32,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from paas.common.formation import describe
-from paas.common.logformat import format_line, timestamp
+from paas.common.logformat import format_line, source, timestamp
 from paas.common.names import InstanceName, NameError_
 from paas.common.slugs import NOT_READY, human_size
 from paas.proto import paas_pb2 as pb
@@ -740,6 +742,11 @@ def rollout_result(release: pb.Release) -> str:
 MAX_JOINED = 1024 * 1024
 
 
+_CONTINUED = attrgetter("continued")
+_PREFIX = attrgetter("timestamp", "stream", "instance")
+_TEXT = attrgetter("text")
+
+
 class LineJoiner:
     """Rejoins the pieces of over-long lines (`LogLine.continued`) per instance.
 
@@ -764,6 +771,11 @@ class LineJoiner:
             return None
         del self._pending[key]
         return _joined(pieces)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a piece waits for the rest of its line."""
+        return bool(self._pending)
 
     def flush(self) -> list[pb.LogLine]:
         """Lines still waiting for their rest (the stream ended), as they are."""
@@ -829,6 +841,13 @@ class LogPrinter:
             return
         if self._as_json:
             out = [json.dumps(log_dict(line), ensure_ascii=False) for line in lines]
+        elif not self._joiner.waiting and not any(map(_CONTINUED, lines)):
+            # No piece of a long line anywhere: each run of lines read together (one
+            # time, stream and instance) is one prefix and the texts, joined in C.
+            out = []
+            for (stamp, stream, instance), run in groupby(lines, key=_PREFIX):
+                head = f"{timestamp(stamp)} {source(stream)}[{instance or '?'}]: "
+                out += map(head.__add__, map(_TEXT, run))
         else:
             feed = self._joiner.feed
             out = []

@@ -299,6 +299,36 @@ def test_a_batch_prints_what_its_lines_one_by_one_would(as_json: bool) -> None:
     assert batched.getvalue().count("\n") == (6 if as_json else 3)  # the half line waits
 
 
+def test_a_batch_without_pieces_prints_what_its_lines_one_by_one_would() -> None:
+    # Runs of lines read together (one time, stream and instance), as agents send them,
+    # a scheduler event and a line with no instance among them; then a batch after a
+    # piece that waits for its rest.
+    lines = [
+        piece(1, "a", False),
+        piece(1, "b", False),
+        piece(1, "c", False, instance="web.2"),
+        piece(2, "d", False),
+        piece(2, "e", False, instance=""),
+        pb.LogLine(timestamp=2.0, stream="paas", instance="scheduler", text="Scaled"),
+        pb.LogLine(timestamp=2.0, stream="stderr", instance="web.1", text="oops"),
+    ]
+    later = [piece(3, "half", True), piece(4, "rest", False), piece(5, "z", False)]
+    one_by_one, batched = io.StringIO(), io.StringIO()
+    single, printer = render.LogPrinter(one_by_one), render.LogPrinter(batched)
+    for line in lines:
+        single.print(line)
+    printer.print_batch(lines)
+    assert batched.getvalue() == one_by_one.getvalue()
+    for line in later:
+        single.print(line)
+    printer.print_batch(later[:1])
+    printer.print_batch(later[1:])  # a piece waits: this batch goes line by line
+    assert batched.getvalue() == one_by_one.getvalue()
+    assert batched.getvalue().endswith(format_line(5.0, "stdout", "web.1", "z") + "\n")
+    assert "paas[scheduler]: Scaled" in batched.getvalue()
+    assert "app[?]: e" in batched.getvalue()
+
+
 def test_a_line_whose_rest_never_came_is_printed_at_the_end() -> None:
     stream = io.StringIO()
     printer = render.LogPrinter(stream)
