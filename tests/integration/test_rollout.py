@@ -388,42 +388,11 @@ async def test_a_release_procfile_entry_is_never_a_formation_type(
     assert (await release_record(cluster, 1))["phase_done"] is True
 
 
-async def test_a_drain_during_a_rollout_places_the_new_release(
+async def rolling_one_of_three(
     cluster: LocalCluster, app_dir: Path
-) -> None:
-    toml = settings(min_healthy=6)
-    await deploy(cluster, write_app(app_dir, "one", toml))
-    assert (await paas(cluster, "scale", "web=3", app="shop")).returncode == 0
-    rows = await web_up(cluster, 3, 1)
-    await deploy(cluster, write_app(app_dir, "two", toml))
-
-    async def surging() -> str:
-        keys = await etcd_keys(cluster.etcd_endpoint)
-        names = [k.rsplit("/", 1)[1] for k in keys if k.startswith("/paas/surges/shop/")]
-        return names[0] if names else ""
-
-    surged = await wait_for(surging, timeout=60, what="a new copy in flight")
-    # Drain the node of an instance the rollout has not reached yet.
-    waiting = [r for r in rows if r["name"] != surged]
-    drained = waiting[-1]
-    result = await paas(cluster, "nodes", "drain", drained["node"])
-    assert result.returncode == 0, result.stderr
-
-    async def moved_with_v2() -> bool:
-        found = [r for r in await ps_rows(cluster, "shop") if r["name"] == drained["name"]]
-        return any(
-            r["node"] != drained["node"] and r["release"] == 2 and r["state"] == "up" for r in found
-        )
-
-    await wait_for(moved_with_v2, timeout=60, interval=0.2, what="the drained one on v2")
-    await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
-    after = await web_up(cluster, 3, 2)
-    assert drained["node"] not in {r["node"] for r in after}
-
-
-async def test_a_node_lost_during_a_rollout_has_its_work_placed_with_the_new_release(
-    cluster: LocalCluster, app_dir: Path
-) -> None:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """web=3 up on v1, then v2 rolling with one new copy in flight: v1's rows and the
+    new copy's row."""
     toml = settings(min_healthy=6)
     await deploy(cluster, write_app(app_dir, "one", toml))
     assert (await paas(cluster, "scale", "web=3", app="shop")).returncode == 0
@@ -434,7 +403,40 @@ async def test_a_node_lost_during_a_rollout_has_its_work_placed_with_the_new_rel
         found = [r for r in await ps_rows(cluster, "shop") if r["release"] == 2]
         return found[0] if found else None
 
-    surge = await wait_for(new_copy, timeout=60, what="a new copy in flight")
+    return rows, await wait_for(new_copy, timeout=60, what="a new copy in flight")
+
+
+async def moved_to_v2_and_rolled_out(cluster: LocalCluster, gone: dict[str, Any]) -> None:
+    """The instance of row `gone` is up on another node with v2, and v2 rolls out
+    without `gone`'s node."""
+
+    async def placed_with_v2() -> bool:
+        found = [r for r in await ps_rows(cluster, "shop") if r["name"] == gone["name"]]
+        return any(
+            r["node"] != gone["node"] and r["release"] == 2 and r["state"] == "up" for r in found
+        )
+
+    await wait_for(placed_with_v2, timeout=60, interval=0.2, what=f"{gone['name']} on v2")
+    await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
+    after = await web_up(cluster, 3, 2)
+    assert gone["node"] not in {r["node"] for r in after}
+
+
+async def test_a_drain_during_a_rollout_places_the_new_release(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    rows, surge = await rolling_one_of_three(cluster, app_dir)
+    # Drain the node of an instance the rollout has not reached yet.
+    drained = [r for r in rows if r["name"] != surge["name"]][-1]
+    result = await paas(cluster, "nodes", "drain", drained["node"])
+    assert result.returncode == 0, result.stderr
+    await moved_to_v2_and_rolled_out(cluster, drained)
+
+
+async def test_a_node_lost_during_a_rollout_has_its_work_placed_with_the_new_release(
+    cluster: LocalCluster, app_dir: Path
+) -> None:
+    rows, surge = await rolling_one_of_three(cluster, app_dir)
     # Kill the agent of an instance the rollout has not reached, on a node without the
     # new copy: its node is lost (3 s grace) while the release rolls.
     waiting = [r for r in rows if r["name"] != surge["name"] and r["node"] != surge["node"]]
@@ -442,17 +444,7 @@ async def test_a_node_lost_during_a_rollout_has_its_work_placed_with_the_new_rel
     lost = waiting[0]
     cluster.agent_process(lost["node"]).kill()
     await cluster.agent_process(lost["node"]).wait()
-
-    async def placed_with_v2() -> bool:
-        found = [r for r in await ps_rows(cluster, "shop") if r["name"] == lost["name"]]
-        return any(
-            r["node"] != lost["node"] and r["release"] == 2 and r["state"] == "up" for r in found
-        )
-
-    await wait_for(placed_with_v2, timeout=60, interval=0.2, what="the lost one placed on v2")
-    await wait_for(lambda: status_is(cluster, 2, "succeeded"), timeout=120, interval=0.2)
-    after = await web_up(cluster, 3, 2)
-    assert lost["node"] not in {r["node"] for r in after}
+    await moved_to_v2_and_rolled_out(cluster, lost)
 
 
 async def test_a_failing_release_phase_fails_the_release_and_replaces_nothing(

@@ -251,12 +251,18 @@ async def test_a_web_instance_is_up_once_it_listens_on_its_port() -> None:
     await harness.stop()
 
 
-async def test_a_web_instance_that_stops_listening_soon_after_up_is_killed_as_unhealthy() -> None:
+async def web_up() -> Harness:
+    """A web instance up: its process listens on its port."""
     harness = Harness("web")
     harness.instance.start()
     await harness.clock.run_until(lambda: bool(harness.processes.children))
     harness.processes.listening.add(PORT)
     await harness.until(State.UP, limit=5.0)
+    return harness
+
+
+async def test_a_web_instance_that_stops_listening_soon_after_up_is_killed_as_unhealthy() -> None:
+    harness = await web_up()
     up_at = harness.first_at(State.UP)
     harness.processes.listening.discard(PORT)  # it went up, then stopped answering
     await harness.until(State.CRASHED, limit=10.0)
@@ -270,11 +276,7 @@ async def test_a_web_instance_that_stops_listening_soon_after_up_is_killed_as_un
 
 
 async def test_a_web_instance_that_answers_through_min_healthy_is_not_checked_after() -> None:
-    harness = Harness("web")
-    harness.instance.start()
-    await harness.clock.run_until(lambda: bool(harness.processes.children))
-    harness.processes.listening.add(PORT)
-    await harness.until(State.UP, limit=5.0)
+    harness = await web_up()
     await harness.clock.advance(3.5)  # past min_healthy (3 s by default), answering
     harness.processes.listening.discard(PORT)
     await harness.clock.advance(60.0)
@@ -285,11 +287,7 @@ async def test_a_web_instance_that_answers_through_min_healthy_is_not_checked_af
 
 
 async def test_one_failed_check_after_up_is_forgiven() -> None:
-    harness = Harness("web")
-    harness.instance.start()
-    await harness.clock.run_until(lambda: bool(harness.processes.children))
-    harness.processes.listening.add(PORT)
-    await harness.until(State.UP, limit=5.0)
+    harness = await web_up()
     harness.processes.listening.discard(PORT)
     await harness.clock.advance(0.6)  # one check fails (it takes its whole timeout)
     harness.processes.listening.add(PORT)
