@@ -96,6 +96,7 @@ BACKLOG_BYTES = 16 << 20
 LINE_OVERHEAD = 256
 Key = tuple[str, str]  # (app, instance): what a reader asks for
 _KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
+_TEXT = itemgetter(6)
 
 
 class LogStateError(AgentError):
@@ -628,7 +629,7 @@ class Spool:
             self._fd = -1
 
     def _append(self, batch: list[LogLine]) -> None:
-        cost = sum(len(line.text) for line in batch) + LINE_OVERHEAD * len(batch)
+        cost = sum(map(len, map(_TEXT, batch))) + LINE_OVERHEAD * len(batch)
         try:
             self._write(batch)
             if self._failed:

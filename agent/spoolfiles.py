@@ -39,6 +39,8 @@ CONTINUED = 1
 JSON_TEXT = 2
 
 IdKey = tuple[str, str, str]  # (app id, app, instance): what the index keeps
+_SEQ = itemgetter(5)  # of a LogLine
+_RUN = itemgetter(7)
 
 
 @dataclass(slots=True)
@@ -60,12 +62,12 @@ class Span:
 
     def add_all(self, lines: list[LogLine]) -> None:
         """`add` each of `lines`, in order."""
-        seqs = [line.seq for line in lines if line.seq]
+        seqs = list(filter(None, map(_SEQ, lines)))  # in C: this runs for every line
         if seqs:
             if not self.first_seq:
                 self.first_seq = seqs[0]
             self.last_seq = max(self.last_seq, max(seqs))
-        self.last_run = max(self.last_run, max(line.run for line in lines))
+        self.last_run = max(self.last_run, max(map(_RUN, lines)))
         self.lines += len(lines)
 
     def merge(self, other: Span) -> None:
@@ -117,7 +119,6 @@ def encode(line: LogLine) -> str:
 
 # What the lines of one run of records share: all their fields but seq and text.
 _SHARED = itemgetter(9, 1, 2, 0, 3, 7, 8)  # app id, app, instance, time, stream, run, continued
-_SEQ = itemgetter(5)
 _TEXT = itemgetter(6)
 
 

@@ -7,12 +7,16 @@ no message comes near gRPC's size limit (a line is at most 10 KiB).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
+from itertools import accumulate
+from operator import attrgetter
 from typing import Protocol, TypeVar
 
 # The most lines, and about the most bytes of text, in one batch.
 BATCH_LINES = 1024
 BATCH_BYTES = 1 << 20
+_TEXT = attrgetter("text")
 
 
 class _HasText(Protocol):
@@ -28,14 +32,15 @@ def batches(
 ) -> Iterator[Sequence[LineT]]:
     """`lines` in order, cut into runs of at most `max_lines` lines and about
     `max_bytes` of text (a run has at least one line, however long)."""
-    start = 0
+    # The text's size up to and including each line, summed in C.
+    ends = list(accumulate(map(len, map(_TEXT, lines))))
+    start, before = 0, 0
     while start < len(lines):
         end = min(len(lines), start + max_lines)
-        size = 0
-        for i in range(start, end):
-            size += len(lines[i].text)
-            if size > max_bytes and i > start:
-                end = i
-                break
+        # The first line that takes the run past max_bytes ends it (not the run's first).
+        over = bisect_right(ends, before + max_bytes, start, end)
+        if over < end:
+            end = max(over, start + 1)
         yield lines[start:end]
+        before = ends[end - 1]
         start = end

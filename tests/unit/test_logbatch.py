@@ -44,3 +44,29 @@ def test_batches_keep_every_line_in_order_within_bounds(
     for b in cut:
         assert 1 <= len(b) <= max_lines
         assert len(b) == 1 or sum(len(x.text) for x in b) <= max_bytes
+
+
+def reference(lines: list[Line], max_lines: int, max_bytes: int) -> list[list[Line]]:
+    """The plain way: add lines to the run until one takes it past either bound."""
+    cut: list[list[Line]] = []
+    run: list[Line] = []
+    size = 0
+    for line in lines:
+        if run and (len(run) == max_lines or size + len(line.text) > max_bytes):
+            cut.append(run)
+            run, size = [], 0
+        run.append(line)
+        size += len(line.text)
+    return [*cut, run] if run else cut
+
+
+@given(
+    st.lists(st.text(max_size=50).map(Line), max_size=300),
+    st.integers(1, 40),
+    st.integers(1, 200),
+)
+def test_each_run_is_as_long_as_the_bounds_allow(
+    lines: list[Line], max_lines: int, max_bytes: int
+) -> None:
+    got = [list(b) for b in batches(lines, max_lines, max_bytes)]
+    assert got == reference(lines, max_lines, max_bytes)
