@@ -56,6 +56,7 @@ import psutil
 from paas.cli.client import SchedulerClient
 from paas.cli.localcluster import LocalCluster
 from paas.common.formation import parse_changes
+from paas.common.logformat import lost_count
 from paas.proto import paas_pb2 as pb
 from paas.proto import paas_pb2_grpc as pb_grpc
 
@@ -107,7 +108,9 @@ time.sleep(100000)
 '''
 LINE = re.compile(r"(\d+) (\d+\.\d+) x+")
 DONE = re.compile(r"done (\d+)")
-DROPPED = re.compile(r"(\d+) (?:lines dropped|earlier lines)")
+# Loss notices: a follower's queue overflowing (before cursors), a ring buffer's
+# earlier lines; lines that left retention are counted by lost_count.
+DROPPED = re.compile(r"(\d+) (?:lines dropped|earlier lines dropped)")
 
 
 class BenchError(RuntimeError):
@@ -141,8 +144,7 @@ class Reading:
             self.emitted, self.done = int(done.group(1)), True
             return True
         dropped = DROPPED.match(text)
-        if dropped:
-            self.dropped += int(dropped.group(1))
+        self.dropped += int(dropped.group(1)) if dropped else lost_count(text)
         return False
 
     @property
@@ -482,6 +484,12 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                     f"({caught.lines:,} of {caught.emitted:,} lines in {took:.1f} s after "
                     f"`paas logs -f` was stopped {STOPPED:g} s; "
                     f"{caught.dropped:,} in loss notices; {label})"
+                )
+                unaccounted = caught.emitted - caught.lines - caught.dropped
+                print(
+                    "               every line arrived or was counted in a notice"
+                    if unaccounted == 0
+                    else f"               {unaccounted:,} lines neither arrived nor were counted"
                 )
                 print(
                     f"writer:    {alone:>10,.0f} lines/s alone, {stopped:,.0f} with a stopped "
