@@ -4,8 +4,8 @@ Deploys a small HTTP app with web=10 on 3 agents, measures one instance's boot
 (a scale-up by one: from its process's start to its health check passing, as
 its agent reports it, in the same run),
 then makes a new release (`paas config set MARK=two --no-wait`, so the clock
-starts before the rollout does) and, every 50 ms while it rolls, lists the instances and hits every listed `up`
-web instance's port. It prints
+starts before the rollout does) and, every 50 ms while it rolls, lists the
+instances and hits every listed `up` web instance's port. It prints
 
 - the rollout's time (from just before `paas config set` to the release marked
   succeeded) against its floor, 10 x (boot + min_healthy) / max_parallel, and
