@@ -61,13 +61,20 @@ async def read_after(
     below = min(oldest, after + 1 + SPOOL_CHUNK)
     lines: list[LogLine] = []
     if hub.spool is not None:
+        # Forward from a mark near the cursor where the spool has one (it costs the
+        # chunk); else back from the newest line to the cursor (it costs every line
+        # newer than the chunk too, which a reader far behind pays chunk after chunk).
+        forward = await hub.spool.read_forward(app_id, app, instance, after, below)
+        if forward is not None:
+            lines = forward
+        else:
 
-        def verdict(line: LogLine) -> Verdict:
-            return Verdict.STOP if line.seq and line.seq <= after else Verdict.KEEP
+            def verdict(line: LogLine) -> Verdict:
+                return Verdict.STOP if line.seq and line.seq <= after else Verdict.KEEP
 
-        query = Query(app, instance, below, below - after + 64, verdict, app_id)
-        found = await hub.spool.read([query])
-        lines = found[(app, instance)].lines
+            query = Query(app, instance, below, below - after + 64, verdict, app_id)
+            found = await hub.spool.read([query])
+            lines = found[(app, instance)].lines
     seqs = [line.seq for line in lines if line.seq]
     first = seqs[0] if seqs else below
     lost = first - 1 - after

@@ -56,6 +56,7 @@ import logging
 import os
 import queue
 import threading
+from bisect import bisect_right
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -81,6 +82,7 @@ from paas.agent.spoolfiles import (
     encode_all,
     records,
     records_backwards,
+    records_from,
 )
 from paas.common.logformat import PAAS_STREAM
 
@@ -97,6 +99,7 @@ LINE_OVERHEAD = 256
 Key = tuple[str, str]  # (app, instance): what a reader asks for
 _KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
 _TEXT = itemgetter(6)
+_SEQ = itemgetter(5)
 
 
 class LogStateError(AgentError):
@@ -473,6 +476,54 @@ class Spool:
                     self._read_file(file, size, pending, hidden, found, done)
         return {key: Found(lines[::-1], done.get(key, False)) for key, lines in found.items()}
 
+    async def read_forward(
+        self, app_id: str, app: str, instance: str, after: int, below: int
+    ) -> list[LogLine] | None:
+        """The lines of (app id, app, instance) with seq above `after` and below
+        `below`, oldest first, read forward from a mark the writer keeps (and the loss
+        notices among them); None where no mark can be had (a file found on disk or
+        rewritten, an app id hidden or not given): `read` then, which goes backwards
+        from the newest line. Lines written so far are included."""
+        if not app_id or app_id in self._hidden or below <= after + 1:
+            return None
+        await self.flush()
+        return await asyncio.to_thread(
+            self._read_forward, (app_id, app, instance), after, below, self._hidden
+        )
+
+    def _read_forward(
+        self, key: IdKey, after: int, below: int, hidden: frozenset[str]
+    ) -> list[LogLine] | None:
+        with self._files.reading():
+            with self._lock:
+                start: tuple[int, int, int] | None = None  # file, offset, size
+                for number in sorted(self._index):
+                    spool_file = self._index[number]
+                    marks = (spool_file.marks or {}).get(key)
+                    if marks and marks[0][0] <= after + 1:
+                        at = bisect_right(marks, after + 1, key=itemgetter(0)) - 1
+                        start = (number, marks[at][1], spool_file.size)
+            if start is None or key[0] in hidden:
+                return None
+            number, offset, size = start
+            prefix = "\t".join(key).encode() + b"\t"
+            lines: list[LogLine] = []
+            passed = False  # a line above `after` has come: notices from here on count
+            path = self.directory / f"{number:06d}{SUFFIX}"
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
+                for record in records_from(file, offset, size):
+                    if not record.startswith(prefix):
+                        continue
+                    line = decode(record, self.node)
+                    if line is None:
+                        continue
+                    if line.seq >= below:
+                        break
+                    if line.seq > after or (passed and not line.seq):
+                        lines.append(line)
+                        passed = True
+        return lines or None
+
     def _read_file(
         self,
         file: BinaryIO,
@@ -542,7 +593,7 @@ class Spool:
         numbers = numbers[-self.files :]
         for number in numbers[:-1]:
             self._index[number] = self._load_or_scan(number)
-        current = self._scan(numbers[-1]) if numbers else SpoolFile(1)
+        current = self._scan(numbers[-1]) if numbers else SpoolFile(1, marks={})
         path = self.directory / current.name
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.ftruncate(self._fd, current.size)  # a record torn by a crash is cut off
@@ -655,18 +706,24 @@ class Spool:
         current = self._current
         if current is None or self._fd < 0:  # a failed clear or rewrite left none
             raise OSError(errno.EBADF, "the spool has no file to write to")
-        data = encode_all(batch).encode("utf-8", "replace")
+        # Lines come in runs of one instance's: one encoding, one span update and
+        # maybe a mark per run of lines.
+        runs = [(key, list(group)) for key, group in groupby(batch, key=_KEY)]
+        encoded = [encode_all(lines).encode("utf-8", "replace") for _, lines in runs]
+        data = b"".join(encoded)
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         with self._lock:
             spans = current.spans
-            # Lines come in runs of one instance's: one span update per run of lines.
-            for key, group in groupby(batch, key=_KEY):
+            offset = current.size
+            for (key, lines), records_of_run in zip(runs, encoded, strict=True):
                 span = spans.get(key)
                 if span is None:
                     span = spans[key] = Span()
-                span.add_all(list(group))
+                span.add_all(lines)
+                current.mark(key, next(filter(None, map(_SEQ, lines)), 0), offset)
+                offset += len(records_of_run)
             current.size += len(data)
         if current.size >= self.file_bytes:
             self._rotate()
@@ -676,7 +733,7 @@ class Spool:
         current = self._current
         assert current is not None
         self._save_index(current)
-        following = SpoolFile(current.number + 1)
+        following = SpoolFile(current.number + 1, marks={})
         fd = os.open(
             self.directory / following.name,
             os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
@@ -733,7 +790,7 @@ class Spool:
             for number in {*doomed, *self._numbers()}:
                 self._delete(number)
         finally:
-            self._start(SpoolFile(1))
+            self._start(SpoolFile(1, marks={}))
 
     def _start(self, spool_file: SpoolFile) -> None:
         """Make `spool_file` (empty: truncated if it exists) the one written to."""

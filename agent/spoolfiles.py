@@ -78,11 +78,31 @@ class Span:
         self.lines += other.lines
 
 
+# Where a reader going forward can start: (seq, byte offset of a record at or before
+# the line of that seq) per instance, one every this many seqs at most.
+MARK_EVERY = 1024
+Mark = tuple[int, int]
+
+
 @dataclass
 class SpoolFile:
     number: int
     spans: dict[IdKey, Span] = field(default_factory=dict)
     size: int = 0
+    # Kept in memory by the writer for files it wrote from their start, None for
+    # those it found on disk or rewrote: per instance, its first line's mark in the
+    # file, then one at least every MARK_EVERY seqs (a forward read starts at one).
+    marks: dict[IdKey, list[Mark]] | None = None
+
+    def mark(self, key: IdKey, seq: int, offset: int) -> None:
+        """Note that the records from `offset` on hold key's lines from `seq` on."""
+        if self.marks is None or not seq:
+            return
+        kept = self.marks.get(key)
+        if kept is None:
+            self.marks[key] = [(seq, offset)]
+        elif seq - kept[-1][0] >= MARK_EVERY:
+            kept.append((seq, offset))
 
     @property
     def name(self) -> str:
@@ -201,6 +221,22 @@ def records_backwards(file: BinaryIO, end: int) -> Iterator[bytes]:
                 yield record
     if tail:
         yield tail
+
+
+def records_from(file: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """The complete records (without their newlines) of `file` from byte `start` (where
+    one begins) to byte `end`, oldest first."""
+    file.seek(start)
+    position, tail = start, b""
+    while position < end:
+        block = file.read(min(READ_BLOCK, end - position))
+        if not block:
+            return
+        position += len(block)
+        found = (tail + block).split(b"\n")
+        tail = found.pop()  # the start of a record that ends in the next block
+        yield from found
+    # What is left after the last newline before `end` is no complete record.
 
 
 def records(file: BinaryIO, end: int) -> Iterator[bytes]:

@@ -15,11 +15,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paas.agent.logbuffer import LogHub
+from paas.agent.logbuffer import LogHub, Piece
+from paas.agent.logcursor import read_after
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
 from paas.agent.spool import Found, Query, Spool, Verdict
 from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode, encode_all
+from paas.common.logformat import lost_count
 
 
 def line(
@@ -525,3 +527,103 @@ def test_records_made_a_run_at_a_time_are_the_records_made_one_by_one(
     assert made == "".join(map(encode, lines))
     records = made.encode().split(b"\n")[:-1] if made else []
     assert [decode(record, "node-1") for record in records] == lines
+
+
+async def write_interleaved(spool: Spool, total: int) -> None:
+    """Lines 1..total of web.1 and of web.2 (app id "a1"), in runs of 1 to 37 lines of
+    one instance at a time, handed over a few runs at a time (so batches mix them)."""
+    seqs = {"web.1": 0, "web.2": 0}
+    sizes = itertools.cycle([1, 37, 5, 12, 30, 2])
+    turn = itertools.cycle(["web.1", "web.2", "web.1"])
+    runs = 0
+    while min(seqs.values()) < total:
+        instance = next(turn)
+        for _ in range(next(sizes)):
+            if seqs[instance] < total:
+                seqs[instance] += 1
+                spool.write(line(seqs[instance], f"x{seqs[instance]}", instance, app_id="a1"))
+        runs += 1
+        if runs % 4 == 0:
+            await spool.flush()
+    await spool.flush()
+
+
+async def test_a_forward_read_starts_at_the_cursor_and_keeps_to_its_instance(
+    tmp_path: Path,
+) -> None:
+    # Small files: the lines of each instance span several, and a read starts in the one
+    # holding the line after the cursor.
+    spool = Spool(tmp_path / "logs", "node-1", file_bytes=40_000, files=20)
+    await spool.open()
+    try:
+        await write_interleaved(spool, 3000)
+        assert len(list((tmp_path / "logs").glob("*.log"))) > 3
+        for after in [0, 1, 1023, 1024, 1500, 2047, 2998]:
+            below = min(3001, after + 700)
+            got = await spool.read_forward("a1", "shop", "web.2", after, below)
+            assert got is not None, after
+            seqs = [x.seq for x in got]
+            # Oldest first from after + 1, without a gap, to `below` or the file's end.
+            assert seqs == list(range(after + 1, after + 1 + len(seqs))), after
+            assert seqs[-1] < below and len(seqs) > 0
+            assert all(x.instance == "web.2" and x.text == f"x{x.seq}" for x in got)
+        # The same lines as the backward read, when both are asked for what one file has.
+        back = await spool.read([Query("shop", "web.1", below=2501, count=20, app_id="a1")])
+        forward = await spool.read_forward("a1", "shop", "web.1", 2480, 2501)
+        assert forward is not None
+        assert forward[-20:] == back[("shop", "web.1")].lines[-len(forward[-20:]) :]
+        # Nothing to be had forward: another app id, a hidden one, an empty range.
+        assert await spool.read_forward("a2", "shop", "web.2", 10, 100) is None
+        assert await spool.read_forward("", "shop", "web.2", 10, 100) is None
+        assert await spool.read_forward("a1", "shop", "web.2", 10, 11) is None
+    finally:
+        await spool.close()
+
+
+async def test_no_forward_read_where_the_writer_keeps_no_marks(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "logs", "node-1", file_bytes=1 << 20, files=4)
+    await first.open()
+    await write_interleaved(first, 500)
+    assert await first.read_forward("a1", "shop", "web.1", 100, 200) is not None
+    await first.close()
+    # A spool opened on files an earlier agent wrote has no marks for them: the backward
+    # read serves (read_after falls back to it), and new files get marks again.
+    second = Spool(tmp_path / "logs", "node-1", file_bytes=1 << 20, files=4)
+    await second.open()
+    try:
+        assert await second.read_forward("a1", "shop", "web.1", 100, 200) is None
+        found = await second.read([Query("shop", "web.1", below=201, count=100, app_id="a1")])
+        assert [x.seq for x in found[("shop", "web.1")].lines] == list(range(101, 201))
+        # A rewrite (another app forgotten) leaves the rewritten file without marks too.
+        second.write(line(1, "doomed", "web.9", app_id="gone"))
+        await second.forget({"gone"})
+        assert await second.read_forward("a1", "shop", "web.1", 100, 200) is None
+    finally:
+        await second.close()
+
+
+async def test_a_reader_far_behind_is_caught_up_forward_with_the_loss_counted(
+    tmp_path: Path,
+) -> None:
+    # Through read_after, as a follower that fell behind reads: the spool's oldest file
+    # rotated away under it, then chunk after chunk forward to the ring buffer.
+    hub = LogHub("node-1", 100, spool=Spool(tmp_path / "logs", "node-1", 20_000, files=3))
+    assert hub.spool is not None
+    await hub.spool.open()
+    try:
+        buffer = hub.buffer("shop", "web.1", app_id="a1")
+        for start in range(0, 3000, 50):
+            buffer.extend("stdout", [Piece(f"x{seq}") for seq in range(start + 1, start + 51)])
+            await hub.spool.flush()
+        cursor, got, lost = 0, [], 0
+        for _ in range(1000):
+            chunk = await read_after(hub, buffer, "shop", "web.1", "a1", cursor, 500)
+            if not chunk.lines:
+                break
+            got += [x.seq for x in chunk.lines if x.seq]
+            lost += sum(lost_count(x.text) for x in chunk.lines if not x.seq)
+            cursor = chunk.cursor
+        assert got == list(range(got[0], 3001)), "in order, no gap, to the newest"
+        assert lost == got[0] - 1 > 0, "what rotated away is counted exactly"
+    finally:
+        await hub.spool.close()
