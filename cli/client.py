@@ -25,6 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -116,6 +117,38 @@ class _Busy(Exception):
     def __init__(self, error: SchedulerError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+_NODE_INSTANCE = attrgetter("node", "instance")
+_SEQ = attrgetter("seq")
+_TIMESTAMP = attrgetter("timestamp")
+LogKey = tuple[str, str]  # (node, instance)
+
+
+def take_new(
+    batch: Sequence[pb.LogLine], cursors: dict[LogKey, int], skip: Mapping[LogKey, int]
+) -> list[pb.LogLine]:
+    """The lines of `batch` past `skip` (the cursors sent with the request: the scheduler
+    skips those, and none is yielded twice), each (node, instance)'s highest seq noted
+    in `cursors`; notices (seq 0) always. A run of one instance's lines with no notice,
+    all past `skip`, is taken whole, its seqs read in C (this runs for every line)."""
+    fresh: list[pb.LogLine] = []
+    for key, group in itertools.groupby(batch, key=_NODE_INSTANCE):
+        run = list(group)
+        seqs = list(map(_SEQ, run))
+        floor = skip.get(key, 0)
+        if 0 not in seqs and min(seqs) > floor:
+            fresh += run
+            cursors[key] = max(cursors.get(key, 0), max(seqs))
+            continue
+        for line, seq in zip(run, seqs, strict=True):
+            if seq:
+                if seq <= floor:
+                    continue
+                if seq > cursors.get(key, 0):
+                    cursors[key] = seq
+            fresh.append(line)
+    return fresh
 
 
 class SchedulerClient:
@@ -456,18 +489,9 @@ class SchedulerClient:
                         broken, delay = False, RECONNECT_FIRST
                         if on_resume is not None:
                             on_resume()
-                    fresh: list[pb.LogLine] = []
-                    for line in batch:
-                        seq = line.seq
-                        if seq:
-                            key = (line.node, line.instance)
-                            if skip and seq <= skip.get(key, 0):
-                                continue  # the scheduler skips these; never yield one twice
-                            if seq > cursors.get(key, 0):
-                                cursors[key] = seq
-                        fresh.append(line)
+                    fresh = take_new(batch, cursors, skip)
                     if fresh:
-                        first = min(line.timestamp for line in fresh)
+                        first = min(map(_TIMESTAMP, fresh))
                         if not oldest or first < oldest:
                             oldest = first
                         yield fresh

@@ -33,8 +33,12 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter, lt
 
 from paas.proto import paas_pb2 as pb
+
+_NODE_INSTANCE = attrgetter("node", "instance")
+_SEQ = attrgetter("seq")
 
 # Live lines wait this long (seconds) so that those of several nodes go out in time order.
 REORDER = 0.15
@@ -78,13 +82,22 @@ class Cursors:
         """Those of `lines` (in seq order per instance) the reader has not had, noted."""
         seen = self._seq
         out: list[pb.LogLine] = []
-        for line in lines:
-            if line.seq:
-                key = (line.node, line.instance)
-                if line.seq <= seen.get(key, 0):
-                    continue
-                seen[key] = line.seq
-            out.append(line)
+        # An agent's lines come in runs of one instance's: a run whose first seq is
+        # new, rising from there, with no notice in it, is taken whole (its seqs
+        # read and checked in C); any other line by line.
+        for key, group in itertools.groupby(lines, key=_NODE_INSTANCE):
+            run = list(group)
+            seqs = list(map(_SEQ, run))
+            if seqs[0] > seen.get(key, 0) and 0 not in seqs and all(map(lt, seqs, seqs[1:])):
+                out += run
+                seen[key] = seqs[-1]
+                continue
+            for line, seq in zip(run, seqs, strict=True):
+                if seq:
+                    if seq <= seen.get(key, 0):
+                        continue
+                    seen[key] = seq
+                out.append(line)
         return out
 
     def of_node(self, node: str) -> list[pb.LogCursor]:

@@ -313,6 +313,36 @@ def test_noting_history_not_sent_keeps_it_from_coming_back() -> None:
     assert cursors.fresh([line(3, seq=4), line(4, seq=6)]) == [line(4, seq=6)]
 
 
+def fresh_one_by_one(seen: dict[tuple[str, str], int], lines: list[pb.LogLine]) -> list[int]:
+    """The plain way, to check Cursors.fresh by: each line against its instance's cursor."""
+    out = []
+    for x in lines:
+        if x.seq:
+            if x.seq <= seen.get((x.node, x.instance), 0):
+                continue
+            seen[(x.node, x.instance)] = x.seq
+        out.append(x.seq)
+    return out
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["web.1", "web.2"]),
+                      st.integers(0, 12)),
+            max_size=12,
+        ),
+        max_size=4,
+    )
+)  # fmt: skip
+def test_fresh_takes_what_the_plain_way_takes(batches: list[list[tuple[str, str, int]]]) -> None:
+    cursors = Cursors()
+    seen: dict[tuple[str, str], int] = {}
+    for batch in batches:
+        lines = [pb.LogLine(node=n, instance=i, seq=q, text=str(q)) for n, i, q in batch]
+        assert [x.seq for x in cursors.fresh(lines)] == fresh_one_by_one(seen, lines)
+
+
 # --- previous runs ----------------------------------------------------------------------
 
 
