@@ -288,7 +288,9 @@ def decide(rollout: RolloutInput) -> Decision:
         count = len(instances)
         took = max(0.0, rollout.now - release.created_at)
         _finish(decision, release, "succeeded", "")
-        if count:  # nothing to replace is no news
+        # Nothing to replace is no news, nor is a first release: its instances were
+        # placed with it (and may not be up yet), none was replaced.
+        if count and release.previous:
             decision.events.append(
                 f"Release v{release.version} rolled out ({count} instance{_s(count)} in "
                 f"{took:.1f}s)"

@@ -176,6 +176,15 @@ def test_a_release_with_nothing_to_replace_succeeds_at_once() -> None:
     assert run(Case([])).events == [], "nothing to replace is no news"
 
 
+def test_a_first_release_succeeds_without_saying_it_rolled_out() -> None:
+    # Its instances were placed with it, not replaced, and may not be up yet: "rolled
+    # out (1 instance in 0.0s)" said more than was so (seen in `make run`).
+    first = dataclasses.replace(release(), previous=0)
+    decision = run(Case([inst(1, version=5), inst(2, version=5)], release=first))
+    assert status_of(decision) == "succeeded"
+    assert decision.events == []
+
+
 def test_a_crashed_copy_fails_the_release_and_the_one_before_comes_back() -> None:
     crashed = Health(state=pb.BACKOFF, restarts=1, last_exit="exit 3", last_lines=("boom", "bye"))
     decision = run(Case([inst(1, version=5), inst(2), inst(3)], surges=[surge(2, crashed)]))
