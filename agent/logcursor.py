@@ -75,6 +75,15 @@ async def read_after(
             query = Query(app, instance, below, below - after + 64, verdict, app_id)
             found = await hub.spool.read([query])
             lines = found[(app, instance)].lines
+    # The spool's own notices before the first line found describe the gap this read
+    # counts itself, and those after the last the gap the next read will: kept, they
+    # would count it twice. Those between lines are the only word of their gaps.
+    first_found = next((i for i, line in enumerate(lines) if line.seq), None)
+    if first_found is None:
+        lines = []
+    else:
+        last_found = next(i for i in range(len(lines) - 1, -1, -1) if lines[i].seq)
+        lines = lines[first_found : last_found + 1]
     seqs = [line.seq for line in lines if line.seq]
     first = seqs[0] if seqs else below
     lost = first - 1 - after

@@ -374,7 +374,8 @@ class HostProcesses:
         return bool(local != peer)
 
     async def answers(self, port: int, path: str, timeout: float) -> bool:  # noqa: ASYNC109
-        # A session per check: a health check runs only while an instance boots.
+        # A session per check: checks run only while an instance boots and for its
+        # first min_healthy seconds up, a few a second at most.
         client_timeout = aiohttp.ClientTimeout(total=timeout)
         try:
             async with (

@@ -69,7 +69,7 @@ SILENT_REPLICA_AVOIDED_FOR = 15.0
 # this agent was paused or starved, not only the scheduler: what the scheduler sent
 # meanwhile waits in the socket, so the agent waits SILENCE_CONFIRM more for it
 # before it calls the scheduler silent (and avoids it).
-LATE_TIMER = 0.25
+LATE_TIMER = 0.1
 SILENCE_CONFIRM = 1.0
 # A renewal the scheduler has not answered is asked again after this long.
 RENEW_RETRY = 5.0
@@ -91,16 +91,18 @@ async def _read_within(call: Any, address: str, silence: float) -> Any:
     """
     loop = asyncio.get_running_loop()
     read = asyncio.ensure_future(call.read())
-    due = loop.time() + silence
-    done, _ = await asyncio.wait({read}, timeout=silence)
-    if not done and loop.time() - due > LATE_TIMER:
-        done, _ = await asyncio.wait({read}, timeout=SILENCE_CONFIRM)
-    if not done:
-        read.cancel()  # cancels the call, which the caller leaves
-        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-            await read
+    try:
+        due = loop.time() + silence
+        await asyncio.wait({read}, timeout=silence)
+        if not read.done() and loop.time() - due > LATE_TIMER:
+            await asyncio.wait({read}, timeout=SILENCE_CONFIRM)
+    finally:
+        if not read.done():
+            read.cancel()  # cancels the call, which the caller leaves
+            await asyncio.wait({read})  # its end, whatever it is, is the call's
+    if read.cancelled():
         raise _SchedulerSilent(f"scheduler {address} sent nothing for {silence:g} s")
-    return read.result()
+    return read.result()  # a message, EOF, or the error the call ended with
 
 
 class _Outbox:

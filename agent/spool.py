@@ -509,6 +509,9 @@ class Spool:
             prefix = "\t".join(key).encode() + b"\t"
             lines: list[LogLine] = []
             passed = False  # a line above `after` has come: notices from here on count
+            # Notices (seq 0) go out only before a line that follows them: the cursor
+            # moves to that line, so a notice at the end of a chunk would come again.
+            notices: list[LogLine] = []
             path = self.directory / f"{number:06d}{SUFFIX}"
             with contextlib.suppress(FileNotFoundError), path.open("rb") as file:
                 for record in records_from(file, offset, size):
@@ -519,7 +522,12 @@ class Spool:
                         continue
                     if line.seq >= below:
                         break
-                    if line.seq > after or (passed and not line.seq):
+                    if not line.seq:
+                        if passed:
+                            notices.append(line)
+                    elif line.seq > after:
+                        lines += notices
+                        notices = []
                         lines.append(line)
                         passed = True
         return lines or None
@@ -699,8 +707,13 @@ class Spool:
         """After a failed write, the file ends where its last complete record does."""
         current = self._current
         if current is not None and self._fd >= 0:
-            with contextlib.suppress(OSError):
+            try:
                 os.ftruncate(self._fd, current.size)
+            except OSError:
+                # The torn bytes stay, and what is appended lands after them: the
+                # offsets of the marks from here on would be wrong.
+                with self._lock:
+                    current.marks = None
 
     def _write(self, batch: list[LogLine]) -> None:
         current = self._current

@@ -80,10 +80,11 @@ USAGE_CPU_CHANGE = 1.0
 USAGE_RSS_CHANGE = 0.05
 HEALTH_INTERVAL = 0.05
 # Once up, a checked type is checked again this often for its first min_healthy
-# seconds (what a rollout waits before it stops the old copy); this many failed
-# checks in a row and it is killed as unhealthy, as a boot timeout would be.
+# seconds (what a rollout waits before it stops the old copy), each check within
+# those seconds; this many failed checks in a row and it is killed as unhealthy,
+# as a boot timeout would be.
 WATCH_INTERVAL = 0.5
-WATCH_TIMEOUT = 2.0
+WATCH_TIMEOUT = 1.0
 WATCH_FAILURES = 2
 GROUP_POLL_INTERVAL = 0.1
 # After the leader exits, how long its output pipes may stay open (held by an
@@ -444,14 +445,17 @@ class Instance:
         either: set[asyncio.Future[Any]] = {child.exited, stopping}
         if self.port_check and self.min_healthy > 0:
             watch = asyncio.create_task(self._watch(self.port, self.min_healthy))
-            await asyncio.wait({*either, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if not watch.done():
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
+            try:
+                await asyncio.wait({*either, watch}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not watch.done():
+                    watch.cancel()
+                    await asyncio.wait({watch})
+            if watch.cancelled():
                 return ""
             failure = watch.result()
-            if failure and not child.exited.done() and not stopping.done():
+            # A stop asked for wins (stopping.done() comes a loop step after it).
+            if failure and not child.exited.done() and not self._stop.is_set():
                 self._line(failure)
                 self._processes.signal_group(child.pid, signal.SIGKILL)
                 await asyncio.shield(child.exited)
@@ -460,14 +464,18 @@ class Instance:
         return ""
 
     async def _watch(self, port: int, seconds_up: float) -> str:
-        """Check the port (or the health path) again every WATCH_INTERVAL for
-        `seconds_up` seconds: "" if it kept answering, else why it is unhealthy."""
+        """Check the port (or the health path) again every WATCH_INTERVAL, each check
+        ending within `seconds_up` seconds of now: "" if it kept answering (or failed
+        fewer than WATCH_FAILURES checks in a row), else why it is unhealthy."""
         clock = self._clock
         deadline = clock.monotonic() + seconds_up
         failed = 0
-        while clock.monotonic() < deadline:
+        while True:
             await clock.sleep(WATCH_INTERVAL)
-            failed = 0 if await self._check(port, WATCH_TIMEOUT) else failed + 1
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                break
+            failed = 0 if await self._check(port, min(WATCH_TIMEOUT, left)) else failed + 1
             if failed >= WATCH_FAILURES:
                 return (
                     f"unhealthy: did not {self._check_text(port)} at {failed} checks in a "

@@ -10,11 +10,13 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from paas.agent import logcursor
 from paas.agent.logbuffer import LogHub, Piece
 from paas.agent.logcursor import read_after
 from paas.agent.logline import LogLine
@@ -541,7 +543,8 @@ async def write_interleaved(spool: Spool, total: int) -> None:
         for _ in range(next(sizes)):
             if seqs[instance] < total:
                 seqs[instance] += 1
-                spool.write(line(seqs[instance], f"x{seqs[instance]}", instance, app_id="a1"))
+                text = f"x{seqs[instance]}" if instance == "web.1" else f"é€{seqs[instance]}"
+                spool.write(line(seqs[instance], text, instance, app_id="a1"))
         runs += 1
         if runs % 4 == 0:
             await spool.flush()
@@ -566,7 +569,7 @@ async def test_a_forward_read_starts_at_the_cursor_and_keeps_to_its_instance(
             # Oldest first from after + 1, without a gap, to `below` or the file's end.
             assert seqs == list(range(after + 1, after + 1 + len(seqs))), after
             assert seqs[-1] < below and len(seqs) > 0
-            assert all(x.instance == "web.2" and x.text == f"x{x.seq}" for x in got)
+            assert all(x.instance == "web.2" and x.text == f"é€{x.seq}" for x in got)
         # The same lines as the backward read, when both are asked for what one file has.
         back = await spool.read([Query("shop", "web.1", below=2501, count=20, app_id="a1")])
         forward = await spool.read_forward("a1", "shop", "web.1", 2480, 2501)
@@ -585,6 +588,10 @@ async def test_no_forward_read_where_the_writer_keeps_no_marks(tmp_path: Path) -
     await first.open()
     await write_interleaved(first, 500)
     assert await first.read_forward("a1", "shop", "web.1", 100, 200) is not None
+    # A rewrite (another app forgotten) leaves the rewritten file without marks.
+    first.write(line(1, "doomed", "web.9", app_id="gone"))
+    await first.forget({"gone"})
+    assert await first.read_forward("a1", "shop", "web.1", 100, 200) is None
     await first.close()
     # A spool opened on files an earlier agent wrote has no marks for them: the backward
     # read serves (read_after falls back to it), and new files get marks again.
@@ -594,22 +601,29 @@ async def test_no_forward_read_where_the_writer_keeps_no_marks(tmp_path: Path) -
         assert await second.read_forward("a1", "shop", "web.1", 100, 200) is None
         found = await second.read([Query("shop", "web.1", below=201, count=100, app_id="a1")])
         assert [x.seq for x in found[("shop", "web.1")].lines] == list(range(101, 201))
-        # A rewrite (another app forgotten) leaves the rewritten file without marks too.
-        second.write(line(1, "doomed", "web.9", app_id="gone"))
-        await second.forget({"gone"})
-        assert await second.read_forward("a1", "shop", "web.1", 100, 200) is None
     finally:
         await second.close()
 
 
 async def test_a_reader_far_behind_is_caught_up_forward_with_the_loss_counted(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Through read_after, as a follower that fell behind reads: the spool's oldest file
     # rotated away under it, then chunk after chunk forward to the ring buffer.
     hub = LogHub("node-1", 100, spool=Spool(tmp_path / "logs", "node-1", 20_000, files=3))
     assert hub.spool is not None
     await hub.spool.open()
+    # Chunks of 200 lines: many reads, most of them forward from a mark.
+    monkeypatch.setattr(logcursor, "SPOOL_CHUNK", 200)
+    spool, forward = hub.spool, []
+    read_forward = spool.read_forward
+
+    async def counted(*args: Any) -> list[LogLine] | None:
+        found = await read_forward(*args)
+        forward.append(found is not None)
+        return found
+
+    monkeypatch.setattr(spool, "read_forward", counted)
     try:
         buffer = hub.buffer("shop", "web.1", app_id="a1")
         for start in range(0, 3000, 50):
@@ -625,5 +639,42 @@ async def test_a_reader_far_behind_is_caught_up_forward_with_the_loss_counted(
             cursor = chunk.cursor
         assert got == list(range(got[0], 3001)), "in order, no gap, to the newest"
         assert lost == got[0] - 1 > 0, "what rotated away is counted exactly"
+        assert sum(forward) >= 3, f"forward reads: {forward}"
     finally:
         await hub.spool.close()
+
+
+@pytest.mark.parametrize("reopened", [False, True])
+async def test_a_gap_at_a_chunk_boundary_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reopened: bool
+) -> None:
+    # Lines 101-105 were never written (the spool's notice says so); a chunk ends at
+    # line 100, the next starts after the gap: the loss is told once, read forward
+    # from the writer's marks or (a spool reopened: no marks) backwards.
+    writer = Spool(tmp_path / "logs", "node-1")
+    await writer.open()
+    for seq in range(1, 101):
+        writer.write(line(seq, app_id="a1"))
+    writer.write(line(0, "5 lines not written to disk", app_id="a1"))
+    for seq in range(106, 201):
+        writer.write(line(seq, app_id="a1"))
+    await writer.flush()
+    if reopened:
+        await writer.close()
+        writer = Spool(tmp_path / "logs", "node-1")
+        await writer.open()
+    hub = LogHub("node-1", 100, spool=writer)
+    monkeypatch.setattr(logcursor, "SPOOL_CHUNK", 55)
+    try:
+        cursor, got, lost = 50, [], 0
+        while True:
+            chunk = await read_after(hub, None, "shop", "web.1", "a1", cursor, 1000)
+            if not chunk.lines:
+                break
+            got += [x.seq for x in chunk.lines if x.seq]
+            lost += sum(lost_count(x.text) for x in chunk.lines if not x.seq)
+            cursor = chunk.cursor
+        assert got == [*range(51, 101), *range(106, 201)]
+        assert lost == 5
+    finally:
+        await writer.close()
