@@ -6,6 +6,7 @@ the cheapest immutable record Python has (a frozen dataclass costs 4x as much).
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import NamedTuple
 
 
@@ -24,3 +25,9 @@ class LogLine(NamedTuple):
     # The app's id (Assignment.app_id): a re-created app of the same name has another.
     # "" when the scheduler gave none, and in notices made for a reader.
     app_id: str = ""
+
+
+# Fields by position, for steps over many lines made in C (map, groupby, filter).
+SEQ = itemgetter(5)
+TEXT = itemgetter(6)
+RUN = itemgetter(7)

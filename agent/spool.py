@@ -67,7 +67,7 @@ from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
 from paas.agent.errors import AgentError
-from paas.agent.logline import LogLine
+from paas.agent.logline import SEQ, TEXT, LogLine
 from paas.agent.spoolfiles import (
     FORMAT,
     FORMAT_FILE,
@@ -98,8 +98,6 @@ BACKLOG_BYTES = 16 << 20
 LINE_OVERHEAD = 256
 Key = tuple[str, str]  # (app, instance): what a reader asks for
 _KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
-_TEXT = itemgetter(6)
-_SEQ = itemgetter(5)
 
 
 class LogStateError(AgentError):
@@ -487,13 +485,9 @@ class Spool:
         if not app_id or app_id in self._hidden or below <= after + 1:
             return None
         await self.flush()
-        return await asyncio.to_thread(
-            self._read_forward, (app_id, app, instance), after, below, self._hidden
-        )
+        return await asyncio.to_thread(self._read_forward, (app_id, app, instance), after, below)
 
-    def _read_forward(
-        self, key: IdKey, after: int, below: int, hidden: frozenset[str]
-    ) -> list[LogLine] | None:
+    def _read_forward(self, key: IdKey, after: int, below: int) -> list[LogLine] | None:
         with self._files.reading():
             with self._lock:
                 start: tuple[int, int, int] | None = None  # file, offset, size
@@ -503,7 +497,7 @@ class Spool:
                     if marks and marks[0][0] <= after + 1:
                         at = bisect_right(marks, after + 1, key=itemgetter(0)) - 1
                         start = (number, marks[at][1], spool_file.size)
-            if start is None or key[0] in hidden:
+            if start is None:
                 return None
             number, offset, size = start
             prefix = "\t".join(key).encode() + b"\t"
@@ -688,7 +682,7 @@ class Spool:
             self._fd = -1
 
     def _append(self, batch: list[LogLine]) -> None:
-        cost = sum(map(len, map(_TEXT, batch))) + LINE_OVERHEAD * len(batch)
+        cost = sum(map(len, map(TEXT, batch))) + LINE_OVERHEAD * len(batch)
         try:
             self._write(batch)
             if self._failed:
@@ -735,7 +729,7 @@ class Spool:
                 if span is None:
                     span = spans[key] = Span()
                 span.add_all(lines)
-                current.mark(key, next(filter(None, map(_SEQ, lines)), 0), offset)
+                current.mark(key, next(filter(None, map(SEQ, lines)), 0), offset)
                 offset += len(records_of_run)
             current.size += len(data)
         if current.size >= self.file_bytes:

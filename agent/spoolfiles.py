@@ -25,7 +25,7 @@ from itertools import chain, groupby, repeat
 from operator import contains, itemgetter
 from typing import BinaryIO
 
-from paas.agent.logline import LogLine
+from paas.agent.logline import RUN, SEQ, TEXT, LogLine
 
 READ_BLOCK = 1 << 20
 SUFFIX = ".log"
@@ -39,8 +39,6 @@ CONTINUED = 1
 JSON_TEXT = 2
 
 IdKey = tuple[str, str, str]  # (app id, app, instance): what the index keeps
-_SEQ = itemgetter(5)  # of a LogLine
-_RUN = itemgetter(7)
 
 
 @dataclass(slots=True)
@@ -62,12 +60,12 @@ class Span:
 
     def add_all(self, lines: list[LogLine]) -> None:
         """`add` each of `lines`, in order."""
-        seqs = list(filter(None, map(_SEQ, lines)))  # in C: this runs for every line
+        seqs = list(filter(None, map(SEQ, lines)))  # in C: this runs for every line
         if seqs:
             if not self.first_seq:
                 self.first_seq = seqs[0]
             self.last_seq = max(self.last_seq, max(seqs))
-        self.last_run = max(self.last_run, max(map(_RUN, lines)))
+        self.last_run = max(self.last_run, max(map(RUN, lines)))
         self.lines += len(lines)
 
     def merge(self, other: Span) -> None:
@@ -139,7 +137,6 @@ def encode(line: LogLine) -> str:
 
 # What the lines of one run of records share: all their fields but seq and text.
 _SHARED = itemgetter(9, 1, 2, 0, 3, 7, 8)  # app id, app, instance, time, stream, run, continued
-_TEXT = itemgetter(6)
 
 
 def encode_all(lines: Sequence[LogLine]) -> str:
@@ -153,14 +150,14 @@ def encode_all(lines: Sequence[LogLine]) -> str:
     parts: list[str] = []
     for shared, group in groupby(lines, key=_SHARED):
         run = list(group)
-        texts = list(map(_TEXT, run))
+        texts = list(map(TEXT, run))
         if any(map(contains, texts, repeat("\n"))):
             parts += map(encode, run)  # a text that is JSON: each record alone
             continue
         app_id, app, instance, timestamp, stream, log_run, continued = shared
         head = f"{app_id}\t{app}\t{instance}\t{timestamp!r}\t{stream}\t"
         middle = f"\t{log_run}\t{CONTINUED if continued else 0}\t"
-        seqs = map(str, map(_SEQ, run))
+        seqs = map(str, map(SEQ, run))
         fields = zip(repeat(head), seqs, repeat(middle), texts, repeat("\n"))
         parts.append("".join(chain.from_iterable(fields)))
     return "".join(parts)

@@ -34,7 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from paas.common.formation import describe
-from paas.common.logformat import format_line, source, timestamp
+from paas.common.logformat import format_line, line_prefix, timestamp
 from paas.common.names import InstanceName, NameError_
 from paas.common.slugs import NOT_READY, human_size
 from paas.proto import paas_pb2 as pb
@@ -846,7 +846,7 @@ class LogPrinter:
             # time, stream and instance) is one prefix and the texts, joined in C.
             out = []
             for (stamp, stream, instance), run in groupby(lines, key=_PREFIX):
-                head = f"{timestamp(stamp)} {source(stream)}[{instance or '?'}]: "
+                head = line_prefix(stamp, stream, instance or "?")
                 out += map(head.__add__, map(_TEXT, run))
         else:
             feed = self._joiner.feed

@@ -26,8 +26,13 @@ def source(stream: str) -> str:
     return "paas" if stream == PAAS_STREAM else "app"
 
 
+def line_prefix(unix: float, stream: str, instance: str) -> str:
+    """What comes before a line's text: `2026-11-28T19:47:03.123456+00:00 app[web.3]: `."""
+    return f"{timestamp(unix)} {source(stream)}[{instance}]: "
+
+
 def format_line(unix: float, stream: str, instance: str, text: str) -> str:
-    return f"{timestamp(unix)} {source(stream)}[{instance}]: {text}"
+    return line_prefix(unix, stream, instance) + text
 
 
 # A notice (seq 0) that lines left retention before a reader got to them, as an agent

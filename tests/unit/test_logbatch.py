@@ -12,6 +12,14 @@ class Line(NamedTuple):
     text: str
 
 
+# Lines, max_lines and max_bytes, for the property tests.
+_cases = given(
+    st.lists(st.text(max_size=50).map(Line), max_size=300),
+    st.integers(1, 40),
+    st.integers(1, 200),
+)
+
+
 def test_short_lines_are_cut_by_count() -> None:
     lines = [Line("x")] * 2500
     assert [len(b) for b in batches(lines, max_lines=1024)] == [1024, 1024, 452]
@@ -31,11 +39,7 @@ def test_nothing_in_nothing_out() -> None:
     assert list(batches([])) == []
 
 
-@given(
-    st.lists(st.text(max_size=50).map(Line), max_size=300),
-    st.integers(1, 40),
-    st.integers(1, 200),
-)
+@_cases
 def test_batches_keep_every_line_in_order_within_bounds(
     lines: list[Line], max_lines: int, max_bytes: int
 ) -> None:
@@ -60,11 +64,7 @@ def reference(lines: list[Line], max_lines: int, max_bytes: int) -> list[list[Li
     return [*cut, run] if run else cut
 
 
-@given(
-    st.lists(st.text(max_size=50).map(Line), max_size=300),
-    st.integers(1, 40),
-    st.integers(1, 200),
-)
+@_cases
 def test_each_run_is_as_long_as_the_bounds_allow(
     lines: list[Line], max_lines: int, max_bytes: int
 ) -> None:
