@@ -191,6 +191,10 @@ async def test_bad_config_input_is_one_line_exit_1_and_makes_no_release(
 async def test_the_scheduler_checks_release_requests_as_if_there_were_no_cli(
     cluster: LocalCluster, scheduler: SchedulerAsyncStub, app_dir: Path
 ) -> None:
+    # Each new copy stays 2 s before it is promoted, so the rollout lasts long enough
+    # to be seen rolling (with min_healthy 0 it could be over before the first look:
+    # CI saw no GetRelease while it rolled).
+    (app_dir / "paas.toml").write_text("[types.worker]\nmin_healthy = 2\n")
     await ok(cluster, "apps", "create", "shop")
     await ok(cluster, "deploy", str(app_dir))
     await ok(cluster, "scale", "worker=2")
