@@ -210,14 +210,14 @@ async def measure_floor(app_dir: Path, seconds: float, rate: float, limit: float
 
 
 async def follow_grpc(stub: SchedulerAsyncStub, ready: asyncio.Event, reading: Reading) -> None:
-    """A Logs follower straight over gRPC, as `paas logs -f` is one."""
+    """A Logs follower straight over gRPC, as `paas logs -f` is one (lines as runs)."""
     clock = time.time
-    call = stub.Logs(pb.LogsRequest(app=APP, process="emit", lines=1, follow=True))
+    call = stub.Logs(pb.LogsRequest(app=APP, process="emit", lines=1, follow=True, packed=True))
     try:
         ready.set()
         async for batch in call:
             now = clock()
-            if any(reading.see(line.text, now) for line in batch.lines):
+            if any(reading.see(text, now) for run in batch.runs for text in run.texts):
                 break
     finally:
         call.cancel()

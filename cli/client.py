@@ -37,6 +37,7 @@ from paas.cli.errors import CLIError
 from paas.cli.slugpack import read_chunks
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
+from paas.common.logruns import lines_of_runs, runs_of, tail
 from paas.common.pki import Credentials
 from paas.common.slugs import CHUNK_SIZE
 from paas.common.tls import dial
@@ -119,35 +120,30 @@ class _Busy(Exception):
         self.error = error
 
 
-_NODE_INSTANCE = attrgetter("node", "instance")
-_SEQ = attrgetter("seq")
 _TIMESTAMP = attrgetter("timestamp")
 LogKey = tuple[str, str]  # (node, instance)
 
 
 def take_new(
-    batch: Sequence[pb.LogLine], cursors: dict[LogKey, int], skip: Mapping[LogKey, int]
-) -> list[pb.LogLine]:
+    batch: Sequence[pb.LogRun], cursors: dict[LogKey, int], skip: Mapping[LogKey, int]
+) -> list[pb.LogRun]:
     """The lines of `batch` past `skip` (the cursors sent with the request: the scheduler
-    skips those, and none is yielded twice), each (node, instance)'s highest seq noted
-    in `cursors`; notices (seq 0) always. A run of one instance's lines with no notice,
-    all past `skip`, is taken whole, its seqs read in C (this runs for every line)."""
-    fresh: list[pb.LogLine] = []
-    for key, group in itertools.groupby(batch, key=_NODE_INSTANCE):
-        run = list(group)
-        seqs = list(map(_SEQ, run))
-        floor = skip.get(key, 0)
-        if 0 not in seqs and min(seqs) > floor:
-            fresh += run
-            cursors[key] = max(cursors.get(key, 0), max(seqs))
+    skips those, and none is yielded twice), as runs (one cut to its part past `skip`),
+    each (node, instance)'s highest seq noted in `cursors`; notices (seq 0) always."""
+    fresh: list[pb.LogRun] = []
+    for run in batch:
+        first = run.first_seq
+        if not first:
+            fresh.append(run)
             continue
-        for line, seq in zip(run, seqs, strict=True):
-            if seq:
-                if seq <= floor:
-                    continue
-                if seq > cursors.get(key, 0):
-                    cursors[key] = seq
-            fresh.append(line)
+        key = (run.node, run.instance)
+        floor = skip.get(key, 0)
+        last = first + len(run.texts) - 1
+        if last <= floor:
+            continue
+        fresh.append(run if first > floor else tail(run, floor + 1 - first))
+        if last > cursors.get(key, 0):
+            cursors[key] = last
     return fresh
 
 
@@ -422,7 +418,7 @@ class SchedulerClient:
             app=app, lines=lines, process=process, follow=follow, since=since, previous=previous
         )
         async for batch in self._log_stream(request):
-            for line in batch:
+            for line in lines_of_runs(batch):
                 yield line
 
     async def log_batches(
@@ -432,8 +428,8 @@ class SchedulerClient:
         process: str = "",
         since: float = 0.0,
         previous: bool = False,
-    ) -> AsyncIterator[Sequence[pb.LogLine]]:
-        """`logs` without following, in the batches they arrive in."""
+    ) -> AsyncIterator[Sequence[pb.LogRun]]:
+        """`logs` without following, in the batches they arrive in (as runs)."""
         request = pb.LogsRequest(
             app=app, lines=lines, process=process, since=since, previous=previous
         )
@@ -453,7 +449,7 @@ class SchedulerClient:
         async for batch in self.follow_log_batches(
             app, lines, process, since, on_break=on_break, on_resume=on_resume
         ):
-            for line in batch:
+            for line in lines_of_runs(batch):
                 yield line
 
     async def follow_log_batches(
@@ -464,9 +460,9 @@ class SchedulerClient:
         since: float = 0.0,
         on_break: Callable[[str], None] | None = None,
         on_resume: Callable[[], None] | None = None,
-    ) -> AsyncGenerator[list[pb.LogLine], None]:
+    ) -> AsyncGenerator[list[pb.LogRun], None]:
         """Recent lines, then live ones until cancelled, across broken streams, in
-        the batches they arrive in (a printer flushes once per batch).
+        the batches they arrive in, as runs (a printer flushes once per batch).
 
         When the stream breaks (a scheduler restart, a new leader, a network
         blip) it reconnects to any replica, forever, waiting 0.2 s doubling to
@@ -547,9 +543,10 @@ class SchedulerClient:
 
         return await self._with_replicas(attempt)
 
-    async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[Sequence[pb.LogLine]]:
-        """The Logs stream's batches (never an empty one)."""
+    async def _log_stream(self, request: pb.LogsRequest) -> AsyncIterator[list[pb.LogRun]]:
+        """The Logs stream's batches, as runs (never an empty one)."""
         timeout = None if request.follow else self.timeout
+        request.packed = True
 
         async def open_stream(
             address: str,
@@ -570,8 +567,8 @@ class SchedulerClient:
         try:
             if first is None:
                 return
-            if first.lines:
-                yield first.lines
+            if first.runs or first.lines:
+                yield runs_of(first)
             stream = call.__aiter__()
             while True:
                 try:
@@ -582,8 +579,8 @@ class SchedulerClient:
                     raise SchedulerError(
                         f"the log stream broke: {exc.details() or exc.code().name}", exc.code()
                     ) from None
-                if batch.lines:
-                    yield batch.lines
+                if batch.runs or batch.lines:
+                    yield runs_of(batch)
         finally:
             call.cancel()
 

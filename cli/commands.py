@@ -29,6 +29,7 @@ from paas.cli.errors import EXIT_OK, CommandError, UsageError
 from paas.cli.rollout_wait import wait_as_asked
 from paas.cli.slugpack import IGNORE_FILE, PackedSlug, pack
 from paas.cli.timespec import TimeSpecError, parse_since
+from paas.common import logruns
 from paas.common.addresses import DEFAULT_SCHEDULER, AddressError, parse_address_list
 from paas.common.configvars import PROCFILE_LIMIT, check_no_nul, check_size
 from paas.common.drainurl import parse_drain_url
@@ -373,7 +374,7 @@ async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     # Flushed once per batch that arrives: live lines show at once, a flood costs
     # one write per batch, not per line.
     printer = render.LogPrinter(flush_each=False, as_json=args.json)
-    batches: AsyncIterator[Sequence[pb.LogLine]]
+    batches: AsyncIterator[Sequence[pb.LogRun]]
     if args.follow:
         tune_gc()  # a follower may print 100 000 lines a second, as the daemons carry
         batches = client.follow_log_batches(
@@ -396,7 +397,7 @@ async def logs(client: SchedulerClient, args: argparse.Namespace) -> None:
     try:
         async for batch in batches:
             printer.print_batch(batch)
-            printed += len(batch)
+            printed += logruns.size(batch)
             if args.follow:
                 printer.flush_lines()
     finally:

@@ -1637,24 +1637,83 @@ class LogLine(_message.Message):
 Global___LogLine: _TypeAlias = LogLine  # noqa: Y015
 
 @_typing.final
+class LogRun(_message.Message):
+    """Lines of one run of one instance that were read together, packed: they share
+    every field but their text, and their seqs follow each other from first_seq.
+    A notice (first_seq 0) is a run of one text. The fields mean what LogLine's do.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    STREAM_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    CONTINUED_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.float
+    app: _builtins.str
+    instance: _builtins.str
+    stream: _builtins.str
+    node: _builtins.str
+    run: _builtins.int
+    first_seq: _builtins.int
+    """seq of texts[0]; texts[i] has first_seq + i"""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def continued(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """indexes into texts of pieces of an over-long line"""
+
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.float = ...,
+        app: _builtins.str = ...,
+        instance: _builtins.str = ...,
+        stream: _builtins.str = ...,
+        node: _builtins.str = ...,
+        run: _builtins.int = ...,
+        first_seq: _builtins.int = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        continued: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "continued", b"continued", "first_seq", b"first_seq", "instance", b"instance", "node", b"node", "run", b"run", "stream", b"stream", "texts", b"texts", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogRun: _TypeAlias = LogRun  # noqa: Y015
+
+@_typing.final
 class LogBatch(_message.Message):
     """Lines travel in batches: one gRPC message per line caps a Python stream at
     about 20 000 lines a second; a batch carries as many lines as are ready.
+    A reader that asks for packed (LogsRequest.packed) gets them as runs, in order,
+    and no lines: the shared fields once a run, not once a line.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LINES_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogLine]: ...
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogRun]: ...
     def __init__(
         self,
         *,
         lines: _abc.Iterable[Global___LogLine] | None = ...,
+        runs: _abc.Iterable[Global___LogRun] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1699,6 +1758,7 @@ class LogsRequest(_message.Message):
     PREVIOUS_FIELD_NUMBER: _builtins.int
     AFTER_FIELD_NUMBER: _builtins.int
     APP_ID_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     app: _builtins.str
     lines: _builtins.int
     """the last N lines; 0 = the default (100)"""
@@ -1711,6 +1771,8 @@ class LogsRequest(_message.Message):
     """only the last finished run of the instance (process = "web.3")"""
     app_id: _builtins.str
     """the app's id: an agent serves only lines of this incarnation of the name"""
+    packed: _builtins.bool
+    """send LogBatch.runs, not LogBatch.lines (a server that predates it sends lines)"""
     @_builtins.property
     def after(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogCursor]:
         """Skip lines at or before these. Following, an instance with a cursor is served
@@ -1728,10 +1790,11 @@ class LogsRequest(_message.Message):
         previous: _builtins.bool = ...,
         after: _abc.Iterable[Global___LogCursor] | None = ...,
         app_id: _builtins.str = ...,
+        packed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "app", b"app", "app_id", b"app_id", "follow", b"follow", "lines", b"lines", "previous", b"previous", "process", b"process", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "app", b"app", "app_id", b"app_id", "follow", b"follow", "lines", b"lines", "packed", b"packed", "previous", b"previous", "process", b"process", "since", b"since"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

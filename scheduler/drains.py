@@ -49,6 +49,7 @@ import aiohttp
 
 from paas.common.drainurl import DrainURL, parse_drain_url, redacted
 from paas.common.logformat import lost_count, timestamp
+from paas.common.logruns import lines_of_runs
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.errors import DeliveryError
 from paas.scheduler.events import EventLog, notice
@@ -269,7 +270,7 @@ class Forwarder:
             )
             try:
                 async for batch in self._stream(request):
-                    self._offer(batch.lines)
+                    self._offer(batch.runs)
                     while len(self._queue) >= QUEUE_LINES:
                         # Read no more: the stream waits, and upstream keeps the lines.
                         self._taken.clear()
@@ -282,9 +283,10 @@ class Forwarder:
                 )
             await asyncio.sleep(REREAD_AFTER)
 
-    def _offer(self, lines: Sequence[pb.LogLine]) -> None:
+    def _offer(self, runs: Sequence[pb.LogRun]) -> None:
         """Queue the lines it has not had; count those notices say left retention."""
-        fresh = self._read.fresh(lines)  # not what it had (a restarted reader's overlap)
+        # Not what it had (a restarted reader's overlap); a line each, as they are sent.
+        fresh = lines_of_runs(self._read.fresh(runs))
         if not fresh:
             return
         self._read_up_to = max(self._read_up_to, fresh[-1].timestamp)

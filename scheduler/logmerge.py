@@ -16,9 +16,12 @@ inbox holds, and in what order lines of several nodes go out.
   interleave as they were written; one source alone passes straight through.
 
     window = TimeOrderWindow(now=loop.time())
-    if window.push("node-a", lines, now) is Pushed.PASSED:
-        send(lines)                     # alone and nothing held: in order already
+    if window.push("node-a", runs, now) is Pushed.PASSED:
+        send(runs)                      # alone and nothing held: in order already
     send(window.release(now))           # what has waited long enough, in time order
+
+Lines are handled as runs (pb.LogRun, common/logruns.py): a node's lines read
+together, one stamp and one step for all of them.
     sleep_until(window.wake_at())       # None: nothing held
 
 Pure: no I/O, no asyncio, no clock of its own (the caller passes `now`, a
@@ -32,13 +35,10 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from operator import attrgetter, lt
+from dataclasses import dataclass, field
 
+from paas.common.logruns import last_seq, size, tail
 from paas.proto import paas_pb2 as pb
-
-_NODE_INSTANCE = attrgetter("node", "instance")
-_SEQ = attrgetter("seq")
 
 # Live lines wait this long (seconds) so that those of several nodes go out in time order.
 REORDER = 0.15
@@ -52,7 +52,8 @@ StreamKey = tuple[str, str]
 class Cursors:
     """How far a reader has got: per (node, instance), the highest seq it has had.
 
-    A line of seq 0 is a notice (lines dropped, a node unreachable): never a repeat.
+    Lines come as runs (pb.LogRun: an instance's lines read together, seqs one after
+    another). A notice (seq 0: lines dropped, a node unreachable) is never a repeat.
     """
 
     def __init__(self, after: Iterable[pb.LogCursor] = ()) -> None:
@@ -65,40 +66,34 @@ class Cursors:
         cursors._seq = dict(seqs)
         return cursors
 
-    def is_new(self, line: pb.LogLine) -> bool:
-        """True unless the reader already had `line`."""
-        return line.seq == 0 or line.seq > self._seq.get((line.node, line.instance), 0)
-
-    def note(self, lines: Iterable[pb.LogLine]) -> None:
-        """Count `lines` as had (also those not sent: history older than asked for must
-        not come back through the live part)."""
-        for line in lines:
-            if line.seq:
-                key = (line.node, line.instance)
-                if line.seq > self._seq.get(key, 0):
-                    self._seq[key] = line.seq
-
-    def fresh(self, lines: Sequence[pb.LogLine]) -> list[pb.LogLine]:
-        """Those of `lines` (in seq order per instance) the reader has not had, noted."""
+    def fresh(self, runs: Iterable[pb.LogRun]) -> list[pb.LogRun]:
+        """The lines of `runs` (in seq order per instance) the reader has not had, as
+        runs (one it had in part cut to the rest), and noted as had."""
         seen = self._seq
-        out: list[pb.LogLine] = []
-        # An agent's lines come in runs of one instance's: a run whose first seq is
-        # new, rising from there, with no notice in it, is taken whole (its seqs
-        # read and checked in C); any other line by line.
-        for key, group in itertools.groupby(lines, key=_NODE_INSTANCE):
-            run = list(group)
-            seqs = list(map(_SEQ, run))
-            if seqs[0] > seen.get(key, 0) and 0 not in seqs and all(map(lt, seqs, seqs[1:])):
-                out += run
-                seen[key] = seqs[-1]
+        out: list[pb.LogRun] = []
+        for run in runs:
+            first = run.first_seq
+            if not first:
+                out.append(run)
                 continue
-            for line, seq in zip(run, seqs, strict=True):
-                if seq:
-                    if seq <= seen.get(key, 0):
-                        continue
-                    seen[key] = seq
-                out.append(line)
+            key = (run.node, run.instance)
+            had = seen.get(key, 0)
+            last = first + len(run.texts) - 1
+            if last <= had:
+                continue
+            seen[key] = last
+            out.append(run if first > had else tail(run, had + 1 - first))
         return out
+
+    def note(self, runs: Iterable[pb.LogRun]) -> None:
+        """Count `runs` as had (also those not sent: history older than asked for must
+        not come back through the live part)."""
+        for run in runs:
+            last = last_seq(run)
+            if last:
+                key = (run.node, run.instance)
+                if last > self._seq.get(key, 0):
+                    self._seq[key] = last
 
     def of_node(self, node: str) -> list[pb.LogCursor]:
         """Where to resume `node`: its instances' cursors, for a LogsRequest's `after`."""
@@ -116,26 +111,30 @@ class Cursors:
         ]
 
 
-def latest_run(per_node: Sequence[Sequence[pb.LogLine]]) -> list[list[pb.LogLine]]:
+def latest_run(per_node: Sequence[Sequence[pb.LogRun]]) -> list[list[pb.LogRun]]:
     """Of the nodes' previous runs of one instance, only the one that ended last (and
     every notice): an instance that moved has a finished run on more than one node."""
-    ends = [max((line.timestamp for line in lines if line.seq), default=0.0) for lines in per_node]
+    ends = [max((run.timestamp for run in runs if run.first_seq), default=0.0) for runs in per_node]
     latest = max(range(len(per_node)), key=lambda i: ends[i], default=-1)
     return [
-        list(lines) if i == latest else [line for line in lines if not line.seq]
-        for i, lines in enumerate(per_node)
+        list(runs) if i == latest else [run for run in runs if not run.first_seq]
+        for i, runs in enumerate(per_node)
     ]
 
 
 @dataclass(frozen=True)
 class Arrival:
-    """Lines that came in together from one source (a node's name; "" for the
-    scheduler's own), and the message that carried them if it came through whole
+    """Lines (as runs) that came in together from one source (a node's name; "" for
+    the scheduler's own), and the message that carried them if it came through whole
     (so that it can be sent on as it is, without building another)."""
 
     source: str
-    lines: Sequence[pb.LogLine]
+    runs: Sequence[pb.LogRun]
     whole: pb.LogBatch | None = None
+    lines: int = field(init=False)  # how many the runs hold
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lines", size(self.runs))
 
 
 class Inbox:
@@ -168,14 +167,14 @@ class Inbox:
     def put(self, arrival: Arrival) -> None:
         """Take `arrival`, whatever its size (a source asks `has_room` first)."""
         self._arrivals.append(arrival)
-        self._lines += len(arrival.lines)
-        self._held[arrival.source] = self._held.get(arrival.source, 0) + len(arrival.lines)
+        self._lines += arrival.lines
+        self._held[arrival.source] = self._held.get(arrival.source, 0) + arrival.lines
 
     def take(self) -> Arrival:
         """The oldest arrival (the inbox must not be empty)."""
         arrival = self._arrivals.popleft()
-        self._lines -= len(arrival.lines)
-        held = self._held[arrival.source] - len(arrival.lines)
+        self._lines -= arrival.lines
+        held = self._held[arrival.source] - arrival.lines
         if held:
             self._held[arrival.source] = held
         else:
@@ -213,8 +212,8 @@ class TimeOrderWindow:
 
     def __init__(self, now: float, window: float = REORDER) -> None:
         self._window = window
-        # Held lines: a heap by (stamp, arrival order).
-        self._held: list[tuple[float, int, pb.LogLine]] = []
+        # Held runs (the lines of a run share one stamp): a heap by (stamp, arrival order).
+        self._held: list[tuple[float, int, pb.LogRun]] = []
         self._order = itertools.count()
         # When each held batch arrived, with the newest stamp in it (oldest first).
         self._arrivals: deque[tuple[float, float]] = deque()
@@ -225,22 +224,22 @@ class TimeOrderWindow:
         self._heard_all_by = now + 2 * window
 
     def __len__(self) -> int:
-        """Lines held."""
+        """Runs held."""
         return len(self._held)
 
-    def push(self, source: str, lines: Sequence[pb.LogLine], now: float) -> Pushed:
-        """Lines that arrived together from `source` at `now`: passed, or held."""
+    def push(self, source: str, runs: Sequence[pb.LogRun], now: float) -> Pushed:
+        """Runs that arrived together from `source` at `now`: passed, or held."""
         self._heard[source] = now
         alone = self._alone(now)
         if alone and not self._held:
             return Pushed.PASSED
         newest = float("-inf")
         latest = self._latest
-        for line in lines:
-            key = (line.node, line.instance)
-            stamp = max(line.timestamp, latest.get(key, line.timestamp))
+        for run in runs:
+            key = (run.node, run.instance)
+            stamp = max(run.timestamp, latest.get(key, run.timestamp))
             latest[key] = stamp
-            heapq.heappush(self._held, (stamp, next(self._order), line))
+            heapq.heappush(self._held, (stamp, next(self._order), run))
             newest = max(newest, stamp)
         self._arrivals.append((now, newest))
         if alone:
@@ -249,12 +248,12 @@ class TimeOrderWindow:
                 self._released_up_to = max(self._released_up_to, self._arrivals.popleft()[1])
         return Pushed.HELD
 
-    def release(self, now: float) -> list[pb.LogLine]:
-        """The held lines whose time has come, in time order."""
+    def release(self, now: float) -> list[pb.LogRun]:
+        """The held runs whose time has come, in time order."""
         # As wake_at says (arrival + window), so that waking then releases for sure.
         while self._arrivals and self._arrivals[0][0] + self._window <= now:
             self._released_up_to = max(self._released_up_to, self._arrivals.popleft()[1])
-        out: list[pb.LogLine] = []
+        out: list[pb.LogRun] = []
         held = self._held
         while held and held[0][0] <= self._released_up_to:
             out.append(heapq.heappop(held)[2])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import operator
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -31,8 +32,8 @@ from typing import TYPE_CHECKING
 import grpc
 
 from paas.common.grpcutil import CHANNEL_OPTIONS
-from paas.common.logbatch import batches
 from paas.common.logformat import SCHEDULER_INSTANCE
+from paas.common.logruns import last_lines, run_batches, runs_of, runs_of_lines
 from paas.common.pki import Credentials
 from paas.common.tls import dial
 from paas.proto import paas_pb2 as pb
@@ -89,7 +90,7 @@ class LogReader:
     async def merged_batches(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
         """The app's lines of every node and the scheduler's events, merged: the last
         `request.lines` of the history in time order, then (with follow) live lines as
-        the window releases them."""
+        the window releases them. Packed: the batches carry runs, not lines."""
         count = request.lines or DEFAULT_LOG_LINES
         # A follower that reconnects says where it had got to; nothing before that again.
         cursors = Cursors(request.after)
@@ -99,10 +100,10 @@ class LogReader:
         # (their agents catch it up from their buffers and spools): no history first,
         # which would be only the last `count` lines of each.
         resuming = following and bool(request.after)
-        lines = await self._history(request, count, cursors, nodes=not resuming)
+        runs = await self._history(request, count, cursors, nodes=not resuming)
         if not following:
-            for part in batches(lines):
-                yield pb.LogBatch(lines=part)
+            for part in run_batches(runs):
+                yield pb.LogBatch(runs=part)
             return
         # Live lines are those written since the history was read (seq drops the
         # overlap). A reader that resumes (it has cursors) also wants what a node that
@@ -110,9 +111,9 @@ class LogReader:
         live_since = request.since if request.after else max(started, request.since)
         # History lines that live ones may precede (the nodes were read each at its own
         # moment) go out merged with them, in time order.
-        recent = bisect.bisect_left(lines, live_since, key=lambda line: line.timestamp)
-        for part in batches(lines[:recent]):
-            yield pb.LogBatch(lines=part)
+        recent = bisect.bisect_left(runs, live_since, key=lambda run: run.timestamp)
+        for part in run_batches(runs[:recent]):
+            yield pb.LogBatch(runs=part)
         follow = _Follow(
             self._sessions,
             self._events,
@@ -122,12 +123,12 @@ class LogReader:
             live_since,
             count if resuming else INBOX_LINES,
         )
-        async for batch in follow.batches(lines[recent:]):
+        async for batch in follow.batches(runs[recent:]):
             yield batch
 
     async def _history(
         self, request: pb.LogsRequest, count: int, cursors: Cursors, nodes: bool = True
-    ) -> list[pb.LogLine]:
+    ) -> list[pb.LogRun]:
         """The last `count` lines the reader has not had, in time order (those of the
         nodes only if `nodes`; the scheduler's own events always); every line read is
         noted in `cursors`, those older than the last `count` too (the live part must
@@ -140,6 +141,7 @@ class LogReader:
             since=request.since,
             previous=request.previous,
             after=request.after,
+            packed=True,
         )
         per_node = await asyncio.gather(
             *(
@@ -149,26 +151,25 @@ class LogReader:
         )
         if request.previous:
             per_node = latest_run(per_node)
-        lines = [line for node_lines in per_node for line in node_lines]
+        runs = [run for node_runs in per_node for run in node_runs]
         if request.process in ("", SCHEDULER_INSTANCE) and not request.previous:
-            lines.extend(
+            runs += runs_of_lines(
                 line for line in self._events.recent(request.app) if line.timestamp >= request.since
             )
-        lines = [line for line in lines if cursors.is_new(line)]
-        lines.sort(key=lambda line: line.timestamp)
-        cursors.note(lines)
-        return lines[-count:]
+        runs = cursors.fresh(runs)  # noted, those older than the last `count` too
+        runs.sort(key=lambda run: run.timestamp)
+        return last_lines(runs, count)
 
-    async def _read(self, session: AgentSession, request: pb.LogsRequest) -> list[pb.LogLine]:
+    async def _read(self, session: AgentSession, request: pb.LogsRequest) -> list[pb.LogRun]:
         """One node's history, or a notice that it could not be read."""
         try:
             stream = self.stub(session.address, session.name).ReadLogs(
                 request, timeout=HISTORY_TIMEOUT
             )
-            return [line async for batch in stream for line in batch.lines]
+            return [run async for batch in stream for run in runs_of(batch)]
         except grpc.aio.AioRpcError as exc:
             text = f"logs of node {session.name} unavailable: {exc.details()}"
-            return [notice(request.app, text)]
+            return runs_of_lines([notice(request.app, text)])
 
     def stub(self, address: str, node: str) -> AgentAsyncStub:
         """The agent of `node` at `address` (one channel each, kept until `close`); with
@@ -223,7 +224,7 @@ class _Follow:
         self._taken = asyncio.Event()  # set when the loop takes: a waiting source may go on
         self._nodes: dict[str, asyncio.Task[None]] = {}
 
-    async def batches(self, recent: Sequence[pb.LogLine]) -> AsyncIterator[pb.LogBatch]:
+    async def batches(self, recent: Sequence[pb.LogRun]) -> AsyncIterator[pb.LogBatch]:
         """Live lines (stamped from `since` on) of every node, those that join later
         included, in batches as the window releases them; `recent` (history lines newer
         than `since`) goes out merged with them."""
@@ -247,14 +248,14 @@ class _Follow:
                 while self._inbox:
                     arrival = self._inbox.take()
                     self._taken.set()
-                    if window.push(arrival.source, arrival.lines, now) is Pushed.PASSED:
+                    if window.push(arrival.source, arrival.runs, now) is Pushed.PASSED:
                         if arrival.whole is not None:
                             yield arrival.whole
                         else:
-                            for part in batches(arrival.lines):
-                                yield pb.LogBatch(lines=part)
-                for part in batches(window.release(now)):
-                    yield pb.LogBatch(lines=part)
+                            for part in run_batches(arrival.runs):
+                                yield pb.LogBatch(runs=part)
+                for part in run_batches(window.release(now)):
+                    yield pb.LogBatch(runs=part)
                 if self._inbox:
                     continue  # more came while the stream took the last
                 self._arrived.clear()
@@ -291,9 +292,15 @@ class _Follow:
         while True:
             try:
                 async for batch in stub.ReadLogs(self._live_request(session.name)):
-                    fresh = self._cursors.fresh(batch.lines)
+                    runs = runs_of(batch)
+                    fresh = self._cursors.fresh(runs)
                     if fresh:
-                        whole = batch if len(fresh) == len(batch.lines) else None
+                        # Sent on as it came if all of it is fresh (and in runs already).
+                        whole = (
+                            batch
+                            if not batch.lines and all(map(operator.is_, fresh, runs))
+                            else None
+                        )
                         await self._put(Arrival(session.name, fresh, whole))
                 return  # the agent ended the stream: it is stopping
             except grpc.aio.AioRpcError as exc:
@@ -302,7 +309,7 @@ class _Follow:
                         f"lost node {session.name} ({exc.details()}); its lines "
                         "follow when it is back"
                     )
-                    self._offer(Arrival("", [notice(self._request.app, text)]))
+                    self._offer(Arrival("", runs_of_lines([notice(self._request.app, text)])))
                     return
             # Still connected: the stream broke on its own; resume from the cursors.
             await asyncio.sleep(FOLLOW_RETRY)
@@ -316,6 +323,7 @@ class _Follow:
             follow=True,
             since=self._since,
             after=self._cursors.of_node(node),
+            packed=True,
         )
 
     async def _watch_joins(self, joined: asyncio.Queue[AgentSession]) -> None:
@@ -324,4 +332,4 @@ class _Follow:
 
     async def _watch_events(self, events: asyncio.Queue[pb.LogLine]) -> None:
         while True:
-            self._offer(Arrival("", [await events.get()]))
+            self._offer(Arrival("", runs_of_lines([await events.get()])))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from paas.common.errors import InvalidInput
+from paas.common.logruns import lines_of_runs
 from paas.common.names import is_instance
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.guard import Context
@@ -28,7 +29,8 @@ class LogsService:
         self._stream = stream
 
     async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogBatch]:
-        """The app's lines, a batch at a time: the history, then live lines as released."""
+        """The app's lines, a batch at a time: the history, then live lines as released;
+        packed as runs if the request asks for them."""
         app = await require_app(self._store, request.app)
         if request.previous and not is_instance(request.process):
             raise InvalidInput(
@@ -39,4 +41,5 @@ class LogsService:
         scoped.CopyFrom(request)
         scoped.app_id = app.id
         async for batch in self._stream(scoped):
-            yield batch
+            # A reader that predates runs (it did not ask for them) gets lines.
+            yield batch if request.packed else pb.LogBatch(lines=lines_of_runs(batch.runs))

@@ -1,4 +1,5 @@
-"""The agent's LogBatch building: the same lines as making each LogLine in full."""
+"""The agent's LogBatch building: the same lines as making each LogLine in full, as
+lines or packed as runs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paas.agent.logline import LogLine
-from paas.agent.servicer import to_batch
+from paas.agent.servicer import to_batch, to_runs
+from paas.common.logruns import lines_of_runs
 from paas.proto import paas_pb2 as pb
 
 lines = st.builds(
@@ -42,3 +44,37 @@ def test_a_batch_holds_each_line_with_every_field(records: list[LogLine]) -> Non
         ]
     )
     assert to_batch(records) == expected
+
+
+# Seqs from a small range, so that stretches with seqs one after another come often.
+close_lines = lines.map(lambda line: line._replace(seq=line.seq % 8))
+
+
+@given(st.lists(close_lines, max_size=40))
+def test_runs_hold_the_same_lines_in_the_same_order(records: list[LogLine]) -> None:
+    batch = to_runs(records)
+    assert not batch.lines
+    assert lines_of_runs(batch.runs) == list(to_batch(records).lines)
+    for run in batch.runs:
+        assert run.first_seq or len(run.texts) == 1, "a notice is a run of one"
+
+
+def test_lines_read_together_are_one_run_and_a_gap_or_a_notice_cuts_it() -> None:
+    def read(seq: int, text: str, stream: str = "stdout", continued: bool = False) -> LogLine:
+        return LogLine(1.5, "shop", "web.1", stream, "node-1", seq, text, 2, continued)
+
+    records = [read(4, "a"), read(5, "b", continued=True), read(6, "c"), read(8, "d")]
+    records += [read(0, "3 lines lost", "paas"), read(9, "e"), read(10, "f")]
+    runs = to_runs(records).runs
+    assert [(r.first_seq, list(r.texts), list(r.continued)) for r in runs] == [
+        (4, ["a", "b", "c"], [1]),
+        (8, ["d"], []),
+        (0, ["3 lines lost"], []),
+        (9, ["e", "f"], []),
+    ]
+    assert (runs[0].app, runs[0].instance, runs[0].node, runs[0].run) == (
+        "shop",
+        "web.1",
+        "node-1",
+        2,
+    )

@@ -9,6 +9,7 @@ import pytest
 
 from paas.cli import render
 from paas.common.logformat import format_line
+from paas.common.logruns import runs_of_lines
 from paas.proto import paas_pb2 as pb
 
 PS_KEYS = {"name", "type", "state", "node", "pid", "port", "restarts", "last_exit", "app",
@@ -294,7 +295,7 @@ def test_a_batch_prints_what_its_lines_one_by_one_would(as_json: bool) -> None:
     single = render.LogPrinter(one_by_one, as_json=as_json)
     for line in lines:
         single.print(line)
-    render.LogPrinter(batched, as_json=as_json).print_batch(lines)
+    render.LogPrinter(batched, as_json=as_json).print_batch(runs_of_lines(lines))
     assert batched.getvalue() == one_by_one.getvalue()
     assert batched.getvalue().count("\n") == (6 if as_json else 3)  # the half line waits
 
@@ -317,16 +318,34 @@ def test_a_batch_without_pieces_prints_what_its_lines_one_by_one_would() -> None
     single, printer = render.LogPrinter(one_by_one), render.LogPrinter(batched)
     for line in lines:
         single.print(line)
-    printer.print_batch(lines)
+    printer.print_batch(runs_of_lines(lines))
     assert batched.getvalue() == one_by_one.getvalue()
     for line in later:
         single.print(line)
-    printer.print_batch(later[:1])
-    printer.print_batch(later[1:])  # a piece waits: this batch goes line by line
+    printer.print_batch(runs_of_lines(later[:1]))
+    printer.print_batch(runs_of_lines(later[1:]))  # a piece waits: this batch goes line by line
     assert batched.getvalue() == one_by_one.getvalue()
     assert batched.getvalue().endswith(format_line(5.0, "stdout", "web.1", "z") + "\n")
     assert "paas[scheduler]: Scaled" in batched.getvalue()
     assert "app[?]: e" in batched.getvalue()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_run_prints_a_line_for_each_of_its_texts(as_json: bool) -> None:
+    lines = [
+        pb.LogLine(timestamp=7.0, app="shop", instance="web.1", stream="stdout", node="n",
+                   seq=seq, text=text, run=2)
+        for seq, text in ((4, "one"), (5, "two"), (6, "three"))
+    ]  # fmt: skip
+    runs = runs_of_lines(lines)
+    assert [len(run.texts) for run in runs] == [3]
+    one_by_one, batched = io.StringIO(), io.StringIO()
+    single = render.LogPrinter(one_by_one, as_json=as_json)
+    for line in lines:
+        single.print(line)
+    render.LogPrinter(batched, as_json=as_json).print_batch(runs)
+    assert batched.getvalue() == one_by_one.getvalue()
+    assert batched.getvalue().count("\n") == 3
 
 
 def test_a_line_whose_rest_never_came_is_printed_at_the_end() -> None:

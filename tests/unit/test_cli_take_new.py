@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paas.cli.client import LogKey, take_new
+from paas.common.logruns import lines_of_runs, runs_of_lines
 from paas.proto import paas_pb2 as pb
 
 
@@ -38,13 +39,16 @@ def test_take_new_takes_what_the_plain_way_takes(
     plain: dict[LogKey, int] = {}
     for raw in batches:
         batch = [pb.LogLine(node=n, instance=i, seq=q) for (n, i), q in raw]
-        assert [x.seq for x in take_new(batch, cursors, skip)] == one_by_one(batch, plain, skip)
+        taken = lines_of_runs(take_new(runs_of_lines(batch), cursors, skip))
+        assert [x.seq for x in taken] == one_by_one(batch, plain, skip)
         assert cursors == plain
 
 
 def test_a_run_past_the_cursors_is_taken_whole_and_its_highest_seq_noted() -> None:
-    batch = [pb.LogLine(node="a", instance="web.1", seq=seq) for seq in (4, 5, 6)]
+    batch = [pb.LogRun(node="a", instance="web.1", first_seq=4, texts=["d", "e", "f"])]
     cursors: dict[LogKey, int] = {("a", "web.1"): 2}
     assert take_new(batch, cursors, {("a", "web.1"): 3}) == batch
     assert cursors == {("a", "web.1"): 6}
-    assert take_new(batch, cursors, {("a", "web.1"): 5}) == batch[2:]
+    (rest,) = take_new(batch, cursors, {("a", "web.1"): 5})
+    assert (rest.first_seq, list(rest.texts)) == (6, ["f"])
+    assert take_new(batch, cursors, {("a", "web.1"): 6}) == []

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paas.common.logruns import lines_of_runs, runs_of_lines
 from paas.proto import paas_pb2 as pb
 from paas.scheduler.logmerge import (
     Arrival,
@@ -26,13 +27,16 @@ START = 1.0  # when the tables' windows open
 WARM = START + 2 * W + 0.01  # by then every source had its time to be heard
 
 
-def line(stamp: float, node: str = "a", instance: str = "web.1", seq: int = 0) -> pb.LogLine:
-    return pb.LogLine(timestamp=stamp, node=node, instance=instance, seq=seq, text=f"{stamp}")
+def line(stamp: float, node: str = "a", instance: str = "web.1", seq: int = 0) -> pb.LogRun:
+    """A line, as the merge has them: a run of one (seq 0: a notice)."""
+    return pb.LogRun(
+        timestamp=stamp, node=node, instance=instance, first_seq=seq, texts=[f"{stamp}"]
+    )
 
 
-def names(lines: list[pb.LogLine]) -> list[str]:
+def names(runs: list[pb.LogRun]) -> list[str]:
     """`a@1.0` for the line of node a stamped 1.0: what a table expects to come out."""
-    return [f"{x.node}@{x.timestamp:g}" for x in lines]
+    return [f"{x.node}@{x.timestamp:g}" for x in lines_of_runs(runs)]
 
 
 # --- the window, step by step -----------------------------------------------------
@@ -154,7 +158,7 @@ def test_wake_at_is_when_the_oldest_held_batch_is_ripe() -> None:
 SOURCES = ("a", "b", "c")
 
 
-Batches = list[tuple[float, str, list[pb.LogLine]]]
+Batches = list[tuple[float, str, list[pb.LogRun]]]
 
 
 def arrivals(seed: int, steady: bool = False) -> Batches:
@@ -193,8 +197,9 @@ def _arrival_times(rng: random.Random, steady: bool) -> list[float]:
 
 
 def run(window: TimeOrderWindow, batches: Batches) -> list[pb.LogLine]:
-    """Drive `window` as the follow loop does: push each arrival, release when it says."""
-    out: list[pb.LogLine] = []
+    """Drive `window` as the follow loop does: push each arrival, release when it says;
+    the lines that came out."""
+    out: list[pb.LogRun] = []
     for at, source, lines in batches:
         while (wake := window.wake_at()) is not None and wake < at:
             out += window.release(wake)
@@ -204,7 +209,7 @@ def run(window: TimeOrderWindow, batches: Batches) -> list[pb.LogLine]:
     while (wake := window.wake_at()) is not None:
         out += window.release(wake)
     assert len(window) == 0
-    return out
+    return lines_of_runs(out)
 
 
 @settings(max_examples=100, deadline=None)
@@ -214,7 +219,7 @@ def test_every_line_comes_out_once_per_instance_in_order_and_nodes_in_time_order
 ) -> None:
     batches = arrivals(seed)
     out = run(TimeOrderWindow(now=0.0, window=W), batches)
-    pushed = [x.seq for _, _, lines in batches for x in lines]
+    pushed = [x.seq for _, _, runs in batches for x in lines_of_runs(runs)]
     assert sorted(x.seq for x in out) == sorted(pushed)
     for key in {(x.node, x.instance) for x in out}:
         seqs = [x.seq for x in out if (x.node, x.instance) == key]
@@ -251,7 +256,9 @@ def test_with_clocks_stepping_anywhere_lines_still_come_out_once_and_per_instanc
         for x in lines:
             x.timestamp += rng.choice((0.0, 0.0, rng.uniform(-5, 5)))
     out = run(TimeOrderWindow(now=0.0, window=W), batches)
-    assert sorted(x.seq for x in out) == sorted(x.seq for _, _, ls in batches for x in ls)
+    assert sorted(x.seq for x in out) == sorted(
+        x.seq for _, _, ls in batches for x in lines_of_runs(ls)
+    )
     for key in {(x.node, x.instance) for x in out}:
         seqs = [x.seq for x in out if (x.node, x.instance) == key]
         assert seqs == sorted(seqs), key
@@ -270,16 +277,16 @@ def test_the_inbox_drops_nothing_and_says_when_a_source_must_wait() -> None:
     assert inbox.has_room("b"), "one source's lag keeps no other out"
     inbox.put(Arrival("b", [line(5)]))
     assert len(inbox) == 5
-    assert names(list(inbox.take().lines)) == ["a@1", "a@2"]
+    assert names(list(inbox.take().runs)) == ["a@1", "a@2"]
     assert inbox.has_room("a")
-    assert [names(list(inbox.take().lines)) for _ in range(2)] == [["a@3", "a@4"], ["a@5"]]
+    assert [names(list(inbox.take().runs)) for _ in range(2)] == [["a@3", "a@4"], ["a@5"]]
     assert not inbox and len(inbox) == 0
 
 
 def test_a_whole_batch_stays_the_same_message() -> None:
-    batch = pb.LogBatch(lines=[line(1)])
+    batch = pb.LogBatch(runs=[line(1)])
     inbox = Inbox()
-    inbox.put(Arrival("a", batch.lines, batch))
+    inbox.put(Arrival("a", batch.runs, batch))
     assert inbox.take().whole is batch
 
 
@@ -289,7 +296,7 @@ def test_a_whole_batch_stays_the_same_message() -> None:
 def test_cursors_drop_what_the_reader_had_and_note_what_is_new() -> None:
     cursors = Cursors([pb.LogCursor(node="a", instance="web.1", seq=2)])
     lines = [line(1, seq=1), line(2, seq=2), line(3, seq=3), line(4, instance="web.2", seq=1)]
-    assert [x.seq for x in cursors.fresh(lines)] == [3, 1]
+    assert [x.first_seq for x in cursors.fresh(lines)] == [3, 1]
     assert cursors.fresh(lines) == []
     assert sorted((c.instance, c.seq) for c in cursors.of_node("a")) == [("web.1", 3), ("web.2", 1)]
     assert cursors.of_node("b") == []
@@ -300,17 +307,25 @@ def test_notices_are_never_repeats() -> None:
     notices = [line(1, seq=0), line(2, seq=0)]
     assert cursors.fresh(notices) == notices
     assert cursors.fresh(notices) == notices
-    assert all(cursors.is_new(x) for x in notices)
 
 
 def test_noting_history_not_sent_keeps_it_from_coming_back() -> None:
     cursors = Cursors()
-    old = [line(1, seq=5), line(2, seq=3)]
-    assert all(cursors.is_new(x) for x in old)
-    cursors.note(old)
+    cursors.note([line(1, seq=5), line(2, seq=3)])
     assert [c.seq for c in cursors.of_node("a")] == [5]
-    assert not cursors.is_new(line(3, seq=4))
     assert cursors.fresh([line(3, seq=4), line(4, seq=6)]) == [line(4, seq=6)]
+
+
+def test_a_run_the_reader_had_in_part_comes_cut_to_the_rest() -> None:
+    cursors = Cursors([pb.LogCursor(node="a", instance="web.1", seq=4)])
+    run = pb.LogRun(
+        node="a", instance="web.1", first_seq=3, texts=["c", "d", "e", "f"], continued=[1, 2]
+    )
+    (rest,) = cursors.fresh([run])
+    assert (rest.first_seq, list(rest.texts), list(rest.continued)) == (5, ["e", "f"], [0])
+    assert list(run.texts) == ["c", "d", "e", "f"], "the run that came is left as it is"
+    assert [c.seq for c in cursors.of_node("a")] == [6]
+    assert cursors.fresh([run]) == []
 
 
 def fresh_one_by_one(seen: dict[tuple[str, str], int], lines: list[pb.LogLine]) -> list[int]:
@@ -340,7 +355,8 @@ def test_fresh_takes_what_the_plain_way_takes(batches: list[list[tuple[str, str,
     seen: dict[tuple[str, str], int] = {}
     for batch in batches:
         lines = [pb.LogLine(node=n, instance=i, seq=q, text=str(q)) for n, i, q in batch]
-        assert [x.seq for x in cursors.fresh(lines)] == fresh_one_by_one(seen, lines)
+        fresh = lines_of_runs(cursors.fresh(runs_of_lines(lines)))
+        assert [x.seq for x in fresh] == fresh_one_by_one(seen, lines)
 
 
 # --- previous runs ----------------------------------------------------------------------
@@ -355,7 +371,7 @@ def test_previous_shows_the_run_that_ended_last_and_every_notice() -> None:
 
 def test_cursors_kept_as_a_mapping_resume_the_whole_stream_in_order() -> None:
     cursors = Cursors.of({("b", "web.1"): 4, ("a", "web.2"): 7})
-    assert not cursors.is_new(line(1, "b", seq=4))
+    assert cursors.fresh([line(1, "b", seq=4)]) == []
     assert [(c.node, c.instance, c.seq) for c in cursors.all()] == [
         ("a", "web.2", 7),
         ("b", "web.1", 4),

@@ -33,7 +33,7 @@ class Merge:
 
     async def __call__(self, request: pb.LogsRequest) -> AsyncIterator[pb.LogBatch]:
         self.asked.append(request)
-        yield pb.LogBatch(lines=[pb.LogLine(app=request.app, text="hello")])
+        yield pb.LogBatch(runs=[pb.LogRun(app=request.app, first_seq=3, texts=["hello", "there"])])
 
 
 SHOP = AppRecord(name="shop", created_at=0.0, release=1, id="app-7")
@@ -48,11 +48,23 @@ async def test_logs_asks_the_merge_for_the_app_by_its_id_and_passes_the_rest_on(
     merge = Merge()
     request = pb.LogsRequest(app="shop", lines=5, process="web", follow=True)
     batches = await logs(merge, request)
-    assert [line.text for batch in batches for line in batch.lines] == ["hello"]
+    # A reader that does not ask for runs gets lines.
+    assert [(line.seq, line.text) for batch in batches for line in batch.lines] == [
+        (3, "hello"),
+        (4, "there"),
+    ]
+    assert not any(batch.runs for batch in batches)
     (asked,) = merge.asked
     assert asked.app_id == "app-7"
     assert (asked.app, asked.lines, asked.process, asked.follow) == ("shop", 5, "web", True)
     assert request.app_id == ""  # the caller's message is left as it was
+
+
+async def test_a_reader_that_asks_for_runs_gets_them_as_the_merge_made_them() -> None:
+    request = pb.LogsRequest(app="shop", follow=True, packed=True)
+    (batch,) = await logs(Merge(), request)
+    assert not batch.lines
+    assert [(run.first_seq, list(run.texts)) for run in batch.runs] == [(3, ["hello", "there"])]
 
 
 async def test_an_unknown_app_is_refused_before_any_node_is_asked() -> None:
