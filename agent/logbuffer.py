@@ -29,7 +29,6 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
 from itertools import count, islice, repeat
-from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 
 from paas.agent.logline import LogLine as LogLine  # re-exported: readers import it from here
@@ -66,10 +65,19 @@ class Piece(NamedTuple):
     continued: bool = False
 
 
-_new_piece = partial(tuple.__new__, Piece)
+class Split(NamedTuple):
+    """What a LineSplitter gives for a chunk: the texts of its lines and pieces, and
+    the indexes of those that are pieces followed by more of their line."""
+
+    texts: list[str]
+    continued: tuple[int, ...] = ()
+
+    def pieces(self) -> list[Piece]:
+        continued = set(self.continued)
+        return [Piece(text, i in continued) for i, text in enumerate(self.texts)]
+
+
 _new_line = partial(tuple.__new__, LogLine)
-_TEXT = itemgetter(0)
-_CONTINUED = itemgetter(1)
 
 
 class LineSplitter:
@@ -91,23 +99,32 @@ class LineSplitter:
         self._safe_chars = max_line // _UTF8_MAX
 
     def feed(self, data: bytes) -> list[Piece]:
+        """The lines and pieces `data` completes (with what came before it)."""
+        return self.split(data).pieces()
+
+    def flush(self) -> list[Piece]:
+        """What is left at end of stream (a last line without a newline)."""
+        return self.split_rest().pieces()
+
+    def split(self, data: bytes) -> Split:
+        """`feed`, as texts and the indexes of pieces: no object a line."""
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
         if "\r" not in text and self._all_fit(lines, text):
             # The common case, without a Python-level step per line.
-            out = list(map(_new_piece, zip(lines, repeat(False))))
+            out = Split(lines)
         else:
-            out = [piece for line in lines for piece in self._cut(line.removesuffix("\r"))]
+            out = _joined([self._cut(line.removesuffix("\r")) for line in lines])
         if len(self._partial) > self._safe_chars:
             *pieces, self._partial = _pieces(self._partial, self._max_line)
-            out += [Piece(piece, True) for piece in pieces]
+            out = _joined([out, Split(pieces, tuple(range(len(pieces))))])
         return out
 
-    def flush(self) -> list[Piece]:
-        """What is left at end of stream (a last line without a newline)."""
+    def split_rest(self) -> Split:
+        """`flush`, as `split` gives it."""
         rest = self._partial + self._decoder.decode(b"", final=True)
         self._partial = ""
-        return self._cut(rest) if rest else []
+        return self._cut(rest) if rest else Split([])
 
     def _all_fit(self, lines: list[str], text: str) -> bool:
         """Whether every one of `lines` (the complete lines of `text`) is short enough."""
@@ -120,11 +137,21 @@ class LineSplitter:
             return longest <= self._max_line
         return all(len(line.encode()) <= self._max_line for line in lines)
 
-    def _cut(self, line: str) -> list[Piece]:
+    def _cut(self, line: str) -> Split:
         if len(line) <= self._safe_chars:
-            return [Piece(line)]
-        *pieces, last = _pieces(line, self._max_line)
-        return [*(Piece(piece, True) for piece in pieces), Piece(last)]
+            return Split([line])
+        pieces = _pieces(line, self._max_line)
+        return Split(pieces, tuple(range(len(pieces) - 1)))
+
+
+def _joined(splits: list[Split]) -> Split:
+    """The texts of `splits` one after another, their pieces' indexes shifted along."""
+    texts: list[str] = []
+    continued: list[int] = []
+    for split in splits:
+        continued += (len(texts) + index for index in split.continued)
+        texts += split.texts
+    return Split(texts, tuple(continued))
 
 
 def _pieces(text: str, limit: int) -> list[str]:
@@ -221,12 +248,14 @@ class LogBuffer:
             self._publish([line])
         return line
 
-    def extend(self, stream: str, pieces: list[Piece]) -> None:
-        """`append` each piece, all stamped with the same time (they were read together)."""
-        if not pieces:
+    def extend(self, stream: str, split: Split) -> None:
+        """`append` each text of `split`, all stamped with the same time (they were read
+        together)."""
+        texts, continued = split
+        if not texts:
             return
         first = self._seq + 1
-        self._seq += len(pieces)
+        self._seq += len(texts)
         # Made in C (zip, map, tuple.__new__): a Python-level step per line costs
         # as much as all the rest of the way into the buffer.
         fields = zip(
@@ -236,9 +265,9 @@ class LogBuffer:
             repeat(stream),
             repeat(self.node),
             count(first),
-            map(_TEXT, pieces),
+            texts,
             repeat(self.run),
-            map(_CONTINUED, pieces),
+            map(set(continued).__contains__, range(len(texts))) if continued else repeat(False),
             repeat(self.app_id),
         )
         lines: list[LogLine] = list(map(_new_line, fields))
@@ -432,7 +461,11 @@ class Subscription:
     def take(self, limit: int) -> list[LogLine]:
         """Up to `limit` lines there are now, without waiting (as `get_many`)."""
         lines = self._lines
-        return [lines.popleft() for _ in range(min(limit, len(lines)))]
+        if len(lines) <= limit:  # all of them, the common case: no step per line
+            taken = list(lines)
+            lines.clear()
+            return taken
+        return [lines.popleft() for _ in range(limit)]
 
 
 class LogHub:
@@ -602,7 +635,7 @@ class LogHub:
     def _publish(self, lines: list[LogLine]) -> None:
         """Lines of one instance, in order, to the spool and to each follower."""
         if self.spool is not None:
-            self.spool.write_many(lines)
+            self.spool.write_run(lines)
         for subscription in self._subscriptions:
             subscription.offer_many(lines)
 
@@ -612,8 +645,8 @@ async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> 
     memory stays bounded."""
     splitter = LineSplitter()
     while chunk := await reader.read(READ_CHUNK):
-        buffer.extend(stream, splitter.feed(chunk))
+        buffer.extend(stream, splitter.split(chunk))
         wait = buffer.backpressure()
         if wait is not None:
             await wait
-    buffer.extend(stream, splitter.flush())
+    buffer.extend(stream, splitter.split_rest())

@@ -60,14 +60,13 @@ from bisect import bisect_right
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from enum import Enum
-from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
 from paas.agent.errors import AgentError
-from paas.agent.logline import SEQ, TEXT, LogLine
+from paas.agent.logline import TEXT, LogLine
 from paas.agent.spoolfiles import (
     FORMAT,
     FORMAT_FILE,
@@ -79,7 +78,7 @@ from paas.agent.spoolfiles import (
     Span,
     SpoolFile,
     decode,
-    encode_all,
+    encode_run,
     records,
     records_backwards,
     records_from,
@@ -97,7 +96,6 @@ BACKLOG_BYTES = 16 << 20
 # lines (`yes`) hold several times the backlog's bytes in memory.
 LINE_OVERHEAD = 256
 Key = tuple[str, str]  # (app, instance): what a reader asks for
-_KEY = itemgetter(9, 1, 2)  # a LogLine's (app_id, app, instance)
 
 
 class LogStateError(AgentError):
@@ -229,14 +227,15 @@ class Spool:
         self.dropped_total = 0  # lines never written for lack of room in the backlog
         self.unwritten = 0  # lines whose write failed (disk full, I/O error)
         # Loop side: the batch being gathered, lost lines per instance not yet noted.
-        self._batch: list[LogLine] = []
+        # Runs of lines (those read together, or a line alone), as they were written.
+        self._batch: list[list[LogLine]] = []
         # Per instance: how many lines were lost, and the time and run of the first.
         self._lost: dict[IdKey, tuple[int, float, int]] = {}
         self._queued = 0  # bytes handed over, ever (only the loop writes it)
         self._written = 0  # bytes written, ever (only the writer thread writes it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue.SimpleQueue[
-            list[LogLine] | concurrent.futures.Future[None] | _Forget | None
+            list[list[LogLine]] | concurrent.futures.Future[None] | _Forget | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # App ids being forgotten (or whose lines could not be deleted): never read.
@@ -284,10 +283,12 @@ class Spool:
             return
         self._enqueue([line], cost)
 
-    def write_many(self, lines: list[LogLine]) -> None:
-        """`write` each of `lines` (one instance's, in order), with the checks done once
-        for all that fit in the backlog."""
-        cost = sum(len(line.text) for line in lines) + LINE_OVERHEAD * len(lines)
+    def write_run(self, lines: list[LogLine]) -> None:
+        """`write` each of `lines`, with the checks done once for all that fit in the
+        backlog. `lines` are one run: lines of one instance read together, which share
+        every field but seq, text and continued (their records are made from the
+        first's), with seqs one after another."""
+        cost = sum(map(len, map(TEXT, lines))) + LINE_OVERHEAD * len(lines)
         if self._queued - self._written + cost > self.backlog_bytes or self._thread is None:
             for line in lines:
                 self.write(line)
@@ -302,7 +303,7 @@ class Spool:
         if self._lost:
             self._note_losses()  # before these lines, where the gap is
         self._queued += cost
-        self._batch += lines
+        self._batch.append(lines)
 
     def _hand_over(self) -> None:
         if self._lost and self._thread is not None:
@@ -330,7 +331,7 @@ class Spool:
                 return
             del self._lost[key]
             self._queued += cost
-            self._batch.append(notice)
+            self._batch.append([notice])
 
     def congested(self) -> bool:
         """Whether more than half the backlog waits for the disk: readers of pipes then
@@ -649,7 +650,7 @@ class Spool:
     def _run(self) -> None:
         while True:
             item = self._inbox.get()
-            batch: list[LogLine] = []
+            batch: list[list[LogLine]] = []
             barriers: list[concurrent.futures.Future[None]] = []
             stop = False
             # Take everything waiting: one write for many batches.
@@ -681,15 +682,16 @@ class Spool:
             os.close(self._fd)
             self._fd = -1
 
-    def _append(self, batch: list[LogLine]) -> None:
-        cost = sum(map(len, map(TEXT, batch))) + LINE_OVERHEAD * len(batch)
+    def _append(self, batch: list[list[LogLine]]) -> None:
+        lines = sum(map(len, batch))
+        cost = sum(sum(map(len, map(TEXT, run))) for run in batch) + LINE_OVERHEAD * lines
         try:
             self._write(batch)
             if self._failed:
                 log.warning("the log spool in %s writes again", self.directory)
                 self._failed = ""
         except OSError as exc:
-            self.unwritten += len(batch)
+            self.unwritten += lines
             if not self._failed:
                 log.error("the log spool in %s cannot write: %s", self.directory, exc)
             self._failed = str(exc)
@@ -709,14 +711,12 @@ class Spool:
                 with self._lock:
                     current.marks = None
 
-    def _write(self, batch: list[LogLine]) -> None:
+    def _write(self, runs: list[list[LogLine]]) -> None:
         current = self._current
         if current is None or self._fd < 0:  # a failed clear or rewrite left none
             raise OSError(errno.EBADF, "the spool has no file to write to")
-        # Lines come in runs of one instance's: one encoding, one span update and
-        # maybe a mark per run of lines.
-        runs = [(key, list(group)) for key, group in groupby(batch, key=_KEY)]
-        encoded = [encode_all(lines).encode("utf-8", "replace") for _, lines in runs]
+        # One encoding, one span update and maybe a mark per run of lines.
+        encoded = [encode_run(lines).encode("utf-8", "replace") for lines in runs]
         data = b"".join(encoded)
         view = memoryview(data)
         while view:
@@ -724,12 +724,14 @@ class Spool:
         with self._lock:
             spans = current.spans
             offset = current.size
-            for (key, lines), records_of_run in zip(runs, encoded, strict=True):
+            for lines, records_of_run in zip(runs, encoded, strict=True):
+                first = lines[0]
+                key = (first.app_id, first.app, first.instance)
                 span = spans.get(key)
                 if span is None:
                     span = spans[key] = Span()
-                span.add_all(lines)
-                current.mark(key, next(filter(None, map(SEQ, lines)), 0), offset)
+                span.add_run(lines)
+                current.mark(key, first.seq, offset)
                 offset += len(records_of_run)
             current.size += len(data)
         if current.size >= self.file_bytes:

@@ -68,6 +68,17 @@ class Span:
         self.last_run = max(self.last_run, max(map(RUN, lines)))
         self.lines += len(lines)
 
+    def add_run(self, lines: Sequence[LogLine]) -> None:
+        """`add_all` of the lines of one run (seqs one after another, or one notice):
+        the first and the last tell it all."""
+        first, last = lines[0], lines[-1]
+        if first.seq:
+            if not self.first_seq:
+                self.first_seq = first.seq
+            self.last_seq = max(self.last_seq, last.seq)
+        self.last_run = max(self.last_run, first.run)
+        self.lines += len(lines)
+
     def merge(self, other: Span) -> None:
         if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
             self.first_seq = other.first_seq
@@ -137,6 +148,7 @@ def encode(line: LogLine) -> str:
 
 # What the lines of one run of records share: all their fields but seq and text.
 _SHARED = itemgetter(9, 1, 2, 0, 3, 7, 8)  # app id, app, instance, time, stream, run, continued
+_CONTINUED = itemgetter(8)
 
 
 def encode_all(lines: Sequence[LogLine]) -> str:
@@ -161,6 +173,21 @@ def encode_all(lines: Sequence[LogLine]) -> str:
         fields = zip(repeat(head), seqs, repeat(middle), texts, repeat("\n"))
         parts.append("".join(chain.from_iterable(fields)))
     return "".join(parts)
+
+
+def encode_run(lines: Sequence[LogLine]) -> str:
+    """`encode_all` of the lines of one run: lines read together, which share every
+    field but seq, text and continued (the caller's word: the fields of the first
+    are written for all). No step a line but in C: a prefix and a middle shared by
+    all, each line's seq and text between them."""
+    texts = list(map(TEXT, lines))
+    if any(map(_CONTINUED, lines)) or any(map(contains, texts, repeat("\n"))):
+        return encode_all(lines)  # a piece, or a text that is JSON: the general way
+    first = lines[0]
+    head = f"{first.app_id}\t{first.app}\t{first.instance}\t{first.timestamp!r}\t{first.stream}\t"
+    middle = f"\t{first.run}\t0\t"
+    seqs = map(str, map(SEQ, lines))
+    return "".join(map("".join, zip(repeat(head), seqs, repeat(middle), texts, repeat("\n"))))
 
 
 def decode(record: bytes, node: str) -> LogLine | None:

@@ -32,6 +32,11 @@ def batches(
 ) -> Iterator[Sequence[LineT]]:
     """`lines` in order, cut into runs of at most `max_lines` lines and about
     `max_bytes` of text (a run has at least one line, however long)."""
+    if not lines:
+        return
+    if len(lines) <= max_lines and sum(map(len, map(_TEXT, lines))) <= max_bytes:
+        yield lines  # within both bounds, the common case
+        return
     # The text's size up to and including each line, summed in C.
     ends = list(accumulate(map(len, map(_TEXT, lines))))
     start, before = 0, 0

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -377,11 +378,14 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
     """Rounds of writing flat out, alternately with no follower and with a `paas logs -f`
     stopped (SIGSTOP) before the round begins. Only the follower waits: the pipe is
     read as before, so the cluster spends no more CPU per line written with the
-    stopped follower (best rounds within 10 %), and the writer's best rate is as
-    high (within 10 % when that holds, as on an idle machine; within 25 % on a loaded
-    one, where the rate of a 2 s round swings by a quarter whatever follows it: seen
-    in CI; a blocked pipe would cost far more). Interleaved rounds, three of each at
-    least. Each stopped follower gets a first round that is not counted (see below)."""
+    stopped follower, and the writer's rate is as high. Rounds are interleaved in
+    pairs (alone, then stopped), three pairs at least, and judged by the median over
+    the pairs of stopped against alone: within 10 % for CPU and rate when that holds,
+    as on an idle machine; within 25 % on a loaded one, where CPU a line and the rate
+    of a 2 s round swing by half whatever follows it (seen in CI, and with the other
+    half of the suite running: the best rounds alone and stopped were 15 % apart,
+    their median 9 % the other way). A blocked pipe would cost far more. Each stopped
+    follower gets a first round that is not counted (see below)."""
     (app_dir / "timed.py").write_text(TIMED_WRITER)
     triggers = tmp_path / "triggers"
     triggers.mkdir()
@@ -408,11 +412,11 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
         lines, rate = await wait_for(said, timeout=120, what=f"round {k}")
         return Round(rate, (cpu() - used) / lines)
 
-    def holds(rate_bound: float) -> bool:
-        alone, behind = rounds[False], rounds[True]
-        return min(r.cpu_per_line for r in behind) <= 1.10 * min(
-            r.cpu_per_line for r in alone
-        ) and max(r.rate for r in behind) >= rate_bound * max(r.rate for r in alone)
+    def holds(bound: float) -> bool:
+        pairs = list(zip(rounds[False], rounds[True], strict=True))
+        cpu = statistics.median(s.cpu_per_line / a.cpu_per_line for a, s in pairs)
+        rate = statistics.median(s.rate / a.rate for a, s in pairs)
+        return cpu <= 1 + bound and rate >= 1 - bound
 
     k = 0
     for pair in range(6):
@@ -436,6 +440,6 @@ async def test_a_stopped_follower_does_not_slow_the_writer(
                 if follower is not None:
                     follower.process.send_signal(signal.SIGCONT)
                     await follower.stop()
-        if pair >= 2 and holds(0.9):
+        if pair >= 2 and holds(0.10):
             break
-    assert holds(0.75), f"with a stopped follower: {rounds[True]}; alone: {rounds[False]}"
+    assert holds(0.25), f"with a stopped follower: {rounds[True]}; alone: {rounds[False]}"

@@ -185,7 +185,7 @@ async def test_a_slow_disk_makes_the_process_wait_instead_of_lines_being_dropped
     process waits on its pipe, and every line reaches the spool (none dropped)."""
     real_write = Spool._write
 
-    def slow_write(self: Spool, batch: list[LogLine]) -> None:
+    def slow_write(self: Spool, batch: list[list[LogLine]]) -> None:
         time.sleep(0.02)
         real_write(self, batch)
 

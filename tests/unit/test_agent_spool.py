@@ -17,12 +17,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paas.agent import logcursor
-from paas.agent.logbuffer import LogHub, Piece
+from paas.agent.logbuffer import LogHub, Split
 from paas.agent.logcursor import read_after
 from paas.agent.logline import LogLine
 from paas.agent.servicer import process_matcher, read_history
 from paas.agent.spool import Found, Query, Spool, Verdict
-from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode, encode_all
+from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode, encode_all, encode_run
 from paas.common.logformat import lost_count
 
 
@@ -531,6 +531,25 @@ def test_records_made_a_run_at_a_time_are_the_records_made_one_by_one(
     assert [decode(record, "node-1") for record in records] == lines
 
 
+@given(_runs)
+def test_records_of_a_run_made_at_once_are_the_records_made_one_by_one(
+    runs: list[tuple[str, str, float, int, bool, list[str]]],
+) -> None:
+    seq = itertools.count(1)
+    for instance, stream, stamp, run, pieces, texts in runs:
+        lines = [
+            LogLine(stamp, "shop", instance, stream, "node-1", next(seq), text, run,
+                    pieces and i % 2 == 0, "id1")
+            for i, text in enumerate(texts)
+        ]  # fmt: skip
+        assert encode_run(lines) == "".join(map(encode, lines))
+        span = Span()
+        span.add_run(lines)
+        everything = Span()
+        everything.add_all(lines)
+        assert span == everything
+
+
 async def write_interleaved(spool: Spool, total: int) -> None:
     """Lines 1..total of web.1 and of web.2 (app id "a1"), in runs of 1 to 37 lines of
     one instance at a time, handed over a few runs at a time (so batches mix them)."""
@@ -627,7 +646,7 @@ async def test_a_reader_far_behind_is_caught_up_forward_with_the_loss_counted(
     try:
         buffer = hub.buffer("shop", "web.1", app_id="a1")
         for start in range(0, 3000, 50):
-            buffer.extend("stdout", [Piece(f"x{seq}") for seq in range(start + 1, start + 51)])
+            buffer.extend("stdout", Split([f"x{seq}" for seq in range(start + 1, start + 51)]))
             await hub.spool.flush()
         cursor, got, lost = 0, [], 0
         for _ in range(1000):
