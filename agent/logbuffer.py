@@ -16,8 +16,8 @@ supervisor feeds it lifecycle lines like any other.
     hub = LogHub(node="node-1", lines=10_000)
     buffer = hub.buffer("shop", "web.1")
     buffer.append("paas", "State changed from starting to up")
-    subscription = hub.subscribe(lambda line: line.app == "shop")
-    line = await subscription.get()
+    subscription = hub.subscribe(lambda run: run.app == "shop")
+    runs = await subscription.get_many(1024)
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection
 from functools import partial
-from itertools import count, islice, repeat
 from typing import TYPE_CHECKING, NamedTuple
 
+from paas.agent.logline import LineRun
 from paas.agent.logline import LogLine as LogLine  # re-exported: readers import it from here
 from paas.common.logformat import PAAS_STREAM
 
@@ -71,6 +71,7 @@ class Split(NamedTuple):
 
     texts: list[str]
     continued: tuple[int, ...] = ()
+    chars: int = -1  # the characters of all the texts, if counted
 
     def pieces(self) -> list[Piece]:
         continued = set(self.continued)
@@ -111,8 +112,9 @@ class LineSplitter:
         text = self._partial + self._decoder.decode(data)
         *lines, self._partial = text.split("\n")
         if "\r" not in text and self._all_fit(lines, text):
-            # The common case, without a Python-level step per line.
-            out = Split(lines)
+            # The common case, without a Python-level step per line; the lines' text is
+            # all that came but the newlines and the partial line.
+            out = Split(lines, (), len(text) - len(self._partial) - len(lines))
         else:
             out = _joined([self._cut(line.removesuffix("\r")) for line in lines])
         if len(self._partial) > self._safe_chars:
@@ -175,8 +177,10 @@ def _pieces(text: str, limit: int) -> list[str]:
 class LogBuffer:
     """The last `limit` lines of one instance of one app (by id), with its sequence counter.
 
-    Each appended line is also handed to `publish` (the hub's fan-out), a batch at a time.
-    `dropped` counts lines pushed out of the ring by newer ones.
+    Lines are kept as they were read, a LineRun for each read of a pipe (and one for
+    each line appended alone): nothing is made a line on the way in. Each run is
+    also handed to `publish` (the hub's fan-out). `dropped` counts lines pushed out
+    of the ring by newer ones.
     """
 
     def __init__(
@@ -185,7 +189,7 @@ class LogBuffer:
         instance: str,
         node: str,
         limit: int,
-        publish: Callable[[list[LogLine]], None] | None = None,
+        publish: Callable[[LineRun], None] | None = None,
         *,
         seq: int = 0,
         run: int = 0,
@@ -199,7 +203,11 @@ class LogBuffer:
         self.dropped = 0
         self.run = run  # the run lines are written by now; 0 before the first start
         self.finished_run = run  # the last run whose process has exited
-        self._lines: deque[LogLine] = deque(maxlen=max(1, limit))
+        self._limit = max(1, limit)
+        # Oldest first; the first `_skip` lines of the oldest run are no longer kept.
+        self._runs: deque[LineRun] = deque()
+        self._skip = 0
+        self._kept = 0  # lines kept, those skipped not counted
         self._seq = seq
         self._publish = publish
         # What the pipe's reader waits on before reading more (the hub's: the disk
@@ -207,7 +215,7 @@ class LogBuffer:
         self.backpressure: Callable[[], Awaitable[None] | None] = _no_wait
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return self._kept
 
     @property
     def last_seq(self) -> int:
@@ -216,7 +224,7 @@ class LogBuffer:
     @property
     def oldest_seq(self) -> int:
         """The seq of the oldest line kept; with nothing kept, the seq the next line gets."""
-        return self._lines[0].seq if self._lines else self._seq + 1
+        return self._seq + 1 - self._kept
 
     def begin_run(self) -> int:
         """A new process of the instance starts: lines from now on belong to the next run."""
@@ -229,81 +237,119 @@ class LogBuffer:
 
     def append(self, stream: str, text: str, continued: bool = False) -> LogLine:
         self._seq += 1
-        line = LogLine(
+        run = LineRun(
             time.time(),
             self.app,
             self.instance,
             stream,
             self.node,
             self._seq,
-            text,
+            [text],
             self.run,
-            continued,
+            (0,) if continued else (),
             self.app_id,
+            len(text),
         )
-        if len(self._lines) == self._lines.maxlen:
-            self.dropped += 1
-        self._lines.append(line)
-        if self._publish is not None:
-            self._publish([line])
-        return line
+        self._keep(run)
+        return run.lines()[0]
 
     def extend(self, stream: str, split: Split) -> None:
         """`append` each text of `split`, all stamped with the same time (they were read
-        together)."""
-        texts, continued = split
+        together): one run."""
+        texts, continued, chars = split
         if not texts:
             return
         first = self._seq + 1
         self._seq += len(texts)
-        # Made in C (zip, map, tuple.__new__): a Python-level step per line costs
-        # as much as all the rest of the way into the buffer.
-        fields = zip(
-            repeat(time.time()),
-            repeat(self.app),
-            repeat(self.instance),
-            repeat(stream),
-            repeat(self.node),
-            count(first),
-            texts,
-            repeat(self.run),
-            map(set(continued).__contains__, range(len(texts))) if continued else repeat(False),
-            repeat(self.app_id),
+        self._keep(
+            LineRun(
+                time.time(),
+                self.app,
+                self.instance,
+                stream,
+                self.node,
+                first,
+                texts,
+                self.run,
+                continued,
+                self.app_id,
+                chars,
+            )
         )
-        lines: list[LogLine] = list(map(_new_line, fields))
-        kept = self._lines
-        maxlen = kept.maxlen or 0
-        self.dropped += max(0, len(kept) + len(lines) - maxlen)
-        kept.extend(lines)
+
+    def _keep(self, run: LineRun) -> None:
+        self._runs.append(run)
+        self._kept += len(run.texts)
+        self._trim(self._limit)
         if self._publish is not None:
-            self._publish(lines)
+            self._publish(run)
+
+    def _trim(self, limit: int) -> None:
+        """Keep the last `limit` lines; those pushed out count as dropped."""
+        over = self._kept - limit
+        if over <= 0:
+            return
+        self.dropped += over
+        self._kept = limit
+        runs = self._runs
+        while over:
+            oldest = len(runs[0].texts) - self._skip
+            if oldest > over:
+                self._skip += over
+                return
+            runs.popleft()
+            self._skip = 0
+            over -= oldest
+
+    def runs(self) -> list[LineRun]:
+        """Every kept line, oldest first, as the runs they were read in."""
+        runs = list(self._runs)
+        if runs and self._skip:
+            runs[0] = runs[0].part(self._skip)
+        return runs
 
     def lines(self) -> list[LogLine]:
         """Every kept line, oldest first."""
-        return list(self._lines)
+        return [line for run in self.runs() for line in run.lines()]
 
     def after(self, seq: int, limit: int) -> list[LogLine]:
-        """Up to `limit` kept lines with seq above `seq`, oldest first (kept seqs run
-        without a gap, so this is a slice)."""
-        kept = self._lines
-        start = max(0, seq + 1 - self.oldest_seq)
-        if start >= len(kept) or limit <= 0:
+        """Up to `limit` kept lines with seq above `seq`, oldest first."""
+        return [line for run in self.runs_after(seq, limit) for line in run.lines()]
+
+    def runs_after(self, seq: int, limit: int) -> list[LineRun]:
+        """`after`, as runs (the first and the last cut to fit)."""
+        if limit <= 0 or seq >= self._seq:
             return []
-        if start > len(kept) // 2:
-            # From the newer end: a follower that catches up is mostly near it.
-            tail = list(islice(reversed(kept), len(kept) - start))
-            tail.reverse()
-            return tail[:limit]
-        return list(islice(kept, start, start + limit))
+        # From the newer end: a follower that catches up is mostly near it.
+        found: list[LineRun] = []
+        for run in reversed(self._runs):
+            if run.last_seq <= seq:
+                break
+            found.append(run)
+        found.reverse()
+        if not found:
+            return []
+        start = max(seq + 1, self.oldest_seq) - found[0].first_seq
+        if start > 0:
+            found[0] = found[0].part(start)
+        out: list[LineRun] = []
+        left = limit
+        for run in found:
+            if len(run.texts) >= left:
+                out.append(run.part(0, left) if len(run.texts) > left else run)
+                break
+            out.append(run)
+            left -= len(run.texts)
+        return out
 
     def last_output(self, run: int, count: int) -> list[str]:
         """The last `count` stdout/stderr lines of `run` that are still kept."""
         found: list[str] = []
-        for line in reversed(self._lines):
-            if line.run < run or len(found) >= count:
+        for kept in reversed(self.runs()):
+            if kept.run < run or len(found) >= count:
                 break
-            if line.run == run and line.stream != PAAS_STREAM:
-                found.append(line.text)
+            if kept.run == run and kept.stream != PAAS_STREAM:
+                found += reversed(kept.texts[-(count - len(found)) :])
         return found[::-1]
 
     def tail(self, count: int) -> list[LogLine]:
@@ -319,13 +365,15 @@ class LogBuffer:
         if count <= 0:
             return []
         lines: list[LogLine] = []
-        for line in reversed(self._lines):
+        runs = self.runs()
+        for run in reversed(runs):
             if len(lines) >= count:
                 break
-            if keep is None or keep(line):
-                lines.append(line)
+            newest_first = run.lines()[::-1]
+            lines += newest_first if keep is None else filter(keep, newest_first)
+        lines = lines[:count]
         lines.reverse()
-        oldest = self._lines[0] if self._lines else None
+        oldest = runs[0].lines()[0] if runs else None
         if (
             len(lines) < count
             and self.dropped
@@ -348,14 +396,14 @@ class LogBuffer:
 
     def retire(self, keep: int) -> None:
         """Shrink to the last `keep` lines and stop publishing: the instance is gone."""
-        if keep < len(self._lines):
-            self.dropped += len(self._lines) - keep
-        self._lines = deque(list(self._lines)[max(0, len(self._lines) - keep) :], maxlen=keep)
+        self._limit = max(1, keep)
+        self._trim(keep)
         self._publish = None
 
-    def revive(self, limit: int, publish: Callable[[list[LogLine]], None]) -> None:
+    def revive(self, limit: int, publish: Callable[[LineRun], None]) -> None:
         """The instance is back on this node: grow again, publish again, keep counting seq."""
-        self._lines = deque(self._lines, maxlen=max(1, limit))
+        self._limit = max(1, limit)
+        self._trim(self._limit)
         self._publish = publish
 
     def detach(self) -> None:
@@ -381,7 +429,7 @@ class Subscription:
 
     def __init__(
         self,
-        wants: Callable[[LogLine], bool],
+        wants: Callable[[LineRun], bool],
         node: str,
         app: str = "",
         maxsize: int = SUBSCRIBER_QUEUE,
@@ -393,38 +441,36 @@ class Subscription:
         self.first_seq: dict[str, int] = {}
         self._node = node
         self._maxsize = max(1, maxsize)
-        self._lines: deque[LogLine] = deque()
+        self._runs: deque[LineRun] = deque()
+        self._lines = 0  # in the runs queued
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False  # the hub ended it: nothing more will come
 
     def __len__(self) -> int:
-        return len(self._lines)
+        """Lines queued."""
+        return self._lines
 
     def close(self) -> None:
         """Nothing more will come (what it follows is gone): a waiting `get_many` returns."""
         self.closed = True
         self._wake()
 
-    def offer_many(self, lines: list[LogLine]) -> None:
-        """Queue `lines` (of one instance, so `wants` is asked once), or pause if they
-        do not fit."""
-        if not lines or not self.wants(lines[0]):
+    def offer(self, run: LineRun) -> None:
+        """Queue `run`, or pause if it does not fit."""
+        if not run.texts or not self.wants(run):
             return
-        first = lines[0]
-        if first.instance not in self.first_seq:
-            self.first_seq[first.instance] = first.seq
+        if run.instance not in self.first_seq:
+            self.first_seq[run.instance] = run.first_seq
         if self.behind:
             return
-        if self._maxsize - len(self._lines) < len(lines):
+        if self._maxsize - self._lines < len(run.texts):
             self.behind = True
             self.pauses += 1
             self._wake()
             return
-        self._lines.extend(lines)
+        self._runs.append(run)
+        self._lines += len(run.texts)
         self._wake()
-
-    def offer(self, line: LogLine) -> None:
-        self.offer_many([line])
 
     def resume(self) -> None:
         """The reader has caught up: queue live lines again."""
@@ -436,16 +482,10 @@ class Subscription:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> LogLine:
-        """The next queued line, waiting for one (paused, that is after `resume`)."""
-        while not self._lines and not self.closed:
-            await self._wait()
-        return self.take(1)[0]
-
-    async def get_many(self, limit: int) -> list[LogLine]:
-        """Up to `limit` queued lines, oldest first, waiting for at least one, or for
-        the subscription to pause (then the lines queued before it, maybe none). Once
-        closed, it returns what is left, at once (nothing, in the end)."""
+    async def get_many(self, limit: int) -> list[LineRun]:
+        """Up to `limit` queued lines, oldest first, as runs, waiting for at least one,
+        or for the subscription to pause (then the lines queued before it, maybe none).
+        Once closed, it returns what is left, at once (nothing, in the end)."""
         while not self._lines and not self.behind and not self.closed:
             await self._wait()
         return self.take(limit)
@@ -458,14 +498,22 @@ class Subscription:
         finally:
             self._waiter = None
 
-    def take(self, limit: int) -> list[LogLine]:
-        """Up to `limit` lines there are now, without waiting (as `get_many`)."""
-        lines = self._lines
-        if len(lines) <= limit:  # all of them, the common case: no step per line
-            taken = list(lines)
-            lines.clear()
-            return taken
-        return [lines.popleft() for _ in range(limit)]
+    def take(self, limit: int) -> list[LineRun]:
+        """Up to `limit` lines there are now, as runs, without waiting (as `get_many`)."""
+        runs = self._runs
+        taken: list[LineRun] = []
+        left = limit
+        while runs and left > 0:
+            run = runs[0]
+            if len(run.texts) > left:  # the rest of it stays first in the queue
+                taken.append(run.part(0, left))
+                runs[0] = run.part(left)
+                left = 0
+                break
+            taken.append(runs.popleft())
+            left -= len(run.texts)
+        self._lines -= limit - left
+        return taken
 
 
 class LogHub:
@@ -613,7 +661,7 @@ class LogHub:
             await self.spool.clear()
 
     def subscribe(
-        self, wants: Callable[[LogLine], bool], app: str = "", maxsize: int = SUBSCRIBER_QUEUE
+        self, wants: Callable[[LineRun], bool], app: str = "", maxsize: int = SUBSCRIBER_QUEUE
     ) -> Subscription:
         """Live lines that `wants` accepts, from now on; `app` names the app in loss notices."""
         subscription = Subscription(wants, self.node, app, maxsize)
@@ -632,12 +680,12 @@ class LogHub:
             return None
         return spool.flush()
 
-    def _publish(self, lines: list[LogLine]) -> None:
-        """Lines of one instance, in order, to the spool and to each follower."""
+    def _publish(self, run: LineRun) -> None:
+        """Lines of one instance read together, to the spool and to each follower."""
         if self.spool is not None:
-            self.spool.write_run(lines)
+            self.spool.write_run(run)
         for subscription in self._subscriptions:
-            subscription.offer_many(lines)
+            subscription.offer(run)
 
 
 async def pump(reader: asyncio.StreamReader, stream: str, buffer: LogBuffer) -> None:

@@ -66,7 +66,7 @@ from typing import BinaryIO
 
 from paas.agent.config import AgentConfig
 from paas.agent.errors import AgentError
-from paas.agent.logline import TEXT, LogLine
+from paas.agent.logline import LineRun, LogLine, size
 from paas.agent.spoolfiles import (
     FORMAT,
     FORMAT_FILE,
@@ -95,6 +95,13 @@ BACKLOG_BYTES = 16 << 20
 # and its slot in the batch (8), rounded up. Counting less lets a flood of short
 # lines (`yes`) hold several times the backlog's bytes in memory.
 LINE_OVERHEAD = 256
+
+
+def _cost(run: LineRun) -> int:
+    """What `run` counts against the backlog."""
+    return run.text_size() + LINE_OVERHEAD * len(run.texts)
+
+
 Key = tuple[str, str]  # (app, instance): what a reader asks for
 
 
@@ -228,14 +235,14 @@ class Spool:
         self.unwritten = 0  # lines whose write failed (disk full, I/O error)
         # Loop side: the batch being gathered, lost lines per instance not yet noted.
         # Runs of lines (those read together, or a line alone), as they were written.
-        self._batch: list[list[LogLine]] = []
+        self._batch: list[LineRun] = []
         # Per instance: how many lines were lost, and the time and run of the first.
         self._lost: dict[IdKey, tuple[int, float, int]] = {}
         self._queued = 0  # bytes handed over, ever (only the loop writes it)
         self._written = 0  # bytes written, ever (only the writer thread writes it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue.SimpleQueue[
-            list[list[LogLine]] | concurrent.futures.Future[None] | _Forget | None
+            list[LineRun] | concurrent.futures.Future[None] | _Forget | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # App ids being forgotten (or whose lines could not be deleted): never read.
@@ -281,29 +288,27 @@ class Spool:
             self._lost[key] = (count + 1, stamp, run)
             self.dropped_total += 1
             return
-        self._enqueue([line], cost)
+        self._enqueue(LineRun.of(line), cost)
 
-    def write_run(self, lines: list[LogLine]) -> None:
-        """`write` each of `lines`, with the checks done once for all that fit in the
-        backlog. `lines` are one run: lines of one instance read together, which share
-        every field but seq, text and continued (their records are made from the
-        first's), with seqs one after another."""
-        cost = sum(map(len, map(TEXT, lines))) + LINE_OVERHEAD * len(lines)
+    def write_run(self, run: LineRun) -> None:
+        """`write` each line of `run`, with the checks done once for all if they fit in
+        the backlog."""
+        cost = _cost(run)
         if self._queued - self._written + cost > self.backlog_bytes or self._thread is None:
-            for line in lines:
+            for line in run.lines():
                 self.write(line)
             return
-        self._enqueue(lines, cost)
+        self._enqueue(run, cost)
 
-    def _enqueue(self, lines: list[LogLine], cost: int) -> None:
-        """Add `lines` (they fit in the backlog) to the batch the writer gets next."""
+    def _enqueue(self, run: LineRun, cost: int) -> None:
+        """Add `run` (it fits in the backlog) to the batch the writer gets next."""
         if not self._batch:
             assert self._loop is not None
             self._loop.call_soon(self._hand_over)
         if self._lost:
             self._note_losses()  # before these lines, where the gap is
         self._queued += cost
-        self._batch.append(lines)
+        self._batch.append(run)
 
     def _hand_over(self) -> None:
         if self._lost and self._thread is not None:
@@ -331,7 +336,7 @@ class Spool:
                 return
             del self._lost[key]
             self._queued += cost
-            self._batch.append([notice])
+            self._batch.append(LineRun.of(notice))
 
     def congested(self) -> bool:
         """Whether more than half the backlog waits for the disk: readers of pipes then
@@ -650,7 +655,7 @@ class Spool:
     def _run(self) -> None:
         while True:
             item = self._inbox.get()
-            batch: list[list[LogLine]] = []
+            batch: list[LineRun] = []
             barriers: list[concurrent.futures.Future[None]] = []
             stop = False
             # Take everything waiting: one write for many batches.
@@ -682,9 +687,9 @@ class Spool:
             os.close(self._fd)
             self._fd = -1
 
-    def _append(self, batch: list[list[LogLine]]) -> None:
-        lines = sum(map(len, batch))
-        cost = sum(sum(map(len, map(TEXT, run))) for run in batch) + LINE_OVERHEAD * lines
+    def _append(self, batch: list[LineRun]) -> None:
+        lines = size(batch)
+        cost = sum(map(_cost, batch))
         try:
             self._write(batch)
             if self._failed:
@@ -711,12 +716,12 @@ class Spool:
                 with self._lock:
                     current.marks = None
 
-    def _write(self, runs: list[list[LogLine]]) -> None:
+    def _write(self, runs: list[LineRun]) -> None:
         current = self._current
         if current is None or self._fd < 0:  # a failed clear or rewrite left none
             raise OSError(errno.EBADF, "the spool has no file to write to")
         # One encoding, one span update and maybe a mark per run of lines.
-        encoded = [encode_run(lines).encode("utf-8", "replace") for lines in runs]
+        encoded = [encode_run(run).encode("utf-8", "replace") for run in runs]
         data = b"".join(encoded)
         view = memoryview(data)
         while view:
@@ -724,14 +729,13 @@ class Spool:
         with self._lock:
             spans = current.spans
             offset = current.size
-            for lines, records_of_run in zip(runs, encoded, strict=True):
-                first = lines[0]
-                key = (first.app_id, first.app, first.instance)
+            for run, records_of_run in zip(runs, encoded, strict=True):
+                key = (run.app_id, run.app, run.instance)
                 span = spans.get(key)
                 if span is None:
                     span = spans[key] = Span()
-                span.add_run(lines)
-                current.mark(key, first.seq, offset)
+                span.add_run(run)
+                current.mark(key, run.first_seq, offset)
                 offset += len(records_of_run)
             current.size += len(data)
         if current.size >= self.file_bytes:

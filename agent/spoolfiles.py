@@ -25,7 +25,7 @@ from itertools import chain, groupby, repeat
 from operator import contains, itemgetter
 from typing import BinaryIO
 
-from paas.agent.logline import RUN, SEQ, TEXT, LogLine
+from paas.agent.logline import RUN, SEQ, TEXT, LineRun, LogLine
 
 READ_BLOCK = 1 << 20
 SUFFIX = ".log"
@@ -68,16 +68,14 @@ class Span:
         self.last_run = max(self.last_run, max(map(RUN, lines)))
         self.lines += len(lines)
 
-    def add_run(self, lines: Sequence[LogLine]) -> None:
-        """`add_all` of the lines of one run (seqs one after another, or one notice):
-        the first and the last tell it all."""
-        first, last = lines[0], lines[-1]
-        if first.seq:
+    def add_run(self, run: LineRun) -> None:
+        """`add_all` of the lines of `run`: its first and last seq tell it all."""
+        if run.first_seq:
             if not self.first_seq:
-                self.first_seq = first.seq
-            self.last_seq = max(self.last_seq, last.seq)
-        self.last_run = max(self.last_run, first.run)
-        self.lines += len(lines)
+                self.first_seq = run.first_seq
+            self.last_seq = max(self.last_seq, run.last_seq)
+        self.last_run = max(self.last_run, run.run)
+        self.lines += len(run.texts)
 
     def merge(self, other: Span) -> None:
         if other.first_seq and (not self.first_seq or other.first_seq < self.first_seq):
@@ -148,7 +146,6 @@ def encode(line: LogLine) -> str:
 
 # What the lines of one run of records share: all their fields but seq and text.
 _SHARED = itemgetter(9, 1, 2, 0, 3, 7, 8)  # app id, app, instance, time, stream, run, continued
-_CONTINUED = itemgetter(8)
 
 
 def encode_all(lines: Sequence[LogLine]) -> str:
@@ -175,18 +172,15 @@ def encode_all(lines: Sequence[LogLine]) -> str:
     return "".join(parts)
 
 
-def encode_run(lines: Sequence[LogLine]) -> str:
-    """`encode_all` of the lines of one run: lines read together, which share every
-    field but seq, text and continued (the caller's word: the fields of the first
-    are written for all). No step a line but in C: a prefix and a middle shared by
-    all, each line's seq and text between them."""
-    texts = list(map(TEXT, lines))
-    if any(map(_CONTINUED, lines)) or any(map(contains, texts, repeat("\n"))):
-        return encode_all(lines)  # a piece, or a text that is JSON: the general way
-    first = lines[0]
-    head = f"{first.app_id}\t{first.app}\t{first.instance}\t{first.timestamp!r}\t{first.stream}\t"
-    middle = f"\t{first.run}\t0\t"
-    seqs = map(str, map(SEQ, lines))
+def encode_run(run: LineRun) -> str:
+    """`encode_all` of the lines of `run`, with no step a line but in C: a prefix and
+    a middle shared by all, each line's seq and text between them."""
+    texts = run.texts
+    if run.continued or not run.first_seq or any(map(contains, texts, repeat("\n"))):
+        return encode_all(run.lines())  # a piece, a notice, a text that is JSON
+    head = f"{run.app_id}\t{run.app}\t{run.instance}\t{run.timestamp!r}\t{run.stream}\t"
+    middle = f"\t{run.run}\t0\t"
+    seqs = map(str, range(run.first_seq, run.first_seq + len(texts)))
     return "".join(map("".join, zip(repeat(head), seqs, repeat(middle), texts, repeat("\n"))))
 
 

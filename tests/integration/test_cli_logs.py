@@ -32,15 +32,19 @@ BURST_LINES = 20_000
 FLOOD_LINES = 100_000
 FLOOD = (
     "python3 -c 'import sys, time; "
-    'sys.stdout.writelines(f"n {{i}}\\n" for i in range({count})); sys.stdout.flush(); '
+    'sys.stdout.writelines(f"n {{i}}{pad}\\n" for i in range({count})); sys.stdout.flush(); '
     "time.sleep(100000)'"
 )
 PROCFILE = f"""\
 ticker: i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done
 crasher: echo "about to fail"; echo "the reason it failed" >&2; sleep 0.5; exit 3
-burst: {FLOOD.format(count=BURST_LINES)}
-flood: {FLOOD.format(count=FLOOD_LINES)}
+burst: {FLOOD.format(count=BURST_LINES, pad="")}
+flood: {FLOOD.format(count=FLOOD_LINES, pad="")}
 """
+# Lines of the flood, padded to 500 bytes: 50 MB, far more than the windows and socket
+# buffers between an agent and a stopped `paas logs -f` hold (some MiB; 100,000 short
+# lines, 1 MB, fit in them whole).
+WIDE_PAD = " " + "x" * 490
 
 
 @pytest.fixture
@@ -95,12 +99,17 @@ class Follower:
         found: dict[str, list[int]] = {}
         for line in self.lines:
             if line["text"].startswith("n "):
-                found.setdefault(line["instance"], []).append(int(line["text"][2:]))
+                number = line["text"][2:].partition(" ")[0]  # a padded line goes on
+                found.setdefault(line["instance"], []).append(int(number))
         return found
 
     def has_last(self, instances: list[str], count: int) -> bool:
         last = f"n {count - 1}"
-        seen = {line["instance"] for line in self.lines if line["text"] == last}
+        seen = {
+            line["instance"]
+            for line in self.lines
+            if line["text"].partition(" x")[0] == last  # a padded line too
+        }
         return seen >= set(instances)
 
     async def go_on_until_the_last(self, count: int) -> None:
@@ -310,9 +319,14 @@ async def test_a_follower_stopped_past_retention_is_told_exactly_what_it_lost_th
     tmp_path: Path, app_dir: Path
 ) -> None:
     """The agent keeps 1,000 lines per instance and no spool; a follower stopped while
-    100,000 are written is told, once continued, how many left retention before it got
-    to them, and those counts and the lines it got add up to every line written."""
+    100,000 lines of 500 bytes are written is told, once continued, how many left
+    retention before it got to them, and those counts and the lines it got add up to
+    every line written."""
     kept = 1000
+    procfile = PROCFILE.replace(
+        FLOOD.format(count=FLOOD_LINES, pad=""), FLOOD.format(count=FLOOD_LINES, pad=WIDE_PAD)
+    )
+    (app_dir / "Procfile").write_text(procfile)
     async with LocalCluster(
         agents=1, node_grace=3.0, stop_grace=2.0, log_to=tmp_path / "logs",
         agent_args={"node-1": ["--log-buffer-lines", str(kept), "--log-spool-files", "0"]},

@@ -20,6 +20,7 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
+from paas.agent.logline import LineRun
 from paas.agent.membership import Membership
 from paas.agent.ports import PortPool, can_bind
 from paas.agent.servicer import AgentService, process_matcher, read_history
@@ -185,7 +186,7 @@ async def test_a_slow_disk_makes_the_process_wait_instead_of_lines_being_dropped
     process waits on its pipe, and every line reaches the spool (none dropped)."""
     real_write = Spool._write
 
-    def slow_write(self: Spool, batch: list[list[LogLine]]) -> None:
+    def slow_write(self: Spool, batch: list[LineRun]) -> None:
         time.sleep(0.02)
         real_write(self, batch)
 

@@ -13,12 +13,19 @@ from paas.agent.logbuffer import (
     LogBuffer,
     LogHub,
     Piece,
+    Split,
+    Subscription,
     pump,
 )
+from paas.agent.logline import LineRun, LogLine
 
 
 def texts(pieces: list[Piece]) -> list[str]:
     return [piece.text for piece in pieces]
+
+
+def lines_of(runs: list[LineRun]) -> list[LogLine]:
+    return [line for run in runs for line in run.lines()]
 
 
 def test_lines_are_cut_at_newlines_across_chunks() -> None:
@@ -193,7 +200,7 @@ async def test_a_follower_gets_live_lines_of_what_it_wants() -> None:
     follower = hub.subscribe(lambda line: line.instance.startswith("web."), app="shop")
     hub.buffer("shop", "worker.1").append("stdout", "not for it")
     hub.buffer("shop", "web.1").append("stdout", "for it")
-    line = await asyncio.wait_for(follower.get(), 5)
+    (line,) = lines_of(await asyncio.wait_for(follower.get_many(1), 5))
     assert (line.instance, line.text, line.node, line.seq) == ("web.1", "for it", "node-1", 1)
     hub.unsubscribe(follower)
     hub.buffer("shop", "web.1").append("stdout", "after")
@@ -208,7 +215,7 @@ async def test_a_slow_follower_never_blocks_the_producer_and_pauses_instead_of_d
         buffer.append("stdout", f"line {i}")  # never waits for the follower
     assert len(buffer) == 100
     assert slow.behind and slow.pauses == 1
-    received = await asyncio.wait_for(slow.get_many(10), 5)
+    received = lines_of(await asyncio.wait_for(slow.get_many(10), 5))
     assert [line.text for line in received] == ["line 0", "line 1", "line 2", "line 3"]
     # Paused: nothing more is queued, and nothing is lost: the buffer has the rest,
     # from where the follower got to.
@@ -220,7 +227,9 @@ async def test_a_slow_follower_never_blocks_the_producer_and_pauses_instead_of_d
     ]
     slow.resume()
     buffer.append("stdout", "line 100")
-    assert [line.text for line in await asyncio.wait_for(slow.get_many(10), 5)] == ["line 100"]
+    assert [line.text for line in lines_of(await asyncio.wait_for(slow.get_many(10), 5))] == [
+        "line 100"
+    ]
 
 
 async def test_a_paused_follower_knows_where_an_instance_it_never_saw_began() -> None:
@@ -292,7 +301,7 @@ async def test_forgetting_apps_drops_their_buffers_and_stops_their_lines() -> No
     assert hub.app_ids() == {"kept"}
     assert [b.instance for b in hub.buffers("shop")] == ["web.3"]
     running.append("stdout", "still stopping")  # its instance may write until it stops
-    assert [line.text for line in follower.take(10)] == ["retired", "kept"]
+    assert [line.text for line in lines_of(follower.take(10))] == ["retired", "kept"]
 
 
 async def test_forgetting_everything_leaves_no_line_and_ends_every_follower() -> None:
@@ -300,11 +309,101 @@ async def test_forgetting_everything_leaves_no_line_and_ends_every_follower() ->
     follower = hub.subscribe(lambda line: True, app="shop")
     waiting = asyncio.ensure_future(follower.get_many(10))
     hub.buffer("shop", "web.1", "a").append("stdout", "x")
-    assert [line.text for line in await waiting] == ["x"]
+    assert [line.text for line in lines_of(await waiting)] == ["x"]
     hub.buffer("shop", "web.2").append("stdout", "no id")
     hub.retire("shop", "web.2")
     waiting = asyncio.ensure_future(follower.get_many(10))
     await hub.forget_everything()
-    assert [line.text for line in await asyncio.wait_for(waiting, 5)] == ["no id"]
+    assert [line.text for line in lines_of(await asyncio.wait_for(waiting, 5))] == ["no id"]
     assert await asyncio.wait_for(follower.get_many(10), 5) == []  # ended: no waiting
     assert hub.buffers("shop") == [] and hub.app_ids() == set()
+
+
+# Reads of a pipe: how many lines each brings (0: an empty read), which are pieces,
+# and now and then a run restarting or a lifecycle line appended alone.
+_reads = st.lists(
+    st.tuples(
+        st.integers(0, 9),
+        st.sampled_from(["stdout", "stderr", "append", "restart"]),
+        st.integers(0, 3),
+    ),
+    max_size=25,
+)
+
+
+Kept = tuple[int, str, str, int, bool]  # seq, text, stream, run, continued
+
+
+def kept_of(lines: list[LogLine]) -> list[Kept]:
+    return [(x.seq, x.text, x.stream, x.run, x.continued) for x in lines]
+
+
+@given(_reads, st.integers(1, 20), st.integers(0, 60), st.integers(0, 30))
+def test_a_buffer_of_runs_keeps_what_a_ring_of_lines_would(
+    reads: list[tuple[int, str, int]], limit: int, cursor: int, count: int
+) -> None:
+    buffer = LogBuffer("shop", "web.1", "node-1", limit, app_id="a1")
+    published: list[LineRun] = []
+    buffer._publish = published.append
+    ring: list[Kept] = []  # the plain way: every line, in order (the last `limit` kept)
+    run = 0
+    for lines, what, piece in reads:
+        if what == "restart":
+            run = buffer.begin_run()
+        elif what == "append":
+            text = f"event {len(ring)}"
+            buffer.append("paas", text, continued=piece == 0)
+            ring.append((len(ring) + 1, text, "paas", run, piece == 0))
+        else:
+            texts = [f"{what} {len(ring) + i}" for i in range(lines)]
+            pieces = tuple(i for i in range(lines) if i % 4 == piece)
+            buffer.extend(what, Split(texts, pieces))
+            first = len(ring) + 1
+            ring += [(first + i, t, what, run, i in pieces) for i, t in enumerate(texts)]
+    kept = ring[-limit:]
+    assert kept_of(buffer.lines()) == kept
+    assert len(buffer) == len(kept) and buffer.last_seq == len(ring)
+    assert buffer.dropped == len(ring) - len(kept)
+    assert buffer.oldest_seq == (kept[0][0] if kept else len(ring) + 1)
+    assert kept_of(buffer.after(cursor, count)) == [x for x in kept if x[0] > cursor][:count]
+    assert sum(len(r.texts) for r in buffer.runs()) == len(kept)
+    assert kept_of([x for r in published for x in r.lines()]) == ring, "each line published once"
+    assert [r.text_size() for r in published] == [sum(map(len, r.texts)) for r in published]
+    newest_run = kept[-1][3] if kept else 0
+    outputs = [x[1] for x in kept if x[3] == newest_run and x[2] != "paas"]
+    assert buffer.last_output(newest_run, count) == (outputs[-count:] if count else [])
+    selected = kept_of(buffer.select(count))
+    if count and len(ring) > len(kept) and len(kept) < count:
+        assert selected[0][0] == 0 and "earlier lines dropped" in selected[0][1]
+        selected = selected[1:]
+    assert selected == (kept[-count:] if count else [])
+
+
+@given(st.lists(st.integers(1, 9), max_size=12), st.lists(st.integers(1, 12), max_size=12))
+def test_a_follower_takes_whole_runs_and_cuts_one_only_where_its_limit_falls(
+    sizes: list[int], limits: list[int]
+) -> None:
+    follower = Subscription(lambda run: True, "node-1", maxsize=1000)
+    seq = 1
+    for count in sizes:
+        follower.offer(LineRun(1.0, "shop", "web.1", "stdout", "node-1", seq, ["x"] * count))
+        seq += count
+    taken: list[int] = []
+    for limit in [*limits, 1000]:
+        before = len(follower)
+        part = follower.take(limit)
+        lines = sum(len(run.texts) for run in part)
+        assert lines == min(limit, before) and len(follower) == before - lines
+        taken += [x.seq for x in lines_of(part)]
+    assert taken == list(range(1, seq)), "every line once, in order"
+
+
+@given(st.lists(st.text(alphabet="ab\r\n☃", max_size=30), max_size=8), st.integers(4, 12))
+def test_a_split_counts_the_characters_of_its_texts_where_it_says_so(
+    chunks: list[str], limit: int
+) -> None:
+    splitter = LineSplitter(max_line=limit)
+    for chunk in chunks:
+        split = splitter.split(chunk.encode())
+        assert split.chars in (-1, sum(map(len, split.texts)))
+    assert LineSplitter().split(b"ab\ncd\nef").chars == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paas.agent.logline import LogLine
+from paas.agent.logline import LogLine, line_runs
 from paas.agent.servicer import to_batch, to_runs
 from paas.common.logruns import lines_of_runs
 from paas.proto import paas_pb2 as pb
@@ -52,7 +52,7 @@ close_lines = lines.map(lambda line: line._replace(seq=line.seq % 8))
 
 @given(st.lists(close_lines, max_size=40))
 def test_runs_hold_the_same_lines_in_the_same_order(records: list[LogLine]) -> None:
-    batch = to_runs(records)
+    batch = to_runs(line_runs(records))
     assert not batch.lines
     assert lines_of_runs(batch.runs) == list(to_batch(records).lines)
     for run in batch.runs:
@@ -65,7 +65,7 @@ def test_lines_read_together_are_one_run_and_a_gap_or_a_notice_cuts_it() -> None
 
     records = [read(4, "a"), read(5, "b", continued=True), read(6, "c"), read(8, "d")]
     records += [read(0, "3 lines lost", "paas"), read(9, "e"), read(10, "f")]
-    runs = to_runs(records).runs
+    runs = to_runs(line_runs(records)).runs
     assert [(r.first_seq, list(r.texts), list(r.continued)) for r in runs] == [
         (4, ["a", "b", "c"], [1]),
         (8, ["d"], []),

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from paas.agent import logcursor
 from paas.agent.logbuffer import LogHub, Split
 from paas.agent.logcursor import read_after
-from paas.agent.logline import LogLine
+from paas.agent.logline import LogLine, line_runs
 from paas.agent.servicer import process_matcher, read_history
 from paas.agent.spool import Found, Query, Spool, Verdict
 from paas.agent.spoolfiles import FORMAT, Exclusion, Span, decode, encode, encode_all, encode_run
@@ -542,9 +542,10 @@ def test_records_of_a_run_made_at_once_are_the_records_made_one_by_one(
                     pieces and i % 2 == 0, "id1")
             for i, text in enumerate(texts)
         ]  # fmt: skip
-        assert encode_run(lines) == "".join(map(encode, lines))
+        (packed,) = line_runs(lines)
+        assert encode_run(packed) == "".join(map(encode, lines))
         span = Span()
-        span.add_run(lines)
+        span.add_run(packed)
         everything = Span()
         everything.add_all(lines)
         assert span == everything
