@@ -9,7 +9,7 @@ to them are counted exactly, in one notice where the gap is. It only reads; what
 a reader has had is the caller's (servicer.py).
 
     chunk = await read_after(hub, buffer, app, instance, app_id, after=5000, limit=4096)
-    send(chunk.lines)
+    send(chunk.runs)
     after = chunk.cursor               # where the next read starts
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from paas.agent.logbuffer import LogBuffer, LogHub, LogLine
+from paas.agent.logline import LineRun, line_runs
 from paas.agent.spool import Query, Verdict
 from paas.common.logformat import PAAS_STREAM, lost_notice
 
@@ -28,11 +29,15 @@ SPOOL_CHUNK = 32_768
 
 @dataclass(frozen=True)
 class Chunk:
-    """Lines after a cursor, oldest first (a loss notice, seq 0, where lines are gone),
-    and the cursor after them: the seq the next read goes on from."""
+    """Lines after a cursor, oldest first, as runs (a loss notice, seq 0, where lines
+    are gone), and the cursor after them: the seq the next read goes on from."""
 
-    lines: list[LogLine]
+    runs: list[LineRun]
     cursor: int
+
+    @property
+    def lines(self) -> list[LogLine]:
+        return [line for run in self.runs for line in run.lines()]
 
 
 async def read_after(
@@ -52,8 +57,8 @@ async def read_after(
     if buffer is not None:
         oldest = buffer.oldest_seq
         if after + 1 >= oldest:
-            kept = buffer.after(after, limit)
-            return Chunk(kept, kept[-1].seq if kept else after)
+            kept = buffer.runs_after(after, limit)  # as they were read: no line made
+            return Chunk(kept, kept[-1].last_seq if kept else after)
     else:
         oldest = _last_on_disk(hub, app, instance, app_id) + 1
     if after + 1 >= oldest:
@@ -93,7 +98,7 @@ async def read_after(
         stamp = held[0].timestamp if held else 0.0
         run = held[0].run if held else 0
         lines.insert(0, _lost(app, instance, hub.node, lost, stamp, run, app_id))
-    return Chunk(lines, seqs[-1] if seqs else below - 1)
+    return Chunk(line_runs(lines), seqs[-1] if seqs else below - 1)
 
 
 def _last_on_disk(hub: LogHub, app: str, instance: str, app_id: str) -> int:

@@ -226,9 +226,9 @@ class AgentService(pb_grpc.AgentServicer):
                     async for part in self._catch_up(subscription, app, app_id, matches, sent):
                         await self._still_in(cluster, context)
                         if since:
-                            part = [line for line in part if line.timestamp >= since]
+                            part = [run for run in part if run.timestamp >= since]
                         if part:
-                            yield line_runs(part)
+                            yield part
                     continue
                 if size(fresh) < FOLLOW_BATCH and not subscription.behind:
                     # Let a few ms of lines gather: one message for many, not one for
@@ -249,7 +249,7 @@ class AgentService(pb_grpc.AgentServicer):
         app_id: str,
         matches: Callable[[str], bool],
         sent: dict[str, int],
-    ) -> AsyncIterator[list[LogLine]]:
+    ) -> AsyncIterator[list[LineRun]]:
         """What a paused follower missed, per instance from its cursor in `sent` (moved
         on as lines go), a batch at a time, until every instance is read up to its
         newest line; then the subscription resumes, in the same step (no line falls
@@ -267,10 +267,10 @@ class AgentService(pb_grpc.AgentServicer):
                     self._logs, buffer, app, instance, app_id, after, CATCH_UP_CHUNK
                 )
                 sent[instance] = chunk.cursor
-                if chunk.lines:
+                if chunk.runs:
                     read_any = True
-                for start in range(0, len(chunk.lines), FOLLOW_BATCH):
-                    yield chunk.lines[start : start + FOLLOW_BATCH]
+                for part in run_parts(chunk.runs, FOLLOW_BATCH):
+                    yield part
             if not read_any:
                 subscription.resume()
                 return
@@ -473,6 +473,26 @@ def _with_loss_notice(
         oldest.run if oldest else 0,
     )
     return [notice, *lines]
+
+
+def run_parts(runs: list[LineRun], limit: int) -> Iterator[list[LineRun]]:
+    """`runs` in order, in lists of at most `limit` lines (a run cut where one ends)."""
+    part: list[LineRun] = []
+    room = limit
+    for run in runs:
+        start, lines = 0, len(run.texts)
+        while start < lines or not lines:  # a run of no lines is passed on as it is
+            take = min(room, lines - start)
+            part.append(run if take == lines else run.part(start, start + take))
+            start += take
+            room -= take
+            if room <= 0:
+                yield part
+                part, room = [], limit
+            if not lines:
+                break
+    if part:
+        yield part
 
 
 def _unsent(runs: list[LineRun], sent: dict[str, int], since: float) -> list[LineRun]:

@@ -95,6 +95,8 @@ BACKLOG_BYTES = 16 << 20
 # and its slot in the batch (8), rounded up. Counting less lets a flood of short
 # lines (`yes`) hold several times the backlog's bytes in memory.
 LINE_OVERHEAD = 256
+# A run of lines and its records, as the writer thread gets them.
+Encoded = tuple[LineRun, bytes]
 
 
 def _cost(run: LineRun) -> int:
@@ -234,15 +236,18 @@ class Spool:
         self.dropped_total = 0  # lines never written for lack of room in the backlog
         self.unwritten = 0  # lines whose write failed (disk full, I/O error)
         # Loop side: the batch being gathered, lost lines per instance not yet noted.
-        # Runs of lines (those read together, or a line alone), as they were written.
-        self._batch: list[LineRun] = []
+        # Runs of lines (those read together, or a line alone), as they were written,
+        # each with its records: made on the loop, so that the writer thread needs the
+        # GIL for little but to hand them to os.write (two threads that both want it
+        # for most of their work cost more than the work, bench/logs.py).
+        self._batch: list[Encoded] = []
         # Per instance: how many lines were lost, and the time and run of the first.
         self._lost: dict[IdKey, tuple[int, float, int]] = {}
         self._queued = 0  # bytes handed over, ever (only the loop writes it)
         self._written = 0  # bytes written, ever (only the writer thread writes it)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: queue.SimpleQueue[
-            list[LineRun] | concurrent.futures.Future[None] | _Forget | None
+            list[Encoded] | concurrent.futures.Future[None] | _Forget | None
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         # App ids being forgotten (or whose lines could not be deleted): never read.
@@ -308,7 +313,7 @@ class Spool:
         if self._lost:
             self._note_losses()  # before these lines, where the gap is
         self._queued += cost
-        self._batch.append(run)
+        self._batch.append((run, encode_run(run).encode("utf-8", "replace")))
 
     def _hand_over(self) -> None:
         if self._lost and self._thread is not None:
@@ -336,7 +341,8 @@ class Spool:
                 return
             del self._lost[key]
             self._queued += cost
-            self._batch.append(LineRun.of(notice))
+            noted = LineRun.of(notice)
+            self._batch.append((noted, encode_run(noted).encode("utf-8", "replace")))
 
     def congested(self) -> bool:
         """Whether more than half the backlog waits for the disk: readers of pipes then
@@ -655,7 +661,7 @@ class Spool:
     def _run(self) -> None:
         while True:
             item = self._inbox.get()
-            batch: list[LineRun] = []
+            batch: list[Encoded] = []
             barriers: list[concurrent.futures.Future[None]] = []
             stop = False
             # Take everything waiting: one write for many batches.
@@ -687,9 +693,10 @@ class Spool:
             os.close(self._fd)
             self._fd = -1
 
-    def _append(self, batch: list[LineRun]) -> None:
-        lines = size(batch)
-        cost = sum(map(_cost, batch))
+    def _append(self, batch: list[Encoded]) -> None:
+        runs = [run for run, _ in batch]
+        lines = size(runs)
+        cost = sum(map(_cost, runs))
         try:
             self._write(batch)
             if self._failed:
@@ -716,20 +723,19 @@ class Spool:
                 with self._lock:
                     current.marks = None
 
-    def _write(self, runs: list[LineRun]) -> None:
+    def _write(self, batch: list[Encoded]) -> None:
         current = self._current
         if current is None or self._fd < 0:  # a failed clear or rewrite left none
             raise OSError(errno.EBADF, "the spool has no file to write to")
         # One encoding, one span update and maybe a mark per run of lines.
-        encoded = [encode_run(run).encode("utf-8", "replace") for run in runs]
-        data = b"".join(encoded)
+        data = b"".join([records for _, records in batch])
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         with self._lock:
             spans = current.spans
             offset = current.size
-            for run, records_of_run in zip(runs, encoded, strict=True):
+            for run, records_of_run in batch:
                 key = (run.app_id, run.app, run.instance)
                 span = spans.get(key)
                 if span is None:

@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 
 APP = "bench"
 GOAL = 1 / 3
+# The agent's CPU seconds per line it takes off the pipe and sends on.
+AGENT_CPU_GOAL = 2e-6
 # A stopped follower may slow the writer by at most this much.
 SLOWDOWN_GOAL = 0.10
 # How long the catch-up's follower is stopped while the writer writes.
@@ -128,6 +130,7 @@ class Reading:
     emitted: int = 0  # what emit.py says it wrote
     done: bool = False  # whether its `done` line came
     dropped: int = 0  # what notices in the stream say was lost
+    writer_cpu: float = 0.0  # emit.py's own CPU seconds a line (the floor's run only)
 
     def see(self, text: str, arrived: float) -> bool:
         """Account for one line; True once the `done` line has come."""
@@ -197,6 +200,9 @@ async def measure_floor(app_dir: Path, seconds: float, rate: float, limit: float
             while raw := await process.stdout.readline():
                 if reading.see(raw.decode().rstrip("\n"), clock()):
                     break
+        # What making a line costs the writer itself: a yardstick of this machine's
+        # speed for the agent's CPU a line, measured in the same run.
+        reading.writer_cpu = cpu_seconds(psutil.Process(process.pid)) / max(1, reading.emitted)
     except TimeoutError:
         raise BenchError(f"the floor's emit.py did not finish within {limit:g} s") from None
     finally:
@@ -450,9 +456,11 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
     await measure_floor(app_dir, 0.5, args.rate, args.timeout)  # warm the page cache
     floor = await measure_floor(app_dir, args.seconds, args.rate, args.timeout)
     print(f"floor:      {floor.describe()}  (one Python reader on the pipe)")
+    print(f"           CPU per line emitted: the writer itself {floor.writer_cpu * 1e6:.1f} us")
     readers = ["grpc", "cli"] if args.cli else ["grpc"]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.tls]
     results: dict[tuple[str, bool], Reading] = {}
+    agent_cpu: dict[tuple[str, bool], float] = {}
     for tls in modes:
         label = "TLS on" if tls else "TLS off"
         logs = root / ("logs-tls" if tls else "logs-plain")
@@ -469,10 +477,11 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                 print(f"paas {reader:<5} {reading.describe()}  ({where}, {label})")
                 # CPU time per line taken off the pipe: what the machine's load does not move.
                 taken = max(1, reading.emitted)
-                costs = ", ".join(
-                    f"{name} {(cpu_seconds(proc) - before[name]) / taken * 1e6:.1f} us"
-                    for name, proc in parts.items()
-                )
+                per_line = {
+                    name: (cpu_seconds(proc) - before[name]) / taken for name, proc in parts.items()
+                }
+                agent_cpu[(reader, tls)] = per_line["agent"]
+                costs = ", ".join(f"{name} {cost * 1e6:.1f} us" for name, cost in per_line.items())
                 print(f"           CPU per line emitted: {costs}")
             if args.catch_up:
                 alone = await writer_rate(cluster, args.timeout)
@@ -503,6 +512,15 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
         print(
             f"ratio ({reader}, {label}): {ratio:.3f} of the floor "
             f"(goal: at least {GOAL:.2f}, {verdict})"
+        )
+    for (reader, tls), cost in agent_cpu.items():
+        verdict = "met" if cost <= AGENT_CPU_GOAL else "missed"
+        label = "TLS on" if tls else "TLS off"
+        times = cost / floor.writer_cpu if floor.writer_cpu else 0.0
+        print(
+            f"agent CPU ({reader}, {label}): {cost * 1e6:.1f} us a line (goal: at most "
+            f"{AGENT_CPU_GOAL * 1e6:g} us, {verdict}), {times:.2f}x what writing it costs "
+            "emit.py here"
         )
     for reader in readers:
         on, off = results.get((reader, True)), results.get((reader, False))

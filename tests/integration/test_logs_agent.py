@@ -20,11 +20,10 @@ import pytest
 
 from paas.agent.config import AgentConfig
 from paas.agent.logbuffer import LogHub, LogLine
-from paas.agent.logline import LineRun
 from paas.agent.membership import Membership
 from paas.agent.ports import PortPool, can_bind
 from paas.agent.servicer import AgentService, process_matcher, read_history
-from paas.agent.spool import Spool
+from paas.agent.spool import Encoded, Spool
 from paas.agent.supervisor import State, Supervisor, install_child_watcher
 from paas.common.grpcutil import CHANNEL_OPTIONS, SERVER_OPTIONS
 from paas.proto import paas_pb2 as pb
@@ -186,7 +185,7 @@ async def test_a_slow_disk_makes_the_process_wait_instead_of_lines_being_dropped
     process waits on its pipe, and every line reaches the spool (none dropped)."""
     real_write = Spool._write
 
-    def slow_write(self: Spool, batch: list[LineRun]) -> None:
+    def slow_write(self: Spool, batch: list[Encoded]) -> None:
         time.sleep(0.02)
         real_write(self, batch)
 

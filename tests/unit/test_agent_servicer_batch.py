@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paas.agent.logline import LogLine, line_runs
-from paas.agent.servicer import to_batch, to_runs
+from paas.agent.logline import LineRun, LogLine, line_runs
+from paas.agent.servicer import run_parts, to_batch, to_runs
 from paas.common.logruns import lines_of_runs
 from paas.proto import paas_pb2 as pb
 
@@ -78,3 +78,20 @@ def test_lines_read_together_are_one_run_and_a_gap_or_a_notice_cuts_it() -> None
         "node-1",
         2,
     )
+
+
+@given(st.lists(st.integers(1, 9), max_size=10), st.integers(1, 12))
+def test_parts_hold_every_line_once_in_order_within_their_limit(
+    sizes: list[int], limit: int
+) -> None:
+    runs, seq = [], 1
+    for count in sizes:
+        runs.append(
+            LineRun(1.0, "shop", "web.1", "stdout", "n", seq, [str(seq + i) for i in range(count)])
+        )
+        seq += count
+    parts = list(run_parts(runs, limit))
+    assert all(0 < sum(len(r.texts) for r in part) <= limit for part in parts)
+    assert all(len(part) > 0 for part in parts)
+    got = [line.seq for part in parts for run in part for line in run.lines()]
+    assert got == list(range(1, seq))
