@@ -27,7 +27,6 @@ import codecs
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Collection
-from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from paas.agent.logline import LineRun
@@ -76,9 +75,6 @@ class Split(NamedTuple):
     def pieces(self) -> list[Piece]:
         continued = set(self.continued)
         return [Piece(text, i in continued) for i, text in enumerate(self.texts)]
-
-
-_new_line = partial(tuple.__new__, LogLine)
 
 
 class LineSplitter:

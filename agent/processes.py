@@ -47,8 +47,8 @@ OUTPUT_FDS = {"stdout": 1, "stderr": 2}  # the child's output pipes, by stream
 # process that floods its output must not starve the agent's loop. 32 KiB is about
 # 320 lines, well under a millisecond of the agent's work since a read's lines are
 # kept and sent as one run; 16 KiB cost a sixth more CPU per line in loop turns, and
-# 4 KiB a fifth more again (bench/logs.py). A read of the shortest lines (16,384
-# empty ones) still fits a follower's queue whole (SUBSCRIBER_QUEUE).
+# 4 KiB a fifth more again (bench/logs.py). A read of one-character lines (`yes`:
+# 16,384 of them) still fits a follower's queue whole (SUBSCRIBER_QUEUE).
 FAIR_READ = 32768
 SHELL = "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"
 

@@ -37,7 +37,7 @@ from paas.cli.errors import CLIError
 from paas.cli.slugpack import read_chunks
 from paas.common.formation import Change, Op
 from paas.common.grpcutil import CHANNEL_OPTIONS, LEADER_METADATA_KEY
-from paas.common.logruns import lines_of_runs, runs_of, tail
+from paas.common.logruns import last_seq, lines_of_runs, past, runs_of
 from paas.common.pki import Credentials
 from paas.common.slugs import CHUNK_SIZE
 from paas.common.tls import dial
@@ -132,18 +132,13 @@ def take_new(
     each (node, instance)'s highest seq noted in `cursors`; notices (seq 0) always."""
     fresh: list[pb.LogRun] = []
     for run in batch:
-        first = run.first_seq
-        if not first:
-            fresh.append(run)
-            continue
         key = (run.node, run.instance)
-        floor = skip.get(key, 0)
-        last = first + len(run.texts) - 1
-        if last <= floor:
-            continue
-        fresh.append(run if first > floor else tail(run, floor + 1 - first))
-        if last > cursors.get(key, 0):
-            cursors[key] = last
+        taken = past(run, skip.get(key, 0))
+        if taken is not None:
+            fresh.append(taken)
+            last = last_seq(taken)
+            if last > cursors.get(key, 0):
+                cursors[key] = last
     return fresh
 
 

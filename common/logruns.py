@@ -50,6 +50,17 @@ def tail(run: pb.LogRun, start: int) -> pb.LogRun:
     )
 
 
+def past(run: pb.LogRun, seq: int) -> pb.LogRun | None:
+    """The lines of `run` with seqs above `seq`: `run` itself if all are (a notice
+    always is), a tail of it, or None."""
+    first = run.first_seq
+    if not first or first > seq:
+        return run
+    if last_seq(run) <= seq:
+        return None
+    return tail(run, seq + 1 - first)
+
+
 def last_lines(runs: Sequence[pb.LogRun], count: int) -> list[pb.LogRun]:
     """The last `count` lines of `runs`, as runs (the first of them cut if need be)."""
     kept: list[pb.LogRun] = []

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from paas.common.logruns import last_seq, size, tail
+from paas.common.logruns import last_seq, past, size
 from paas.proto import paas_pb2 as pb
 
 # Live lines wait this long (seconds) so that those of several nodes go out in time order.
@@ -72,17 +72,12 @@ class Cursors:
         seen = self._seq
         out: list[pb.LogRun] = []
         for run in runs:
-            first = run.first_seq
-            if not first:
-                out.append(run)
-                continue
             key = (run.node, run.instance)
-            had = seen.get(key, 0)
-            last = first + len(run.texts) - 1
-            if last <= had:
-                continue
-            seen[key] = last
-            out.append(run if first > had else tail(run, had + 1 - first))
+            fresh = past(run, seen.get(key, 0))
+            if fresh is not None:
+                out.append(fresh)
+                if fresh.first_seq:
+                    seen[key] = last_seq(fresh)
         return out
 
     def note(self, runs: Iterable[pb.LogRun]) -> None:

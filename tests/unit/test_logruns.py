@@ -9,6 +9,7 @@ from paas.common.logruns import (
     last_lines,
     last_seq,
     lines_of_runs,
+    past,
     run_batches,
     runs_of,
     runs_of_lines,
@@ -87,3 +88,13 @@ def test_batches_of_runs_stay_within_their_bounds_and_keep_every_run_whole() -> 
     ]
     assert [r for part in parts for r in part] == runs
     assert list(run_batches([])) == []
+
+
+def test_past_a_seq_is_the_run_a_tail_of_it_or_nothing() -> None:
+    run = run_of(4, "d", "e", "f")
+    assert past(run, 3) is run
+    rest = past(run, 5)
+    assert rest is not None and (rest.first_seq, list(rest.texts)) == (6, ["f"])
+    assert past(run, 6) is None
+    notice = run_of(0, "lost")
+    assert past(notice, 100) is notice
