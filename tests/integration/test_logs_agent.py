@@ -43,6 +43,10 @@ FLOOD = (
     f'sys.stdout.writelines(f"line {{i}}\\n" for i in range({LINES})); sys.stdout.flush(); '
     "time.sleep(100000)'"
 )
+# The same lines padded to 500 bytes (25 MB in all): far more than gRPC's windows and
+# the socket's buffers hold between an agent and a follower that reads nothing.
+PAD = " " + "x" * 490
+WIDE_FLOOD = FLOOD.replace("line {i}", "line {i}" + PAD)
 
 
 def free_range(width: int = 10) -> tuple[int, int]:
@@ -124,9 +128,9 @@ async def start_node(tmp_path: Path) -> AsyncIterator[NodeFactory]:
             asyncio.get_event_loop_policy().set_child_watcher(None)  # type: ignore[arg-type]
 
 
-def flooded(node: Node) -> bool:
+def flooded(node: Node, pad: str = "") -> bool:
     buffer = node.logs.buffer(APP, "flood.1")
-    return any(line.text == f"line {LINES - 1}" for line in buffer.lines())
+    return any(line.text == f"line {LINES - 1}{pad}" for line in buffer.lines())
 
 
 def counted(lines: Sequence[LogLine | pb.LogLine], pattern: str) -> int:
@@ -231,8 +235,8 @@ async def follow_until(
     raise AssertionError("the stream ended")
 
 
-def last_line(lines: list[pb.LogLine]) -> bool:
-    return any(line.text == f"line {LINES - 1}" for line in lines)
+def last_line(lines: list[pb.LogLine], pad: str = "") -> bool:
+    return any(line.text == f"line {LINES - 1}{pad}" for line in lines)
 
 
 async def test_a_follower_that_reads_nothing_for_a_while_gets_every_line_in_order(
@@ -262,10 +266,10 @@ async def test_a_follower_behind_retention_is_told_exactly_what_left_it_then_get
     async with serving(node) as agent:
         call = agent.ReadLogs(pb.LogsRequest(app=APP, follow=True, lines=1))
         stream = call.__aiter__()
-        node.run("flood.1", FLOOD)
+        node.run("flood.1", WIDE_FLOOD)
         first = await asyncio.wait_for(anext(stream), 60)
-        await wait_for(lambda: flooded(node), what="the flood written, the follower unread")
-        got = [*first.lines, *await follow_until(stream, last_line)]
+        await wait_for(lambda: flooded(node, PAD), what="the flood written, the follower unread")
+        got = [*first.lines, *await follow_until(stream, lambda lines: last_line(lines, PAD))]
         call.cancel()
     flood = [line for line in got if line.instance == "flood.1"]
     lost = counted(flood, r"(\d+) lines of flood\.1 were no longer kept")
