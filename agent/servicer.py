@@ -15,7 +15,6 @@ import asyncio
 import heapq
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from operator import attrgetter
 
 import grpc
 
@@ -38,7 +37,6 @@ MAX_LINES = 100_000
 FOLLOW_BATCH = 1024
 # How long a follower's live lines may wait for more to go in the same message.
 FOLLOW_GATHER = 0.005
-_INSTANCE = attrgetter("instance")
 # The most lines one step of a follower's catch-up reads (from the buffer or the spool).
 CATCH_UP_CHUNK = 8 * FOLLOW_BATCH
 
@@ -107,7 +105,7 @@ def to_runs(runs: Sequence[LineRun]) -> pb.LogBatch:
     return batch
 
 
-def run_batches(runs: Sequence[LineRun]) -> Iterator[Sequence[LineRun]]:
+def bounded_parts(runs: Sequence[LineRun]) -> Iterator[Sequence[LineRun]]:
     """`runs` in parts within a batch's bounds (logbatch.py), a run cut where one must be."""
     if size(runs) <= BATCH_LINES and sum(run.text_size() for run in runs) <= BATCH_BYTES:
         yield runs  # the common case: a follower's batch is at most BATCH_LINES
@@ -132,7 +130,7 @@ class AgentService(pb_grpc.AgentServicer):
     ) -> AsyncIterator[pb.LogBatch]:
         async for runs in self._batches(request, context):
             if request.packed:
-                for part in run_batches(runs):
+                for part in bounded_parts(runs):
                     yield to_runs(part)
             else:  # a reader that predates runs: a LogLine a line
                 for lines in batches([line for run in runs for line in run.lines()]):

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paas.agent.logline import LineRun, LogLine, line_runs
-from paas.agent.servicer import run_parts, to_batch, to_runs
+from paas.agent.servicer import bounded_parts, run_parts, to_batch, to_runs
+from paas.common.logbatch import BATCH_BYTES, BATCH_LINES
 from paas.common.logruns import lines_of_runs
 from paas.proto import paas_pb2 as pb
 
@@ -95,3 +96,17 @@ def test_parts_hold_every_line_once_in_order_within_their_limit(
     assert all(len(part) > 0 for part in parts)
     got = [line.seq for part in parts for run in part for line in run.lines()]
     assert got == list(range(1, seq))
+
+
+def test_a_batch_over_its_bounds_is_cut_into_parts_within_them_and_loses_nothing() -> None:
+    wide = LineRun(1.0, "shop", "web.1", "stdout", "n", 1, ["x" * 9000] * 300)
+    many = LineRun(2.0, "shop", "web.1", "stdout", "n", 301, ["y"] * (BATCH_LINES + 5))
+    parts = list(bounded_parts([wide, many]))
+    assert len(parts) > 2
+    for part in parts:
+        assert sum(len(run.texts) for run in part) <= BATCH_LINES
+        assert sum(len(text) for run in part for text in run.texts) <= BATCH_BYTES
+    got = [line.seq for part in parts for run in part for line in run.lines()]
+    assert got == list(range(1, 301 + BATCH_LINES + 5))
+    small = [LineRun(1.0, "shop", "web.1", "stdout", "n", 1, ["a", "b"])]
+    assert list(bounded_parts(small)) == [small], "within bounds: as it is"
