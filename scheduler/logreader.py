@@ -298,7 +298,9 @@ class _Follow:
                         # Sent on as it came if all of it is fresh (and in runs already).
                         whole = (
                             batch
-                            if not batch.lines and all(map(operator.is_, fresh, runs))
+                            if not batch.lines
+                            and len(fresh) == len(runs)
+                            and all(map(operator.is_, fresh, runs))
                             else None
                         )
                         await self._put(Arrival(session.name, fresh, whole))
